@@ -1,0 +1,17 @@
+"""Test configuration: strict dtype promotion and rank promotion errors, float32 by default.
+
+Tests that need float64 enable it locally with `with jax.enable_x64(True):`.
+"""
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit floats enabled."""
+    with jax.enable_x64(True):
+        yield
