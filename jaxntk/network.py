@@ -208,6 +208,11 @@ class TwoLayer:
         out = sig(x2 @ w[:h].T) @ self.a[:h] + sig(x2 @ w[h:].T) @ self.a[h:]
         return out if x.ndim == 2 else out[0]
 
+    @property
+    def apply_fn(self) -> jax.tree_util.Partial:
+        """`apply` as a pytree function (w, x) -> f(x; w), for the generic paths (`jaxntk.taylor`)."""
+        return jax.tree_util.Partial(TwoLayer.apply, self)
+
     def zeros(self) -> Array:
         """U = 0, the starting point of training: an (m, d) array of zeros."""
         return jnp.zeros_like(self.w0)
