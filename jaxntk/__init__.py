@@ -6,12 +6,46 @@ targets → network → taylor → spectral → objectives → train → experim
 
 from jaxntk import network
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
+from jaxntk.targets import (
+    DISTRIBUTIONS,
+    Target,
+    TargetPart,
+    Task,
+    dense_part,
+    gegenbauer,
+    hermite,
+    legendre,
+    make_target,
+    make_task,
+    mlp_target,
+    num_harmonics,
+    paper_target,
+    paper_task,
+    sample_inputs,
+    sparse_part,
+)
 
 __all__ = [
     "ACTIVATIONS",
+    "DISTRIBUTIONS",
     "Prepared",
+    "Target",
+    "TargetPart",
+    "Task",
     "TwoLayer",
+    "dense_part",
+    "gegenbauer",
+    "hermite",
+    "legendre",
+    "make_target",
+    "make_task",
+    "mlp_target",
     "network",
+    "num_harmonics",
+    "paper_target",
+    "paper_task",
+    "sample_inputs",
+    "sparse_part",
 ]
 
 __version__ = "0.1.0"

@@ -1,19 +1,65 @@
-"""Input distributions and target functions (PAPER.md §1, §6).
+"""Input distributions, orthonormal polynomials and target functions (PAPER.md §1, §6, §7).
 
 Inputs x ∈ R^d are drawn from N(0, I_d) ("gaussian", the authors' experiments) or uniformly on the
-sphere of radius √d ("sphere", the theory).
+sphere of radius √d ("sphere", the theory). Each distribution has its family of orthonormal
+polynomials of one variable, evaluated along a unit direction v:
+
+    gaussian:  φ_k(v·x) = h_k(v·x),        h_k = He_k/√(k!)                  (`hermite`)
+    sphere:    φ_k(v·x) = q_k(v·x/√d),     q_k = √N(d, k) · P_k              (`gegenbauer`)
+
+with P_k the Legendre polynomial in dimension d (`legendre`, P_k(1) = 1) and N(d, k) the number of
+independent degree-k spherical harmonics (`num_harmonics`). For unit v, v' with ρ = v·v', degrees
+j ≠ k are orthogonal and
+
+    gaussian:  E[h_k(v·x) h_k(v'·x)]            = ρ^k
+    sphere:    E[q_k(v·x/√d) q_k(v'·x/√d)]      = P_k(ρ)        (the addition formula)
+
+so a target part f(x) = b + Σ_j c_j φ_k(v_j·x) has the exact mean square, computed from its
+coefficients,
+
+    E[f²] = (E f)² + cᵀ G c,   G_jl = ρ_jl^k or P_k(ρ_jl),   E f = b (+ Σ_j c_j when k = 0).
+
+"Variance" of a part means, as in PAPER.md §6, this mean square E[f_i²]: the test loss left when
+exactly that part is not learned. Every part built here has mean 0 when its degree is ≥ 1, so the
+two coincide, except the first part of `mlp_target`, which is taken literally and is not centred.
+Parts of different degree are orthogonal, so the variances of a target's parts add up to E[y²].
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import numbers
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
+__all__ = [
+    "DISTRIBUTIONS",
+    "Target",
+    "TargetPart",
+    "Task",
+    "dense_part",
+    "gegenbauer",
+    "hermite",
+    "legendre",
+    "make_target",
+    "make_task",
+    "mlp_target",
+    "num_harmonics",
+    "paper_target",
+    "paper_task",
+    "sample_inputs",
+    "sparse_part",
+]
+
 DISTRIBUTIONS = ("gaussian", "sphere")
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def sample_inputs(key: Array, n: int, d: int, distribution: str = "gaussian", dtype=None) -> Array:
@@ -21,17 +67,622 @@ def sample_inputs(key: Array, n: int, d: int, distribution: str = "gaussian", dt
 
     Traceable (n, d and distribution are static), so training loops can draw fresh samples.
     """
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(
-            f"unknown distribution {distribution!r}; expected one of {list(DISTRIBUTIONS)}"
+    _check_distribution(distribution)
+    _check_int("n", n, 1)
+    _check_int("d", d, 1)
+    return _sample_inputs(key, n, d, distribution, _float_dtype(dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Orthonormal polynomials of one variable
+
+
+def hermite(k: int, z: Array) -> Array:
+    """Normalised probabilists' Hermite polynomial h_k(z) = He_k(z)/√(k!), elementwise.
+
+    Orthonormal under N(0, 1): E[h_j(z) h_k(z)] = δ_jk. Computed by the normalised three-term
+    recurrence h_0 = 1, h_1 = z, h_{j+1} = (z h_j − √j h_{j−1})/√(j+1), which never forms He_k or
+    k! (stable for large k). `k` is static: use `jax.jit(hermite, static_argnums=0)`.
+
+    Example:
+        >>> hermite(2, jnp.array([0.0, 1.0]))  # (z² − 1)/√2
+        Array([-0.70710677,  0.        ], dtype=float32)
+    """
+    _check_int("k", k, 0)
+    return _three_term(_as_float(z, "z"), *_hermite_coefficients(k))
+
+
+def legendre(k: int, t: Array, d: int) -> Array:
+    """Legendre polynomial in dimension d, P_k(t) with P_k(1) = 1, elementwise on t ∈ [−1, 1].
+
+    P_k = C_k^{(d−2)/2}/C_k^{(d−2)/2}(1) (Gegenbauer, scaled), from the recurrence P_0 = 1, P_1 = t,
+    (j + d − 2) P_{j+1} = (2j + d − 2) t P_j − j P_{j−1}. d = 3 gives the classical Legendre
+    polynomials, d = 2 the Chebyshev polynomials T_k. For x uniform on the sphere of radius √d and
+    unit v, v': E[P_k(v·x/√d) P_k(v'·x/√d)] = P_k(v·v')/N(d, k). `k` and `d` are static.
+    """
+    _check_int("k", k, 0)
+    _check_int("d", d, 2)
+    return _three_term(_as_float(t, "t"), *_legendre_coefficients(k, d))
+
+
+def gegenbauer(k: int, t: Array, d: int) -> Array:
+    """Orthonormal Gegenbauer polynomial q_k(t) = √N(d, k) · P_k(t) in dimension d, elementwise.
+
+    Convention: orthonormal under the law of t = v·x/√d for x uniform on the sphere of radius √d
+    and a fixed unit v, whose density on [−1, 1] is ∝ (1 − t²)^{(d−3)/2}: E[q_j(t) q_k(t)] = δ_jk.
+    More generally E[q_k(v·x/√d) q_k(v'·x/√d)] = P_k(v·v') (`legendre`), and
+    q_k(s/√d) → h_k(s) as d → ∞. The recurrence of `legendre` is run on q_k directly, with
+    coefficients scaled by ratios of N(d, ·), so √N(d, k) (huge for large d, k) is never formed.
+    `k` and `d` are static.
+
+    Example:
+        >>> gegenbauer(1, jnp.array([0.5]), d=4)  # q_1(t) = √d t
+        Array([1.], dtype=float32)
+    """
+    _check_int("k", k, 0)
+    _check_int("d", d, 2)
+    return _three_term(_as_float(t, "t"), *_gegenbauer_coefficients(k, d))
+
+
+def num_harmonics(d: int, k: int) -> int:
+    """N(d, k): the dimension of the degree-k spherical harmonics in R^d (an exact Python int).
+
+    N(d, k) = C(d + k − 1, k) − C(d + k − 3, k − 2): homogeneous polynomials of degree k modulo
+    |x|² times those of degree k − 2. N(d, 0) = 1, N(d, 1) = d, N(d, 2) = (d + 2)(d − 1)/2,
+    N(3, k) = 2k + 1, N(2, k) = 2 for k ≥ 1.
+    """
+    _check_int("d", d, 1)
+    _check_int("k", k, 0)
+    return math.comb(d + k - 1, k) - (math.comb(d + k - 3, k - 2) if k >= 2 else 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Target parts and targets
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TargetPart:
+    """One part of a target: f(x) = b + Σ_j c_j φ_k(v_j·x), x (n, d) → (n,).
+
+    φ_k = h_k (`hermite`) for Gaussian inputs and φ_k(v·x) = q_k(v·x/√d) (`gegenbauer`) on the
+    sphere. A pytree: arrays are leaves, degree and distribution are static. Build parts with
+    `dense_part`, `sparse_part`, or the paper's targets.
+
+    Attributes:
+        directions: (K, d) unit vectors v_j (K = 0 for a constant).
+        coefficients: (K,) c_j.
+        offset: () the constant b.
+        degree: k ≥ 0.
+        distribution: "gaussian" or "sphere", the input law under which the φ_k are orthonormal.
+    """
+
+    directions: Array
+    coefficients: Array
+    offset: Array
+    degree: int = dataclasses.field(metadata={"static": True})
+    distribution: str = dataclasses.field(metadata={"static": True})
+
+    @property
+    def d(self) -> int:
+        return self.directions.shape[-1]
+
+    @property
+    def mean(self) -> Array:
+        """E f = b, plus Σ_j c_j for degree 0 (every φ_k with k ≥ 1 has mean 0)."""
+        if self.degree == 0:
+            return self.offset + jnp.sum(self.coefficients, axis=-1)
+        return self.offset
+
+    @property
+    def variance(self) -> Array:
+        """The part's mean square E[f²] = (E f)² + cᵀ G c (k ≥ 1), exact from the coefficients.
+
+        G_jl = ρ_jl^k (gaussian) or P_k(ρ_jl) (sphere), ρ = V Vᵀ. Equal to Var f when E f = 0.
+        """
+        return _second_moment(self)
+
+    def __call__(self, x: Array) -> Array:
+        """f(x) = b + Σ_j c_j φ_k(v_j·x) for x of shape (n, d); returns (n,) in x's dtype."""
+        return _part_values(self, _check_x(x, self.d, "target part"))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A target function f*(x) = Σ_i f_i(x), a sum of named parts (`TargetPart`).
+
+    A pytree (the parts' arrays are leaves, the names static): pass it to `jit` as an argument.
+    Build it with `make_target`, `paper_target` or `mlp_target`.
+
+    Example:
+        >>> key = jax.random.PRNGKey(0)
+        >>> target = paper_target(key, d=10)
+        >>> x = sample_inputs(key, 5, 10)
+        >>> target(x).shape, target.parts(x).shape, target.names
+        ((5,), (2, 5), ('linear', 'quadratic'))
+    """
+
+    components: tuple[TargetPart, ...]
+    names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+
+    @property
+    def d(self) -> int:
+        return self.components[0].d
+
+    @property
+    def distribution(self) -> str:
+        return self.components[0].distribution
+
+    @property
+    def degrees(self) -> tuple[int, ...]:
+        return tuple(p.degree for p in self.components)
+
+    @property
+    def variances(self) -> Array:
+        """(P,) exact mean squares E[f_i²] of the parts; they sum to E[f*²] when the parts are
+        orthogonal (different degrees)."""
+        return _variances(self)
+
+    @property
+    def means(self) -> Array:
+        """(P,) exact means E[f_i] of the parts."""
+        return jnp.stack([p.mean for p in self.components])
+
+    def parts(self, x: Array) -> Array:
+        """(P, n): the value of each part f_i on the inputs x (n, d)."""
+        return _parts_values(self, _check_x(x, self.d, "target"))
+
+    def __call__(self, x: Array) -> Array:
+        """f*(x) = Σ_i f_i(x), (n,) for x (n, d)."""
+        return jnp.sum(self.parts(x), axis=0)
+
+
+def dense_part(
+    key: Array,
+    d: int,
+    degree: int,
+    variance: float,
+    distribution: str = "gaussian",
+    *,
+    num_directions: int | None = None,
+    dtype=None,
+) -> TargetPart:
+    """Dense degree-k part f(x) = Σ_{j≤K} c_j φ_k(v_j·x), spread over all d coordinates.
+
+    v_j uniform random unit vectors, c ~ N(0, I_K) rescaled so that E[f²] = cᵀ G c = `variance`
+    exactly (see `TargetPart.variance`). Degree 0 is the constant √variance; degree 1 is a random
+    linear function w·x with |w|² = variance. Traceable in `key` (the other arguments are static).
+
+    Args:
+        key: PRNG key.
+        d: input dimension, ≥ 1 (≥ 2 on the sphere).
+        degree: k ≥ 0.
+        variance: E[f²] ≥ 0.
+        distribution: "gaussian" or "sphere".
+        num_directions: K ≥ 1, default 2d.
+        dtype: float dtype of the part's arrays (default: JAX's default float).
+    """
+    _check_part_args(d, degree, variance, distribution)
+    k = 2 * d if num_directions is None else num_directions
+    _check_int("num_directions", k, 1)
+    return _random_part(key, variance, d, degree, k, False, distribution, dtype)
+
+
+def sparse_part(
+    key: Array,
+    d: int,
+    degree: int,
+    r: int,
+    variance: float,
+    distribution: str = "gaussian",
+    *,
+    dtype=None,
+) -> TargetPart:
+    """Sparse degree-p part f(x) = Σ_{s≤r} α_s φ_p(β_s·x) on r orthonormal directions β_s.
+
+    β uniformly random orthonormal (QR of a Gaussian d×r matrix), α ~ N(0, I_r) rescaled so that
+    E[f²] = αᵀ G α = `variance` exactly. On the Gaussian G = I; on the sphere G has off-diagonal
+    entries P_p(0), non-zero for even p (|x| is fixed), which the normalisation accounts for.
+    Degree 0 is the constant √variance. Traceable in `key`.
+
+    Args:
+        key: PRNG key.
+        d: input dimension, ≥ 1 (≥ 2 on the sphere).
+        degree: p ≥ 0.
+        r: number of directions, 1 ≤ r ≤ d.
+        variance: E[f²] ≥ 0.
+        distribution: "gaussian" or "sphere".
+        dtype: float dtype of the part's arrays (default: JAX's default float).
+    """
+    _check_part_args(d, degree, variance, distribution)
+    _check_int("r", r, 1)
+    if r > d:
+        raise ValueError(f"r must satisfy 1 ≤ r ≤ d = {d} (orthonormal directions), got r = {r}")
+    return _random_part(key, variance, d, degree, r, True, distribution, dtype)
+
+
+def make_target(parts: Mapping[str, TargetPart]) -> Target:
+    """The target f* = Σ_i f_i from named parts; all parts must share d and the distribution.
+
+    Example: `make_target({"dense_linear": p1, "sparse_cubic": p2})`, names in that order.
+    """
+    if not isinstance(parts, Mapping) or not parts:
+        raise TypeError(
+            "parts must be a non-empty mapping from names to TargetPart, "
+            f"got {type(parts).__name__}"
         )
-    for name, v in (("n", n), ("d", d)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if v < 1:
-            raise ValueError(f"{name} must be ≥ 1, got {v}")
-    dtype = jnp.zeros(()).dtype if dtype is None else jnp.dtype(dtype)
+    for name, part in parts.items():
+        if not isinstance(name, str):
+            raise TypeError(f"part names must be str, got {name!r}")
+        if not isinstance(part, TargetPart):
+            raise TypeError(f"parts[{name!r}] must be a TargetPart, got {type(part).__name__}")
+    first = next(iter(parts.values()))
+    for name, part in parts.items():
+        if part.d != first.d or part.distribution != first.distribution:
+            raise ValueError(
+                f"parts must share d and distribution: parts[{name!r}] has d = {part.d}, "
+                f"distribution {part.distribution!r}; the first has d = {first.d}, "
+                f"distribution {first.distribution!r}"
+            )
+    return Target(components=tuple(parts.values()), names=tuple(parts))
+
+
+def paper_target(key: Array, d: int, distribution: str = "gaussian", *, dtype=None) -> Target:
+    """The authors' target f*(x) = ((β·x)² − 1 + β·x)/√3, β a random unit vector (PAPER.md §7).
+
+    Two parts: "linear" = h_1(β·x)/√3 (variance 1/3) and "quadratic" = √(2/3) h_2(β·x) =
+    ((β·x)² − 1)/√3 (variance 2/3). On the sphere the same variances with q_1(β·x/√d) = β·x and
+    q_2(β·x/√d) = √N(d,2) ((β·x)² − 1)/(d − 1) (`gegenbauer`).
+    """
+    _check_distribution(distribution)
+    _check_dimension(d, distribution)
+    beta, _ = _random_ridge(key, d, 1, False, _float_dtype(dtype))
+    zero = jnp.zeros((), beta.dtype)
+
+    def part(c: float, degree: int) -> TargetPart:
+        return TargetPart(beta, jnp.full((1,), c, beta.dtype), zero, degree, distribution)
+
+    return make_target(
+        {"linear": part(math.sqrt(1 / 3), 1), "quadratic": part(math.sqrt(2 / 3), 2)}
+    )
+
+
+def mlp_target(key: Array, d: int, *, dtype=None) -> Target:
+    """The authors' second target f*(x) = xᵀAx/√675 + He_3(β·x)/√6, A = diag(1{i > d/2}) (§7).
+
+    Gaussian inputs. Taken literally, so the first part is not centred: with m = #{i ≤ d: i > d/2},
+    "dense_quadratic" = Σ_{i>d/2} x_i²/√675 = m/√675 + √(2/675) Σ_{i>d/2} h_2(x_i) has mean m/√675
+    and mean square (m² + 2m)/675 (= 1 at d = 50). "sparse_cubic" = He_3(β·x)/√6 = h_3(β·x),
+    variance 1, orthogonal to the first.
+    """
+    _check_int("d", d, 1)
+    beta, _ = _random_ridge(key, d, 1, False, _float_dtype(dtype))
+    dtype = beta.dtype
+    m = d - d // 2
+    quadratic = TargetPart(
+        directions=jnp.eye(d, dtype=dtype)[d // 2 :],
+        coefficients=jnp.full((m,), math.sqrt(2 / 675), dtype),
+        offset=jnp.asarray(m / math.sqrt(675), dtype),
+        degree=2,
+        distribution="gaussian",
+    )
+    cubic = TargetPart(beta, jnp.ones((1,), dtype), jnp.zeros((), dtype), 3, "gaussian")
+    return make_target({"dense_quadratic": quadratic, "sparse_cubic": cubic})
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks: train and test sets
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Training and test sets for a target: y = f*(x) (+ label noise on the training set only).
+
+    A pytree (arrays and the target are leaves; distribution and part names static), so a task can
+    be passed to `jit` and stacked with `vmap` over keys.
+
+    Attributes:
+        x_train: (n, d) training inputs.  y_train: (n,) training labels.
+        x_test: (n_test, d).  y_test: (n_test,) = f*(x_test), noise-free.
+        parts_train: (P, n) each target part on x_train (noise-free).  parts_test: (P, n_test).
+        target: the `Target`.  distribution: input law.  part_names: the target's part names.
+    """
+
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    parts_train: Array
+    parts_test: Array
+    target: Target
+    distribution: str = dataclasses.field(metadata={"static": True})
+    part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+
+    @property
+    def n(self) -> int:
+        return self.x_train.shape[-2]
+
+    @property
+    def n_test(self) -> int:
+        return self.x_test.shape[-2]
+
+    @property
+    def d(self) -> int:
+        return self.x_train.shape[-1]
+
+
+def make_task(
+    key: Array,
+    target: Target,
+    *,
+    n: int,
+    n_test: int,
+    distribution: str | None = None,
+    noise: float = 0.0,
+) -> Task:
+    """n training and n_test test points x ~ `distribution`, y = f*(x), y_train += noise · ξ.
+
+    Train inputs, test inputs and the noise ξ ~ N(0, I_n) come from independent subkeys of `key`.
+    `distribution` defaults to the target's and must equal it (its variances are exact only under
+    that law). The inputs take the target's dtype. Traceable in `key` and `target`.
+
+    Example:
+        >>> task = make_task(jax.random.PRNGKey(1), paper_target(jax.random.PRNGKey(0), d=10),
+        ...                  n=100, n_test=1000)
+        >>> task.x_train.shape, task.parts_test.shape
+        ((100, 10), (2, 1000))
+    """
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be a Target, got {type(target).__name__}")
+    _check_int("n", n, 1)
+    _check_int("n_test", n_test, 1)
+    if distribution is None:
+        distribution = target.distribution
+    _check_distribution(distribution)
+    if distribution != target.distribution:
+        raise ValueError(
+            f"distribution {distribution!r} does not match the target's {target.distribution!r} "
+            "(its parts are orthonormal, with the stated variances, only under that law)"
+        )
+    _check_real("noise", noise)
+    key_train, key_test, key_noise = jax.random.split(key, 3)
+    dtype = target.components[0].offset.dtype
+    x_train = _sample_inputs(key_train, n, target.d, distribution, dtype)
+    x_test = _sample_inputs(key_test, n_test, target.d, distribution, dtype)
+    parts_train, parts_test = target.parts(x_train), target.parts(x_test)
+    y_train = jnp.sum(parts_train, axis=0)
+    if noise > 0:
+        y_train = y_train + noise * jax.random.normal(key_noise, (n,), dtype=dtype)
+    return Task(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=jnp.sum(parts_test, axis=0),
+        parts_train=parts_train,
+        parts_test=parts_test,
+        target=target,
+        distribution=distribution,
+        part_names=target.names,
+    )
+
+
+def paper_task(
+    key: Array,
+    d: int,
+    n: int,
+    n_test: int = 10_000,
+    distribution: str = "gaussian",
+    *,
+    dtype=None,
+) -> Task:
+    """The authors' task: `paper_target` (β from one subkey of `key`) with n train and n_test test
+    points (from another). The paper's size is d = 100, n = 1000, n_test = 10 000 (PAPER.md §7)."""
+    key_target, key_data = jax.random.split(key)
+    target = paper_target(key_target, d, distribution, dtype=dtype)
+    return make_task(key_data, target, n=n, n_test=n_test)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers. The public functions validate their arguments (in Python, on static values), then call
+# the jitted cores below: one compilation per static configuration, not one per primitive when
+# called eagerly (which made the builders several times slower to first call).
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _sample_inputs(key: Array, n: int, d: int, distribution: str, dtype: jnp.dtype) -> Array:
     x = jax.random.normal(key, (n, d), dtype=dtype)
     if distribution == "sphere":
         x = x * (math.sqrt(d) / jnp.linalg.norm(x, axis=1, keepdims=True))
     return x
+
+
+@jax.jit
+def _part_values(part: TargetPart, x: Array) -> Array:
+    v, c, b = (a.astype(x.dtype) for a in (part.directions, part.coefficients, part.offset))
+    z = jnp.matmul(x, v.T, precision=_HIGHEST)
+    phi = _family(part.degree, z, part.d, part.distribution)
+    return jnp.matmul(phi, c, precision=_HIGHEST) + b
+
+
+@jax.jit
+def _parts_values(target: Target, x: Array) -> Array:
+    return jnp.stack([_part_values(p, x) for p in target.components])
+
+
+@jax.jit
+def _second_moment(part: TargetPart) -> Array:
+    second_moment = part.mean**2
+    if part.degree >= 1:
+        rho = jnp.matmul(part.directions, part.directions.T, precision=_HIGHEST)
+        gram = _overlap(part.degree, rho, part.d, part.distribution)
+        second_moment = second_moment + part.coefficients @ gram @ part.coefficients
+    return second_moment
+
+
+@jax.jit
+def _variances(target: Target) -> Array:
+    return jnp.stack([_second_moment(p) for p in target.components])
+
+
+def _random_part(
+    key: Array,
+    variance: float,
+    d: int,
+    degree: int,
+    count: int,
+    orthonormal: bool,
+    distribution: str,
+    dtype,
+) -> TargetPart:
+    """b + Σ_{j≤count} c_j φ_k(v_j·x) with E[f²] = variance: the constant √variance for degree 0,
+    else random unit (or orthonormal) v_j and c ~ N(0, I) rescaled."""
+    dtype = _float_dtype(dtype)
+    if degree == 0:
+        return TargetPart(
+            directions=jnp.zeros((0, d), dtype),
+            coefficients=jnp.zeros((0,), dtype),
+            offset=jnp.asarray(math.sqrt(variance), dtype),
+            degree=0,
+            distribution=distribution,
+        )
+    v, c = _random_ridge(key, d, count, orthonormal, dtype)
+    return _normalised_part(v, c, variance, degree, distribution)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _random_ridge(
+    key: Array, d: int, count: int, orthonormal: bool, dtype: jnp.dtype
+) -> tuple[Array, Array]:
+    """count random unit directions (count, d), orthonormal if asked (QR), and c ~ N(0, I_count).
+
+    Separate from the degree, so that parts of every degree share one compilation.
+    """
+    key_v, key_c = jax.random.split(key)
+    if orthonormal:
+        v = jnp.linalg.qr(jax.random.normal(key_v, (d, count), dtype=dtype))[0].T
+    else:
+        v = _unit_rows(jax.random.normal(key_v, (count, d), dtype=dtype))
+    return v, jax.random.normal(key_c, (count,), dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _normalised_part(
+    v: Array, c: Array, variance: float, degree: int, distribution: str
+) -> TargetPart:
+    part = TargetPart(v, c, jnp.zeros((), c.dtype), degree, distribution)
+    return dataclasses.replace(part, coefficients=c * jnp.sqrt(variance / part.variance))
+
+
+def _three_term(z: Array, a: tuple[float, ...], b: tuple[float, ...]) -> Array:
+    """p_0 = 1, p_1 = a_0 z, p_{j+1} = a_j z p_j − b_j p_{j−1}; returns p_k for k = len(a)."""
+    prev, cur = jnp.zeros_like(z), jnp.ones_like(z)
+    for a_j, b_j in zip(a, b, strict=True):
+        prev, cur = cur, a_j * z * cur - b_j * prev
+    return cur
+
+
+@functools.cache
+def _hermite_coefficients(k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    a = tuple(1 / math.sqrt(j + 1) for j in range(k))
+    b = tuple(math.sqrt(j / (j + 1)) for j in range(k))
+    return a, b
+
+
+@functools.cache
+def _legendre_coefficients(k: int, d: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # P_1 = t for every d (the general formula is 0/0 at j = 0, d = 2).
+    a = tuple(1.0 if j == 0 else (2 * j + d - 2) / (j + d - 2) for j in range(k))
+    b = tuple(0.0 if j == 0 else j / (j + d - 2) for j in range(k))
+    return a, b
+
+
+@functools.cache
+def _gegenbauer_coefficients(k: int, d: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # q_j = √N_j P_j turns the Legendre recurrence into one with a_j √(N_{j+1}/N_j) and
+    # b_j √(N_{j+1}/N_{j−1}); the ratios of exact ints stay moderate where N itself overflows.
+    a_leg, b_leg = _legendre_coefficients(k, d)
+    n = [num_harmonics(d, j) for j in range(k + 1)]
+    a = tuple(a_leg[j] * math.sqrt(n[j + 1] / n[j]) for j in range(k))
+    b = tuple(0.0 if j == 0 else b_leg[j] * math.sqrt(n[j + 1] / n[j - 1]) for j in range(k))
+    return a, b
+
+
+def _family(k: int, z: Array, d: int, distribution: str) -> Array:
+    """φ_k(z) for z = v·x: h_k(z) on the Gaussian, q_k(z/√d) on the sphere."""
+    if distribution == "sphere":
+        return gegenbauer(k, z / math.sqrt(d), d)
+    return hermite(k, z)
+
+
+def _overlap(k: int, rho: Array, d: int, distribution: str) -> Array:
+    """E[φ_k(v·x) φ_k(v'·x)] as a function of ρ = v·v': ρ^k (Gaussian) or P_k(ρ) (sphere)."""
+    if distribution == "sphere":
+        return legendre(k, rho, d)
+    return rho**k
+
+
+def _unit_rows(g: Array) -> Array:
+    return g / jnp.linalg.norm(g, axis=1, keepdims=True)
+
+
+def _check_part_args(d: object, degree: object, variance: object, distribution: object) -> None:
+    _check_distribution(distribution)
+    _check_dimension(d, distribution)
+    _check_int("degree", degree, 0)
+    _check_real("variance", variance)
+
+
+def _check_dimension(d: object, distribution: str) -> None:
+    # The sphere of radius 1 in R^1 is two points: no density for v·x/√d, no Gegenbauer family.
+    _check_int("d", d, 2 if distribution == "sphere" else 1)
+
+
+def _check_distribution(distribution: object) -> None:
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"unknown distribution {distribution!r}; expected one of {list(DISTRIBUTIONS)}"
+        )
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+
+
+def _check_real(name: str, value: object) -> None:
+    """A finite real number ≥ 0 (a variance or a noise level)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")
+
+
+def _check_x(x: Array, d: int, what: str) -> Array:
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(
+            f"x must have shape (n, d) with d = {d} (the {what}'s input dimension), "
+            f"got shape {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be a float array, got dtype {x.dtype}")
+    return x
+
+
+def _as_float(z: Array, name: str) -> Array:
+    z = jnp.asarray(z)
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a float array, got dtype {z.dtype}")
+    return z
+
+
+def _float_dtype(dtype) -> jnp.dtype:
+    """The given dtype, or JAX's default float (float32, float64 under x64)."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a float dtype, got {dtype}")
+    return dtype
