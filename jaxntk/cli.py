@@ -1,0 +1,291 @@
+"""The `jaxntk` command.
+
+    jaxntk train --variant V --d D --n N --m M --steps T --lr LR --seed S --out DIR [...]
+
+Each verb exits 0 on success and non-zero with a one-line reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """A reason to stop, shown to the user as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"jaxntk {args.verb}: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from jaxntk.objectives import VARIANTS
+    from jaxntk.training import OPTIMIZERS
+
+    p = _Parser(
+        prog="jaxntk", description="Taylor models of wide networks: NTK, QuadNTK, good directions."
+    )
+    sub = p.add_subparsers(dest="verb", parser_class=_Parser)
+    t = sub.add_parser("train", help="train one variant on one configuration")
+    t.add_argument("--variant", required=True, choices=list(VARIANTS))
+    t.add_argument("--d", type=_positive_int, required=True, help="input dimension")
+    t.add_argument("--n", type=_positive_int, required=True, help="training points")
+    t.add_argument("--m", type=_positive_int, required=True, help="width (even)")
+    t.add_argument("--steps", type=_positive_int, required=True)
+    t.add_argument("--lr", type=_positive_float, default=1.0)
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd")
+    t.add_argument(
+        "--seed",
+        type=_nonnegative_int,
+        default=0,
+        help="seed of the data, the initialization and the run",
+    )
+    t.add_argument(
+        "--lambda-bulk",
+        type=_nonnegative_float,
+        default=None,
+        help="λ_b on the per-sample mean R_bulk (default: 1 for 'regularized', else 0)",
+    )
+    t.add_argument("--lambda-pop", type=_nonnegative_float, default=0.0)
+    t.add_argument("--lambda-24", type=_nonnegative_float, default=0.0)
+    t.add_argument("--k", type=_positive_int, default=None, help="top directions (default d)")
+    t.add_argument("--inputs", choices=["gaussian", "sphere"], default="gaussian")
+    t.add_argument("--target", choices=["paper", "mlp"], default="paper")
+    t.add_argument("--activation", default="shifted_sigmoid")
+    t.add_argument("--n-test", type=_positive_int, default=2000)
+    t.add_argument("--eval-every", type=_positive_int, default=100)
+    t.add_argument("--init-scale", type=_nonnegative_float, default=None)
+    t.add_argument("--out", type=Path, required=True, help="folder for run.json and history.npz")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("reproduce", help="run the paper's experiments and draw their figures")
+    r.add_argument(
+        "--preset",
+        choices=["cpu", "paper"],
+        default="cpu",
+        help="cpu: minutes on 2 cores (default); paper: the authors' size, for a GPU",
+    )
+    r.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
+    r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
+    r.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="override the preset's number of training steps",
+    )
+    r.add_argument("--out", type=Path, default=Path("results"))
+    r.set_defaults(func=_reproduce)
+    return p
+
+
+def _experiments() -> dict:
+    from jaxntk.experiments import variants
+
+    return {"variants": variants}
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    exps = _experiments()
+    names = list(exps) if args.only is None else [s.strip() for s in args.only.split(",") if s]
+    unknown = [x for x in names if x not in exps]
+    if unknown or not names:
+        raise CLIError(
+            f"--only: unknown experiment(s) {unknown or names}; choose from {list(exps)}"
+        )
+    out = _writable_dir(args.out)
+    t0 = time.perf_counter()
+    docs = {}
+    for name in names:
+        module = exps[name]
+        config = module.PRESETS[args.preset]
+        overrides = {}
+        if args.seeds is not None and hasattr(config, "seeds"):
+            overrides["seeds"] = tuple(args.seeds)
+        if args.steps is not None and hasattr(config, "steps"):
+            overrides["steps"] = args.steps
+        config = dataclasses.replace(config, **overrides)
+        print(f"== {name} ({args.preset} preset) -> {out}", flush=True)
+        try:
+            docs[name] = module.run(config, out)
+        except ValueError as err:
+            raise CLIError(f"{name}: {err}") from None
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s; results in {out}")
+    if "variants" in docs:
+        print("\nvariant        test loss (mean ± std over seeds)   train loss")
+        for v, row in docs["variants"]["summary"].items():
+            print(
+                f"{v:<14} {row['test_mean']:.3f} ± {row['test_std']:.3f}"
+                f"                  {row['train_mean']:.3f}"
+            )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    import jaxntk as jn
+
+    out = _writable_dir(args.out)
+    key = jax.random.PRNGKey(args.seed)
+    k_task, k_net = jax.random.split(key)
+    try:
+        task = _make_task(k_task, args)
+        net = jn.TwoLayer.init(k_net, d=args.d, m=args.m, activation=args.activation)
+        reg = jn.Regularizer(
+            bulk=(1.0 if args.variant == "regularized" else 0.0)
+            if args.lambda_bulk is None
+            else args.lambda_bulk,
+            pop=args.lambda_pop,
+            norm24=args.lambda_24,
+            k=args.k,
+        )
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jn.DivergenceWarning)
+            run = jn.train(
+                net,
+                task,
+                args.variant,
+                steps=args.steps,
+                lr=args.lr,
+                optimizer=args.optimizer,
+                reg=reg,
+                seeds=[args.seed],
+                eval_every=args.eval_every,
+                init_scale=args.init_scale,
+                progress=not args.quiet,
+            )
+        seconds = time.perf_counter() - t0
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+    hist = {k: v[0, 0] if k != "step" else v for k, v in run.history.items()}
+    np.savez(out / "history.npz", **hist)
+    config = {**vars(args), "out": str(args.out), "m": args.m, "activation": args.activation}
+    config.pop("func", None)
+    final = {k: _num(hist[k][-1]) for k in ("train_loss", "test_loss")}
+    doc = {
+        "config": config,
+        "final": final,
+        "seconds": seconds,
+        "history": {
+            k: [_num(x) for x in np.asarray(v).tolist()]
+            for k, v in hist.items()
+            if np.asarray(v).ndim == 1
+        },
+    }
+    bad = int(run.diverged_at_step[0, 0])
+    if bad >= 0:
+        doc["diverged_at_step"] = bad
+    (out / "run.json").write_text(json.dumps(doc, indent=1))
+    if bad >= 0:
+        raise CLIError(
+            f"variant {args.variant!r} diverged (non-finite loss) at step {bad}; "
+            f"history up to there written to {out}"
+        )
+    print(
+        f"{args.variant}: train {final['train_loss']:.4g}  test {final['test_loss']:.4g}  "
+        f"({seconds:.1f} s) -> {out}"
+    )
+    return 0
+
+
+def _make_task(key, args):
+    import jax
+
+    import jaxntk as jn
+
+    if args.target == "paper":
+        return jn.paper_task(key, d=args.d, n=args.n, n_test=args.n_test, distribution=args.inputs)
+    k_target, k_data = jax.random.split(key)
+    target = jn.targets.mlp_target(k_target, args.d)
+    return jn.targets.make_task(
+        k_data, target, n=args.n, n_test=args.n_test, distribution=args.inputs
+    )
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".jaxntk-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CLIError(f"--out {path} is not a writable folder ({err.strerror})") from None
+    return path
+
+
+def _seed_list(s: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {s!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints ≥ 0, got {s!r}")
+    return seeds
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an int ≥ 1, got {s}")
+    return v
+
+
+def _nonnegative_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an int ≥ 0, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _nonnegative_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {s}")
+    return v
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The variants as data, the regularizers and the training objective (PAPER.md §5).
+
+A *model* is any pytree with the methods `prepare(x)`, `zeros()`, `full(u, prep)`,
+`linear_term(u, prep)`, `quadratic_term(u, prep)` and `linear_and_quadratic(u, prep)`, where `u` is
+the displacement U from the initial parameters: `jaxntk.TwoLayer` (closed forms) and
+`jaxntk.TaylorModel` (any `apply_fn(params, x)`, exact Taylor terms by jvp) are the two we ship.
+
+Variants (prediction used for training → prediction used for evaluation):
+
+    full         f(x; W0 + U)
+    ntk          f_L(x; U)
+    quadntk      f_Q(x; U)                      starts from a small random U: ∇f_Q = 0 at U = 0
+    randomized   f(x; W0 + S U), fresh signs S  evaluated as E_S f = ½[f(W0 + U) + f(W0 − U)]
+    ntk+quadntk  f_L + f_Q
+    regularized  f_L + f_Q, with the good-direction regularizer on by default
+
+Objective, with per-sample means (the scale convention of this library):
+
+    L(U) = (1/n) Σ_i (y_i − f(x_i; U))² + λ_b R_bulk(U) + λ_p R_pop(U) + λ_4 R_24(U)
+    R_bulk(U) = (1/n) ‖(I − U_k U_kᵀ) f_L(X; U)‖²       bulk NTK output on the training set
+    R_pop(U)  = E_x f_L(x; P_⊥ U)²                        on fresh samples every step
+    R_24(U)   = (Σ_r ‖u_r‖⁴)² = ‖U‖_{2,4}^8               rows u_r along each leaf's first axis
+
+The authors' figure weighs R_bulk summed over the training points (PAPER.md §7): their λ_1 is
+λ_b / n here; `Regularizer.from_sum_scale` converts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxntk import spectral
+from jaxntk.targets import sample_inputs
+
+Array = jax.Array
+
+__all__ = [
+    "VARIANTS",
+    "Data",
+    "Regularizer",
+    "Variant",
+    "VariantObjective",
+    "bulk_penalty",
+    "get_variant",
+    "norm24_penalty",
+    "population_penalty",
+    "random_signs",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the variants table: how a model predicts while training and when evaluated.
+
+    Attributes:
+        name: the name in PAPER.md §5.
+        train_predict: (model, u, prep, key) -> (n,) prediction inside the training loss.
+        predict: (model, u, prep) -> (n,) deterministic prediction for train/test losses.
+        quadratic: whether the prediction uses f_Q (needs σ'' ≠ 0).
+        random_init: whether ∇ = 0 at U = 0, so training must start from a small random U.
+        regularized: whether the good-direction regularizer is on by default.
+    """
+
+    name: str
+    train_predict: Callable[[Any, Any, Any, Array], Array]
+    predict: Callable[[Any, Any, Any], Array]
+    quadratic: bool
+    random_init: bool = False
+    regularized: bool = False
+
+
+def _full(model, u, prep):
+    return model.full(u, prep)
+
+
+def _linear(model, u, prep):
+    return model.linear_term(u, prep)
+
+
+def _quadratic(model, u, prep):
+    return model.quadratic_term(u, prep)
+
+
+def _linear_plus_quadratic(model, u, prep):
+    fl, fq = model.linear_and_quadratic(u, prep)
+    return fl + fq
+
+
+def _even_part(model, u, prep):
+    """E_S f(W0 + S U) for per-row signs of a separable model: ½[f(W0 + U) + f(W0 − U)]."""
+    neg = jax.tree_util.tree_map(jnp.negative, u)
+    return 0.5 * (model.full(u, prep) + model.full(neg, prep))
+
+
+def _randomized_train(model, u, prep, key):
+    return model.full(random_signs(key, u), prep)
+
+
+def _deterministic(fn):
+    def train_predict(model, u, prep, key):
+        del key
+        return fn(model, u, prep)
+
+    train_predict.__name__ = f"{fn.__name__}_train"
+    return train_predict
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("full", _deterministic(_full), _full, quadratic=False),
+        Variant("ntk", _deterministic(_linear), _linear, quadratic=False),
+        Variant(
+            "quadntk", _deterministic(_quadratic), _quadratic, quadratic=True, random_init=True
+        ),
+        Variant("randomized", _randomized_train, _even_part, quadratic=True),
+        Variant(
+            "ntk+quadntk",
+            _deterministic(_linear_plus_quadratic),
+            _linear_plus_quadratic,
+            quadratic=True,
+        ),
+        Variant(
+            "regularized",
+            _deterministic(_linear_plus_quadratic),
+            _linear_plus_quadratic,
+            quadratic=True,
+            regularized=True,
+        ),
+    )
+}
+"""The six variants of PAPER.md §5, by name."""
+
+
+def get_variant(name: str) -> Variant:
+    """The row of `VARIANTS` called `name`; ValueError naming the choices otherwise."""
+    try:
+        return VARIANTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown variant {name!r}; expected one of {list(VARIANTS)}") from None
+
+
+def random_signs(key: Array, u: Any) -> Any:
+    """S U: every row of every leaf (its first axis: a neuron of an (m, d) layer) times ±1.
+
+    Bai & Lee's randomization: with independent Rademacher signs per neuron, E_S f_L(SU) = 0 and
+    f_Q(SU) = f_Q(U) for a model whose Hessian does not couple different neurons.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(u)
+    keys = jax.random.split(key, len(leaves))
+    signed = []
+    for k, leaf in zip(keys, leaves, strict=True):
+        s = jax.random.rademacher(k, leaf.shape[:1], dtype=leaf.dtype)
+        signed.append(leaf * s.reshape(s.shape + (1,) * (leaf.ndim - 1)))
+    return jax.tree_util.tree_unflatten(treedef, signed)
+
+
+def bulk_penalty(dirs: Any, f_linear_train: Array) -> Array:
+    """R_bulk = (1/n) ‖(I − U_k U_kᵀ) f_L(X; U)‖²: the NTK's training output outside its top-k
+    directions, as a per-sample mean."""
+    r = spectral.bulk_residual(dirs, f_linear_train)
+    return jnp.mean(r**2)
+
+
+def population_penalty(model: Any, prep_train: Any, dirs: Any, u: Any, prep_pop: Any) -> Array:
+    """R_pop = E_x f_L(x; P_⊥ U)², estimated on the prepared samples `prep_pop`."""
+    good = spectral.project_good(model, prep_train, dirs, u)
+    return jnp.mean(model.linear_term(good, prep_pop) ** 2)
+
+
+def norm24_penalty(u: Any) -> Array:
+    """R_24 = ‖U‖_{2,4}^8 = (Σ_r ‖u_r‖⁴)², rows along the first axis of every leaf (Bai & Lee)."""
+    total = sum(
+        jnp.sum(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1) ** 2)
+        for leaf in jax.tree_util.tree_leaves(u)
+    )
+    return total**2
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+    """Weights of the good-direction regularizer, each on its per-sample-mean term.
+
+    Each weight is a float or a sequence; sequences (broadcast to one length L) define a sweep
+    that `jaxntk.train` runs as L vmapped runs in one compiled program.
+
+    Attributes:
+        bulk: λ_b on R_bulk = (1/n)‖(I − U_k U_kᵀ) f_L(X; U)‖² (the mean over training points).
+        pop: λ_p on R_pop = E_x f_L(x; P_⊥U)², fresh samples every step.
+        norm24: λ_4 on R_24 = ‖U‖_{2,4}^8.
+        k: number of top NTK directions kept out (default: d, as the authors).
+        pop_samples: fresh samples per step for R_pop.
+    """
+
+    bulk: float | Sequence[float] = 0.0
+    pop: float | Sequence[float] = 0.0
+    norm24: float | Sequence[float] = 0.0
+    k: int | None = None
+    pop_samples: int = 100
+
+    @classmethod
+    def from_sum_scale(cls, bulk_sum: float | Sequence[float], n: int, **kwargs) -> Regularizer:
+        """Regularizer whose bulk weight is given on the sum over the n training points, the
+        scale of the authors' figure (their λ_1): λ_b = n · λ_1 on the per-sample mean."""
+        return cls(bulk=(np.asarray(bulk_sum, dtype=np.float64) * n).tolist(), **kwargs)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The weights as float arrays of one common length L (a sweep of L settings)."""
+        arrs = {}
+        for name in ("bulk", "pop", "norm24"):
+            v = np.atleast_1d(np.asarray(getattr(self, name), dtype=np.float64))
+            if v.ndim != 1 or v.size == 0:
+                raise ValueError(f"Regularizer.{name} must be a float or a 1-D sequence, got {v}")
+            if not np.all(np.isfinite(v)) or np.any(v < 0):
+                raise ValueError(f"Regularizer.{name} must be finite and ≥ 0, got {v.tolist()}")
+            arrs[name] = v
+        sizes = {v.size for v in arrs.values()} - {1}
+        if len(sizes) > 1:
+            raise ValueError(
+                "Regularizer weights given as sequences must have one common length, got "
+                + ", ".join(f"{k}: {v.size}" for k, v in arrs.items())
+            )
+        size = sizes.pop() if sizes else 1
+        return {k: np.broadcast_to(v, (size,)).copy() for k, v in arrs.items()}
+
+    def validate(self, n: int) -> None:
+        """ValueError for a k or pop_samples out of range (k ≤ n training points)."""
+        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= n):
+            raise ValueError(f"Regularizer.k must be an int in [1, n = {n}], got {self.k!r}")
+        if not isinstance(self.pop_samples, int) or self.pop_samples < 1:
+            raise ValueError(
+                f"Regularizer.pop_samples must be an int ≥ 1, got {self.pop_samples!r}"
+            )
+
+
+class Data(NamedTuple):
+    """Everything a training run reads, as arrays: passed to the compiled program as arguments.
+
+    prep_*: `model.prepare` of the train/test inputs; parts_test: (P, n_test) value of each target
+    part on the test inputs (for the share of each part learned); dirs: the good directions
+    (`jaxntk.spectral.good_directions`) or None.
+    """
+
+    model: Any
+    prep_train: Any
+    prep_test: Any
+    y_train: Array
+    y_test: Array
+    parts_test: Array
+    dirs: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantObjective:
+    """The training objective of one variant: hashable (a static argument of the compiled loop).
+
+    Implements the trainer's objective protocol: `init(key, data)`, `loss(u, data, hyper, key)`
+    and `evaluate(u, data, hyper)`, with hyper = {"bulk": λ_b, "pop": λ_p, "norm24": λ_4}.
+
+    Attributes:
+        variant: a name in `VARIANTS`.
+        init_scale: rows of the initial U have norm ≈ init_scale (0: start at U = 0).
+        use_bulk, use_pop, use_norm24: which regularizers are computed at all.
+        pop_samples, distribution, d: how R_pop draws its fresh samples.
+    """
+
+    variant: str
+    init_scale: float = 0.0
+    use_bulk: bool = False
+    use_pop: bool = False
+    use_norm24: bool = False
+    pop_samples: int = 100
+    distribution: str = "gaussian"
+    d: int = 1
+
+    def init(self, key: Array, data: Data) -> Any:
+        """U at step 0: zeros, or N(0, init_scale²/fan_in) entries (rows of norm ≈ init_scale)."""
+        u = data.model.zeros()
+        if self.init_scale == 0.0:
+            return u
+        leaves, treedef = jax.tree_util.tree_flatten(u)
+        keys = jax.random.split(key, len(leaves))
+        fan_in = [max(1, int(np.prod(leaf.shape[1:]))) for leaf in leaves]
+        new = [
+            self.init_scale / np.sqrt(f) * jax.random.normal(k, leaf.shape, leaf.dtype)
+            for k, leaf, f in zip(keys, leaves, fan_in, strict=True)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, new)
+
+    def loss(self, u: Any, data: Data, hyper: dict[str, Array], key: Array) -> tuple[Array, dict]:
+        """Training loss (1/n) Σ (y − f)² + Σ λ R, and its parts."""
+        v = VARIANTS[self.variant]
+        k_pred, k_pop = jax.random.split(key)
+        pred = v.train_predict(data.model, u, data.prep_train, k_pred)
+        mse = jnp.mean((data.y_train - pred) ** 2)
+        regs = self._regularizers(u, data, k_pop)
+        total = mse + sum(hyper[name] * value for name, value in regs.items())
+        return total, {"mse": mse, **regs}
+
+    def evaluate(self, u: Any, data: Data, hyper: dict[str, Array]) -> dict[str, Array]:
+        """Train/test loss of the evaluation prediction, regularizer values, ‖U‖ and the share of
+        each target part carried by f_L and by f_Q on the test set, (P,) each."""
+        del hyper
+        model = data.model
+        v = VARIANTS[self.variant]
+        train_loss = jnp.mean((data.y_train - v.predict(model, u, data.prep_train)) ** 2)
+        fl, fq = model.linear_and_quadratic(u, data.prep_test)
+        test_pred = v.predict(model, u, data.prep_test)
+        out = {
+            "train_loss": train_loss,
+            "test_loss": jnp.mean((data.y_test - test_pred) ** 2),
+            "u_norm": jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(u))),
+            "share_linear": _shares(fl, data.parts_test),
+            "share_quadratic": _shares(fq, data.parts_test),
+        }
+        if data.dirs is not None:
+            out["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
+            out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_test)
+        out["norm24"] = norm24_penalty(u)
+        return out
+
+    def _regularizers(self, u: Any, data: Data, key: Array) -> dict[str, Array]:
+        model = data.model
+        regs = {}
+        if self.use_bulk:
+            regs["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
+        if self.use_pop:
+            x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
+            x = x.astype(data.y_train.dtype)
+            regs["pop"] = population_penalty(model, data.prep_train, data.dirs, u, model.prepare(x))
+        if self.use_norm24:
+            regs["norm24"] = norm24_penalty(u)
+        return regs
+
+
+def _shares(f: Array, parts: Array) -> Array:
+    """⟨f, part_p⟩ / ⟨part_p, part_p⟩ for each part p: 1 when f carries exactly that part."""
+    return (parts @ f) / jnp.sum(parts**2, axis=1)

@@ -1,0 +1,484 @@
+"""One compiled training loop for every variant, vmapped over regularizer weights and seeds.
+
+`fit` trains any *objective* — a hashable object with `init(key, data)`, `loss(params, data, hyper,
+key) -> (scalar, aux)` and `evaluate(params, data, hyper) -> dict` — with any optax optimizer:
+
+    for t in 0..T-1:   g = ∇_U loss(U_t, data, λ, key_t);   U_{t+1} = U_t + optimizer(g)
+
+as a `lax.scan` over steps, `vmap`ped over the L settings of λ and the S seeds, all in one program
+that is compiled once per shape and takes every array (model, data, λ, step counts) as an argument.
+Training runs in chunks of `eval_every × evals_per_chunk` steps: after each chunk the host prints
+progress, checks for divergence and may save a checkpoint to resume from.
+
+`train(model, task, variant, ...)` builds the objective of a named variant (`jaxntk.objectives`).
+It knows the model only through the model protocol, so the closed-form `TwoLayer` and the generic
+`TaylorModel` train through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxntk import network, spectral
+from jaxntk.objectives import Data, Regularizer, VariantObjective, get_variant
+
+Array = jax.Array
+
+__all__ = ["OPTIMIZERS", "DivergenceWarning", "Run", "fit", "train"]
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "momentum": functools.partial(optax.sgd, momentum=0.9),
+    "adam": optax.adam,
+}
+"""Optimizers by name; the learning rate is an argument of the compiled program, so runs that
+differ only in it share one compilation. `sgd` is the paper's plain full-batch gradient descent."""
+
+
+class DivergenceWarning(UserWarning):
+    """A run's training loss became non-finite; it was stopped and its history kept."""
+
+
+class TrainState(NamedTuple):
+    """Per-run state, every leaf with leading axes (L, S)."""
+
+    params: Any
+    opt_state: Any
+    key: Array
+    diverged_at: Array  # int32; -1 while the loss stays finite
+
+
+@dataclasses.dataclass
+class Run:
+    """What a training run returns: plain arrays.
+
+    Attributes:
+        params: final parameters (U), every leaf with leading axes (L, S).
+        history: "step" (E,) evaluation steps, and each metric (L, S, E) or (L, S, E, P).
+        config: the settings, JSON-serialisable.
+        diverged_at_step: (L, S) step at which the loss became non-finite, −1 where it did not.
+    """
+
+    params: Any
+    history: dict[str, np.ndarray]
+    config: dict[str, Any]
+    diverged_at_step: np.ndarray
+
+    @property
+    def final(self) -> dict[str, np.ndarray]:
+        """The last evaluation of each metric, (L, S) or (L, S, P)."""
+        return {k: v[:, :, -1] for k, v in self.history.items() if k != "step"}
+
+    @property
+    def diverged(self) -> bool:
+        return bool(np.any(self.diverged_at_step >= 0))
+
+
+def train(
+    model: Any,
+    task: Any,
+    variant: str = "ntk+quadntk",
+    *,
+    steps: int,
+    lr: float = 1.0,
+    optimizer: str | optax.GradientTransformation = "sgd",
+    reg: Regularizer | None = None,
+    seeds: Sequence[int] = (0,),
+    eval_every: int = 100,
+    evals_per_chunk: int = 10,
+    init_scale: float | None = None,
+    track_directions: bool = False,
+    subspace_method: str = "gram",
+    progress: bool | Callable[[dict], None] = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> Run:
+    """Train one variant of `model` on `task` for several regularizer weights and seeds at once.
+
+    Args:
+        model: a model (`jaxntk.TwoLayer`, `jaxntk.TaylorModel`, ...); U is its displacement.
+        task: a `jaxntk.targets.Task` (x/y train and test, target parts, distribution).
+        variant: a name in `jaxntk.objectives.VARIANTS`.
+        steps: number of optimizer steps T ≥ 1.
+        lr: learning rate of a named optimizer.
+        optimizer: a name in `OPTIMIZERS` or an optax GradientTransformation (then `lr` is unused).
+        reg: the regularizer weights (sequences sweep); default: none, except for "regularized",
+            whose default is λ_b = 1 on the per-sample-mean R_bulk (the authors' figure's 1e-3 on
+            the sum over n = 1000 training points).
+        seeds: PRNG seeds (initial U, signs, fresh samples), one run each.
+        eval_every: evaluate train/test loss and regularizers every this many steps.
+        evals_per_chunk: evaluations per compiled chunk (progress/checkpoint granularity).
+        init_scale: norm of the rows of a random initial U; default 0.1 for variants whose
+            gradient vanishes at U = 0 (quadntk), 0 otherwise.
+        track_directions: compute the good directions (and log R_bulk, R_pop) even when no
+            regularizer needs them.
+        subspace_method: how `jaxntk.spectral.good_directions` finds the top-k subspace.
+        progress: print a line per chunk (True), stay silent (False), or call this with a dict.
+        checkpoint: folder to save the state after every chunk; with `resume`, continue from it.
+
+    Returns:
+        A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
+
+    Example:
+        >>> run = train(net, task, "regularized", steps=2000, reg=Regularizer(bulk=[0, 1.0]),
+        ...             seeds=[1, 11, 111])
+        >>> run.history["test_loss"].shape   # (2, 3, 21)
+    """
+    v = get_variant(variant)
+    reg = (Regularizer(bulk=1.0) if v.regularized else Regularizer()) if reg is None else reg
+    if not isinstance(reg, Regularizer):
+        raise TypeError(f"reg must be a jaxntk.Regularizer, got {type(reg).__name__}")
+    weights = reg.weights()
+    reg.validate(task.n)
+    if v.quadratic and isinstance(model, network.TwoLayer):
+        network.check_curvature(model, f"variant {variant!r}")
+    if init_scale is None:
+        init_scale = 0.1 if v.random_init else 0.0
+    if not (isinstance(init_scale, int | float) and math.isfinite(init_scale) and init_scale >= 0):
+        raise ValueError(f"init_scale must be a finite float ≥ 0, got {init_scale!r}")
+
+    use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
+    prep_train = model.prepare(task.x_train)
+    prep_test = model.prepare(task.x_test)
+    dirs = None
+    if use["bulk"] or use["pop"] or track_directions or v.regularized:
+        k = task.d if reg.k is None else reg.k
+        dirs = spectral.good_directions(model, prep_train, k, method=subspace_method)
+    objective = VariantObjective(
+        variant=variant,
+        init_scale=float(init_scale),
+        use_bulk=use["bulk"],
+        use_pop=use["pop"],
+        use_norm24=use["norm24"],
+        pop_samples=reg.pop_samples,
+        distribution=task.distribution,
+        d=task.d,
+    )
+    data = Data(model, prep_train, prep_test, task.y_train, task.y_test, task.parts_test, dirs)
+    config = {
+        "variant": variant,
+        "steps": steps,
+        "lr": lr,
+        "optimizer": optimizer if isinstance(optimizer, str) else repr(optimizer),
+        "regularizer": {
+            **{k: w.tolist() for k, w in weights.items()},
+            "k": reg.k,
+            "pop_samples": reg.pop_samples,
+        },
+        "init_scale": float(init_scale),
+        "n": task.n,
+        "d": task.d,
+        "distribution": task.distribution,
+    }
+    return fit(
+        objective,
+        data,
+        hyper=weights,
+        seeds=seeds,
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+        eval_every=eval_every,
+        evals_per_chunk=evals_per_chunk,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        label=variant,
+        config=config,
+    )
+
+
+def fit(
+    objective: Any,
+    data: Any,
+    *,
+    hyper: dict[str, Any],
+    seeds: Sequence[int],
+    steps: int,
+    lr: float = 1.0,
+    optimizer: str | optax.GradientTransformation = "sgd",
+    eval_every: int = 100,
+    evals_per_chunk: int = 10,
+    progress: bool | Callable[[dict], None] = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    label: str = "run",
+    config: dict[str, Any] | None = None,
+) -> Run:
+    """Train `objective` on `data` for every setting in `hyper` (each a (L,) array) and seed.
+
+    The generic trainer: it knows nothing about networks. See the module docstring.
+    """
+    _check_int("steps", steps, 1)
+    _check_int("eval_every", eval_every, 1)
+    _check_int("evals_per_chunk", evals_per_chunk, 1)
+    seeds = _check_seeds(seeds)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    opt = _resolve_optimizer(optimizer)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data))
+    hyper_arrays = {k: jnp.asarray(np.asarray(v), dtype=dtype) for k, v in hyper.items()}
+    n_settings = {int(np.shape(v)[0]) for v in hyper.values()} or {1}
+    if len(n_settings) != 1:
+        raise ValueError(f"hyper arrays must share one length, got {n_settings}")
+    n_lambda = n_settings.pop()
+
+    config = dict(config or {})
+    config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
+    state = _init_state(objective, opt, data, jnp.asarray(seeds), n_lambda, lr)
+    history: list[dict[str, np.ndarray]] = []
+    step = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and (ckpt / "state.npz").exists():
+        state, step, history = _load_checkpoint(ckpt, state, config)
+    if not history:
+        history.append(_to_host(_evaluate_batched(state.params, data, hyper_arrays, objective)))
+        history[-1]["step"] = np.zeros(1, dtype=np.int64)
+
+    report = _reporter(progress, label, steps)
+    warned = np.asarray(state.diverged_at) >= 0
+    t0 = time.perf_counter()
+    while step < steps:
+        state, metrics, at = _run_chunk(
+            state,
+            jnp.asarray(step, jnp.int32),
+            jnp.asarray(steps, jnp.int32),
+            data,
+            hyper_arrays,
+            objective=objective,
+            optimizer=opt,
+            eval_every=eval_every,
+            n_blocks=evals_per_chunk,
+        )
+        metrics, at = _to_host(metrics), np.asarray(at)
+        real = at > step  # blocks past the last step are skipped in the program
+        chunk = {k: v[:, :, real] for k, v in metrics.items()}
+        chunk["step"] = at[real].astype(np.int64)
+        history.append(chunk)
+        step = int(chunk["step"][-1])
+        bad = np.asarray(state.diverged_at)
+        fresh = (bad >= 0) & ~warned
+        if np.any(fresh):
+            for idx in zip(*np.nonzero(fresh), strict=True):
+                warnings.warn(
+                    f"{label}: non-finite training loss at step {int(bad[idx])} "
+                    f"(setting {idx[0]}, seed {seeds[idx[1]]}); run stopped, history kept",
+                    DivergenceWarning,
+                    stacklevel=2,
+                )
+            warned |= fresh
+        report(step, chunk, time.perf_counter() - t0)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, state, step, history, config)
+        if np.all(warned):
+            break
+
+    hist = _concat(history)
+    bad = np.asarray(state.diverged_at)
+    _mask_after_divergence(hist, bad)
+    config["diverged_at_step"] = bad.tolist()
+    return Run(jax.device_get(state.params), hist, config, bad)
+
+
+def _resolve_optimizer(optimizer: str | optax.GradientTransformation):
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZERS)}")
+        return _named_optimizer(optimizer)
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    raise ValueError(
+        f"optimizer must be a name in {list(OPTIMIZERS)} or an optax.GradientTransformation, "
+        f"got {type(optimizer).__name__}"
+    )
+
+
+@functools.cache
+def _named_optimizer(name: str) -> optax.GradientTransformation:
+    # One object per name, with the learning rate in the optimizer state: a second run, at any
+    # learning rate, reuses the compiled program.
+    return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=1.0)
+
+
+def _init_state(objective, opt, data, seeds: Array, n_lambda: int, lr: float) -> TrainState:
+    return _init_state_jit(objective, opt, data, seeds, n_lambda, jnp.asarray(lr, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _init_state_jit(objective, opt, data, seeds, n_lambda, lr):
+    def one(seed):
+        key = jax.random.PRNGKey(seed)
+        k_init, k_run = jax.random.split(key)
+        params = objective.init(k_init, data)
+        opt_state = opt.init(params)
+        if "learning_rate" in getattr(opt_state, "hyperparams", {}):
+            hp = dict(opt_state.hyperparams)
+            hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+            opt_state = opt_state._replace(hyperparams=hp)
+        return TrainState(params, opt_state, k_run, jnp.asarray(-1, jnp.int32))
+
+    per_seed = jax.vmap(one)(seeds)
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_lambda, *x.shape)), per_seed)
+
+
+def _evaluate_batched(params, data, hyper, objective):
+    return _evaluate_jit(params, data, hyper, objective)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _evaluate_jit(params, data, hyper, objective):
+    per_seed = jax.vmap(objective.evaluate, in_axes=(0, None, None))
+    per_setting = jax.vmap(per_seed, in_axes=(0, None, 0))
+    return jax.tree_util.tree_map(lambda x: x[:, :, None], per_setting(params, data, hyper))
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "optimizer", "eval_every", "n_blocks"))
+def _run_chunk(state, step, total, data, hyper, *, objective, optimizer, eval_every, n_blocks):
+    """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
+
+    def one_step(s: TrainState, hyp, t):
+        key, sub = jax.random.split(s.key)
+        (loss, _), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+            s.params, data, hyp, sub
+        )
+        updates, opt_state = optimizer.update(grads, s.opt_state, s.params)
+        params = optax.apply_updates(s.params, updates)
+        stop = (s.diverged_at >= 0) | ~jnp.isfinite(loss)
+        keep = functools.partial(jnp.where, stop)
+        return TrainState(
+            jax.tree_util.tree_map(keep, s.params, params),
+            jax.tree_util.tree_map(keep, s.opt_state, opt_state),
+            key,
+            jnp.where((s.diverged_at < 0) & ~jnp.isfinite(loss), t, s.diverged_at),
+        )
+
+    batched_step = jax.vmap(jax.vmap(one_step, in_axes=(0, None, None)), in_axes=(0, 0, None))
+    per_seed_eval = jax.vmap(objective.evaluate, in_axes=(0, None, None))
+    batched_eval = jax.vmap(per_seed_eval, in_axes=(0, None, 0))
+
+    def inner(carry, _):
+        s, t = carry
+        s = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), lambda s: s, s)
+        return (s, t + 1), None
+
+    def block(carry, _):
+        s, t = carry
+        active = t < total
+        (s, t), _ = jax.lax.scan(inner, (s, t), None, length=eval_every)
+        metrics = jax.lax.cond(
+            active,
+            lambda p: batched_eval(p, data, hyper),
+            lambda p: jax.tree_util.tree_map(jnp.zeros_like, batched_eval(p, data, hyper)),
+            s.params,
+        )
+        return (s, t), (metrics, jnp.where(active, jnp.minimum(t, total), 0))
+
+    (state, _), (metrics, at) = jax.lax.scan(block, (state, step), None, length=n_blocks)
+    # scan stacks evaluations on axis 0; history keeps (L, S, E, ...)
+    metrics = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), metrics)
+    return state, metrics, at
+
+
+def _to_host(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in jax.device_get(tree).items()}
+
+
+def _concat(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {"step": np.concatenate([h["step"] for h in history])}
+    for key in history[0]:
+        if key != "step":
+            out[key] = np.concatenate([h[key] for h in history], axis=2)
+    return out
+
+
+def _mask_after_divergence(hist: dict[str, np.ndarray], bad: np.ndarray) -> None:
+    """Metrics evaluated after a run's divergence step are NaN: the run had stopped."""
+    after = (bad[:, :, None] >= 0) & (hist["step"][None, None, :] > bad[:, :, None])
+    for key, val in hist.items():
+        if key != "step" and np.issubdtype(val.dtype, np.floating):
+            mask = after.reshape(after.shape + (1,) * (val.ndim - 3))
+            hist[key] = np.where(mask, np.nan, val)
+
+
+def _reporter(progress, label: str, steps: int) -> Callable[[int, dict, float], None]:
+    def report(step: int, chunk: dict[str, np.ndarray], elapsed: float) -> None:
+        info = {
+            "label": label,
+            "step": step,
+            "steps": steps,
+            "elapsed_s": elapsed,
+            "train_loss": float(np.nanmean(chunk["train_loss"][:, :, -1])),
+            "test_loss": float(np.nanmean(chunk["test_loss"][:, :, -1])),
+        }
+        if callable(progress):
+            progress(info)
+        elif progress:
+            print(
+                f"[{label}] step {step}/{steps}  train {info['train_loss']:.4g}  "
+                f"test {info['test_loss']:.4g}  ({elapsed:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
+def _save_checkpoint(folder: Path, state: TrainState, step: int, history, config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    leaves = jax.tree_util.tree_leaves(jax.device_get(state))
+    hist = _concat(history)
+    arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays.update({f"history_{k}": v for k, v in hist.items()})
+    tmp = folder / "state.tmp.npz"
+    np.savez(tmp, step=np.asarray(step), **arrays)
+    tmp.replace(folder / "state.npz")
+    (folder / "config.json").write_text(json.dumps(config, indent=1, default=str))
+
+
+def _load_checkpoint(folder: Path, fresh: TrainState, config):
+    saved = json.loads((folder / "config.json").read_text())
+    if saved != json.loads(json.dumps(config, default=str)):
+        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise ValueError(
+            f"checkpoint in {folder} was made with other settings ({diff}); "
+            "resume needs the same configuration"
+        )
+    with np.load(folder / "state.npz") as z:
+        leaves, treedef = jax.tree_util.tree_flatten(fresh)
+        loaded = [jnp.asarray(z[f"state_{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
+        history = {k[len("history_") :]: z[k] for k in z.files if k.startswith("history_")}
+        step = int(z["step"])
+    return jax.tree_util.tree_unflatten(treedef, loaded), step, [history]
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be ≥ {low}, got {value}")
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    if isinstance(seeds, int | np.integer):
+        seeds = [seeds]
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must be a non-empty sequence of ints")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
+            raise ValueError(f"seeds must be ints ≥ 0, got {s!r}")
+    return [int(s) for s in seeds]

@@ -1,0 +1,236 @@
+"""The trainer and the variants table: every variant learns, kernel regression, vmap equivalence,
+determinism, resume, compilation count, divergence and bad input."""
+
+import itertools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxntk as jn
+from jaxntk import objectives, training
+
+D, N, M = 10, 50, 200
+
+
+@pytest.fixture(scope="module")
+def task():
+    return jn.paper_task(jax.random.PRNGKey(0), d=D, n=N, n_test=400)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M)
+
+
+@pytest.mark.parametrize("variant", list(objectives.VARIANTS))
+def test_every_variant_lowers_its_training_loss(net, task, variant):
+    run = jn.train(net, task, variant, steps=400, eval_every=100, seeds=[0], progress=False)
+    loss = run.history["train_loss"][0, 0]
+    assert np.all(np.isfinite(loss))
+    assert loss[-1] < 0.6 * loss[0], (variant, loss)
+    assert run.history["step"].tolist() == [0, 100, 200, 300, 400]
+
+
+def test_ntk_follows_gradient_flow_of_kernel_regression_and_reaches_the_interpolant(x64):
+    """GD from U = 0 on the linear model: f_t(X*) = K*ₓ K⁻¹ (I − (I − 2ηK/n)^t) y, exactly."""
+    task = jn.paper_task(jax.random.PRNGKey(0), d=D, n=30, n_test=50)
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M, dtype=jnp.float64)
+    k_xx = np.asarray(net.ntk_gram(task.x_train))
+    k_tx = np.asarray(net.ntk_gram(task.x_test, task.x_train))
+    y, n = np.asarray(task.y_train), task.n
+    lr = 0.9 * n / (2 * np.linalg.eigvalsh(k_xx).max())
+    steps = 3000
+    run = jn.train(net, task, "ntk", steps=steps, lr=float(lr), eval_every=steps, progress=False)
+    u = run.params[0, 0]
+    f_test = np.asarray(net.linear_term(u, net.prepare(task.x_test)))
+    evals, vecs = np.linalg.eigh(k_xx)
+    decay = (1 - 2 * lr * evals / n) ** steps
+    alpha = vecs @ (((1 - decay) / evals) * (vecs.T @ y))
+    np.testing.assert_allclose(f_test, k_tx @ alpha, rtol=1e-7, atol=1e-9)
+    interpolant = k_tx @ np.linalg.solve(k_xx, y)
+    remaining = np.abs(k_tx @ vecs @ ((decay / evals) * (vecs.T @ y))).max()
+    assert remaining < 1e-3
+    np.testing.assert_allclose(f_test, interpolant, atol=2 * remaining + 1e-9)
+
+
+def test_randomized_signs_kill_the_linear_term_and_keep_the_quadratic(x64):
+    m = 6
+    net = jn.TwoLayer.init(jax.random.PRNGKey(2), d=4, m=m, dtype=jnp.float64)
+    u = 0.3 * jax.random.normal(jax.random.PRNGKey(3), (m, 4), jnp.float64)
+    prep = net.prepare(jax.random.normal(jax.random.PRNGKey(4), (7, 4), jnp.float64))
+    lin, quad, full = [], [], []
+    for signs in itertools.product([-1.0, 1.0], repeat=m):
+        su = u * jnp.asarray(signs)[:, None]
+        lin.append(net.linear_term(su, prep))
+        quad.append(net.quadratic_term(su, prep))
+        full.append(net.full(su, prep))
+    np.testing.assert_allclose(np.mean(lin, axis=0), 0.0, atol=1e-15)
+    for q in quad:
+        np.testing.assert_allclose(q, net.quadratic_term(u, prep), rtol=1e-12)
+    even = objectives.VARIANTS["randomized"].predict(net, u, prep)
+    np.testing.assert_allclose(np.mean(full, axis=0), even, rtol=1e-12, atol=1e-15)
+
+
+def test_random_signs_are_rademacher_per_row():
+    u = jnp.ones((4000, 3))
+    su = objectives.random_signs(jax.random.PRNGKey(0), u)
+    rows = np.asarray(su)
+    assert np.all(rows == rows[:, :1])  # one sign per row
+    assert set(np.unique(rows).tolist()) == {-1.0, 1.0}
+    assert abs(rows[:, 0].mean()) < 5 / np.sqrt(4000)
+
+
+def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task):
+    reg = jn.Regularizer(bulk=[0.0, 0.5], norm24=[0.0, 1e-3])
+    common = dict(steps=60, eval_every=20, progress=False)
+    grid = jn.train(net, task, "regularized", reg=reg, seeds=[3, 5], **common)
+    for i, (b, q) in enumerate([(0.0, 0.0), (0.5, 1e-3)]):
+        for j, seed in enumerate([3, 5]):
+            single = jn.train(
+                net,
+                task,
+                "regularized",
+                reg=jn.Regularizer(bulk=b, norm24=q),
+                seeds=[seed],
+                **common,
+            )
+            for key in ("train_loss", "test_loss", "bulk"):
+                np.testing.assert_allclose(
+                    grid.history[key][i, j], single.history[key][0, 0], rtol=2e-5, atol=1e-7
+                )
+
+
+def test_same_seed_twice_is_bitwise_identical(net, task):
+    kw = dict(steps=50, eval_every=10, seeds=[7], progress=False, init_scale=0.05)
+    a = jn.train(net, task, "randomized", **kw)
+    b = jn.train(net, task, "randomized", **kw)
+    for key in a.history:
+        np.testing.assert_array_equal(a.history[key], b.history[key])
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_resume_after_a_chunk_equals_the_uninterrupted_run(net, task, tmp_path):
+    kw = dict(steps=80, eval_every=10, evals_per_chunk=2, seeds=[0, 1], progress=False)
+    full = jn.train(net, task, "regularized", **kw)
+    stopped = []
+
+    def stop_after_second_chunk(info):
+        stopped.append(info["step"])
+        if len(stopped) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jn.train(
+            net,
+            task,
+            "regularized",
+            **{**kw, "progress": stop_after_second_chunk},
+            checkpoint=tmp_path,
+        )
+    resumed = jn.train(net, task, "regularized", **kw, checkpoint=tmp_path, resume=True)
+    assert stopped == [20, 40]
+    for key in full.history:
+        np.testing.assert_array_equal(full.history[key], resumed.history[key])
+    np.testing.assert_array_equal(full.params, resumed.params)
+
+
+def test_resume_with_other_settings_is_refused(net, task, tmp_path):
+    kw = dict(steps=20, eval_every=10, seeds=[0], progress=False, checkpoint=tmp_path)
+    jn.train(net, task, "ntk", **kw)
+    with pytest.raises(ValueError, match="other settings"):
+        jn.train(net, task, "ntk", **{**kw, "seeds": [1]}, resume=True)
+
+
+def test_second_training_of_the_same_configuration_does_not_recompile(net, task):
+    kw = dict(steps=30, eval_every=10, seeds=[0, 1], progress=False)
+    jn.train(net, task, "ntk+quadntk", **kw)
+    before = training._run_chunk._cache_size()
+    jn.train(net, task, "ntk+quadntk", **kw)
+    jn.train(net, task, "ntk+quadntk", **{**kw, "steps": 50, "lr": 0.5})
+    assert training._run_chunk._cache_size() == before
+
+
+def test_a_diverging_run_is_stopped_with_its_step_and_keeps_its_history(net, task):
+    with pytest.warns(
+        training.DivergenceWarning, match=r"ntk: non-finite training loss at step \d+"
+    ):
+        run = jn.train(net, task, "ntk", steps=500, lr=1e4, eval_every=5, progress=False)
+    step = int(run.diverged_at_step[0, 0])
+    assert 0 < step < 500
+    loss = run.history["train_loss"][0, 0]
+    steps = run.history["step"]
+    assert np.all(np.isfinite(loss[steps < step]))
+    assert np.all(np.isnan(loss[steps > step]))
+    assert steps[-1] < 500  # stopped early
+    assert run.config["diverged_at_step"] == [[step]]
+
+
+def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = jn.train(
+            net,
+            task,
+            "regularized",
+            reg=jn.Regularizer(bulk=[0.0, 1e6]),
+            steps=100,
+            eval_every=10,
+            progress=False,
+        )
+    assert [w.category for w in caught] == [training.DivergenceWarning]
+    assert run.diverged_at_step[0, 0] == -1 and run.diverged_at_step[1, 0] > 0
+    assert np.isfinite(run.final["test_loss"][0, 0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=10, eval_every=0), "eval_every"),
+        (dict(steps=10, seeds=[]), "seeds"),
+        (dict(steps=10, variant="lazy"), "unknown variant"),
+        (dict(steps=10, optimizer="lbfgs-x"), "unknown optimizer"),
+        (dict(steps=10, reg=jn.Regularizer(bulk=-1.0)), "Regularizer.bulk"),
+        (dict(steps=10, reg=jn.Regularizer(pop=[0.1, float("nan")])), "Regularizer.pop"),
+        (dict(steps=10, reg=jn.Regularizer(bulk=[0, 1], pop=[0, 1, 2])), "common length"),
+        (dict(steps=10, reg=jn.Regularizer(bulk=1.0, k=10_000)), "Regularizer.k"),
+        (dict(steps=10, lr=-1.0), "lr"),
+        (dict(steps=10, init_scale=-0.1), "init_scale"),
+    ],
+)
+def test_bad_hyperparameters_raise(net, task, kwargs, match):
+    kwargs = {"variant": "ntk", "progress": False, **kwargs}
+    variant = kwargs.pop("variant")
+    with pytest.raises(ValueError, match=match):
+        jn.train(net, task, variant, **kwargs)
+
+
+def test_relu_cannot_train_a_quadratic_variant(task):
+    net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=D, m=20, activation="relu")
+    with pytest.raises(ValueError, match="relu"):
+        jn.train(net, task, "quadntk", steps=5, progress=False)
+    run = jn.train(net, task, "ntk", steps=5, eval_every=5, progress=False)
+    assert np.isfinite(run.final["train_loss"]).all()
+
+
+def test_progress_prints_one_line_per_chunk(net, task, capsys):
+    jn.train(net, task, "ntk", steps=40, eval_every=10, evals_per_chunk=2, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("[ntk] step 40/40")
+
+
+def test_steps_not_a_multiple_of_eval_every(net, task):
+    run = jn.train(net, task, "ntk", steps=25, eval_every=10, evals_per_chunk=2, progress=False)
+    assert run.history["step"].tolist() == [0, 10, 20, 25]
+
+
+def test_generic_taylor_model_trains_like_the_closed_form(net, task):
+    generic = jn.TaylorModel(net.apply_fn, net.w0)
+    kw = dict(steps=40, eval_every=20, seeds=[0], progress=False)
+    a = jn.train(net, task, "regularized", **kw)
+    b = jn.train(generic, task, "regularized", **kw)
+    for key in ("train_loss", "test_loss", "bulk"):
+        np.testing.assert_allclose(a.history[key], b.history[key], rtol=2e-4, atol=1e-6)
