@@ -24,6 +24,14 @@ from jaxntk.targets import (
     sample_inputs,
     sparse_part,
 )
+from jaxntk.taylor import (
+    TaylorModel,
+    TaylorPrepared,
+    linear_term,
+    linearize,
+    quadratic_term,
+    taylor,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -32,11 +40,15 @@ __all__ = [
     "Target",
     "TargetPart",
     "Task",
+    "TaylorModel",
+    "TaylorPrepared",
     "TwoLayer",
     "dense_part",
     "gegenbauer",
     "hermite",
     "legendre",
+    "linear_term",
+    "linearize",
     "make_target",
     "make_task",
     "mlp_target",
@@ -44,8 +56,10 @@ __all__ = [
     "num_harmonics",
     "paper_target",
     "paper_task",
+    "quadratic_term",
     "sample_inputs",
     "sparse_part",
+    "taylor",
 ]
 
 __version__ = "0.1.0"

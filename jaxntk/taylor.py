@@ -1,0 +1,258 @@
+"""Exact Taylor models of any `apply_fn(params, *inputs)` around `params0`, for any params pytree.
+
+Along a direction δ (a pytree shaped like params0), with g(t) = f(params0 + t δ):
+
+    f(params0 + δ) = f(params0) + f_L(δ) + f_Q(δ) + O(‖δ‖³)
+    f_L(δ) = ∇f(params0) · δ          = g'(0)       one `jax.jvp`
+    f_Q(δ) = ½ δᵀ ∇²f(params0) δ      = ½ g''(0)    a `jax.jvp` of a `jax.jvp`
+
+The jvp of p ↦ jvp(f, p, δ) in the direction δ returns (f(params0), f_L) as its primal output and
+(f_L, 2 f_Q) as its tangent, so one nested jvp gives f0, f_L and f_Q together. For the paper's
+two-layer network these are PAPER.md §3's closed forms (`jaxntk.TwoLayer`, the fast path and the
+oracle of the tests): f_L = Σ_r a_r σ'(w0_r·x)(u_r·x), f_Q = ½ Σ_r a_r σ''(w0_r·x)(u_r·x)².
+
+`linearize` and `taylor` return f(params0) + f_L(params − params0) [+ f_Q(params − params0)]
+with the signature of `apply_fn`, as neural-tangents' `linearize` and `taylor_expand` do.
+`TaylorModel` is the generic model of the trainer's protocol (`prepare`, `zeros`, `full`,
+`linear_term`, `quadratic_term`, `linear_and_quadratic`), the counterpart of `TwoLayer`'s closed
+forms.
+
+What is cached for training (measured in benchmarks/taylor_cache.py, d=50, n=354, m=4000):
+- first order: `prepare` runs `jax.linearize` at params0 once, so a step evaluates only the linear
+  map. Inside a jitted `lax.scan` XLA already hoists the forward pass at params0 out of the loop and
+  a per-step jvp costs the same; in a step jitted on its own the cached map is faster.
+- second order: the jvp of a jvp at params0, recomputed in every step. Its params0-only work is
+  loop-invariant and XLA hoists it out of a scan. Caching it explicitly (a second `jax.linearize` of
+  the first linearization's residuals) was slower, in a scan and outside one, because the cached
+  pieces no longer share the products with δ that the nested jvp computes once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = [
+    "TaylorModel",
+    "TaylorPrepared",
+    "linear_term",
+    "linearize",
+    "quadratic_term",
+    "taylor",
+]
+
+
+def linear_term(apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree, *inputs) -> PyTree:
+    """f_L(δ) = ∇f(params0) · δ, the first-order Taylor term of apply_fn(·, *inputs) (one jvp).
+
+    Args:
+        apply_fn: (params, *inputs) -> f, f an array or a pytree of arrays.
+        params0: the expansion point, any pytree of float arrays.
+        delta: the direction δ, a pytree with the structure, shapes and dtypes of params0.
+        *inputs: the remaining arguments of apply_fn (e.g. x of shape (n, d)).
+
+    Returns:
+        f_L, shaped like f.
+
+    Example:
+        >>> net = jaxntk.TwoLayer.init(jax.random.PRNGKey(0), d=5, m=8)
+        >>> x = jnp.ones((3, 5))
+        >>> linear_term(net.apply_fn, net.w0, jnp.ones((8, 5)), x).shape
+        (3,)
+    """
+    _check_like("delta", delta, params0)
+    return jax.jvp(_at_inputs(apply_fn, inputs), (params0,), (delta,))[1]
+
+
+def quadratic_term(
+    apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree, *inputs
+) -> PyTree:
+    """f_Q(δ) = ½ δᵀ ∇²f(params0) δ, the second-order Taylor term (a jvp of a jvp).
+
+    Arguments as for `linear_term`; returns f_Q, shaped like f.
+    """
+    _check_like("delta", delta, params0)
+    return _expansion(_at_inputs(apply_fn, inputs), params0, delta)[2]
+
+
+def linearize(apply_fn: Callable[..., PyTree], params0: PyTree) -> Partial:
+    """The first-order Taylor model: (params, *inputs) -> f(params0) + f_L(params − params0).
+
+    Same as `taylor(apply_fn, params0, 1)`.
+    """
+    return taylor(apply_fn, params0, 1)
+
+
+def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Partial:
+    """The Taylor model of apply_fn around params0 of the given order, with apply_fn's signature.
+
+        order 1: (params, *inputs) -> f(params0) + f_L(δ)
+        order 2: (params, *inputs) -> f(params0) + f_L(δ) + f_Q(δ),     δ = params − params0
+
+    The result is a `jax.tree_util.Partial`: params0 (and the arrays of apply_fn when it is a
+    Partial) are pytree leaves, so it can be passed to jitted code as an argument without
+    becoming a compile-time constant or causing a retrace for new values of the same shapes.
+
+    Args:
+        apply_fn: (params, *inputs) -> f; a plain function or a `jax.tree_util.Partial`.
+        params0: the expansion point, any pytree of float arrays.
+        order: 1 or 2.
+
+    Example:
+        >>> f_quad = taylor(net.apply_fn, net.w0, 2)
+        >>> f_quad(net.w0 + 0.1, x)   # ≈ net.apply(net.w0 + 0.1, x) up to O(0.1³)
+    """
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    return Partial(_EXPANSIONS[int(order)], _as_partial(apply_fn), params0)
+
+
+class TaylorPrepared(NamedTuple):
+    """What a `TaylorModel` computes once for a fixed input set x (`TaylorModel.prepare`).
+
+    x: the inputs; f0 = f(params0; x); linear: the linear map δ ↦ f_L(δ) from `jax.linearize`,
+    a `jax.tree_util.Partial` whose residuals are pytree leaves.
+    """
+
+    x: PyTree
+    f0: PyTree
+    linear: Partial
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TaylorModel:
+    """The generic model for training Taylor terms of any apply_fn(params, x) around params0.
+
+    Implements the trainer's model protocol, with U a pytree shaped like params0:
+    `prepare(x)`, `zeros()`, `full(U, prep)` = f(params0 + U; x), `linear_term(U, prep)` = f_L(U),
+    `quadratic_term(U, prep)` = f_Q(U), `linear_and_quadratic(U, prep)` = (f_L, f_Q).
+    `jaxntk.TwoLayer` implements the same protocol in closed form.
+
+    A pytree: params0 and, when apply_fn is a `jax.tree_util.Partial`, its arrays are leaves, so the
+    model passes through `jit` as an argument. A plain function is wrapped in a leafless Partial and
+    is part of the compiled program's identity (pass the same function object to avoid retracing).
+
+    Attributes:
+        apply_fn: (params, x) -> f(params; x).
+        params0: the expansion point, any pytree of float arrays.
+
+    Example:
+        >>> net = jaxntk.TwoLayer.init(jax.random.PRNGKey(0), d=50, m=4000)
+        >>> model = TaylorModel(net.apply_fn, net.w0)           # generic twin of `net`
+        >>> prep = model.prepare(x)                             # x: (n, 50)
+        >>> f_lin, f_quad = model.linear_and_quadratic(u, prep) # u: (4000, 50)
+    """
+
+    apply_fn: Callable[..., PyTree]
+    params0: PyTree
+
+    def __post_init__(self):
+        # Unflattening passes the Partial back in (or a placeholder while JAX maps over the tree).
+        if callable(self.apply_fn) and not isinstance(self.apply_fn, Partial):
+            object.__setattr__(self, "apply_fn", Partial(self.apply_fn))
+
+    def prepare(self, x: PyTree) -> TaylorPrepared:
+        """Fix the inputs: f(params0; x) and the linear map f_L from one `jax.linearize`.
+
+        The map holds its linearized jaxpr in its tree structure: a jitted function that takes
+        the result as an argument traces once per `prepare` call (reuse the result, or call
+        `prepare` inside the jitted function, to compile once).
+        """
+        f0, linear = jax.linearize(_at_inputs(self.apply_fn, (x,)), self.params0)
+        return TaylorPrepared(x, f0, linear)
+
+    def zeros(self) -> PyTree:
+        """U = 0, shaped like params0."""
+        return jax.tree.map(jnp.zeros_like, self.params0)
+
+    def full(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
+        """The model itself at params0 + U: f(params0 + U; x)."""
+        _check_like("u", u, self.params0)
+        return self.apply_fn(_add(self.params0, u), prep.x)
+
+    def linear_term(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
+        """f_L(U) = ∇f(params0; x) · U from the map cached by `prepare`."""
+        _check_like("u", u, self.params0)
+        return prep.linear(u)
+
+    def quadratic_term(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
+        """f_Q(U) = ½ Uᵀ ∇²f(params0; x) U (a jvp of a jvp)."""
+        _check_like("u", u, self.params0)
+        return _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)[2]
+
+    def linear_and_quadratic(self, u: PyTree, prep: TaylorPrepared) -> tuple[PyTree, PyTree]:
+        """(f_L(U), f_Q(U)) from one jvp of a jvp, sharing the products with U."""
+        _check_like("u", u, self.params0)
+        _, f_lin, f_quad = _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)
+        return f_lin, f_quad
+
+
+def _expansion(fn: Callable[[PyTree], PyTree], params0: PyTree, delta: PyTree):
+    """(f(params0), f_L(δ), f_Q(δ)) from the jvp along δ of p ↦ jvp(fn, p, δ)."""
+
+    def first_order(p):
+        return jax.jvp(fn, (p,), (delta,))
+
+    (f0, f_lin), (_, f_second) = jax.jvp(first_order, (params0,), (delta,))
+    return f0, f_lin, jax.tree.map(lambda t: 0.5 * t, f_second)
+
+
+def _first_order_model(apply_fn, params0, params, *inputs):
+    _check_like("params", params, params0)
+    f0, f_lin = jax.jvp(_at_inputs(apply_fn, inputs), (params0,), (_sub(params, params0),))
+    return _add(f0, f_lin)
+
+
+def _second_order_model(apply_fn, params0, params, *inputs):
+    _check_like("params", params, params0)
+    f0, f_lin, f_quad = _expansion(_at_inputs(apply_fn, inputs), params0, _sub(params, params0))
+    return _add(_add(f0, f_lin), f_quad)
+
+
+_EXPANSIONS = {1: _first_order_model, 2: _second_order_model}
+
+
+def _at_inputs(apply_fn: Callable[..., PyTree], inputs: tuple) -> Callable[[PyTree], PyTree]:
+    return lambda params: apply_fn(params, *inputs)
+
+
+def _as_partial(apply_fn: Callable[..., PyTree]) -> Partial:
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable as apply_fn(params, *inputs), got {apply_fn!r}")
+    return apply_fn if isinstance(apply_fn, Partial) else Partial(apply_fn)
+
+
+def _add(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _sub(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def _check_like(name: str, tree: PyTree, params0: PyTree) -> None:
+    """ValueError unless `tree` has params0's tree structure and each leaf its shape and dtype."""
+    structure, expected = jax.tree.structure(tree), jax.tree.structure(params0)
+    if structure != expected:
+        raise ValueError(
+            f"{name} must have the tree structure of params0, {expected}; got {structure}"
+        )
+    leaves0 = jax.tree.leaves(params0)
+    for (path, leaf), leaf0 in zip(jax.tree_util.tree_leaves_with_path(tree), leaves0, strict=True):
+        shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+        shape0, dtype0 = jnp.shape(leaf0), jnp.result_type(leaf0)
+        if shape != shape0 or dtype != dtype0:
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} must have shape {shape0} and dtype {dtype0} "
+                f"like params0, got shape {shape} and dtype {dtype}"
+            )
