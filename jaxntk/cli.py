@@ -105,9 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _experiments() -> dict:
-    from jaxntk.experiments import variants
+    from jaxntk.experiments import lambda_sweep, variants
 
-    return {"variants": variants}
+    return {"variants": variants, "lambda-sweep": lambda_sweep}
 
 
 def _reproduce(args: argparse.Namespace) -> int:

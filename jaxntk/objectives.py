@@ -244,7 +244,8 @@ class Data(NamedTuple):
 
     prep_*: `model.prepare` of the train/test inputs; parts_test: (P, n_test) value of each target
     part on the test inputs (for the share of each part learned); dirs: the good directions
-    (`jaxntk.spectral.good_directions`) or None.
+    (`jaxntk.spectral.good_directions`) or None; prep_pop: fixed inputs on which evaluations
+    estimate R_pop (default: the test inputs).
     """
 
     model: Any
@@ -254,6 +255,7 @@ class Data(NamedTuple):
     y_test: Array
     parts_test: Array
     dirs: Any = None
+    prep_pop: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +323,8 @@ class VariantObjective:
         }
         if data.dirs is not None:
             out["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
-            out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_test)
+            pop = data.prep_test if data.prep_pop is None else data.prep_pop
+            out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, pop)
         out["norm24"] = norm24_penalty(u)
         return out
 

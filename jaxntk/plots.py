@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["variants_chart"]
+__all__ = ["lambda_sweep_figure", "variants_chart"]
 
 
 def variants_chart(json_path: Path, png_path: Path) -> Path:
@@ -38,6 +38,47 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
         fontsize=9,
     )
     ax.tick_params(axis="x", labelsize=8)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path:
+    """The authors' three panels against log_d t: n·R_bulk (the bulk output summed over the
+    training points), training loss and test loss; mean ± std over seeds, one line per λ_1."""
+    doc = json.loads(Path(json_path).read_text())
+    cfg = doc["config"]
+    d, n = cfg["d"], cfg["n"]
+    seeds, lambdas = cfg["seeds"], cfg["lambdas"]
+    with np.load(npz_path) as z:
+        curves = {k: z[k] for k in z.files}
+    t_trace = curves["trace_step"] + 1.0
+    t_eval = np.maximum(curves["step"], 1).astype(float)
+    panels = [
+        (
+            "n·R_bulk (sum over training points)",
+            t_trace,
+            np.stack([n * curves[f"{s}/trace_bulk"] for s in seeds]),
+        ),
+        ("train loss", t_trace, np.stack([curves[f"{s}/trace_mse"] for s in seeds])),
+        ("test loss", t_eval, np.stack([curves[f"{s}/test_loss"] for s in seeds])),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(lambdas)))
+    for ax, (title, t, vals) in zip(axes, panels, strict=True):
+        x = np.log(t) / np.log(d)
+        for i, lam in enumerate(lambdas):
+            mean, std = vals[:, i].mean(0), vals[:, i].std(0)
+            ax.plot(x, mean, color=colors[i], lw=1.2, label=f"λ₁ = {lam:g}")
+            ax.fill_between(x, mean - std, mean + std, color=colors[i], alpha=0.2, lw=0)
+        ax.set_xlabel(f"log_d t  (d = {d})")
+        ax.set_title(title, fontsize=10)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(
+        f"NTK+QuadNTK with the bulk penalty: d={d}, n={n}, m={cfg['m']}, T={cfg['steps']}, "
+        f"{len(seeds)} seed(s)",
+        fontsize=10,
+    )
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return Path(png_path)

@@ -49,6 +49,10 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 differ only in it share one compilation. `sgd` is the paper's plain full-batch gradient descent."""
 
 
+POP_EVAL_SAMPLES = 2000
+TRACE = "trace_"  # key prefix of per-step records while a run is assembled
+
+
 class DivergenceWarning(UserWarning):
     """A run's training loss became non-finite; it was stopped and its history kept."""
 
@@ -71,12 +75,17 @@ class Run:
         history: "step" (E,) evaluation steps, and each metric (L, S, E) or (L, S, E, P).
         config: the settings, JSON-serialisable.
         diverged_at_step: (L, S) step at which the loss became non-finite, −1 where it did not.
+        trace: the training objective at every step, free to record since each step computes it:
+            "step" (T,) and "loss" (the total), "mse" and each regularizer in use, (L, S, T),
+            evaluated at U_t before update t + 1 (with the training prediction: random signs
+            for "randomized").
     """
 
     params: Any
     history: dict[str, np.ndarray]
     config: dict[str, Any]
     diverged_at_step: np.ndarray
+    trace: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, np.ndarray]:
@@ -168,7 +177,11 @@ def train(
         distribution=task.distribution,
         d=task.d,
     )
-    data = Data(model, prep_train, prep_test, task.y_train, task.y_test, task.parts_test, dirs)
+    # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
+    prep_pop = model.prepare(task.x_test[:POP_EVAL_SAMPLES]) if dirs is not None else None
+    data = Data(
+        model, prep_train, prep_test, task.y_train, task.y_test, task.parts_test, dirs, prep_pop
+    )
     config = {
         "variant": variant,
         "steps": steps,
@@ -253,7 +266,8 @@ def fit(
     warned = np.asarray(state.diverged_at) >= 0
     t0 = time.perf_counter()
     while step < steps:
-        state, metrics, at = _run_chunk(
+        start = step
+        state, metrics, at, trace = _run_chunk(
             state,
             jnp.asarray(step, jnp.int32),
             jnp.asarray(steps, jnp.int32),
@@ -268,8 +282,11 @@ def fit(
         real = at > step  # blocks past the last step are skipped in the program
         chunk = {k: v[:, :, real] for k, v in metrics.items()}
         chunk["step"] = at[real].astype(np.int64)
-        history.append(chunk)
         step = int(chunk["step"][-1])
+        for k, v in _to_host(trace).items():
+            chunk[f"{TRACE}{k}"] = v[:, :, : step - start]
+        chunk[f"{TRACE}step"] = np.arange(start, step, dtype=np.int64)
+        history.append(chunk)
         bad = np.asarray(state.diverged_at)
         fresh = (bad >= 0) & ~warned
         if np.any(fresh):
@@ -289,9 +306,11 @@ def fit(
 
     hist = _concat(history)
     bad = np.asarray(state.diverged_at)
+    trace = {k[len(TRACE) :]: hist.pop(k) for k in list(hist) if k.startswith(TRACE)}
     _mask_after_divergence(hist, bad)
+    _mask_after_divergence(trace, bad)
     config["diverged_at_step"] = bad.tolist()
-    return Run(jax.device_get(state.params), hist, config, bad)
+    return Run(jax.device_get(state.params), hist, config, bad, trace)
 
 
 def _resolve_optimizer(optimizer: str | optax.GradientTransformation):
@@ -352,19 +371,20 @@ def _run_chunk(state, step, total, data, hyper, *, objective, optimizer, eval_ev
 
     def one_step(s: TrainState, hyp, t):
         key, sub = jax.random.split(s.key)
-        (loss, _), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
             s.params, data, hyp, sub
         )
         updates, opt_state = optimizer.update(grads, s.opt_state, s.params)
         params = optax.apply_updates(s.params, updates)
         stop = (s.diverged_at >= 0) | ~jnp.isfinite(loss)
         keep = functools.partial(jnp.where, stop)
-        return TrainState(
+        new = TrainState(
             jax.tree_util.tree_map(keep, s.params, params),
             jax.tree_util.tree_map(keep, s.opt_state, opt_state),
             key,
             jnp.where((s.diverged_at < 0) & ~jnp.isfinite(loss), t, s.diverged_at),
         )
+        return new, {"loss": loss, **aux}
 
     batched_step = jax.vmap(jax.vmap(one_step, in_axes=(0, None, None)), in_axes=(0, 0, None))
     per_seed_eval = jax.vmap(objective.evaluate, in_axes=(0, None, None))
@@ -372,25 +392,33 @@ def _run_chunk(state, step, total, data, hyper, *, objective, optimizer, eval_ev
 
     def inner(carry, _):
         s, t = carry
-        s = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), lambda s: s, s)
-        return (s, t + 1), None
+        trace_shape = jax.eval_shape(batched_step, s, hyper, t)[1]
+
+        def skip(s):
+            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), trace_shape)
+
+        s, trace = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), skip, s)
+        return (s, t + 1), trace
 
     def block(carry, _):
         s, t = carry
         active = t < total
-        (s, t), _ = jax.lax.scan(inner, (s, t), None, length=eval_every)
+        (s, t), trace = jax.lax.scan(inner, (s, t), None, length=eval_every)
         metrics = jax.lax.cond(
             active,
             lambda p: batched_eval(p, data, hyper),
             lambda p: jax.tree_util.tree_map(jnp.zeros_like, batched_eval(p, data, hyper)),
             s.params,
         )
-        return (s, t), (metrics, jnp.where(active, jnp.minimum(t, total), 0))
+        return (s, t), (metrics, jnp.where(active, jnp.minimum(t, total), 0), trace)
 
-    (state, _), (metrics, at) = jax.lax.scan(block, (state, step), None, length=n_blocks)
-    # scan stacks evaluations on axis 0; history keeps (L, S, E, ...)
+    (state, _), (metrics, at, trace) = jax.lax.scan(block, (state, step), None, length=n_blocks)
+    # scan stacks evaluations on axis 0 (and steps on axes 0, 1); history keeps (L, S, E, ...)
     metrics = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), metrics)
-    return state, metrics, at
+    trace = jax.tree_util.tree_map(
+        lambda x: jnp.moveaxis(x.reshape(n_blocks * eval_every, *x.shape[2:]), 0, 2), trace
+    )
+    return state, metrics, at, trace
 
 
 def _to_host(tree) -> dict[str, np.ndarray]:
@@ -398,11 +426,12 @@ def _to_host(tree) -> dict[str, np.ndarray]:
 
 
 def _concat(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    out = {"step": np.concatenate([h["step"] for h in history])}
-    for key in history[0]:
-        if key != "step":
-            out[key] = np.concatenate([h[key] for h in history], axis=2)
-    return out
+    """Chunks joined along time: axis 0 of the step counters, axis 2 of (L, S, time) arrays."""
+    keys = dict.fromkeys(k for h in history for k in h)
+    return {
+        k: np.concatenate([h[k] for h in history if k in h], axis=0 if k.endswith("step") else 2)
+        for k in keys
+    }
 
 
 def _mask_after_divergence(hist: dict[str, np.ndarray], bad: np.ndarray) -> None:

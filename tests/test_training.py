@@ -234,3 +234,28 @@ def test_generic_taylor_model_trains_like_the_closed_form(net, task):
     b = jn.train(generic, task, "regularized", **kw)
     for key in ("train_loss", "test_loss", "bulk"):
         np.testing.assert_allclose(a.history[key], b.history[key], rtol=2e-4, atol=1e-6)
+
+
+def test_trace_records_the_objective_at_every_step(net, task):
+    reg = jn.Regularizer(bulk=[0.0, 1.0])
+    run = jn.train(
+        net,
+        task,
+        "regularized",
+        reg=reg,
+        steps=45,
+        eval_every=10,
+        evals_per_chunk=2,
+        seeds=[0, 1],
+        progress=False,
+    )
+    assert run.trace["step"].tolist() == list(range(45))
+    assert run.trace["mse"].shape == run.trace["bulk"].shape == (2, 2, 45)
+    # step 0 is U = 0: the training MSE is the history's first train loss
+    np.testing.assert_allclose(run.trace["mse"][:, :, 0], run.history["train_loss"][:, :, 0])
+    np.testing.assert_allclose(
+        run.trace["loss"],
+        run.trace["mse"] + np.array([0.0, 1.0])[:, None, None] * run.trace["bulk"],
+        rtol=1e-6,
+    )
+    assert np.all(np.diff(run.trace["mse"][0, 0]) < 0)  # plain GD on a smooth loss, small steps

@@ -1,0 +1,156 @@
+"""The `jaxntk` command: train writes its files; bad input and divergence exit non-zero."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxntk import cli
+
+TINY = [
+    "--d",
+    "6",
+    "--n",
+    "20",
+    "--m",
+    "40",
+    "--steps",
+    "30",
+    "--n-test",
+    "100",
+    "--eval-every",
+    "10",
+    "--quiet",
+]
+
+
+def test_train_writes_run_json_and_history(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(
+        [
+            "train",
+            "--variant",
+            "regularized",
+            *TINY,
+            "--seed",
+            "3",
+            "--lr",
+            "0.5",
+            "--lambda-bulk",
+            "0.5",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    doc = json.loads((out / "run.json").read_text())
+    assert set(doc) >= {"config", "final", "history"}
+    assert doc["config"]["variant"] == "regularized" and doc["config"]["lambda_bulk"] == 0.5
+    assert doc["history"]["step"] == [0, 10, 20, 30]
+    assert len(doc["history"]["train_loss"]) == len(doc["history"]["test_loss"]) == 4
+    assert doc["final"]["test_loss"] == doc["history"]["test_loss"][-1]
+    assert doc["history"]["train_loss"][-1] < doc["history"]["train_loss"][0]
+    with np.load(out / "history.npz") as z:
+        np.testing.assert_allclose(z["test_loss"], doc["history"]["test_loss"], rtol=1e-6)
+        assert z["share_quadratic"].shape == (4, 2)
+    assert "regularized: train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("inputs", ["gaussian", "sphere"])
+def test_train_on_both_input_laws(tmp_path, inputs):
+    rc = cli.main(["train", "--variant", "ntk", *TINY, "--inputs", inputs, "--out", str(tmp_path)])
+    assert rc == 0
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["inputs"] == inputs
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxntk.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+
+
+def test_unknown_variant_exits_non_zero_with_one_line(tmp_path):
+    p = _run("train", "--variant", "lazy", *TINY, "--out", str(tmp_path))
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--variant" in lines[0] and "lazy" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--lr", "-1"), ("--m", "0"), ("--lambda-bulk", "-0.1"), ("--steps", "abc")],
+)
+def test_bad_values_exit_non_zero_with_one_line(tmp_path, capsys, flag, value):
+    argv = ["train", "--variant", "ntk", *TINY, "--out", str(tmp_path)]
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+
+
+def test_odd_width_is_a_one_line_error(tmp_path, capsys):
+    rc = cli.main(
+        [
+            "train",
+            "--variant",
+            "ntk",
+            "--d",
+            "4",
+            "--n",
+            "10",
+            "--m",
+            "7",
+            "--steps",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m must be even" in err[0]
+
+
+def test_diverged_run_writes_what_it_had_and_exits_non_zero(tmp_path, capsys):
+    rc = cli.main(["train", "--variant", "ntk", *TINY, "--lr", "1e5", "--out", str(tmp_path)])
+    assert rc == 1
+    doc = json.loads((tmp_path / "run.json").read_text())
+    step = doc["diverged_at_step"]
+    assert 0 < step <= 30
+    assert "diverged" in capsys.readouterr().err
+    finite = [
+        x
+        for s, x in zip(doc["history"]["step"], doc["history"]["train_loss"], strict=True)
+        if s < step
+    ]
+    assert finite and all(x is not None for x in finite)
+
+
+def test_reproduce_rejects_unknown_experiment_before_any_work(tmp_path, capsys):
+    rc = cli.main(["reproduce", "--only", "variants,nonsense", "--out", str(tmp_path / "r")])
+    assert rc == 1
+    assert "nonsense" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_rejects_an_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = cli.main(["reproduce", "--only", "variants", "--out", str(blocker / "sub")])
+    assert rc == 1
+    assert "--out" in capsys.readouterr().err
