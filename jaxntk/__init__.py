@@ -4,8 +4,9 @@ The public API, re-exported from the modules (see DESIGN.md for the one-way data
 targets → network → taylor → spectral → objectives → train → experiments → plots/cli).
 """
 
-from jaxntk import network
+from jaxntk import network, objectives, targets, training
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
+from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.targets import (
     DISTRIBUTIONS,
     Target,
@@ -32,11 +33,16 @@ from jaxntk.taylor import (
     quadratic_term,
     taylor,
 )
+from jaxntk.training import DivergenceWarning, Run, fit, train
 
 __all__ = [
     "ACTIVATIONS",
     "DISTRIBUTIONS",
+    "VARIANTS",
+    "DivergenceWarning",
     "Prepared",
+    "Regularizer",
+    "Run",
     "Target",
     "TargetPart",
     "Task",
@@ -44,6 +50,7 @@ __all__ = [
     "TaylorPrepared",
     "TwoLayer",
     "dense_part",
+    "fit",
     "gegenbauer",
     "hermite",
     "legendre",
@@ -54,12 +61,16 @@ __all__ = [
     "mlp_target",
     "network",
     "num_harmonics",
+    "objectives",
     "paper_target",
     "paper_task",
     "quadratic_term",
     "sample_inputs",
     "sparse_part",
+    "targets",
     "taylor",
+    "train",
+    "training",
 ]
 
 __version__ = "0.1.0"
