@@ -1,0 +1,634 @@
+"""The NTK feature subspace: Gram spectrum, top-k singular vectors, good-direction projectors.
+
+The feature matrix J ∈ R^{n×P} (P parameters; P = m·d for the two-layer network) has rows
+φ(x_i) = ∇_θ f(x_i; θ0); its Gram matrix is the empirical NTK K = J Jᵀ (PAPER.md §4). With the thin
+SVD J = U S Vᵀ, the good directions (PAPER.md §5) are the complement of the top-k right singular
+vectors, and V_k = Jᵀ U_k S_k⁻¹ is kept in factored form:
+
+    P_top U = V_k V_kᵀ U = Jᵀ U_k S_k⁻² U_kᵀ (J U),        P_⊥ U = U − P_top U,
+    bulk residual = (I − U_k U_kᵀ) f_L(X; U) = J P_⊥ U,    R_bulk = mean(bulk residual²).
+
+J·u is the model's `linear_term(u, prep)` and Jᵀ·c its vector-Jacobian product, so everything here
+works for any model with the protocol of `jaxntk.network.TwoLayer` (prepare, zeros, linear_term) and
+never forms J. The top-k pairs (U_k, S_k) come from
+
+- ``method="gram"``: K (closed form for `TwoLayer`, n products J(Jᵀ e_i) otherwise) and `eigh`;
+  O(n²) memory, the fastest choice while K fits;
+- ``method="matrix_free"``: randomized block subspace iteration with Rayleigh-Ritz on K applied as
+  J(Jᵀ Q), Q of l = k + oversampling columns; O(n·l + l·P) memory, for n too large for K.
+
+Theory (Montanari & Zhong 2020, arXiv 2007.12826): for x uniform on the sphere of radius √d and
+t = x·x'/d, the infinite-width kernel is K(x, x') = d·t·κ(t), κ(t) = E_w[σ'(w·x) σ'(w·x')] ≈
+Σ_j c_j² t^j with c_j the orthonormal Hermite coefficients of σ'. It is a dot-product kernel, so
+its eigenvalues come in degree blocks: μ_ℓ = E_t[K(t) Q_ℓ(t)] with multiplicity N(d, ℓ) (Q_ℓ the
+degree-ℓ Legendre polynomial in d dimensions, Q_ℓ(1) = 1). On n samples the degrees with
+N(d, ℓ) ≪ n appear in K/n as spikes near μ_ℓ (spread as Marchenko-Pastur with ratio N(d, ℓ)/n),
+and all higher degrees add a self-induced ridge γ·I with γ = (K(1) − Σ_{resolved ℓ} N(d, ℓ) μ_ℓ)/n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxntk.network import TwoLayer, get_activation
+from jaxntk.targets import legendre, num_harmonics
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = [
+    "METHODS",
+    "DegreeBlock",
+    "DegreeBlocks",
+    "GoodDirections",
+    "ObservedBlock",
+    "SpectrumReport",
+    "SubspaceInfo",
+    "bulk_residual",
+    "degree_block_report",
+    "empirical_ntk",
+    "good_directions",
+    "gram_matrix",
+    "hermite_coefficients",
+    "predict_degree_blocks",
+    "project_good",
+    "project_top",
+    "right_singular_vectors",
+]
+
+#: Ways to compute the top-k singular pairs of J (see the module docstring).
+METHODS = ("gram", "matrix_free")
+_NTK_METHODS = ("jacobian", "products")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GoodDirections:
+    """The top-k singular pairs of the feature matrix J on the training inputs (PAPER.md §5).
+
+    J = U S Vᵀ; the right vectors V_k = Jᵀ U_k S_k⁻¹ are implicit (see `right_singular_vectors`).
+    The good directions are the complement of span(V_k). A pytree: pass it to `jit` as an argument.
+
+    Attributes:
+        u_k: (n, k) top-k left singular vectors U_k, orthonormal columns, largest first.
+        s_k: (k,) singular values S_k, descending (eigenvalues of K = J Jᵀ are S_k²).
+    """
+
+    u_k: Array
+    s_k: Array
+
+    @property
+    def n(self) -> int:
+        return self.u_k.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.u_k.shape[1]
+
+
+class SubspaceInfo(NamedTuple):
+    """Convergence of the top-k pairs: K-products used and max_i ‖K u_i − s_i² u_i‖ / s_i²."""
+
+    iterations: Array
+    residual: Array
+
+
+def empirical_ntk(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params0: PyTree,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    method: str = "jacobian",
+    batch_size: int = 64,
+) -> Array:
+    """Empirical NTK K(x, x') = ⟨∇_θ f(x; θ0), ∇_θ f(x'; θ0)⟩ of any scalar-output model.
+
+    Generic over the parameter pytree; computed block by block (batch_size rows of x1 against
+    batch_size rows of x2), so memory is O(batch_size · P) besides the (n1, n2) result.
+
+    Args:
+        apply_fn: f(params, x) -> (b,) for a batch x of shape (b, ...), one output per example.
+        params0: the parameters θ0 at which the NTK is taken.
+        x1: (n1, ...) inputs.
+        x2: (n2, ...) inputs with the trailing shape of x1 (default: x1).
+        method: "jacobian" (per-block Jacobians by reverse mode, contracted) or "products"
+            (Jᵀ of the x2 block by VJPs, then pushed forward by JVPs on x1); same result.
+        batch_size: examples per block.
+
+    Returns:
+        (n1, n2) Gram matrix.
+
+    Example:
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=20)
+        >>> x = jnp.ones((3, 5))
+        >>> empirical_ntk(net.apply_fn, net.w0, x).shape
+        (3, 3)
+    """
+    if method not in _NTK_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(_NTK_METHODS)}")
+    _check_int("batch_size", batch_size, low=1)
+    x1 = jnp.asarray(x1)
+    x2 = x1 if x2 is None else jnp.asarray(x2)
+    if x1.ndim < 1 or x2.ndim < 1 or x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"x1 and x2 must be batches (n, ...) with the same trailing shape, got x1 of shape "
+            f"{x1.shape} and x2 of shape {x2.shape}"
+        )
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b1, b2 = min(batch_size, n1), min(batch_size, n2)
+    blocks1, blocks2 = _split_batches(x1, b1), _split_batches(x2, b2)
+    block = _ntk_block_jacobian if method == "jacobian" else _ntk_block_products
+
+    def row(xb1):
+        return jax.lax.map(lambda xb2: block(apply_fn, params0, xb1, xb2), blocks2)
+
+    k = jax.lax.map(row, blocks1)  # (B1, B2, b1, b2)
+    k = jnp.transpose(k, (0, 2, 1, 3)).reshape(k.shape[0] * b1, k.shape[1] * b2)
+    return k[:n1, :n2]
+
+
+def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
+    """K = J Jᵀ on prepared inputs, (n, n), without forming J.
+
+    Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for any other
+    model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
+    """
+    _check_int("batch_size", batch_size, low=1)
+    return _gram_matrix(model, prep, batch_size)
+
+
+def good_directions(
+    model: Any,
+    prep: Any,
+    k: int,
+    *,
+    method: str = "gram",
+    key: Array | None = None,
+    oversampling: int = 10,
+    max_iters: int = 100,
+    tol: float | None = None,
+    batch_size: int = 32,
+    return_info: bool = False,
+) -> GoodDirections | tuple[GoodDirections, SubspaceInfo]:
+    """Top-k singular pairs (U_k, S_k) of the feature matrix J on the training inputs.
+
+    J = ∂f_L(X; U)/∂U is never formed (module docstring). Columns of U_k are signed so that
+    their largest entry is positive; U_k is determined up to that and ties between singular values.
+
+    Args:
+        model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
+        prep: `model.prepare(x_train)`.
+        k: number of directions, 1 ≤ k ≤ n (the paper uses k = d; d + 1 adds the degree-0 spike).
+        method: "gram" (eigh of K) or "matrix_free" (randomized subspace iteration on J(Jᵀ·)).
+        key: PRNG key of the random start of "matrix_free" (default PRNGKey(0); the converged
+            subspace does not depend on it).
+        oversampling: extra columns of the iterated block ("matrix_free"); l = min(k + it, n).
+        max_iters: most K-products ("matrix_free").
+        tol: stop once every relative residual ‖K u_i − s_i² u_i‖ / s_i² ≤ tol ("matrix_free";
+            default 0.1·√eps of the dtype: 3e-5 in float32, 1.5e-9 in float64).
+        batch_size: vectors per batched J / Jᵀ product (bounds the memory of the products).
+        return_info: also return a `SubspaceInfo`.
+
+    Returns:
+        `GoodDirections` (and `SubspaceInfo` if return_info).
+
+    Example:
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> dirs.u_k.shape, dirs.s_k.shape
+        ((30, 5), (5,))
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    f_shape = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
+    if len(f_shape.shape) != 1:
+        raise ValueError(f"model.linear_term must return one output per input (n,), got {f_shape}")
+    n = f_shape.shape[0]
+    _check_int("k", k, low=1, high=n, high_name="n, the number of training inputs")
+    _check_int("oversampling", oversampling, low=0)
+    _check_int("max_iters", max_iters, low=1)
+    _check_int("batch_size", batch_size, low=1)
+    if tol is None:
+        tol = 0.1 * math.sqrt(float(jnp.finfo(f_shape.dtype).eps))
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    dirs, info = _good_directions(
+        model, prep, key, k, method, min(k + oversampling, n), max_iters, float(tol), batch_size
+    )
+    return (dirs, info) if return_info else dirs
+
+
+def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
+    """(I − U_k U_kᵀ) f: the part of the training output outside the top-k directions, (n,).
+
+    For f = f_L(X_train; U) this is J P_⊥ U, and R_bulk(U) = mean(bulk_residual²) (PAPER.md §5).
+    """
+    if f_train.shape != (dirs.n,):
+        raise ValueError(
+            f"f_train must have shape ({dirs.n},), one output per training input, "
+            f"got {f_train.shape}"
+        )
+    return f_train - dirs.u_k @ (dirs.u_k.T @ f_train)
+
+
+def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTree:
+    """P_top U = V_k V_kᵀ U = Jᵀ U_k S_k⁻² U_kᵀ (J U), params-shaped; J is never formed.
+
+    Linear in u; jit- and grad-friendly (one J product and one Jᵀ product).
+    """
+    f, pullback = jax.vjp(lambda v: model.linear_term(v, prep), u)
+    if f.shape != (dirs.n,):
+        raise ValueError(
+            f"prep has {f.shape[0]} inputs but dirs were computed on {dirs.n}: pass the training "
+            "inputs' prep to project_top / project_good"
+        )
+    (top,) = pullback(dirs.u_k @ ((dirs.u_k.T @ f) / dirs.s_k**2))
+    return top
+
+
+def project_good(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTree:
+    """P_⊥ U = U − V_k V_kᵀ U: U with its component along the top-k right singular vectors removed.
+
+    R_pop(U) = E_x f_L(x; P_⊥ U)² evaluates `linear_term` of this on fresh inputs (PAPER.md §5).
+    """
+    return jax.tree_util.tree_map(jnp.subtract, u, project_top(model, prep, dirs, u))
+
+
+def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTree:
+    """V_k = Jᵀ U_k S_k⁻¹ as a params-shaped pytree with a leading axis of size k.
+
+    Materializes k·P numbers: for inspection and tests; the projectors do not need it.
+    """
+    _, jt = _feature_products(model, prep)
+    return jax.vmap(jt)((dirs.u_k / dirs.s_k[None, :]).T)
+
+
+# ----------------------------------------------------------------------------------- theory
+
+
+@dataclasses.dataclass(frozen=True)
+class DegreeBlock:
+    """A predicted degree block of the spectrum of K/n.
+
+    eigenvalue is μ_ℓ of the kernel operator; level = μ_ℓ + γ where the block sits in K/n, and
+    low/high are the Marchenko-Pastur edges μ_ℓ (1 ∓ √(N/n))² + γ of its spread.
+    """
+
+    degree: int
+    multiplicity: int
+    eigenvalue: float
+    level: float
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DegreeBlocks:
+    """The predicted block structure of K/n (module docstring): plain data, JSON-ready via asdict.
+
+    blocks are the resolved degrees (those whose cumulative multiplicity is at most n/2), highest
+    level first; gamma is the bulk level γ; kernel_diagonal is K(x, x) = d·E[σ'(z)²].
+    """
+
+    activation: str
+    d: int
+    n: int
+    hermite: tuple[float, ...]
+    blocks: tuple[DegreeBlock, ...]
+    gamma: float
+    kernel_diagonal: float
+
+    def block(self, degree: int) -> DegreeBlock:
+        for b in self.blocks:
+            if b.degree == degree:
+                return b
+        raise KeyError(f"degree {degree} is not among the resolved blocks {self.degrees}")
+
+    @property
+    def degrees(self) -> tuple[int, ...]:
+        return tuple(b.degree for b in self.blocks)
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """Indices (0-based, eigenvalues sorted descending) where each block ends."""
+        return tuple(np.cumsum([b.multiplicity for b in self.blocks]).tolist())
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedBlock:
+    """Where a predicted degree block sits in a measured spectrum (eigenvalues sorted descending).
+
+    start:stop are its indices; gap_ratio = min / (largest eigenvalue after the block).
+    """
+
+    degree: int
+    multiplicity: int
+    start: int
+    stop: int
+    predicted_level: float
+    min: float
+    max: float
+    mean: float
+    gap_ratio: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumReport:
+    """Degree blocks located in a measured spectrum of K/n, and the bulk level γ (its median)."""
+
+    blocks: tuple[ObservedBlock, ...]
+    bulk_start: int
+    bulk_level: float
+    bulk_max: float
+    predicted_gamma: float
+
+    @property
+    def separated(self) -> bool:
+        """Every block lies strictly above everything after it."""
+        return all(b.gap_ratio > 1.0 for b in self.blocks)
+
+
+def hermite_coefficients(
+    activation: str, degree: int, *, derivative: int = 1, points: int = 200
+) -> np.ndarray:
+    """c_j = E_{z~N(0,1)}[σ^{(derivative)}(z) h_j(z)], j = 0..degree, h_j = He_j/√(j!) orthonormal.
+
+    Computed by quadrature (Gauss-Legendre on [−12, 0] and [0, 12], points nodes each, so ReLU's
+    step at 0 is integrated exactly too). derivative 0, 1, 2 selects σ, σ', σ''.
+    """
+    act = get_activation(activation)
+    _check_int("degree", degree, low=0)
+    _check_int("derivative", derivative, low=0, high=2, high_name="2")
+    z, w = _normal_quadrature(points)
+    values = _evaluate((act.fn, act.d1, act.d2)[derivative], z)
+    return _orthonormal_hermite(degree, z) @ (w * values)
+
+
+def predict_degree_blocks(
+    activation: str, d: int, n: int, *, max_degree: int | None = None, terms: int = 40
+) -> DegreeBlocks:
+    """The degree blocks of the spectrum of K/n, predicted from the Hermite coefficients of σ'.
+
+    Args:
+        activation: a name in `jaxntk.network.ACTIVATIONS`.
+        d: input dimension, ≥ 3 (inputs on the sphere of radius √d; Gaussian inputs behave alike
+            for large d).
+        n: number of samples.
+        max_degree: highest degree predicted as a spike block (default: the largest ℓ with
+            Σ_{j≤ℓ} N(d, j) ≤ n/2, i.e. d^ℓ ≪ n; at least 0).
+        terms: Hermite coefficients c_0..c_{terms−1} of σ' in the series κ(t) ≈ Σ c_j² t^j.
+
+    Example:
+        >>> pred = predict_degree_blocks("shifted_sigmoid", d=40, n=252)
+        >>> pred.degrees  # degree 1 (40 eigenvalues) above degree 0 (one)
+        (1, 0)
+    """
+    _check_int("d", d, low=3)
+    _check_int("n", n, low=1)
+    _check_int("terms", terms, low=1)
+    if max_degree is None:
+        cumulative, max_degree = 1, 0
+        while cumulative + num_harmonics(d, max_degree + 1) <= n / 2:
+            max_degree += 1
+            cumulative += num_harmonics(d, max_degree)
+    _check_int("max_degree", max_degree, low=0)
+    c = hermite_coefficients(activation, terms - 1)
+    t, w = _sphere_cosine_quadrature(d, points=terms + max_degree + 8)
+    kernel = d * t * (np.power.outer(t, np.arange(terms)) @ c**2)  # K(t) = d·t·κ(t)
+    q = np.stack([_evaluate(partial(legendre, ell, d=d), t) for ell in range(max_degree + 1)])
+    mu = q @ (w * kernel)
+    mult = [num_harmonics(d, ell) for ell in range(max_degree + 1)]
+    z, w_z = _normal_quadrature()
+    diagonal = d * float(np.dot(w_z, _evaluate(get_activation(activation).d1, z) ** 2))
+    gamma = max((diagonal - float(np.dot(mult, mu))) / n, 0.0)
+    blocks = [
+        DegreeBlock(
+            degree=ell,
+            multiplicity=mult[ell],
+            eigenvalue=float(mu[ell]),
+            level=float(mu[ell]) + gamma,
+            low=float(mu[ell]) * (1.0 - math.sqrt(mult[ell] / n)) ** 2 + gamma,
+            high=float(mu[ell]) * (1.0 + math.sqrt(mult[ell] / n)) ** 2 + gamma,
+        )
+        for ell in range(max_degree + 1)
+    ]
+    blocks.sort(key=lambda b: b.level, reverse=True)
+    return DegreeBlocks(
+        activation=activation,
+        d=d,
+        n=n,
+        hermite=tuple(float(v) for v in c),
+        blocks=tuple(blocks),
+        gamma=gamma,
+        kernel_diagonal=diagonal,
+    )
+
+
+def degree_block_report(eigenvalues: Array | np.ndarray, predicted: DegreeBlocks) -> SpectrumReport:
+    """Locate the predicted degree blocks in a measured spectrum of K/n; measure the bulk level γ.
+
+    The blocks are laid out in the predicted order, each taking as many eigenvalues (sorted
+    descending) as its multiplicity; what follows is the bulk, whose median is the measured γ.
+    """
+    ev = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())[::-1]
+    stops = predicted.boundaries
+    if ev.size <= stops[-1]:
+        raise ValueError(
+            f"eigenvalues has {ev.size} values, but the predicted blocks take {stops[-1]}: "
+            "it needs more than that to leave a bulk"
+        )
+    starts = (0, *stops[:-1])
+    blocks = tuple(
+        ObservedBlock(
+            degree=b.degree,
+            multiplicity=b.multiplicity,
+            start=start,
+            stop=stop,
+            predicted_level=b.level,
+            min=float(ev[stop - 1]),
+            max=float(ev[start]),
+            mean=float(ev[start:stop].mean()),
+            gap_ratio=float(ev[stop - 1] / ev[stop]),
+        )
+        for b, start, stop in zip(predicted.blocks, starts, stops, strict=True)
+    )
+    bulk = ev[stops[-1] :]
+    return SpectrumReport(
+        blocks=blocks,
+        bulk_start=stops[-1],
+        bulk_level=float(np.median(bulk)),
+        bulk_max=float(bulk[0]),
+        predicted_gamma=predicted.gamma,
+    )
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _feature_products(model: Any, prep: Any) -> tuple[Callable, Callable]:
+    """(u ↦ J u, c ↦ Jᵀ c) on prepared inputs, from `linear_term` and its VJP."""
+
+    def jv(u):
+        return model.linear_term(u, prep)
+
+    _, pullback = jax.vjp(jv, model.zeros())
+    return jv, lambda c: pullback(c)[0]
+
+
+def _gram_product(model: Any, prep: Any) -> Callable[[Array], Array]:
+    """c ↦ K c = J (Jᵀ c) for one column c (n,)."""
+    if isinstance(model, TwoLayer):
+        # Jᵀc = Dᵀ(c ∘ X) and J V = rowsum((D V) ∘ X) with D = σ'(X W0ᵀ) diag(a): batched by
+        # vmap, each becomes one GEMM over all columns, with no (columns, n, m) intermediate.
+        scaled = prep.d1 * model.a[None, :]
+
+        def product(c):
+            return jnp.sum((scaled @ (scaled.T @ (c[:, None] * prep.x))) * prep.x, axis=1)
+
+        return product
+    jv, jt = _feature_products(model, prep)
+    return lambda c: jv(jt(c))
+
+
+def _apply_gram(model: Any, prep: Any, q: Array, batch_size: int) -> Array:
+    """K Q = J (Jᵀ Q) for Q (n, l), batch_size columns at a time."""
+    return jax.lax.map(_gram_product(model, prep), q.T, batch_size=batch_size).T
+
+
+def _gram_matrix(model: Any, prep: Any, batch_size: int) -> Array:
+    if isinstance(model, TwoLayer):
+        return (prep.x @ prep.x.T) * ((prep.d1 * (model.a**2)[None, :]) @ prep.d1.T)
+    f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
+    return _apply_gram(model, prep, jnp.eye(f.shape[0], dtype=f.dtype), batch_size)
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _good_directions(model, prep, key, k, method, width, max_iters, tol, batch_size):
+    if method == "gram":
+        gram = _gram_matrix(model, prep, batch_size)
+        evals, evecs = jnp.linalg.eigh(gram)
+        evals, u = evals[::-1][:k], evecs[:, ::-1][:, :k]
+        resid = jnp.linalg.norm(gram @ u - u * evals[None, :], axis=0) / evals
+        info = SubspaceInfo(jnp.asarray(1), jnp.max(resid))
+    else:
+        f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
+        start = jax.random.normal(key, (f.shape[0], width), dtype=f.dtype)
+        evals, u, info = _subspace_iteration(
+            lambda q: _apply_gram(model, prep, q, batch_size), start, k, max_iters, tol
+        )
+    signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
+    return GoodDirections(u_k=u * signs[None, :], s_k=jnp.sqrt(jnp.maximum(evals, 0.0))), info
+
+
+def _subspace_iteration(matmat, start, k, max_iters, tol):
+    """Top-k eigenpairs of a PSD operator by block subspace iteration with Rayleigh-Ritz.
+
+    Each iteration costs one product with the operator; the relative residuals of the Ritz pairs
+    are checked on the product already computed, so convergence is free to test.
+    """
+
+    def ritz(q, y):
+        b = q.T @ y
+        theta, w = jnp.linalg.eigh(0.5 * (b + b.T))
+        theta, w = theta[::-1][:k], w[:, ::-1][:, :k]
+        u = q @ w
+        resid = jnp.linalg.norm(y @ w - u * theta[None, :], axis=0) / jnp.abs(theta)
+        return theta, u, jnp.max(resid)
+
+    def cond(state):
+        it, _, _, resid = state
+        return (it < max_iters) & (resid > tol)
+
+    def body(state):
+        it, _, y, _ = state
+        q = jnp.linalg.qr(y)[0]
+        y = matmat(q)
+        return it + 1, q, y, ritz(q, y)[2]
+
+    q = jnp.linalg.qr(start)[0]
+    y = matmat(q)
+    it, q, y, resid = jax.lax.while_loop(cond, body, (jnp.asarray(1), q, y, ritz(q, y)[2]))
+    theta, u, resid = ritz(q, y)
+    return theta, u, SubspaceInfo(it, resid)
+
+
+def _split_batches(x: Array, b: int) -> Array:
+    """(n, ...) -> (ceil(n/b), b, ...), the last batch padded with zeros (sliced off later)."""
+    pad = -x.shape[0] % b
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(x.shape[0] // b, b, *x.shape[1:])
+
+
+def _ntk_block_jacobian(apply_fn, params0, xb1, xb2):
+    def flat_jacobian(xb):
+        jac = jax.jacrev(lambda p: apply_fn(p, xb))(params0)
+        return [leaf.reshape(xb.shape[0], -1) for leaf in jax.tree_util.tree_leaves(jac)]
+
+    return sum(j1 @ j2.T for j1, j2 in zip(flat_jacobian(xb1), flat_jacobian(xb2), strict=True))
+
+
+def _ntk_block_products(apply_fn, params0, xb1, xb2):
+    f2, pullback = jax.vjp(lambda p: apply_fn(p, xb2), params0)
+    (columns,) = jax.vmap(pullback)(jnp.eye(xb2.shape[0], dtype=f2.dtype))
+
+    def push(v):
+        return jax.jvp(lambda p: apply_fn(p, xb1), (params0,), (v,))[1]
+
+    return jax.vmap(push)(columns).T
+
+
+def _normal_quadrature(points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for E_{z~N(0,1)}: Gauss-Legendre on [−12, 0] and [0, 12] (ReLU's step)."""
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    z = np.concatenate([6.0 * (nodes - 1.0), 6.0 * (nodes + 1.0)])
+    w = np.concatenate([weights, weights]) * 6.0 * np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    return z, w
+
+
+def _evaluate(fn: Callable[[Array], Array], z: np.ndarray) -> np.ndarray:
+    return np.asarray(fn(jnp.asarray(z)), dtype=np.float64)
+
+
+def _orthonormal_hermite(degree: int, z: np.ndarray) -> np.ndarray:
+    """h_j(z) = He_j(z)/√(j!), j = 0..degree, by the normalised recurrence; (degree+1, len)."""
+    h = np.empty((degree + 1, z.size))
+    h[0] = 1.0
+    if degree >= 1:
+        h[1] = z
+    for j in range(1, degree):
+        h[j + 1] = (z * h[j] - math.sqrt(j) * h[j - 1]) / math.sqrt(j + 1)
+    return h
+
+
+def _sphere_cosine_quadrature(d: int, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss rule for t = x·x'/(|x||x'|), x, x' uniform on S^{d−1}: density ∝ (1−t²)^{(d−3)/2}.
+
+    Golub-Welsch on the Gegenbauer recurrence (λ = (d−2)/2); exact for polynomials of degree
+    < 2·points; the weights sum to 1.
+    """
+    lam = (d - 2) / 2
+    j = np.arange(1, points)
+    beta = np.sqrt(j * (j + 2 * lam - 1) / (4.0 * (j + lam) * (j + lam - 1)))
+    nodes, vectors = np.linalg.eigh(np.diag(beta, 1) + np.diag(beta, -1))
+    return nodes, vectors[0] ** 2
+
+
+def _check_int(
+    name: str, value: object, low: int, high: int | None = None, high_name: str | None = None
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"≥ {low}" if high is None else f"between {low} and {high} ({high_name})"
+        raise ValueError(f"{name} must be {bound}, got {value}")
