@@ -242,19 +242,23 @@ class Regularizer:
 class Data(NamedTuple):
     """Everything a training run reads, as arrays: passed to the compiled program as arguments.
 
-    prep_*: `model.prepare` of the train/test inputs; parts_test: (P, n_test) value of each target
-    part on the test inputs (for the share of each part learned); dirs: the good directions
-    (`jaxntk.spectral.good_directions`) or None; prep_pop: fixed inputs on which evaluations
-    estimate R_pop (default: the test inputs).
+    x_pop: fixed inputs on which evaluations estimate R_pop (default: the test inputs);
+    parts_test: (P, n_test) value of each target part on the test inputs (for the share of each
+    part learned); dirs: the good directions (`jaxntk.spectral.good_directions`) or None.
+    prep_*: `model.prepare` of the inputs, filled in by `VariantObjective.prepare` inside the
+    compiled program, so that it is computed once per chunk and never enters a jit cache key.
     """
 
     model: Any
-    prep_train: Any
-    prep_test: Any
+    x_train: Array
+    x_test: Array
     y_train: Array
     y_test: Array
     parts_test: Array
     dirs: Any = None
+    x_pop: Array | None = None
+    prep_train: Any = None
+    prep_test: Any = None
     prep_pop: Any = None
 
 
@@ -262,8 +266,9 @@ class Data(NamedTuple):
 class VariantObjective:
     """The training objective of one variant: hashable (a static argument of the compiled loop).
 
-    Implements the trainer's objective protocol: `init(key, data)`, `loss(u, data, hyper, key)`
-    and `evaluate(u, data, hyper)`, with hyper = {"bulk": λ_b, "pop": λ_p, "norm24": λ_4}.
+    Implements the trainer's objective protocol: `prepare(data)`, `init(key, data)`,
+    `loss(u, data, hyper, key)` and `evaluate(u, data, hyper)`, with hyper = {"bulk": λ_b,
+    "pop": λ_p, "norm24": λ_4}.
 
     Attributes:
         variant: a name in `VARIANTS`.
@@ -280,6 +285,16 @@ class VariantObjective:
     pop_samples: int = 100
     distribution: str = "gaussian"
     d: int = 1
+
+    def prepare(self, data: Data) -> Data:
+        """`data` with the model's per-input constants (σ'(x W0ᵀ), linearizations) filled in."""
+        model = data.model
+        x_pop = data.x_test if data.x_pop is None else data.x_pop
+        return data._replace(
+            prep_train=model.prepare(data.x_train),
+            prep_test=model.prepare(data.x_test),
+            prep_pop=model.prepare(x_pop) if data.dirs is not None else None,
+        )
 
     def init(self, key: Array, data: Data) -> Any:
         """U at step 0: zeros, or N(0, init_scale²/fan_in) entries (rows of norm ≈ init_scale)."""
@@ -323,8 +338,7 @@ class VariantObjective:
         }
         if data.dirs is not None:
             out["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
-            pop = data.prep_test if data.prep_pop is None else data.prep_pop
-            out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, pop)
+            out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_pop)
         out["norm24"] = norm24_penalty(u)
         return out
 

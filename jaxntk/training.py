@@ -1,7 +1,8 @@
 """One compiled training loop for every variant, vmapped over regularizer weights and seeds.
 
-`fit` trains any *objective* — a hashable object with `init(key, data)`, `loss(params, data, hyper,
-key) -> (scalar, aux)` and `evaluate(params, data, hyper) -> dict` — with any optax optimizer:
+`fit` trains any *objective* — a hashable object with `prepare(data) -> data` (per-input constants,
+computed once per compiled chunk), `init(key, data)`, `loss(params, data, hyper, key) -> (scalar,
+aux)` and `evaluate(params, data, hyper) -> dict` — with any optax optimizer:
 
     for t in 0..T-1:   g = ∇_U loss(U_t, data, λ, key_t);   U_{t+1} = U_t + optimizer(g)
 
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxntk import network, spectral
+from jaxntk import network, sharding, spectral
 from jaxntk.objectives import Data, Regularizer, VariantObjective, get_variant
 
 Array = jax.Array
@@ -115,6 +116,7 @@ def train(
     progress: bool | Callable[[dict], None] = True,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    devices: sharding.Devices = None,
 ) -> Run:
     """Train one variant of `model` on `task` for several regularizer weights and seeds at once.
 
@@ -138,6 +140,10 @@ def train(
         subspace_method: how `jaxntk.spectral.good_directions` finds the top-k subspace.
         progress: print a line per chunk (True), stay silent (False), or call this with a dict.
         checkpoint: folder to save the state after every chunk; with `resume`, continue from it.
+        devices: where to train: None (every available device), a count N (the first N), a
+            list of devices, or a `jaxntk.sharding.device_mesh` (to split the samples too). On
+            several devices the neurons are split among them (`jaxntk.sharding`; `TwoLayer` only);
+            ValueError if they do not split m into even, half-aligned blocks.
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
@@ -160,13 +166,14 @@ def train(
     if not (isinstance(init_scale, int | float) and math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite float ≥ 0, got {init_scale!r}")
 
+    layout = sharding.layout(model, devices)
+    if layout is not None:
+        model = layout.model(model)  # so that everything computed from W0 is split as well
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
-    prep_train = model.prepare(task.x_train)
-    prep_test = model.prepare(task.x_test)
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
         k = task.d if reg.k is None else reg.k
-        dirs = spectral.good_directions(model, prep_train, k, method=subspace_method)
+        dirs = _good_directions(model, task.x_train, k, subspace_method)
     objective = VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
@@ -178,9 +185,15 @@ def train(
         d=task.d,
     )
     # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
-    prep_pop = model.prepare(task.x_test[:POP_EVAL_SAMPLES]) if dirs is not None else None
     data = Data(
-        model, prep_train, prep_test, task.y_train, task.y_test, task.parts_test, dirs, prep_pop
+        model,
+        task.x_train,
+        task.x_test,
+        task.y_train,
+        task.y_test,
+        task.parts_test,
+        dirs,
+        task.x_test[:POP_EVAL_SAMPLES],
     )
     config = {
         "variant": variant,
@@ -212,6 +225,7 @@ def train(
         resume=resume,
         label=variant,
         config=config,
+        layout=layout,
     )
 
 
@@ -231,10 +245,13 @@ def fit(
     resume: bool = False,
     label: str = "run",
     config: dict[str, Any] | None = None,
+    layout: sharding.Layout | None = None,
 ) -> Run:
     """Train `objective` on `data` for every setting in `hyper` (each a (L,) array) and seed.
 
-    The generic trainer: it knows nothing about networks. See the module docstring.
+    The generic trainer: it knows nothing about networks. See the module docstring. A `layout`
+    (`jaxntk.sharding.layout`) places the data and the state on a device mesh; the compiled
+    program is the same, partitioned by XLA.
     """
     _check_int("steps", steps, 1)
     _check_int("eval_every", eval_every, 1)
@@ -243,6 +260,8 @@ def fit(
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     opt = _resolve_optimizer(optimizer)
+    if layout is not None:
+        data = layout.data(data)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(data))
     hyper_arrays = {k: jnp.asarray(np.asarray(v), dtype=dtype) for k, v in hyper.items()}
     n_settings = {int(np.shape(v)[0]) for v in hyper.values()} or {1}
@@ -252,14 +271,18 @@ def fit(
 
     config = dict(config or {})
     config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
-    state = _init_state(objective, opt, data, jnp.asarray(seeds), n_lambda, lr)
+    state = _init_state(
+        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, jnp.float32)
+    )
     history: list[dict[str, np.ndarray]] = []
     step = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and (ckpt / "state.npz").exists():
         state, step, history = _load_checkpoint(ckpt, state, config)
+    if layout is not None:
+        state = layout.state(state)
     if not history:
-        history.append(_to_host(_evaluate_batched(state.params, data, hyper_arrays, objective)))
+        history.append(_to_host(_evaluate_jit(state.params, data, hyper_arrays, objective)))
         history[-1]["step"] = np.zeros(1, dtype=np.int64)
 
     report = _reporter(progress, label, steps)
@@ -310,7 +333,15 @@ def fit(
     _mask_after_divergence(hist, bad)
     _mask_after_divergence(trace, bad)
     config["diverged_at_step"] = bad.tolist()
-    return Run(jax.device_get(state.params), hist, config, bad, trace)
+    fetch = jax.device_get if layout is None else layout.fetch
+    return Run(fetch(state.params), hist, config, bad, trace)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _good_directions(model, x_train, k: int, method: str):
+    # prepared inside the program, so a model whose prep is not a stable cache key (a
+    # TaylorModel's linearization) compiles this once per shape, like the rest of the run
+    return spectral.good_directions(model, model.prepare(x_train), k, method=method)
 
 
 def _resolve_optimizer(optimizer: str | optax.GradientTransformation):
@@ -333,12 +364,8 @@ def _named_optimizer(name: str) -> optax.GradientTransformation:
     return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=1.0)
 
 
-def _init_state(objective, opt, data, seeds: Array, n_lambda: int, lr: float) -> TrainState:
-    return _init_state_jit(objective, opt, data, seeds, n_lambda, jnp.asarray(lr, jnp.float32))
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))
-def _init_state_jit(objective, opt, data, seeds, n_lambda, lr):
+def _init_state(objective, opt, data, seeds, n_lambda, lr):
     def one(seed):
         key = jax.random.PRNGKey(seed)
         k_init, k_run = jax.random.split(key)
@@ -354,12 +381,9 @@ def _init_state_jit(objective, opt, data, seeds, n_lambda, lr):
     return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_lambda, *x.shape)), per_seed)
 
 
-def _evaluate_batched(params, data, hyper, objective):
-    return _evaluate_jit(params, data, hyper, objective)
-
-
 @functools.partial(jax.jit, static_argnums=(3,))
 def _evaluate_jit(params, data, hyper, objective):
+    data = objective.prepare(data)
     per_seed = jax.vmap(objective.evaluate, in_axes=(0, None, None))
     per_setting = jax.vmap(per_seed, in_axes=(0, None, 0))
     return jax.tree_util.tree_map(lambda x: x[:, :, None], per_setting(params, data, hyper))
@@ -368,6 +392,7 @@ def _evaluate_jit(params, data, hyper, objective):
 @functools.partial(jax.jit, static_argnames=("objective", "optimizer", "eval_every", "n_blocks"))
 def _run_chunk(state, step, total, data, hyper, *, objective, optimizer, eval_every, n_blocks):
     """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
+    data = objective.prepare(data)  # once per chunk, outside the scan
 
     def one_step(s: TrainState, hyp, t):
         key, sub = jax.random.split(s.key)

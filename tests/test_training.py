@@ -259,3 +259,12 @@ def test_trace_records_the_objective_at_every_step(net, task):
         rtol=1e-6,
     )
     assert np.all(np.diff(run.trace["mse"][0, 0]) < 0)  # plain GD on a smooth loss, small steps
+
+
+def test_generic_model_trained_twice_does_not_recompile(net, task):
+    generic = jn.TaylorModel(net.apply_fn, net.w0)
+    kw = dict(steps=20, eval_every=10, seeds=[0], progress=False)
+    jn.train(generic, task, "ntk+quadntk", **kw)
+    before = training._run_chunk._cache_size(), training._evaluate_jit._cache_size()
+    jn.train(generic, task, "ntk+quadntk", **kw)
+    assert (training._run_chunk._cache_size(), training._evaluate_jit._cache_size()) == before
