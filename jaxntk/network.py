@@ -198,14 +198,17 @@ class TwoLayer:
     def apply(self, w: Array, x: Array) -> Array:
         """f(x; W) = Σ_r a_r σ(w_r · x) for first layer `w` (m, d) and inputs `x` (n, d) or (d,).
 
-        The sum is taken as two half-sums over the paired neurons r and r + m/2 with identical
-        shapes, so that at the symmetric init the halves cancel to exactly 0.
+        The sum is taken as two half-sums over the paired neurons r and r + m/2, computed by one
+        batched product so that at the symmetric init the halves cancel to exactly 0. A reshape
+        (m, d) -> (2, m/2, d) rather than slices: with the rows split over devices
+        (`jaxntk.sharding`) each half stays on its devices instead of being moved.
         """
         x2 = self._check_inputs(x)
         _check_shape("w", w, (self.m, self.d))
         h = self.m // 2
-        sig = self.sigma.fn
-        out = sig(x2 @ w[:h].T) @ self.a[:h] + sig(x2 @ w[h:].T) @ self.a[h:]
+        pre = jnp.einsum("nd,khd->knh", x2, w.reshape(2, h, self.d))
+        halves = jnp.einsum("knh,kh->kn", self.sigma.fn(pre), self.a.reshape(2, h))
+        out = jnp.sum(halves, axis=0)
         return out if x.ndim == 2 else out[0]
 
     @property

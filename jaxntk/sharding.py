@@ -1,0 +1,265 @@
+"""Training on several devices: the neurons, and optionally the samples, split over a device mesh.
+
+The network is a sum over neurons, so a block of neurons per device leaves every per-neuron
+quantity local:
+
+    f(x; W0 + U) = Σ_j Σ_{r ∈ block j} a_r σ((w0_r + u_r) · x)         (j over the neuron shards)
+    f_L, f_Q:     Σ_j Σ_{r ∈ block j} a_r σ'(w0_r · x)(u_r · x) [, ½ a_r σ''(w0_r · x)(u_r · x)²]
+    ∇_{u_r} L = a_r Σ_i ∂L/∂f_i σ'(w0_r · x_i) x_i (+ the f_Q and regularizer terms)   on r's device
+
+Device j holds rows of W0 and U (and the optimizer's moments) in its block, those entries of a, and
+those columns of the cached σ'(X W0ᵀ), σ''(X W0ᵀ). The sum over neurons, one all-reduce of an (n,)
+vector per prediction, is the only communication: the gradient rows, R_24's row norms and the
+good-direction projector's Jᵀ products (`jaxntk.spectral.project_top`) are per-neuron, and no device
+ever holds the m×d matrix U. XLA's SPMD partitioner derives all of this from the placement of the
+inputs (`jax.device_put` with a `NamedSharding`); the trainer's compiled loop is the same program.
+
+A second mesh axis, "samples", splits the training and test points as well (data parallelism):
+then sums over points (the losses, the gradient Σ_i, U_kᵀ f) add one all-reduce each over that axis.
+
+The symmetric initialization pairs neuron r with r + m/2 (`jaxntk.network`): f(x; W0) = 0 exactly
+because the two half-sums are computed alike and cancel. With m/D contiguous neurons per device the
+halves split the devices in two groups; each half-sum is reduced within its group the same way, so
+they still cancel exactly, provided no shard straddles the halves: the number of neuron shards D
+must divide m and be even (or 1).
+
+Example:
+    >>> mesh = device_mesh(8)                  # 8 devices, all on the neurons axis
+    >>> run = jaxntk.train(net, task, "ntk", steps=100, devices=mesh)   # or devices=8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxntk.network import Prepared, TwoLayer
+from jaxntk.spectral import GoodDirections
+
+Array = jax.Array
+
+__all__ = [
+    "NEURONS",
+    "SAMPLES",
+    "SAMPLE_AXES",
+    "Layout",
+    "bytes_per_device",
+    "device_mesh",
+    "layout",
+]
+
+NEURONS = "neurons"
+SAMPLES = "samples"
+
+Devices = int | Sequence[jax.Device] | Mesh | None
+
+#: The sample axis of each per-sample array of `jaxntk.objectives.Data`.
+SAMPLE_AXES = {
+    "x_train": 0,
+    "x_test": 0,
+    "x_pop": 0,
+    "y_train": 0,
+    "y_test": 0,
+    "parts_test": 1,
+}
+
+
+def device_mesh(devices: int | Sequence[jax.Device] | None = None, *, samples: int = 1) -> Mesh:
+    """A (samples, neurons) mesh over `devices`: samples × (len(devices) / samples) devices.
+
+    Args:
+        devices: None (every device of the default backend, `jax.devices()`, all hosts), a count N
+            (the first N of them) or a sequence of devices.
+        samples: shards of the training and test points; the remaining factor shards the neurons.
+    """
+    available = jax.devices()
+    if devices is None:
+        devs = available
+    elif isinstance(devices, int | np.integer) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices = {devices}, but {len(available)} device(s) are available "
+                f"({available[0].platform}); pass a count between 1 and {len(available)}"
+            )
+        devs = available[: int(devices)]
+    elif (
+        isinstance(devices, Sequence)
+        and devices
+        and all(isinstance(x, jax.Device) for x in devices)
+    ):
+        devs = list(devices)
+        if len(set(devs)) != len(devs):
+            raise ValueError(f"devices lists a device twice: {devs}")
+    else:
+        raise ValueError(
+            "devices must be None (all available), an int count, a non-empty sequence of "
+            f"jax.Device or a jax.sharding.Mesh, got {devices!r}"
+        )
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an int ≥ 1, got {samples!r}")
+    if len(devs) % samples:
+        raise ValueError(f"samples = {samples} does not divide the number of devices ({len(devs)})")
+    grid = np.asarray(devs, dtype=object).reshape(samples, len(devs) // samples)
+    return Mesh(grid, (SAMPLES, NEURONS))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each array of a two-layer training run lives on a (samples, neurons) mesh.
+
+    Neuron-indexed axes (the m rows of W0, U and the optimizer's moments, the entries of a, the
+    columns of σ'(X W0ᵀ) and σ''(X W0ᵀ)) are split over "neurons"; sample-indexed axes (inputs,
+    labels, target parts, U_k's rows) over "samples"; everything else is replicated.
+
+    Attributes:
+        mesh: a mesh with axes ("samples", "neurons") (`device_mesh`).
+        m: the network's width.
+    """
+
+    mesh: Mesh
+    m: int
+
+    @property
+    def neuron_shards(self) -> int:
+        return self.mesh.shape[NEURONS]
+
+    @property
+    def sample_shards(self) -> int:
+        return self.mesh.shape[SAMPLES]
+
+    def model(self, net: TwoLayer) -> TwoLayer:
+        """The network with W0 (m, d) and a (m,) split along m."""
+        return dataclasses.replace(
+            net,
+            w0=self._put(net.w0, P(NEURONS, None)),
+            a=self._put(net.a, P(NEURONS)),
+        )
+
+    def prepared(self, prep: Prepared, what: str = "inputs") -> Prepared:
+        """x (n, d) split along n over "samples"; σ', σ'' (n, m) along n and m."""
+        self._check_samples(prep.x.shape[0], f"{what}.x.shape[0]")
+        return Prepared(
+            self._put(prep.x, P(SAMPLES, None)),
+            self._put(prep.d1, P(SAMPLES, NEURONS)),
+            self._put(prep.d2, P(SAMPLES, NEURONS)),
+        )
+
+    def data(self, data: Any) -> Any:
+        """A `jaxntk.objectives.Data` of a `TwoLayer`, every array placed on the mesh.
+
+        Fields are placed by what they hold: the model, prepared inputs (`Prepared`), the good
+        directions, and the per-sample arrays named in `SAMPLE_AXES`; None stays None.
+        """
+        if not isinstance(data.model, TwoLayer):
+            raise ValueError(
+                "sharding over several devices supports the closed-form jaxntk.TwoLayer, got "
+                f"{type(data.model).__name__}; train it on one device (devices=1)"
+            )
+        placed = {}
+        for name, value in data._asdict().items():
+            if value is None:
+                placed[name] = None
+            elif name == "model":
+                placed[name] = self.model(value)
+            elif isinstance(value, Prepared):
+                placed[name] = self.prepared(value, name)
+            elif isinstance(value, GoodDirections):
+                self._check_samples(value.n, "training points n")
+                placed[name] = GoodDirections(
+                    self._put(value.u_k, P(SAMPLES, None)), self._put(value.s_k, P())
+                )
+            elif name in SAMPLE_AXES:
+                axis = SAMPLE_AXES[name]
+                self._check_samples(value.shape[axis], f"{name}.shape[{axis}]")
+                spec = [None] * value.ndim
+                spec[axis] = SAMPLES
+                placed[name] = self._put(value, P(*spec))
+            else:
+                raise ValueError(f"sharding: no placement known for Data.{name}")
+        return type(data)(**placed)
+
+    def state(self, state: Any) -> Any:
+        """Trainer state with leading (L, S) axes: leaves of shape (L, S, m, ...) — U and the
+        optimizer's moments — split along m, the rest (keys, counters, step sizes) replicated."""
+
+        def place(x):
+            if np.ndim(x) >= 3 and np.shape(x)[2] == self.m:
+                return self._put(x, P(None, None, NEURONS))
+            return self._put(x, P())
+
+        return jax.tree_util.tree_map(place, state)
+
+    def fetch(self, tree: Any) -> Any:
+        """The tree as host numpy arrays (gathered from every host when the mesh spans several)."""
+        if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(tree)):
+            return jax.device_get(tree)
+        return multihost_utils.process_allgather(tree, tiled=True)
+
+    def _put(self, x: Array, spec: P) -> Array:
+        sharding = NamedSharding(self.mesh, spec)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        # Several hosts: every process holds the same value (same keys), each places its shards.
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    def _check_samples(self, n: int, what: str) -> None:
+        if n % self.sample_shards:
+            raise ValueError(
+                f"devices: {what} = {n} is not divisible by the mesh's {self.sample_shards} "
+                "sample shards"
+            )
+
+
+def layout(model: Any, devices: Devices = None) -> Layout | None:
+    """The `Layout` of a training run of `model` on `devices`; None for a single device.
+
+    Args:
+        model: the network; several devices need a `jaxntk.TwoLayer`.
+        devices: None (all available devices, neurons axis only), a count N, a sequence of
+            devices, or a mesh from `device_mesh` (to shard the samples too).
+
+    Raises:
+        ValueError: `devices` is not available or not understood, or the neuron shards do not
+            split m into whole, half-aligned blocks.
+    """
+    mesh = devices if isinstance(devices, Mesh) else device_mesh(devices)
+    if tuple(mesh.axis_names) != (SAMPLES, NEURONS):
+        raise ValueError(
+            f"devices: a Mesh must have the axes {(SAMPLES, NEURONS)} (see device_mesh), "
+            f"got {mesh.axis_names}"
+        )
+    if mesh.size == 1:
+        return None
+    if not isinstance(model, TwoLayer):
+        raise ValueError(
+            f"devices = {mesh.size}: sharding supports the closed-form jaxntk.TwoLayer, got "
+            f"{type(model).__name__}; pass devices=1"
+        )
+    shards = mesh.shape[NEURONS]
+    if shards > 1 and (shards % 2 or model.m % shards):
+        raise ValueError(
+            f"devices: m = {model.m} neurons cannot be split into {shards} neuron shards; the "
+            "count must be even (a symmetric pair r, r + m/2 is split between the two halves of "
+            f"the devices) and divide m, i.e. m/2 = {model.m // 2} must be divisible by "
+            f"{shards // 2}"
+        )
+    return Layout(mesh, model.m)
+
+
+def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
+    """Bytes that the arrays of `tree` occupy on each device (from their addressable shards)."""
+    total: dict[jax.Device, int] = {}
+    for leaf in jax.tree_util.tree_leaves(tree):
+        for shard in leaf.addressable_shards:
+            total[shard.device] = total.get(shard.device, 0) + shard.data.nbytes
+    return total
