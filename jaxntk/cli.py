@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init-scale", type=_nonnegative_float, default=None)
     t.add_argument("--out", type=Path, required=True, help="folder for run.json and history.npz")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=None,
+        help="devices to split the neurons over (default: all available; m/2 divisible by N/2)",
+    )
     t.set_defaults(func=_train)
 
     r = sub.add_parser("reproduce", help="run the paper's experiments and draw their figures")
@@ -105,9 +111,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _experiments() -> dict:
-    from jaxntk.experiments import lambda_sweep, variants
+    from jaxntk.experiments import lambda_sweep, spectrum, variants
 
-    return {"variants": variants, "lambda-sweep": lambda_sweep}
+    return {"variants": variants, "lambda-sweep": lambda_sweep, "spectrum": spectrum}
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -183,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
                 eval_every=args.eval_every,
                 init_scale=args.init_scale,
                 progress=not args.quiet,
+                devices=args.devices,
             )
         seconds = time.perf_counter() - t0
     except ValueError as err:

@@ -12,7 +12,8 @@ Closed-form Taylor terms around W0 in the direction U (PAPER.md §3):
     f_Q(x; U) = ½ Σ_r a_r σ''(w0_r · x) (u_r · x)²
 
 σ'(x W0ᵀ) and σ''(x W0ᵀ) on a fixed data set do not depend on U: `prepare` computes them once and
-every training step reuses them (the fast path; the generic path in `taylor.py` is tested against it).
+every training step reuses them (the fast path; the generic path in `taylor.py` is tested
+against it).
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ ZERO_CURVATURE = frozenset({"relu"})
 def get_activation(name: str) -> Activation:
     """The activation called `name` (one of `ACTIVATIONS`), with its derivatives."""
     if not isinstance(name, str):
-        raise TypeError(f"activation must be a str naming one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise TypeError(
+            f"activation must be a str naming one of {sorted(ACTIVATIONS)}, got {name!r}"
+        )
     try:
         return ACTIVATIONS[name]
     except KeyError:
@@ -140,12 +143,14 @@ def get_activation(name: str) -> Activation:
 class Prepared(NamedTuple):
     """What the two-layer Taylor terms need on a fixed input set, computed once by `prepare`.
 
-    x: (n, d) inputs; d1 = σ'(x W0ᵀ) and d2 = σ''(x W0ᵀ), each (n, m).
+    x: (n, d) inputs; d1 = σ'(x W0ᵀ) and d2 = σ''(x W0ᵀ), each (n, m); f0 = f(x; W0), (n,)
+    (exactly 0 at the symmetric init).
     """
 
     x: Array
     d1: Array
     d2: Array
+    f0: Array
 
 
 @jax.tree_util.register_dataclass
@@ -213,7 +218,7 @@ class TwoLayer:
 
     @property
     def apply_fn(self) -> jax.tree_util.Partial:
-        """`apply` as a pytree function (w, x) -> f(x; w), for the generic paths (`jaxntk.taylor`)."""
+        """`apply` as a pytree function (w, x) -> f(x; w), for the generic paths (jaxntk.taylor)."""
         return jax.tree_util.Partial(TwoLayer.apply, self)
 
     def zeros(self) -> Array:
@@ -225,10 +230,14 @@ class TwoLayer:
         return self.apply(self.w0 + u, prep.x)
 
     def prepare(self, x: Array) -> Prepared:
-        """σ'(x W0ᵀ) and σ''(x W0ᵀ) for the inputs x (n, d): constants of training on x."""
+        """σ'(x W0ᵀ), σ''(x W0ᵀ) and f(x; W0) for the inputs x (n, d): constants of training."""
         x2 = self._check_inputs(x, ndim=2)
         pre = x2 @ self.w0.T
-        return Prepared(x2, self.sigma.d1(pre), self.sigma.d2(pre))
+        return Prepared(x2, self.sigma.d1(pre), self.sigma.d2(pre), self.apply(self.w0, x2))
+
+    def initial_output(self, prep: Prepared) -> Array:
+        """f(x; W0), the zeroth-order term (0 at the symmetric init), (n,)."""
+        return prep.f0
 
     def linear_term(self, u: Array, prep: Prepared) -> Array:
         """f_L(x; U) = Σ_r a_r σ'(w0_r · x)(u_r · x), on prepared inputs; (n,)."""
@@ -253,7 +262,7 @@ class TwoLayer:
         return (prep.d1 * self.a[None, :])[:, :, None] * prep.x[:, None, :]
 
     def ntk_gram(self, x1: Array, x2: Array | None = None) -> Array:
-        """Empirical NTK K(x, x') = (x·x') Σ_r a_r² σ'(w0_r·x) σ'(w0_r·x'), (n1, n2) (PAPER.md §4)."""
+        """Empirical NTK K(x, x') = (x·x') Σ_r a_r² σ'(w0_r·x) σ'(w0_r·x'), (n1, n2) (§4)."""
         p1 = self.prepare(x1)
         p2 = p1 if x2 is None else self.prepare(x2)
         return (p1.x @ p2.x.T) * ((p1.d1 * (self.a**2)[None, :]) @ p2.d1.T)
@@ -303,7 +312,7 @@ def init(
 
 
 def check_curvature(net: TwoLayer, what: str) -> None:
-    """Raise ValueError for a quadratic model of an activation with σ'' = 0 a.e. (its f_Q cannot move)."""
+    """ValueError for a quadratic model of an activation with σ'' = 0 a.e. (f_Q cannot move)."""
     if net.activation in ZERO_CURVATURE:
         raise ValueError(
             f"{what} needs the quadratic term, but activation {net.activation!r} has σ'' = 0 "
@@ -322,4 +331,3 @@ def _check_positive_int(name: str, value: object) -> None:
 def _check_shape(name: str, arr: Array, shape: tuple[int, ...]) -> None:
     if tuple(arr.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
-

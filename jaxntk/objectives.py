@@ -1,18 +1,19 @@
 """The variants as data, the regularizers and the training objective (PAPER.md §5).
 
-A *model* is any pytree with the methods `prepare(x)`, `zeros()`, `full(u, prep)`,
-`linear_term(u, prep)`, `quadratic_term(u, prep)` and `linear_and_quadratic(u, prep)`, where `u` is
-the displacement U from the initial parameters: `jaxntk.TwoLayer` (closed forms) and
-`jaxntk.TaylorModel` (any `apply_fn(params, x)`, exact Taylor terms by jvp) are the two we ship.
+A *model* is any pytree with the methods `prepare(x)`, `zeros()`, `initial_output(prep)`,
+`full(u, prep)`, `linear_term(u, prep)`, `quadratic_term(u, prep)` and `linear_and_quadratic(u,
+prep)`, where `u` is the displacement U from the initial parameters: `jaxntk.TwoLayer` (closed
+forms) and `jaxntk.TaylorModel` (any `apply_fn(params, x)`, exact Taylor terms by jvp).
 
-Variants (prediction used for training → prediction used for evaluation):
+Variants (prediction used for training → prediction used for evaluation), with f0 = f(x; W0),
+exactly 0 for the two-layer network's symmetric init, kept for models where it is not:
 
     full         f(x; W0 + U)
-    ntk          f_L(x; U)
-    quadntk      f_Q(x; U)                      starts from a small random U: ∇f_Q = 0 at U = 0
+    ntk          f0 + f_L(x; U)
+    quadntk      f0 + f_Q(x; U)                 starts from a small random U: ∇f_Q = 0 at U = 0
     randomized   f(x; W0 + S U), fresh signs S  evaluated as E_S f = ½[f(W0 + U) + f(W0 − U)]
-    ntk+quadntk  f_L + f_Q
-    regularized  f_L + f_Q, with the good-direction regularizer on by default
+    ntk+quadntk  f0 + f_L + f_Q
+    regularized  f0 + f_L + f_Q, with the good-direction regularizer on by default
 
 Objective, with per-sample means (the scale convention of this library):
 
@@ -80,16 +81,16 @@ def _full(model, u, prep):
 
 
 def _linear(model, u, prep):
-    return model.linear_term(u, prep)
+    return model.initial_output(prep) + model.linear_term(u, prep)
 
 
 def _quadratic(model, u, prep):
-    return model.quadratic_term(u, prep)
+    return model.initial_output(prep) + model.quadratic_term(u, prep)
 
 
 def _linear_plus_quadratic(model, u, prep):
     fl, fq = model.linear_and_quadratic(u, prep)
-    return fl + fq
+    return model.initial_output(prep) + fl + fq
 
 
 def _even_part(model, u, prep):
@@ -177,7 +178,7 @@ def population_penalty(model: Any, prep_train: Any, dirs: Any, u: Any, prep_pop:
 def norm24_penalty(u: Any) -> Array:
     """R_24 = ‖U‖_{2,4}^8 = (Σ_r ‖u_r‖⁴)², rows along the first axis of every leaf (Bai & Lee)."""
     total = sum(
-        jnp.sum(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1) ** 2)
+        jnp.sum(jnp.sum(leaf.reshape(leaf.shape[0] if leaf.ndim else 1, -1) ** 2, axis=1) ** 2)
         for leaf in jax.tree_util.tree_leaves(u)
     )
     return total**2

@@ -171,6 +171,10 @@ class TaylorModel:
         f0, linear = jax.linearize(_at_inputs(self.apply_fn, (x,)), self.params0)
         return TaylorPrepared(x, f0, linear)
 
+    def initial_output(self, prep: TaylorPrepared) -> PyTree:
+        """f(params0; x), the zeroth-order term, cached by `prepare`."""
+        return prep.f0
+
     def zeros(self) -> PyTree:
         """U = 0, shaped like params0."""
         return jax.tree.map(jnp.zeros_like, self.params0)

@@ -268,3 +268,24 @@ def test_generic_model_trained_twice_does_not_recompile(net, task):
     before = training._run_chunk._cache_size(), training._evaluate_jit._cache_size()
     jn.train(generic, task, "ntk+quadntk", **kw)
     assert (training._run_chunk._cache_size(), training._evaluate_jit._cache_size()) == before
+
+
+def test_taylor_variants_keep_the_output_at_initialization(task):
+    """For a model with f(x; params0) ≠ 0 the Taylor variants are f0 + f_L (+ f_Q)."""
+
+    def apply_fn(p, x):
+        return jnp.tanh(x @ p["w"]) @ p["v"] + p["b"]
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(5))
+    p0 = {
+        "w": jax.random.normal(k1, (D, 16)) / np.sqrt(D),
+        "v": jax.random.normal(k2, (16,)) / 4.0,
+        "b": jnp.asarray(0.7),
+    }
+    model = jn.TaylorModel(apply_fn, p0)
+    f0 = apply_fn(p0, task.x_train)
+    for variant in ("ntk", "ntk+quadntk"):
+        run = jn.train(model, task, variant, steps=5, lr=0.01, eval_every=5, progress=False)
+        np.testing.assert_allclose(
+            run.history["train_loss"][0, 0, 0], jnp.mean((task.y_train - f0) ** 2), rtol=1e-5
+        )
