@@ -4,7 +4,7 @@ The public API, re-exported from the modules (see DESIGN.md for the one-way data
 targets → network → taylor → spectral → objectives → train → experiments → plots/cli).
 """
 
-from jaxntk import network, objectives, targets, training
+from jaxntk import network, objectives, sharding, targets, training
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.spectral import (
@@ -90,6 +90,7 @@ __all__ = [
     "quadratic_term",
     "right_singular_vectors",
     "sample_inputs",
+    "sharding",
     "sparse_part",
     "targets",
     "taylor",

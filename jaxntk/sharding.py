@@ -47,6 +47,7 @@ Array = jax.Array
 
 __all__ = [
     "NEURONS",
+    "PREPARED_SPECS",
     "SAMPLES",
     "SAMPLE_AXES",
     "Layout",
@@ -59,6 +60,14 @@ NEURONS = "neurons"
 SAMPLES = "samples"
 
 Devices = int | Sequence[jax.Device] | Mesh | None
+
+#: Where each field of `jaxntk.network.Prepared` lives (f0 = f(X; W0), one value per input).
+PREPARED_SPECS = {
+    "x": P(SAMPLES, None),
+    "d1": P(SAMPLES, NEURONS),
+    "d2": P(SAMPLES, NEURONS),
+    "f0": P(SAMPLES),
+}
 
 #: The sample axis of each per-sample array of `jaxntk.objectives.Data`.
 SAMPLE_AXES = {
@@ -143,13 +152,11 @@ class Layout:
         )
 
     def prepared(self, prep: Prepared, what: str = "inputs") -> Prepared:
-        """x (n, d) split along n over "samples"; σ', σ'' (n, m) along n and m."""
+        """Prepared inputs with each field split as `PREPARED_SPECS` says: x (n, d) along n over
+        "samples", σ'(x W0ᵀ) and σ''(x W0ᵀ) (n, m) along n and m."""
         self._check_samples(prep.x.shape[0], f"{what}.x.shape[0]")
-        return Prepared(
-            self._put(prep.x, P(SAMPLES, None)),
-            self._put(prep.d1, P(SAMPLES, NEURONS)),
-            self._put(prep.d2, P(SAMPLES, NEURONS)),
-        )
+        fields = prep._asdict().items()
+        return prep._replace(**{k: self._put(v, PREPARED_SPECS[k]) for k, v in fields})
 
     def data(self, data: Any) -> Any:
         """A `jaxntk.objectives.Data` of a `TwoLayer`, every array placed on the mesh.
@@ -186,11 +193,11 @@ class Layout:
         return type(data)(**placed)
 
     def state(self, state: Any) -> Any:
-        """Trainer state with leading (L, S) axes: leaves of shape (L, S, m, ...) — U and the
+        """Trainer state with leading (L, S) axes: leaves of shape (L, S, m, d) — U and the
         optimizer's moments — split along m, the rest (keys, counters, step sizes) replicated."""
 
         def place(x):
-            if np.ndim(x) >= 3 and np.shape(x)[2] == self.m:
+            if np.ndim(x) == 4 and np.shape(x)[2] == self.m:
                 return self._put(x, P(None, None, NEURONS))
             return self._put(x, P())
 
@@ -204,9 +211,7 @@ class Layout:
 
     def _put(self, x: Array, spec: P) -> Array:
         sharding = NamedSharding(self.mesh, spec)
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return jax.device_put(x, sharding)
-        if jax.process_count() == 1:
+        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
             return jax.device_put(x, sharding)
         # Several hosts: every process holds the same value (same keys), each places its shards.
         host = np.asarray(x)
@@ -246,12 +251,15 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
             f"{type(model).__name__}; pass devices=1"
         )
     shards = mesh.shape[NEURONS]
-    if shards > 1 and (shards % 2 or model.m % shards):
+    if shards > 1 and shards % 2:
         raise ValueError(
-            f"devices: m = {model.m} neurons cannot be split into {shards} neuron shards; the "
-            "count must be even (a symmetric pair r, r + m/2 is split between the two halves of "
-            f"the devices) and divide m, i.e. m/2 = {model.m // 2} must be divisible by "
-            f"{shards // 2}"
+            f"devices: {shards} neuron shards is odd; the neurons r and r + m/2 of a symmetric "
+            "pair lie in opposite halves of the devices, so the count must be even (or 1)"
+        )
+    if model.m % shards:
+        raise ValueError(
+            f"devices: m = {model.m} neurons cannot be split into {shards} equal neuron shards "
+            f"(m/2 = {model.m // 2} must be divisible by {shards // 2}, the shards per half)"
         )
     return Layout(mesh, model.m)
 
