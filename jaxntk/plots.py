@@ -1,15 +1,17 @@
-"""Figures drawn from saved results (JSON/NPZ), never from live training state."""
+"""Figures drawn from saved results (JSON/NPZ), never from live training state.
+
+Figures are built on `matplotlib.figure.Figure` without pyplot, so drawing one never changes the
+user's backend (a notebook keeps its inline figures) and needs no display.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 __all__ = ["lambda_sweep_figure", "variants_chart"]
 
@@ -23,7 +25,8 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
     mean = np.array([summary[v]["test_mean"] for v in names])
     std = np.array([summary[v]["test_std"] for v in names])
     cfg = doc["config"]
-    fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
     ax.bar(names, mean, yerr=std, capsize=4, color="#4c72b0")
     quad = doc.get("part_variances", {}).get("quadratic")
     if quad is not None:
@@ -39,7 +42,6 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
     )
     ax.tick_params(axis="x", labelsize=8)
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)
     return Path(png_path)
 
 
@@ -63,8 +65,9 @@ def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path
         ("train loss", t_trace, np.stack([curves[f"{s}/trace_mse"] for s in seeds])),
         ("test loss", t_eval, np.stack([curves[f"{s}/test_loss"] for s in seeds])),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(lambdas)))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(lambdas)))
     for ax, (title, t, vals) in zip(axes, panels, strict=True):
         x = np.log(t) / np.log(d)
         for i, lam in enumerate(lambdas):
@@ -80,5 +83,4 @@ def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path
         fontsize=10,
     )
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)
     return Path(png_path)

@@ -475,8 +475,8 @@ def _reporter(progress, label: str, steps: int) -> Callable[[int, dict, float], 
             "step": step,
             "steps": steps,
             "elapsed_s": elapsed,
-            "train_loss": float(np.nanmean(chunk["train_loss"][:, :, -1])),
-            "test_loss": float(np.nanmean(chunk["test_loss"][:, :, -1])),
+            "train_loss": _finite_mean(chunk["train_loss"][:, :, -1]),
+            "test_loss": _finite_mean(chunk["test_loss"][:, :, -1]),
         }
         if callable(progress):
             progress(info)
@@ -489,6 +489,12 @@ def _reporter(progress, label: str, steps: int) -> Callable[[int, dict, float], 
             )
 
     return report
+
+
+def _finite_mean(x: np.ndarray) -> float:
+    """Mean over the runs still finite (NaN when none is): progress of a partly diverged sweep."""
+    ok = np.isfinite(x)
+    return float(x[ok].mean()) if ok.any() else float("nan")
 
 
 def _save_checkpoint(folder: Path, state: TrainState, step: int, history, config) -> None:

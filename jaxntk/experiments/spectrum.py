@@ -76,16 +76,14 @@ def run(config: Config, out: Path | str) -> dict:
 
 def plot(json_path: Path | str, png_path: Path | str) -> Path:
     """Draw the saved spectrum: eigenvalues of K/n (log scale) with the predicted blocks marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     doc = json.loads(Path(json_path).read_text())
     ev = np.asarray(doc["eigenvalues"])
     cfg, predicted = doc["config"], doc["predicted"]
     index = np.arange(1, ev.size + 1)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     ax.semilogy(index, ev, ".", ms=4, color="k", label="eigenvalues of K/n")
     start = 0
     for block in predicted["blocks"]:
@@ -119,5 +117,4 @@ def plot(json_path: Path | str, png_path: Path | str) -> Path:
     fig.tight_layout()
     png_path = Path(png_path)
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)
     return png_path
