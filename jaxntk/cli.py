@@ -107,7 +107,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", type=Path, default=Path("results"))
     r.set_defaults(func=_reproduce)
+
+    pl = sub.add_parser("plot", help="redraw the figures of a results folder from its saved files")
+    pl.add_argument("dir", type=Path, nargs="?", default=Path("results"))
+    pl.set_defaults(func=_plot)
     return p
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxntk import plots
+    from jaxntk.experiments import spectrum
+
+    d = args.dir
+    drawers = {
+        "variants": lambda: plots.variants_chart(d / "variants.json", d / "variants.png"),
+        "lambda-sweep": lambda: plots.lambda_sweep_figure(
+            d / "lambda-sweep.json", d / "lambda-sweep.npz", d / "lambda-sweep.png"
+        ),
+        "spectrum": lambda: spectrum.plot(d / "spectrum.json", d / "spectrum.png"),
+    }
+    found = [name for name in drawers if (d / f"{name}.json").exists()]
+    if not found:
+        raise CLIError(f"no results in {d} (expected one of {[f'{k}.json' for k in drawers]})")
+    for name in found:
+        print(f"{name}: {drawers[name]()}")
+    return 0
 
 
 def _experiments() -> dict:

@@ -32,8 +32,8 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
     if quad is not None:
         ax.axhline(quad, color="#c44e52", ls="--", lw=1, label="variance of the quadratic part")
         ax.legend(loc="upper right", fontsize=8)
-    for i, v in enumerate(mean):
-        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    for i, (v, s) in enumerate(zip(mean, std, strict=True)):
+        ax.text(i, v + s + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("test loss (1 = learned nothing)")
     ax.set_title(
         f"variants on ((β·x)² − 1 + β·x)/√3: d={cfg['d']}, n={cfg['n']}, m={cfg['m']}, "

@@ -154,3 +154,12 @@ def test_reproduce_rejects_an_unwritable_out(tmp_path, capsys):
     rc = cli.main(["reproduce", "--only", "variants", "--out", str(blocker / "sub")])
     assert rc == 1
     assert "--out" in capsys.readouterr().err
+
+
+def test_plot_redraws_from_saved_files(tmp_path, capsys):
+    assert cli.main(["reproduce", "--only", "spectrum", "--out", str(tmp_path)]) == 0
+    (tmp_path / "spectrum.png").unlink()
+    assert cli.main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "spectrum.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["plot", str(tmp_path / "empty")]) == 1
+    assert "no results" in capsys.readouterr().err
