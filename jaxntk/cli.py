@@ -172,8 +172,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         print("\nvariant        test loss (mean ± std over seeds)   train loss")
         for v, row in docs["variants"]["summary"].items():
             print(
-                f"{v:<14} {row['test_mean']:.3f} ± {row['test_std']:.3f}"
-                f"                  {row['train_mean']:.3f}"
+                f"{v:<14} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
+                f"                  {row['train_loss_mean']:.3f}"
             )
     return 0
 

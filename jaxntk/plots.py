@@ -22,8 +22,8 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
     doc = json.loads(Path(json_path).read_text())
     summary = doc["summary"]
     names = list(summary)
-    mean = np.array([summary[v]["test_mean"] for v in names])
-    std = np.array([summary[v]["test_std"] for v in names])
+    mean = np.array([summary[v]["test_loss_mean"] for v in names])
+    std = np.array([summary[v]["test_loss_std"] for v in names])
     cfg = doc["config"]
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.subplots()

@@ -15,7 +15,6 @@ Writes `lambda-sweep.json` (config, final values per λ and seed), `lambda-sweep
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from jaxntk import network, objectives, targets, training
+from jaxntk.experiments._common import labelled_progress, mean_std_by, write_results
 
 NAME = "lambda-sweep"
 
@@ -87,7 +87,7 @@ def run(
             reg=reg,
             seeds=[seed],
             eval_every=config.eval_every,
-            progress=_progress(progress, seed),
+            progress=labelled_progress(progress, f"lambda-sweep seed {seed}", "test (mean over λ)"),
             checkpoint=None if checkpoint is None else checkpoint / f"seed{seed}",
             resume=checkpoint is not None,
         )
@@ -124,8 +124,7 @@ def run(
         "results": rows,
         "summary": summarize(rows),
     }
-    (out / f"{NAME}.json").write_text(json.dumps(doc, indent=1))
-    np.savez(out / f"{NAME}.npz", **curves)
+    write_results(out, NAME, doc, curves)
     from jaxntk import plots
 
     plots.lambda_sweep_figure(out / f"{NAME}.json", out / f"{NAME}.npz", out / f"{NAME}.png")
@@ -134,33 +133,5 @@ def run(
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per λ: final test/train loss and final/peak n·R_bulk, mean and std over seeds."""
-    out = {}
-    for lam in dict.fromkeys(r["lambda_sum"] for r in rows):
-        sel = [r for r in rows if r["lambda_sum"] == lam]
-        entry = {}
-        for key in (
-            "test_loss",
-            "train_loss",
-            "bulk_sum",
-            "bulk_sum_peak",
-            "share_quadratic_by_fq",
-        ):
-            vals = np.array([r[key] for r in sel])
-            entry[f"{key}_mean"] = float(vals.mean())
-            entry[f"{key}_std"] = float(vals.std())
-        out[f"{lam:g}"] = entry
-    return out
-
-
-def _progress(progress, seed: int):
-    if callable(progress) or not progress:
-        return progress
-
-    def show(info: dict) -> None:
-        print(
-            f"  [lambda-sweep seed {seed}] step {info['step']}/{info['steps']}  "
-            f"test (mean over λ) {info['test_loss']:.4f}  ({info['elapsed_s']:.0f} s)",
-            flush=True,
-        )
-
-    return show
+    fields = ("test_loss", "train_loss", "bulk_sum", "bulk_sum_peak", "share_quadratic_by_fq")
+    return {f"{lam:g}": v for lam, v in mean_std_by(rows, "lambda_sum", fields).items()}

@@ -12,15 +12,14 @@ reused across seeds. Writes `variants.json` (config and one row per variant and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from jaxntk import network, objectives, targets, training
+from jaxntk.experiments._common import labelled_progress, mean_std_by, write_results
 
 NAME = "variants"
 
@@ -81,7 +80,7 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                 reg=reg,
                 seeds=[seed],
                 eval_every=config.eval_every,
-                progress=_labelled(progress, f"{variant} seed {seed}"),
+                progress=labelled_progress(progress, f"{variant} seed {seed}"),
             )
             final = r.final
             rows.append(
@@ -110,8 +109,7 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
         "results": rows,
         "summary": summarize(rows),
     }
-    (out / f"{NAME}.json").write_text(json.dumps(doc, indent=1))
-    np.savez(out / f"{NAME}.npz", **curves)
+    write_results(out, NAME, doc, curves)
     from jaxntk import plots
 
     plots.variants_chart(out / f"{NAME}.json", out / f"{NAME}.png")
@@ -119,30 +117,8 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation over seeds of the final losses, per variant."""
-    out = {}
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        sel = [r for r in rows if r["variant"] == variant]
-        test = np.array([r["test_loss"] for r in sel])
-        trn = np.array([r["train_loss"] for r in sel])
-        out[variant] = {
-            "test_mean": float(test.mean()),
-            "test_std": float(test.std()),
-            "train_mean": float(trn.mean()),
-            "seconds": float(sum(r["seconds"] for r in sel)),
-        }
+    """Per variant: final test and train loss (mean, std over seeds) and total seconds."""
+    out = mean_std_by(rows, "variant", ("test_loss", "train_loss"))
+    for variant, entry in out.items():
+        entry["seconds"] = float(sum(r["seconds"] for r in rows if r["variant"] == variant))
     return out
-
-
-def _labelled(progress, label: str):
-    if callable(progress) or not progress:
-        return progress
-
-    def show(info: dict) -> None:
-        print(
-            f"  [{label}] step {info['step']}/{info['steps']}  test {info['test_loss']:.4f}"
-            f"  ({info['elapsed_s']:.0f} s)",
-            flush=True,
-        )
-
-    return show

@@ -1,0 +1,47 @@
+"""What the experiments share: progress lines, summaries over seeds, writing results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def labelled_progress(progress: bool | Callable[[dict], None], label: str, what: str = "test"):
+    """The trainer's `progress` argument: a callable passes through, False stays silent, True
+    prints one indented line per chunk, tagged with `label`."""
+    if callable(progress) or not progress:
+        return progress
+
+    def show(info: dict) -> None:
+        print(
+            f"  [{label}] step {info['step']}/{info['steps']}  {what} {info['test_loss']:.4f}"
+            f"  ({info['elapsed_s']:.0f} s)",
+            flush=True,
+        )
+
+    return show
+
+
+def mean_std_by(
+    rows: list[dict], group: str, fields: Iterable[str]
+) -> dict[object, dict[str, float]]:
+    """For each value of rows[i][group] (in first-seen order): mean and std of each field."""
+    out = {}
+    for value in dict.fromkeys(r[group] for r in rows):
+        sel = [r for r in rows if r[group] == value]
+        entry = {}
+        for key in fields:
+            vals = np.array([r[key] for r in sel], dtype=float)
+            entry[f"{key}_mean"] = float(vals.mean())
+            entry[f"{key}_std"] = float(vals.std())
+        out[value] = entry
+    return out
+
+
+def write_results(out: Path, name: str, doc: dict, curves: dict[str, np.ndarray]) -> None:
+    """`out/name.json` (the document) and `out/name.npz` (the curves): plain data, no pickle."""
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    np.savez(out / f"{name}.npz", **curves)
