@@ -24,6 +24,23 @@ import jaxntk as jn
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def seconds_per_step(
+    model, task, variant: str, *, t1: int, t2: int, repeats: int, **train_kw
+) -> float:
+    """Seconds per step of `jn.train(model, task, variant, ...)`: min over repeats of
+    (time(T2) − time(T1)) / (T2 − T1), after a warm-up (compiling) run of T1 steps."""
+    kw = dict(eval_every=t2 - t1, evals_per_chunk=1, progress=False, **train_kw)
+
+    def timed(steps: int) -> float:
+        t0 = time.perf_counter()
+        run = jn.train(model, task, variant, steps=steps, **kw)
+        jax.block_until_ready(run.params)
+        return time.perf_counter() - t0
+
+    timed(t1)
+    return min((timed(t2) - timed(t1)) / (t2 - t1) for _ in range(repeats))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d", type=int, default=50)
@@ -42,17 +59,8 @@ def main() -> None:
     seeds = list(range(args.seeds))
     rows = []
     for variant in jn.VARIANTS:
-        kw = dict(seeds=seeds, eval_every=args.t2 - args.t1, evals_per_chunk=1, progress=False)
-
-        def timed(steps, variant=variant, kw=kw):
-            t0 = time.perf_counter()
-            run = jn.train(net, task, variant, steps=steps, **kw)
-            jax.block_until_ready(run.params)
-            return time.perf_counter() - t0
-
-        timed(args.t1)  # compile and warm up
-        per_step = min(
-            (timed(args.t2) - timed(args.t1)) / (args.t2 - args.t1) for _ in range(args.repeats)
+        per_step = seconds_per_step(
+            net, task, variant, t1=args.t1, t2=args.t2, repeats=args.repeats, seeds=seeds
         )
         rows.append((variant, per_step))
         print(f"{variant:<12} {per_step * 1e3:8.2f} ms/step", flush=True)

@@ -1,6 +1,7 @@
 """The `jaxntk` command.
 
     jaxntk train --variant V --d D --n N --m M --steps T --lr LR --seed S --out DIR [...]
+    jaxntk bench [--quick | --tiny] [--out DIR]   (from a source checkout: benchmarks/bench.py)
 
 Each verb exits 0 on success and non-zero with a one-line reason otherwise.
 """
@@ -31,6 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `jaxntk` command on `argv` (default: sys.argv[1:]); returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -111,7 +113,35 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="redraw the figures of a results folder from its saved files")
     pl.add_argument("dir", type=Path, nargs="?", default=Path("results"))
     pl.set_defaults(func=_plot)
+
+    b = sub.add_parser("bench", help="time the library against the hardware and the baseline")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes, minutes on 2 cores")
+    size.add_argument("--tiny", action="store_true", help="the smallest sizes (a smoke test)")
+    b.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench.json")
+    b.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    b.set_defaults(func=_bench)
     return p
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    # the benchmark scripts live in the source tree's benchmarks/, not in the installed package
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not script.exists():
+        raise CLIError(f"{script} not found: bench runs from a source checkout of jaxntk")
+    _writable_dir(args.out)
+    spec = importlib.util.spec_from_file_location("jaxntk_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--out", str(args.out)] + [
+        f"--{flag.replace('_', '-')}"
+        for flag in ("quick", "tiny", "no_write")
+        if getattr(args, flag)
+    ]
+    module.main(argv)
+    return 0
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -1,0 +1,366 @@
+"""`jaxntk bench`: the library against the hardware and against the authors' way of writing it.
+
+Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md):
+
+1. matmul_peak: a jitted f32 (N × N) @ (N × N) after warm-up, 2N³ FLOPs; the reference rate.
+2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
+   T2 − T1 steps of one compiled program), path "closed" (`TwoLayer`) or "taylor" (the generic
+   `TaylorModel` on the same apply_fn). FLOPs counted per step as 4·n·m·d for every variant: the
+   forward product Z = X Uᵀ (2·n·m·d) and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and
+   f_Q share Z, the full network replaces U by W0 + U, the bulk penalty adds only n·k work, and
+   XW0ᵀ is computed once per chunk. Elementwise passes (σ', σ'' on n × m) are not counted.
+3. baseline: `baseline.py`, the authors' step (nested jvp each call, dense J closed over, test
+   loss every step, Python loop); same FLOP count plus the bulk matrix-vector products (4·n·m·d).
+4. compile/n=…,m=…: seconds of a first `train` call minus a second (same shapes) one.
+5. subspace/<method>: `subspace.py`'s subprocess runs (time, peak RSS above a baseline process).
+6. scaling/<axis>: seconds per step of ntk+quadntk over a decade of n, m and d; log-log slopes.
+7. sweep: 6 λ × 3 seeds of "regularized" in one vmapped `train` versus 18 separate calls.
+
+    python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxntk as jn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import baseline
+import step_time
+import subspace
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+LAMBDAS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
+SWEEP_SEEDS = (1, 11, 111)
+
+# sizes: (d, n, m) of the step rows; t1/t2/repeats: step timing; scaling: the decades per axis;
+# tiny (for the tests) keeps one variant and one scaling axis so that it compiles little
+PRESETS = {
+    "full": dict(
+        matmul=2048,
+        sizes=[(50, 354, 4000), (100, 1000, 10_000)],
+        t1=100,
+        t2=600,
+        repeats=3,
+        baseline_steps=50,
+        compile_n=(354, 3540),
+        compile_m=(4000, 40_000),
+        scaling=dict(n=(100, 316, 1000), m=(1000, 3162, 10_000), d=(10, 32, 100)),
+        subspace=(50, 354, 4000),
+        sweep_steps=500,
+    ),
+    "quick": dict(
+        matmul=1024,
+        sizes=[(20, 90, 1000)],
+        t1=20,
+        t2=120,
+        repeats=2,
+        baseline_steps=20,
+        compile_n=(90, 900),
+        compile_m=(500, 5000),
+        scaling=dict(n=(30, 95, 300), m=(200, 632, 2000), d=(5, 16, 50)),
+        subspace=(20, 90, 1000),
+        sweep_steps=100,
+    ),
+    "tiny": dict(
+        matmul=128,
+        sizes=[(6, 20, 40)],
+        t1=4,
+        t2=12,
+        repeats=1,
+        baseline_steps=4,
+        variants=("regularized",),
+        compile_n=(20,),
+        compile_m=(40,),
+        scaling=dict(n=(20, 40)),
+        subspace=(6, 20, 40),
+        sweep_steps=10,
+    ),
+}
+
+
+def run(preset: str = "full") -> dict:
+    """All rows of the benchmark at one preset; returns the bench.json document."""
+    cfg = PRESETS[preset]
+    rows = [_matmul_row(cfg["matmul"])]
+    peak = rows[0]["gflops"]
+    for d, n, m in cfg["sizes"]:
+        rows += _step_rows(d, n, m, cfg, peak)
+        rows.append(_baseline_row(d, n, m, cfg, peak))
+    rows += _compile_rows(cfg)
+    rows += _subspace_rows(cfg["subspace"])
+    rows += _scaling_rows(cfg, peak)
+    rows += _sweep_rows(cfg)
+    return {"preset": preset, "machine": machine(), "versions": versions(), "rows": rows}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
+        cpu = names[0].split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "backend": jax.default_backend(),
+        "devices": [str(dev) for dev in jax.devices()],
+        "load_average": list(os.getloadavg()),
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def versions() -> dict:
+    import jaxlib
+    import optax
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "optax": optax.__version__,
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The rows as a Markdown section, with the machine, versions and load."""
+    mach, ver = doc["machine"], doc["versions"]
+    lines = [
+        f"\n## `jaxntk bench` ({doc['preset']} preset, {mach['when']})\n",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram_gib']} GiB, backend "
+        f"{mach['backend']}; load average {', '.join(f'{x:.1f}' for x in mach['load_average'])} "
+        f"at the end. jax {ver['jax']}, jaxlib {ver['jaxlib']}, optax {ver['optax']}.\n",
+        "| name | config | time | GFLOP/s | of matmul peak | peak MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        if "seconds_per_step" in r:
+            t = f"{r['seconds_per_step'] * 1e3:.3g} ms/step"
+        else:
+            t = f"{r['seconds']:.3g} s"
+        conf = ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        lines.append(
+            f"| {r['name']} | {conf} | {t} | {_fmt(r['gflops'])} | "
+            f"{_fmt(r['fraction_of_matmul_peak'], '.0%')} | {_fmt(r['peak_memory_mb'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _row(name, config, *, per_step=None, seconds=None, flops=None, peak=None, memory=None):
+    row = {"name": name, "config": config}
+    if per_step is not None:
+        row["seconds_per_step"] = per_step
+        elapsed = per_step
+    else:
+        row["seconds"] = seconds
+        elapsed = seconds
+    gflops = None if flops is None else flops / elapsed / 1e9
+    row["gflops"] = gflops
+    row["fraction_of_matmul_peak"] = None if gflops is None or peak is None else gflops / peak
+    row["peak_memory_mb"] = _device_peak_mb() if memory is None else memory
+    print(f"{name:<28} {json.dumps(config):<60} {elapsed:.4g} s  {_fmt(gflops)} GFLOP/s")
+    return row
+
+
+def _matmul_row(size: int) -> dict:
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    jax.block_until_ready(mm(a, b))
+    best = np.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return _row("matmul_peak", {"N": size, "dtype": "float32"}, seconds=best, flops=2 * size**3)
+
+
+def _setup(d: int, n: int, m: int):
+    task = jn.paper_task(jax.random.PRNGKey(0), d=d, n=n, n_test=n)
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=d, m=m)
+    return task, net
+
+
+def _step_rows(d, n, m, cfg, peak) -> list[dict]:
+    task, net = _setup(d, n, m)
+    paths = {"closed": net, "taylor": jn.TaylorModel(net.apply_fn, net.w0)}
+    rows = []
+    for path, model in paths.items():
+        for variant in cfg.get("variants", jn.VARIANTS):
+            per_step = step_time.seconds_per_step(
+                model, task, variant, t1=cfg["t1"], t2=cfg["t2"], repeats=cfg["repeats"]
+            )
+            rows.append(
+                _row(
+                    f"step/{path}/{variant}",
+                    {"d": d, "n": n, "m": m, "flops_per_step": "4nmd"},
+                    per_step=per_step,
+                    flops=4 * n * m * d,
+                    peak=peak,
+                )
+            )
+    return rows
+
+
+def _baseline_row(d, n, m, cfg, peak) -> dict:
+    task, net = _setup(d, n, m)
+    step, u0 = baseline.make_step(
+        net.w0, net.a, task.x_train, task.y_train, task.x_test, task.y_test, k=d, lam=1.0
+    )
+    per_step = baseline.seconds_per_step(
+        step, u0, steps=cfg["baseline_steps"], repeats=cfg["repeats"]
+    )
+    return _row(
+        "baseline/authors_step",
+        {"d": d, "n": n, "m": m, "n_test": n, "flops_per_step": "8nmd"},
+        per_step=per_step,
+        flops=8 * n * m * d,
+        peak=peak,
+    )
+
+
+def _compile_rows(cfg) -> list[dict]:
+    from jaxntk import training
+
+    d, n0, m0 = cfg["sizes"][0]
+    rows = []
+    for n, m in [(n, m0) for n in cfg["compile_n"]] + [(n0, m) for m in cfg["compile_m"][1:]]:
+        task, net = _setup(d, n, m)
+        kw = dict(steps=cfg["t1"], eval_every=cfg["t1"], evals_per_chunk=1, progress=False)
+        times = []
+        before = training._run_chunk._cache_size()
+        for _ in range(2):
+            t0 = time.perf_counter()
+            jax.block_until_ready(jn.train(net, task, "regularized", **kw).params)
+            times.append(time.perf_counter() - t0)
+        compiles = training._run_chunk._cache_size() - before
+        rows.append(
+            _row(
+                "compile/regularized_chunk",
+                {"d": d, "n": n, "m": m, "compiles": compiles},
+                seconds=times[0] - times[1],
+            )
+        )
+    return rows
+
+
+def _subspace_rows(size) -> list[dict]:
+    args = types.SimpleNamespace(repeats=2, batch_size=64)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = subspace.run_method("baseline", size, args, Path(tmp))
+        for method in subspace.METHODS:
+            r = subspace.run_method(method, size, args, Path(tmp))
+            d, n, m = size
+            rows.append(
+                _row(
+                    f"subspace/{method}",
+                    {"d": d, "n": n, "m": m, "k": d, "first_call_s": round(r["first_s"], 4)},
+                    seconds=min(r["times_s"]),
+                    memory=r["maxrss_mib"] - base["maxrss_mib"],
+                )
+            )
+    return rows
+
+
+def _scaling_rows(cfg, peak) -> list[dict]:
+    d0, n0, m0 = cfg["sizes"][0]
+    rows = []
+    for axis, values in cfg["scaling"].items():
+        times = []
+        for v in values:
+            size = {"d": d0, "n": n0, "m": m0, axis: v}
+            task, net = _setup(size["d"], size["n"], size["m"])
+            per_step = step_time.seconds_per_step(
+                net, task, "ntk+quadntk", t1=cfg["t1"], t2=cfg["t2"], repeats=cfg["repeats"]
+            )
+            times.append(per_step)
+            flops = 4 * size["n"] * size["m"] * size["d"]
+            rows.append(_row(f"scaling/{axis}", size, per_step=per_step, flops=flops, peak=peak))
+        slope = float(np.polyfit(np.log(values), np.log(times), 1)[0])
+        for r in rows[-len(values) :]:
+            r["config"]["loglog_slope"] = round(slope, 3)
+    return rows
+
+
+def _sweep_rows(cfg) -> list[dict]:
+    d, n, m = cfg["sizes"][0]
+    task, net = _setup(d, n, m)
+    kw = dict(steps=cfg["sweep_steps"], eval_every=cfg["sweep_steps"], progress=False)
+    conf = {"d": d, "n": n, "m": m, "lambdas": len(LAMBDAS), "seeds": len(SWEEP_SEEDS)}
+    conf["steps"] = cfg["sweep_steps"]
+
+    t0 = time.perf_counter()
+    reg = jn.Regularizer(bulk=list(LAMBDAS))
+    run = jn.train(net, task, "regularized", reg=reg, seeds=SWEEP_SEEDS, **kw)
+    jax.block_until_ready(run.params)
+    vmapped = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for lam in LAMBDAS:
+        for seed in SWEEP_SEEDS:
+            run = jn.train(
+                net, task, "regularized", reg=jn.Regularizer(bulk=lam), seeds=[seed], **kw
+            )
+            jax.block_until_ready(run.params)
+    separate = time.perf_counter() - t0
+    return [
+        _row("sweep/vmapped", {**conf, "programs": 1}, seconds=vmapped),
+        _row("sweep/separate", {**conf, "programs": 18}, seconds=separate),
+    ]
+
+
+def _device_peak_mb() -> float | None:
+    """Peak device memory in use so far (GPU/TPU); None where the backend does not report it."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+def _fmt(x, spec: str = ".3g") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes, ≤ 3 min on 2 cores")
+    size.add_argument("--tiny", action="store_true", help="smallest sizes (for the tests)")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args(argv)
+    preset = "tiny" if args.tiny else "quick" if args.quick else "full"
+    t0 = time.perf_counter()
+    doc = run(preset)
+    doc["total_seconds"] = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(doc, indent=1))
+    table = markdown(doc)
+    print(table)
+    if not args.no_write:
+        with RESULTS.open("a") as fh:
+            fh.write(table)
+    print(f"{preset} bench in {doc['total_seconds']:.0f} s -> {args.out / 'bench.json'}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
