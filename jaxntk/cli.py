@@ -99,7 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         default="cpu",
         help="cpu: minutes on 2 cores (default); paper: the authors' size, for a GPU",
     )
-    r.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
+    r.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
+        "sample-complexity",
+    )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
         "--steps",
@@ -155,6 +160,9 @@ def _plot(args: argparse.Namespace) -> int:
             d / "lambda-sweep.json", d / "lambda-sweep.npz", d / "lambda-sweep.png"
         ),
         "spectrum": lambda: spectrum.plot(d / "spectrum.json", d / "spectrum.png"),
+        "sample-complexity": lambda: plots.sample_complexity_figure(
+            d / "sample-complexity.json", d / "sample-complexity.png"
+        ),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -164,17 +172,27 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiments() -> dict:
-    from jaxntk.experiments import lambda_sweep, spectrum, variants
+#: What `jaxntk reproduce` runs without --only; sample-complexity (hundreds of runs) is opt-in.
+DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
-    return {"variants": variants, "lambda-sweep": lambda_sweep, "spectrum": spectrum}
+
+def _experiments() -> dict:
+    from jaxntk.experiments import lambda_sweep, sample_complexity, spectrum, variants
+
+    return {
+        "variants": variants,
+        "lambda-sweep": lambda_sweep,
+        "spectrum": spectrum,
+        "sample-complexity": sample_complexity,
+    }
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     import dataclasses
 
     exps = _experiments()
-    names = list(exps) if args.only is None else [s.strip() for s in args.only.split(",") if s]
+    names = DEFAULT_EXPERIMENTS if args.only is None else [x.strip() for x in args.only.split(",")]
+    names = [x for x in names if x]
     unknown = [x for x in names if x not in exps]
     if unknown or not names:
         raise CLIError(

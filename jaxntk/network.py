@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 
 Array = jax.Array
@@ -176,6 +177,9 @@ class TwoLayer:
     a: Array
     activation: str = dataclasses.field(default="shifted_sigmoid", metadata={"static": True})
 
+    #: f is a sum over neurons, the rows of W: per-row signs give Bai & Lee's randomization.
+    rows_are_neurons: ClassVar[bool] = True
+
     @classmethod
     def init(
         cls,
@@ -214,7 +218,7 @@ class TwoLayer:
         pre = jnp.einsum("nd,khd->knh", x2, w.reshape(2, h, self.d))
         halves = jnp.einsum("knh,kh->kn", self.sigma.fn(pre), self.a.reshape(2, h))
         out = jnp.sum(halves, axis=0)
-        return out if x.ndim == 2 else out[0]
+        return out if np.ndim(x) == 2 else out[0]
 
     @property
     def apply_fn(self) -> jax.tree_util.Partial:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-__all__ = ["lambda_sweep_figure", "variants_chart"]
+__all__ = ["lambda_sweep_figure", "sample_complexity_figure", "variants_chart"]
 
 
 def variants_chart(json_path: Path, png_path: Path) -> Path:
@@ -82,5 +82,41 @@ def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path
         f"{len(seeds)} seed(s)",
         fontsize=10,
     )
+    fig.savefig(png_path, dpi=120)
+    return Path(png_path)
+
+
+def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
+    """Left: final test loss against n for each variant at the largest d (mean ± std over seeds).
+    Right: n* (smallest n reaching the threshold) against d on log-log axes, with fitted slopes."""
+    doc = json.loads(Path(json_path).read_text())
+    cfg, rows = doc["config"], doc["results"]
+    variants, ds = cfg["variants"], cfg["ds"]
+    colors = colormaps["tab10"](np.arange(len(variants)))
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    d_big = max(ds)
+    for c, v in zip(colors, variants, strict=True):
+        sel = [r for r in rows if r["variant"] == v and r["d"] == d_big]
+        ns = sorted({r["n"] for r in sel})
+        vals = np.array([[r["test_loss"] for r in sel if r["n"] == n] for n in ns])
+        left.errorbar(ns, vals.mean(1), yerr=vals.std(1), color=c, marker="o", ms=3, label=v)
+        nstar = doc["n_star"][v]
+        mean_n = [
+            np.mean([x for x in nstar[str(d)].values() if x is not None] or [np.nan]) for d in ds
+        ]
+        slope = doc["slopes"][v]["slope_mean"]
+        label = f"{v}: slope {slope:.2f}" if slope is not None else f"{v}: not reached"
+        right.plot(ds, mean_n, color=c, marker="o", label=label)
+    left.axhline(cfg["threshold"], color="gray", ls=":", lw=1)
+    left.set_xscale("log")
+    left.set_xlabel(f"n (d = {d_big})")
+    left.set_ylabel("test loss")
+    left.legend(fontsize=7)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("d")
+    right.set_ylabel(f"n* (test loss ≤ {cfg['threshold']})")
+    right.legend(fontsize=7)
     fig.savefig(png_path, dpi=120)
     return Path(png_path)

@@ -237,6 +237,8 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
         ValueError: `devices` is not available or not understood, or the neuron shards do not
             split m into whole, half-aligned blocks.
     """
+    if devices is None and not isinstance(model, TwoLayer):
+        return None  # the default "all devices" means one device for a model we cannot shard
     mesh = devices if isinstance(devices, Mesh) else device_mesh(devices)
     if tuple(mesh.axis_names) != (SAMPLES, NEURONS):
         raise ValueError(

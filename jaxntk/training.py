@@ -95,6 +95,7 @@ class Run:
 
     @property
     def diverged(self) -> bool:
+        """Whether any run of the grid stopped on a non-finite loss."""
         return bool(np.any(self.diverged_at_step >= 0))
 
 
@@ -161,6 +162,12 @@ def train(
     reg.validate(task.n)
     if v.quadratic and isinstance(model, network.TwoLayer):
         network.check_curvature(model, f"variant {variant!r}")
+    if variant == "randomized" and not getattr(model, "rows_are_neurons", False):
+        raise ValueError(
+            "variant 'randomized' flips the sign of each row of U and evaluates "
+            "½[f(W0 + U) + f(W0 − U)], exact only for a model whose output is a sum over neurons "
+            f"(rows), such as jaxntk.TwoLayer; got {type(model).__name__}"
+        )
     if init_scale is None:
         init_scale = 0.1 if v.random_init else 0.0
     if not (isinstance(init_scale, int | float) and math.isfinite(init_scale) and init_scale >= 0):
@@ -257,13 +264,19 @@ def fit(
     _check_int("eval_every", eval_every, 1)
     _check_int("evals_per_chunk", evals_per_chunk, 1)
     seeds = _check_seeds(seeds)
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+    named = isinstance(optimizer, str)
+    if named and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     opt = _resolve_optimizer(optimizer)
     if layout is not None:
         data = layout.data(data)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(data))
     hyper_arrays = {k: jnp.asarray(np.asarray(v), dtype=dtype) for k, v in hyper.items()}
+    if any(v.ndim != 1 for v in hyper_arrays.values()):
+        raise ValueError(
+            "hyper must map names to 1-D arrays of the L settings, got shapes "
+            f"{ {k: v.shape for k, v in hyper_arrays.items()} }"
+        )
     n_settings = {int(np.shape(v)[0]) for v in hyper.values()} or {1}
     if len(n_settings) != 1:
         raise ValueError(f"hyper arrays must share one length, got {n_settings}")
@@ -272,7 +285,7 @@ def fit(
     config = dict(config or {})
     config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
     state = _init_state(
-        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, jnp.float32)
+        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, jnp.float32), named
     )
     history: list[dict[str, np.ndarray]] = []
     step = 0
@@ -364,14 +377,14 @@ def _named_optimizer(name: str) -> optax.GradientTransformation:
     return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4))
-def _init_state(objective, opt, data, seeds, n_lambda, lr):
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 6))
+def _init_state(objective, opt, data, seeds, n_lambda, lr, set_lr: bool):
     def one(seed):
         key = jax.random.PRNGKey(seed)
         k_init, k_run = jax.random.split(key)
         params = objective.init(k_init, data)
         opt_state = opt.init(params)
-        if "learning_rate" in getattr(opt_state, "hyperparams", {}):
+        if set_lr:  # a named optimizer: its learning rate is state, set from `lr`
             hp = dict(opt_state.hyperparams)
             hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
             opt_state = opt_state._replace(hyperparams=hp)

@@ -73,3 +73,43 @@ def test_reproduce_cli_with_overrides(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     cfg = json.loads((tmp_path / "lambda-sweep.json").read_text())["config"]
     assert cfg["steps"] == 3 and cfg["seeds"] == [1]
+
+
+def test_n_star_and_slopes_from_rows():
+    from jaxntk.experiments import sample_complexity as sc
+
+    rows = [
+        {"variant": "ntk", "d": d, "n": n, "seed": s, "test_loss": 0.2 if n >= d**2 else 0.6}
+        for d in (4, 8)
+        for n in (d, d**2, d**3)
+        for s in (1, 2)
+    ]
+    nstar = sc.n_star(rows, 0.3)
+    assert nstar["ntk"]["4"] == {"1": 16, "2": 16} and nstar["ntk"]["8"]["2"] == 64
+    slopes = sc.fit_slopes(nstar)["ntk"]
+    assert abs(slopes["slope_mean"] - 2.0) < 1e-9 and slopes["seeds_fitted"] == 2
+    rows.append({"variant": "ntk", "d": 8, "n": 8, "seed": 3, "test_loss": 0.9})
+    assert sc.n_star(rows, 0.3)["ntk"]["8"]["3"] is None
+
+
+def test_sample_complexity_end_to_end(tmp_path):
+    from jaxntk.experiments import sample_complexity as sc
+
+    cfg = dataclasses.replace(
+        sc.PRESETS["cpu"],
+        ds=(4, 6),
+        exponents=(1.0, 1.5),
+        m=20,
+        n_test=50,
+        steps=20,
+        eval_every=20,
+        seeds=(1,),
+        variants=("ntk",),
+        threshold=2.0,
+    )
+    sc.run(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "sample-complexity.json").read_text())
+    assert len(saved["results"]) == 4
+    assert saved["n_star"]["ntk"] == {"4": {"1": 4}, "6": {"1": 6}}  # threshold 2: smallest n
+    assert abs(saved["slopes"]["ntk"]["slope_mean"] - 1.0) < 1e-9
+    assert _png(tmp_path / "sample-complexity.png")

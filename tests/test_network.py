@@ -71,3 +71,10 @@ def test_bad_inputs_raise_naming_the_argument():
         net.prepare(jnp.zeros(3))
     with pytest.raises(ValueError, match=r"^w must have shape \(4, 3\)"):
         net.apply(jnp.zeros((4, 2)), jnp.zeros((5, 3)))
+
+
+def test_apply_accepts_nested_lists():
+    net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+    assert float(net.apply(net.w0 + 0.1 * jnp.eye(4, 3), [[1.0, 2.0, 3.0]])[0]) == float(
+        net.apply(net.w0 + 0.1 * jnp.eye(4, 3), jnp.asarray([1.0, 2.0, 3.0]))
+    )

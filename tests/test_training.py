@@ -289,3 +289,26 @@ def test_taylor_variants_keep_the_output_at_initialization(task):
         np.testing.assert_allclose(
             run.history["train_loss"][0, 0, 0], jnp.mean((task.y_train - f0) ** 2), rtol=1e-5
         )
+
+
+def test_a_users_optimizer_keeps_its_own_learning_rate(net, task):
+    import optax
+
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05)
+    run = jn.train(net, task, "ntk", steps=3, optimizer=opt, lr=-1.0, eval_every=3, progress=False)
+    ref = jn.train(net, task, "ntk", steps=3, lr=0.05, eval_every=3, progress=False)
+    np.testing.assert_allclose(run.history["train_loss"], ref.history["train_loss"], rtol=1e-6)
+
+
+def test_randomized_needs_a_model_that_is_a_sum_over_neurons(net, task):
+    with pytest.raises(ValueError, match="sum over neurons"):
+        jn.train(jn.TaylorModel(net.apply_fn, net.w0), task, "randomized", steps=2, progress=False)
+
+
+def test_fit_names_a_bad_hyper(net, task):
+    objective = jn.objectives.VariantObjective("ntk")
+    data = jn.objectives.Data(
+        net, task.x_train, task.x_test, task.y_train, task.y_test, task.parts_test
+    )
+    with pytest.raises(ValueError, match="hyper"):
+        jn.fit(objective, data, hyper={"bulk": 0.0}, seeds=[0], steps=2, progress=False)

@@ -1,0 +1,163 @@
+"""Experiment `sample-complexity`: how many samples each variant needs (PAPER.md §6).
+
+On the paper's target ((β·x)² − 1 + β·x)/√3, for each input dimension d and each n on a geometric
+grid n = d^p, train the variants and record the final test loss. The NTK needs n ≳ d² to learn the
+quadratic part (variance 2/3); the regularized NTK+QuadNTK should need fewer. For each d, seed and
+variant, n*(d) is the smallest n on the grid whose test loss is at most `threshold`; the slope of
+log n* against log d (fitted per seed, reported as mean ± std over seeds) estimates the exponent.
+
+The regularized variant's bulk weight is given on the sum scale (λ_1, the authors' figure), so the
+per-sample-mean weight λ_b = n·λ_1 grows with n. Writes `sample-complexity.json`, `.npz` and `.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxntk import network, objectives, targets, training
+from jaxntk.experiments._common import labelled_progress, write_results
+
+NAME = "sample-complexity"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the sample-complexity experiment (defaults: the `cpu` preset)."""
+
+    ds: tuple[int, ...] = (8, 12, 16)
+    exponents: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25)
+    m: int = 2000
+    n_test: int = 2000
+    steps: int = 4000
+    lr: float = 1.0
+    lambda_sum: float = 1e-2
+    threshold: float = 0.45
+    eval_every: int = 500
+    seeds: tuple[int, ...] = (1, 11, 111)
+    variants: tuple[str, ...] = ("ntk", "ntk+quadntk", "regularized", "full")
+    distribution: str = "gaussian"
+    activation: str = "shifted_sigmoid"
+
+    def grid(self, d: int) -> list[int]:
+        """The training-set sizes for dimension d: round(d^p), distinct and increasing."""
+        return sorted({max(2, round(d**p)) for p in self.exponents})
+
+
+PRESETS = {
+    "cpu": Config(),
+    "paper": Config(ds=(20, 30, 40, 60), m=10_000, n_test=10_000, steps=20_000),
+}
+"""cpu: d ∈ {8, 12, 16}, m = 2000, T = 4000; paper: d up to 60 at the authors' width and length."""
+
+
+def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
+    """Train every variant for every (d, n, seed); write JSON, NPZ and PNG into `out`."""
+    for v in config.variants:
+        objectives.get_variant(v)
+    if not 0 < config.threshold:
+        raise ValueError(f"threshold must be > 0, got {config.threshold}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in config.ds:
+        for n in config.grid(d):
+            for seed in config.seeds:
+                key = jax.random.PRNGKey(seed)
+                k_task, k_net = jax.random.split(key)
+                task = targets.paper_task(
+                    k_task, d=d, n=n, n_test=config.n_test, distribution=config.distribution
+                )
+                net = network.init(k_net, d=d, m=config.m, activation=config.activation)
+                for variant in config.variants:
+                    reg = (
+                        objectives.Regularizer.from_sum_scale(config.lambda_sum, n)
+                        if variant == "regularized"
+                        else None
+                    )
+                    t0 = time.perf_counter()
+                    r = training.train(
+                        net,
+                        task,
+                        variant,
+                        steps=config.steps,
+                        lr=config.lr,
+                        reg=reg,
+                        seeds=[seed],
+                        eval_every=config.eval_every,
+                        progress=labelled_progress(progress, f"{variant} d={d} n={n} seed {seed}"),
+                    )
+                    rows.append(
+                        {
+                            "d": d,
+                            "n": n,
+                            "seed": seed,
+                            "variant": variant,
+                            "test_loss": float(r.final["test_loss"][0, 0]),
+                            "train_loss": float(r.final["train_loss"][0, 0]),
+                            "diverged_at_step": int(r.diverged_at_step[0, 0]),
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
+    doc = {
+        "experiment": NAME,
+        "config": dataclasses.asdict(config),
+        "results": rows,
+        "n_star": n_star(rows, config.threshold),
+        "slopes": fit_slopes(n_star(rows, config.threshold)),
+    }
+    curves = {
+        f"{v}/{d}": np.array(
+            [
+                [
+                    r["test_loss"]
+                    for r in rows
+                    if r["variant"] == v and r["d"] == d and r["seed"] == s
+                ]
+                for s in config.seeds
+            ]
+        )
+        for v in config.variants
+        for d in config.ds
+    }
+    write_results(out, NAME, doc, curves)
+    from jaxntk import plots
+
+    plots.sample_complexity_figure(out / f"{NAME}.json", out / f"{NAME}.png")
+    return doc
+
+
+def n_star(rows: list[dict], threshold: float) -> dict[str, dict[str, dict[str, int | None]]]:
+    """n*[variant][d][seed]: the smallest n with final test loss ≤ threshold (None: not reached)."""
+    out: dict = {}
+    for r in sorted(rows, key=lambda r: r["n"]):
+        slot = out.setdefault(r["variant"], {}).setdefault(str(r["d"]), {})
+        seed = str(r["seed"])
+        slot.setdefault(seed, None)
+        if slot[seed] is None and r["test_loss"] <= threshold:
+            slot[seed] = r["n"]
+    return out
+
+
+def fit_slopes(nstar: dict) -> dict[str, dict[str, float | int | None]]:
+    """Per variant: slope of log n* against log d fitted per seed (seeds where every d reached the
+    threshold), with its mean and std over those seeds."""
+    out = {}
+    for variant, by_d in nstar.items():
+        ds = sorted(by_d, key=int)
+        seeds = sorted({s for d in ds for s in by_d[d]}, key=int)
+        slopes = []
+        for s in seeds:
+            ns = [by_d[d].get(s) for d in ds]
+            if len(ds) >= 2 and all(x is not None for x in ns):
+                slopes.append(float(np.polyfit(np.log([int(d) for d in ds]), np.log(ns), 1)[0]))
+        out[variant] = {
+            "slope_mean": float(np.mean(slopes)) if slopes else None,
+            "slope_std": float(np.std(slopes)) if slopes else None,
+            "seeds_fitted": len(slopes),
+        }
+    return out
