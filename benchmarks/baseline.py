@@ -34,7 +34,7 @@ def make_step(w0, a, x_train, y_train, x_test, y_test, *, k: int, lam: float, lr
         inner = lambda t: jax.jvp(lambda s: f(s, x), (t,), (u,))[1]  # noqa: E731
         return 0.5 * jax.jvp(inner, (theta0,), (u,))[1]
 
-    jac = jax.jacfwd(lambda t: f(t, x_train))(theta0)  # (n, m·d), dense
+    jac = jax.jacrev(lambda t: f(t, x_train))(theta0)  # (n, m·d), dense; n cotangents
     _, evecs = jnp.linalg.eigh(jac @ jac.T)
     top = evecs[:, -k:]
     bulk_matrix = jac - top @ (top.T @ jac)
