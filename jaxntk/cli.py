@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
-        "sample-complexity",
+        "sample-complexity, mlp",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
@@ -163,6 +163,7 @@ def _plot(args: argparse.Namespace) -> int:
         "sample-complexity": lambda: plots.sample_complexity_figure(
             d / "sample-complexity.json", d / "sample-complexity.png"
         ),
+        "mlp": lambda: plots.mlp_figure(d / "mlp.json", d / "mlp.png"),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -172,18 +173,20 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What `jaxntk reproduce` runs without --only; sample-complexity (hundreds of runs) is opt-in.
+#: What `jaxntk reproduce` runs without --only; sample-complexity and mlp (grids of many runs)
+#: are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
 def _experiments() -> dict:
-    from jaxntk.experiments import lambda_sweep, sample_complexity, spectrum, variants
+    from jaxntk.experiments import lambda_sweep, mlp, sample_complexity, spectrum, variants
 
     return {
         "variants": variants,
         "lambda-sweep": lambda_sweep,
         "spectrum": spectrum,
         "sample-complexity": sample_complexity,
+        "mlp": mlp,
     }
 
 

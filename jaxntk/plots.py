@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-__all__ = ["lambda_sweep_figure", "sample_complexity_figure", "variants_chart"]
+__all__ = ["lambda_sweep_figure", "mlp_figure", "sample_complexity_figure", "variants_chart"]
 
 
 def variants_chart(json_path: Path, png_path: Path) -> Path:
@@ -118,5 +118,33 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     right.set_xlabel("d")
     right.set_ylabel(f"n* (test loss ≤ {cfg['threshold']})")
     right.legend(fontsize=7)
+    fig.savefig(png_path, dpi=120)
+    return Path(png_path)
+
+
+def mlp_figure(json_path: Path, png_path: Path) -> Path:
+    """n*(d), the smallest n reaching the test-loss threshold, against d (log-log), beside the
+    reference lines n = 6d² and n = d³ (the authors' plot)."""
+    doc = json.loads(Path(json_path).read_text())
+    cfg = doc["config"]
+    ds = np.array(cfg["ds"], dtype=float)
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.subplots()
+    pts = [
+        (int(d), np.mean(list(v.values())))
+        for d, v in doc["n_star"].items()
+        if all(x is not None for x in v.values())
+    ]
+    if pts:
+        slope = doc["slope"]
+        label = "n* measured" + (f" (slope {slope:.2f})" if slope is not None else "")
+        ax.plot(*zip(*pts, strict=True), "o-", color="#4c72b0", label=label)
+    ax.plot(ds, 6 * ds**2, "--", color="gray", label="n = 6d²")
+    ax.plot(ds, ds**3, ":", color="gray", label="n = d³")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("d")
+    ax.set_ylabel(f"smallest n with test loss < {cfg['threshold']}")
+    ax.legend(fontsize=8)
     fig.savefig(png_path, dpi=120)
     return Path(png_path)

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxntk import cli
@@ -113,3 +115,26 @@ def test_sample_complexity_end_to_end(tmp_path):
     assert saved["n_star"]["ntk"] == {"4": {"1": 4}, "6": {"1": 6}}  # threshold 2: smallest n
     assert abs(saved["slopes"]["ntk"]["slope_mean"] - 1.0) < 1e-9
     assert _png(tmp_path / "sample-complexity.png")
+
+
+def test_mlp_end_to_end(tmp_path):
+    from jaxntk.experiments import mlp
+
+    cfg = dataclasses.replace(
+        mlp.PRESETS["cpu"],
+        ds=(4,),
+        multipliers=(1, 2),
+        width=8,
+        n_test=50,
+        steps=10,
+        eval_every=10,
+        threshold=1e-6,
+    )
+    doc = mlp.run(cfg, tmp_path, progress=False)
+    assert [r["n"] for r in doc["results"]] == [16, 32]  # threshold not reached: whole grid
+    assert doc["n_star"] == {"4": {"1": None}} and doc["slope"] is None
+    saved = json.loads((tmp_path / "mlp.json").read_text())
+    assert saved["experiment"] == "mlp" and _png(tmp_path / "mlp.png")
+    # the network really is the flax MLP with PyTorch's init: every first-layer weight in ±1/√d
+    params = mlp.MLP(8).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
+    assert float(np.abs(params["Dense_0"]["kernel"]).max()) <= 0.5
