@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from jaxntk.network import ACTIVATIONS
     from jaxntk.objectives import VARIANTS
+    from jaxntk.targets import DISTRIBUTIONS
     from jaxntk.training import OPTIMIZERS
 
     p = _Parser(
@@ -76,9 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lambda-pop", type=_nonnegative_float, default=0.0)
     t.add_argument("--lambda-24", type=_nonnegative_float, default=0.0)
     t.add_argument("--k", type=_positive_int, default=None, help="top directions (default d)")
-    t.add_argument("--inputs", choices=["gaussian", "sphere"], default="gaussian")
+    t.add_argument("--inputs", choices=list(DISTRIBUTIONS), default="gaussian")
     t.add_argument("--target", choices=["paper", "mlp"], default="paper")
-    t.add_argument("--activation", default="shifted_sigmoid")
+    t.add_argument("--activation", choices=list(ACTIVATIONS), default="shifted_sigmoid")
     t.add_argument("--n-test", type=_positive_int, default=2000)
     t.add_argument("--eval-every", type=_positive_int, default=100)
     t.add_argument("--init-scale", type=_nonnegative_float, default=None)
@@ -234,6 +236,7 @@ def _train(args: argparse.Namespace) -> int:
     import numpy as np
 
     import jaxntk as jn
+    from jaxntk.objectives import DEFAULT_BULK
 
     out = _writable_dir(args.out)
     key = jax.random.PRNGKey(args.seed)
@@ -242,7 +245,7 @@ def _train(args: argparse.Namespace) -> int:
         task = _make_task(k_task, args)
         net = jn.TwoLayer.init(k_net, d=args.d, m=args.m, activation=args.activation)
         reg = jn.Regularizer(
-            bulk=(1.0 if args.variant == "regularized" else 0.0)
+            bulk=(DEFAULT_BULK if args.variant == "regularized" else 0.0)
             if args.lambda_bulk is None
             else args.lambda_bulk,
             pop=args.lambda_pop,

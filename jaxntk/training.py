@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from jaxntk import network, sharding, spectral
-from jaxntk.objectives import Data, Regularizer, VariantObjective, get_variant
+from jaxntk.objectives import DEFAULT_BULK, Data, Regularizer, VariantObjective, get_variant
 
 Array = jax.Array
 
@@ -155,7 +155,8 @@ def train(
         >>> run.history["test_loss"].shape   # (2, 3, 21)
     """
     v = get_variant(variant)
-    reg = (Regularizer(bulk=1.0) if v.regularized else Regularizer()) if reg is None else reg
+    if reg is None:
+        reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
     if not isinstance(reg, Regularizer):
         raise TypeError(f"reg must be a jaxntk.Regularizer, got {type(reg).__name__}")
     weights = reg.weights()

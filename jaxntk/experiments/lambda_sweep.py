@@ -93,6 +93,7 @@ def run(
         )
         seconds = time.perf_counter() - t0
         h, tr = r.history, r.trace
+        quad = task.part_names.index("quadratic")
         for i, lam in enumerate(config.lambdas):
             rows.append(
                 {
@@ -103,8 +104,8 @@ def run(
                     "train_loss": float(h["train_loss"][i, 0, -1]),
                     "bulk_sum": float(config.n * h["bulk"][i, 0, -1]),
                     "bulk_sum_peak": float(config.n * np.nanmax(h["bulk"][i, 0])),
-                    "share_quadratic_by_fq": float(h["share_quadratic"][i, 0, -1, 1]),
-                    "share_quadratic_by_fl": float(h["share_linear"][i, 0, -1, 1]),
+                    "share_quadratic_by_fq": float(h["share_quadratic"][i, 0, -1, quad]),
+                    "share_quadratic_by_fl": float(h["share_linear"][i, 0, -1, quad]),
                     "diverged_at_step": int(r.diverged_at_step[i, 0]),
                     "seconds_all_lambdas": seconds,
                 }

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from jaxntk import network, objectives, targets, training
 from jaxntk.experiments._common import labelled_progress, mean_std_by, write_results
@@ -105,7 +106,9 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     doc = {
         "experiment": NAME,
         "config": dataclasses.asdict(config),
-        "part_variances": {"linear": 1 / 3, "quadratic": 2 / 3},
+        "part_variances": dict(
+            zip(task.part_names, np.asarray(task.target.variances).tolist(), strict=True)
+        ),
         "results": rows,
         "summary": summarize(rows),
     }
