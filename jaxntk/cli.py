@@ -212,6 +212,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         overrides = {}
         if args.seeds is not None and hasattr(config, "seeds"):
             overrides["seeds"] = tuple(args.seeds)
+        elif args.seeds is not None and hasattr(config, "seed"):  # one network draw (spectrum)
+            overrides["seed"] = args.seeds[0]
         if args.steps is not None and hasattr(config, "steps"):
             overrides["steps"] = args.steps
         config = dataclasses.replace(config, **overrides)
