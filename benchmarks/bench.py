@@ -51,7 +51,8 @@ SWEEP_SEEDS = (1, 11, 111)
 NOT_ON_TAYLOR = ("randomized",)
 
 # sizes: (d, n, m) of the step rows; t1/t2/repeats: step timing; scaling: the decades per axis;
-# tiny (for the tests) keeps one variant and one scaling axis so that it compiles little
+# tiny (for the tests) keeps one variant, one scaling axis, one subspace method and a 2 × 2 sweep
+# so that it compiles and starts little
 PRESETS = {
     "full": dict(
         matmul=2048,
@@ -91,7 +92,9 @@ PRESETS = {
         compile_m=(40,),
         scaling=dict(n=(20, 40)),
         subspace=(6, 20, 40),
+        subspace_methods=("matrix_free",),
         sweep_steps=10,
+        sweep=((0.0, 1.0), (1, 11)),
     ),
 }
 
@@ -106,7 +109,7 @@ def run(preset: str = "full") -> dict:
         ours = next(r for r in rows[::-1] if r["name"] == "step/closed/regularized")
         rows.append(_baseline_row(d, n, m, cfg, peak, ours["seconds_per_step"]))
     rows += _compile_rows(cfg)
-    rows += _subspace_rows(cfg["subspace"])
+    rows += _subspace_rows(cfg["subspace"], cfg.get("subspace_methods", subspace.METHODS))
     rows += _scaling_rows(cfg, peak)
     rows += _sweep_rows(cfg)
     return {"preset": preset, "machine": machine(), "versions": versions(), "rows": rows}
@@ -269,12 +272,12 @@ def _compile_rows(cfg) -> list[dict]:
     return rows
 
 
-def _subspace_rows(size) -> list[dict]:
+def _subspace_rows(size, methods) -> list[dict]:
     args = types.SimpleNamespace(repeats=2, batch_size=64)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = subspace.run_method("baseline", size, args, Path(tmp))
-        for method in subspace.METHODS:
+        for method in methods:
             r = subspace.run_method(method, size, args, Path(tmp))
             d, n, m = size
             rows.append(
@@ -310,20 +313,21 @@ def _scaling_rows(cfg, peak) -> list[dict]:
 
 def _sweep_rows(cfg) -> list[dict]:
     d, n, m = cfg["sizes"][0]
+    lambdas, seeds = cfg.get("sweep", (LAMBDAS, SWEEP_SEEDS))
     task, net = _setup(d, n, m)
     kw = dict(steps=cfg["sweep_steps"], eval_every=cfg["sweep_steps"], progress=False)
-    conf = {"d": d, "n": n, "m": m, "lambdas": len(LAMBDAS), "seeds": len(SWEEP_SEEDS)}
+    conf = {"d": d, "n": n, "m": m, "lambdas": len(lambdas), "seeds": len(seeds)}
     conf["steps"] = cfg["sweep_steps"]
 
     t0 = time.perf_counter()
-    reg = jn.Regularizer(bulk=list(LAMBDAS))
-    run = jn.train(net, task, "regularized", reg=reg, seeds=SWEEP_SEEDS, **kw)
+    reg = jn.Regularizer(bulk=list(lambdas))
+    run = jn.train(net, task, "regularized", reg=reg, seeds=seeds, **kw)
     jax.block_until_ready(run.params)
     vmapped = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    for lam in LAMBDAS:
-        for seed in SWEEP_SEEDS:
+    for lam in lambdas:
+        for seed in seeds:
             run = jn.train(
                 net, task, "regularized", reg=jn.Regularizer(bulk=lam), seeds=[seed], **kw
             )
@@ -335,7 +339,7 @@ def _sweep_rows(cfg) -> list[dict]:
             {**conf, "programs": 1, "speedup_vs_separate": round(separate / vmapped, 2)},
             seconds=vmapped,
         ),
-        _row("sweep/separate", {**conf, "programs": 18}, seconds=separate),
+        _row("sweep/separate", {**conf, "programs": len(lambdas) * len(seeds)}, seconds=separate),
     ]
 
 
