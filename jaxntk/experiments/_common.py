@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from jaxntk import network, targets
 
 
 def labelled_progress(progress: bool | Callable[[dict], None], label: str, what: str = "test"):
@@ -45,3 +48,13 @@ def write_results(out: Path, name: str, doc: dict, curves: dict[str, np.ndarray]
     """`out/name.json` (the document) and `out/name.npz` (the curves): plain data, no pickle."""
     (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
     np.savez(out / f"{name}.npz", **curves)
+
+
+def paper_setup(
+    seed: int, *, d: int, n: int, n_test: int, m: int, distribution: str, activation: str
+) -> tuple[targets.Task, network.TwoLayer]:
+    """The paper's task and a symmetric two-layer network, both drawn from one seed (its key split
+    into the task's and the network's), as every seed of the paper's experiments."""
+    k_task, k_net = jax.random.split(jax.random.PRNGKey(seed))
+    task = targets.paper_task(k_task, d=d, n=n, n_test=n_test, distribution=distribution)
+    return task, network.init(k_net, d=d, m=m, activation=activation)

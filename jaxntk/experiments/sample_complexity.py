@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from jaxntk import network, objectives, targets, training
-from jaxntk.experiments._common import labelled_progress, write_results
+from jaxntk import objectives, training
+from jaxntk.experiments._common import labelled_progress, paper_setup, write_results
 
 NAME = "sample-complexity"
 
@@ -67,12 +66,15 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     for d in config.ds:
         for n in config.grid(d):
             for seed in config.seeds:
-                key = jax.random.PRNGKey(seed)
-                k_task, k_net = jax.random.split(key)
-                task = targets.paper_task(
-                    k_task, d=d, n=n, n_test=config.n_test, distribution=config.distribution
+                task, net = paper_setup(
+                    seed,
+                    d=d,
+                    n=n,
+                    n_test=config.n_test,
+                    m=config.m,
+                    distribution=config.distribution,
+                    activation=config.activation,
                 )
-                net = network.init(k_net, d=d, m=config.m, activation=config.activation)
                 for variant in config.variants:
                     reg = (
                         objectives.Regularizer.from_sum_scale(config.lambda_sum, n)

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from jaxntk import network, objectives, targets, training
-from jaxntk.experiments._common import labelled_progress, mean_std_by, write_results
+from jaxntk import objectives, training
+from jaxntk.experiments._common import labelled_progress, mean_std_by, paper_setup, write_results
 
 NAME = "variants"
 
@@ -59,12 +58,15 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     for seed in config.seeds:
-        key = jax.random.PRNGKey(seed)
-        k_task, k_net = jax.random.split(key)
-        task = targets.paper_task(
-            k_task, d=config.d, n=config.n, n_test=config.n_test, distribution=config.distribution
+        task, net = paper_setup(
+            seed,
+            d=config.d,
+            n=config.n,
+            n_test=config.n_test,
+            m=config.m,
+            distribution=config.distribution,
+            activation=config.activation,
         )
-        net = network.init(k_net, d=config.d, m=config.m, activation=config.activation)
         for variant in config.variants:
             reg = (
                 objectives.Regularizer(bulk=config.lambda_bulk)
