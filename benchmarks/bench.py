@@ -12,7 +12,8 @@ Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md
 3. baseline: `baseline.py`, the authors' step (nested jvp each call, dense J closed over, test
    loss every step, Python loop): 4·n·m·d as above, 4·n·m·d for the bulk products B u and Bᵀ r,
    2·n_test·m·d for the test forward pass; its config gives its time over ours (regularized).
-4. compile/n=…,m=…: seconds of a first `train` call minus a second (same shapes) one.
+4. compile/regularized_chunk: seconds JAX spent tracing, lowering and compiling the training chunk
+   (its compile events), with the other programs' compile time and first-minus-second call time.
 5. subspace/<method>: `subspace.py`'s subprocess runs (time, peak RSS above a baseline process).
 6. scaling/<axis>: seconds per step of ntk+quadntk over a decade of n, m and d; log-log slopes.
 7. sweep: 6 λ × 3 seeds of "regularized" in one vmapped `train` versus 18 separate calls.
@@ -248,6 +249,12 @@ def _baseline_row(d, n, m, cfg, peak, ours: float) -> dict:
 
 
 def _compile_rows(cfg) -> list[dict]:
+    """Compile time of the training chunk at each size, read from JAX's own compile events.
+
+    `seconds` is what tracing, lowering and XLA compilation of `_run_chunk` took inside a first
+    `train` call; the config adds the same for every other program compiled in that call (the
+    good-direction set-up, the evaluation) and the first-call-minus-second-call wall time.
+    """
     from jaxntk import training
 
     d, n0, m0 = cfg["sizes"][0]
@@ -257,19 +264,49 @@ def _compile_rows(cfg) -> list[dict]:
         kw = dict(steps=cfg["t1"], eval_every=cfg["t1"], evals_per_chunk=1, progress=False)
         times = []
         before = training._run_chunk._cache_size()
-        for _ in range(2):
-            t0 = time.perf_counter()
-            jax.block_until_ready(jn.train(net, task, "regularized", **kw).params)
-            times.append(time.perf_counter() - t0)
+        with CompileEvents() as events:
+            for _ in range(2):
+                t0 = time.perf_counter()
+                jax.block_until_ready(jn.train(net, task, "regularized", **kw).params)
+                times.append(time.perf_counter() - t0)
         compiles = training._run_chunk._cache_size() - before
-        rows.append(
-            _row(
-                "compile/regularized_chunk",
-                {"d": d, "n": n, "m": m, "compiles": compiles},
-                seconds=times[0] - times[1],
-            )
-        )
+        chunk = events.seconds("_run_chunk")
+        conf = {"d": d, "n": n, "m": m, "compiles": compiles}
+        conf["other_programs_compile_s"] = round(events.total() - chunk, 3)
+        conf["first_minus_second_call_s"] = round(times[0] - times[1], 3)
+        rows.append(_row("compile/regularized_chunk", conf, seconds=chunk))
     return rows
+
+
+class CompileEvents:
+    """Collects JAX's trace / lower / XLA-compile durations, by function name, while active."""
+
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __init__(self):
+        self.durations: list[tuple[str, str, float]] = []
+
+    def _listener(self, event: str, duration: float, **kwargs) -> None:
+        if event in self.EVENTS:
+            self.durations.append((event, str(kwargs.get("fun_name", "")), duration))
+
+    def __enter__(self) -> CompileEvents:
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+    def seconds(self, name: str) -> float:
+        """Total seconds of the events whose function name contains `name`."""
+        return sum(s for _, f, s in self.durations if name in f)
+
+    def total(self) -> float:
+        return sum(s for _, _, s in self.durations)
 
 
 def _subspace_rows(size, methods) -> list[dict]:

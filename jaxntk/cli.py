@@ -114,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="override the preset's number of training steps",
     )
+    r.add_argument(
+        "--lambdas",
+        type=_lambda_list,
+        default=None,
+        help="lambda-sweep: override the λ_1 grid (sum scale), e.g. 0,1e-3,1e-2",
+    )
+    r.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="lambda-sweep: save state here after every chunk; a rerun resumes from it",
+    )
     r.add_argument("--out", type=Path, default=Path("results"))
     r.set_defaults(func=_reproduce)
 
@@ -216,10 +228,15 @@ def _reproduce(args: argparse.Namespace) -> int:
             overrides["seed"] = args.seeds[0]
         if args.steps is not None and hasattr(config, "steps"):
             overrides["steps"] = args.steps
+        if args.lambdas is not None and hasattr(config, "lambdas"):
+            overrides["lambdas"] = tuple(args.lambdas)
         config = dataclasses.replace(config, **overrides)
+        kwargs = {}
+        if args.checkpoint is not None and name == "lambda-sweep":
+            kwargs["checkpoint"] = args.checkpoint
         print(f"== {name} ({args.preset} preset) -> {out}", flush=True)
         try:
-            docs[name] = module.run(config, out)
+            docs[name] = module.run(config, out, **kwargs)
         except ValueError as err:
             raise CLIError(f"{name}: {err}") from None
     print(f"\ndone in {time.perf_counter() - t0:.0f} s; results in {out}")
@@ -344,6 +361,16 @@ def _seed_list(s: str) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"must be comma-separated ints ≥ 0, got {s!r}")
     return seeds
+
+
+def _lambda_list(s: str) -> list[float]:
+    try:
+        lams = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {s!r}") from None
+    if not lams or not all(math.isfinite(x) for x in lams) or min(lams) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers ≥ 0, got {s!r}")
+    return lams
 
 
 def _positive_int(s: str) -> int:

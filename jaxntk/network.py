@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
 
+from jaxntk._checks import check_int
+
 Array = jax.Array
 
 __all__ = [
@@ -301,8 +303,8 @@ def init(
         activation: a name in `ACTIVATIONS`.
         dtype: float dtype of w0 and a (default: JAX's default float).
     """
-    _check_positive_int("d", d)
-    _check_positive_int("m", m)
+    check_int("d", d, 1)
+    check_int("m", m, 1)
     if m % 2:
         raise ValueError(f"m must be even for the symmetric initialization, got m = {m}")
     get_activation(activation)
@@ -323,13 +325,6 @@ def check_curvature(net: TwoLayer, what: str) -> None:
             "almost everywhere, so f_Q ≡ 0 and cannot be trained; choose a smooth activation "
             f"(one of {sorted(set(ACTIVATIONS) - ZERO_CURVATURE)})"
         )
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value}")
 
 
 def _check_shape(name: str, arr: Array, shape: tuple[int, ...]) -> None:

@@ -66,6 +66,8 @@ class Variant:
         quadratic: whether the prediction uses f_Q (needs σ'' ≠ 0).
         random_init: whether ∇ = 0 at U = 0, so training must start from a small random U.
         regularized: whether the good-direction regularizer is on by default.
+        uses_terms: whether `predict` is f(W0) + f_L + f_Q, so the loss and the evaluation can
+            reuse f_L and f_Q computed once (one jvp of a jvp on the generic path).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Variant:
     quadratic: bool
     random_init: bool = False
     regularized: bool = False
+    uses_terms: bool = False
 
 
 def _full(model, u, prep):
@@ -126,6 +129,7 @@ VARIANTS: dict[str, Variant] = {
             _deterministic(_linear_plus_quadratic),
             _linear_plus_quadratic,
             quadratic=True,
+            uses_terms=True,
         ),
         Variant(
             "regularized",
@@ -133,6 +137,7 @@ VARIANTS: dict[str, Variant] = {
             _linear_plus_quadratic,
             quadratic=True,
             regularized=True,
+            uses_terms=True,
         ),
     )
 }
@@ -319,10 +324,16 @@ class VariantObjective:
     def loss(self, u: Any, data: Data, hyper: dict[str, Array], key: Array) -> tuple[Array, dict]:
         """Training loss (1/n) Σ (y − f)² + Σ λ R, and its parts."""
         v = VARIANTS[self.variant]
+        model = data.model
         k_pred, k_pop = jax.random.split(key)
-        pred = v.train_predict(data.model, u, data.prep_train, k_pred)
+        f_linear = None
+        if v.uses_terms and self.use_bulk:  # R_bulk needs f_L(X; U): compute it once
+            f_linear, f_quad = model.linear_and_quadratic(u, data.prep_train)
+            pred = model.initial_output(data.prep_train) + f_linear + f_quad
+        else:
+            pred = v.train_predict(model, u, data.prep_train, k_pred)
         mse = jnp.mean((data.y_train - pred) ** 2)
-        regs = self._regularizers(u, data, k_pop)
+        regs = self._regularizers(u, data, k_pop, f_linear)
         total = mse + sum(hyper[name] * value for name, value in regs.items())
         return total, {"mse": mse, **regs}
 
@@ -332,27 +343,41 @@ class VariantObjective:
         del hyper
         model = data.model
         v = VARIANTS[self.variant]
-        train_loss = jnp.mean((data.y_train - v.predict(model, u, data.prep_train)) ** 2)
+        if v.uses_terms:
+            fl_train, fq_train = model.linear_and_quadratic(u, data.prep_train)
+            train_pred = model.initial_output(data.prep_train) + fl_train + fq_train
+        else:
+            train_pred = v.predict(model, u, data.prep_train)
+            fl_train = model.linear_term(u, data.prep_train) if data.dirs is not None else None
         fl, fq = model.linear_and_quadratic(u, data.prep_test)
-        test_pred = v.predict(model, u, data.prep_test)
+        if v.uses_terms:
+            test_pred = model.initial_output(data.prep_test) + fl + fq
+        else:
+            test_pred = v.predict(model, u, data.prep_test)
         out = {
-            "train_loss": train_loss,
+            "train_loss": jnp.mean((data.y_train - train_pred) ** 2),
             "test_loss": jnp.mean((data.y_test - test_pred) ** 2),
             "u_norm": jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(u))),
             "share_linear": _shares(fl, data.parts_test),
             "share_quadratic": _shares(fq, data.parts_test),
         }
         if data.dirs is not None:
-            out["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
+            out["bulk"] = bulk_penalty(data.dirs, fl_train)
             out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_pop)
         out["norm24"] = norm24_penalty(u)
         return out
 
-    def _regularizers(self, u: Any, data: Data, key: Array) -> dict[str, Array]:
+    def _regularizers(
+        self, u: Any, data: Data, key: Array, f_linear: Array | None = None
+    ) -> dict[str, Array]:
+        """The active regularizers at U; `f_linear` is f_L(X; U) on the training inputs when the
+        caller already has it."""
         model = data.model
         regs = {}
         if self.use_bulk:
-            regs["bulk"] = bulk_penalty(data.dirs, model.linear_term(u, data.prep_train))
+            if f_linear is None:
+                f_linear = model.linear_term(u, data.prep_train)
+            regs["bulk"] = bulk_penalty(data.dirs, f_linear)
         if self.use_pop:
             x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
             x = x.astype(data.y_train.dtype)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxntk._checks import check_int
 from jaxntk.network import TwoLayer, get_activation
 from jaxntk.targets import legendre, num_harmonics
 
@@ -135,7 +136,7 @@ def empirical_ntk(
     """
     if method not in _NTK_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(_NTK_METHODS)}")
-    _check_int("batch_size", batch_size, low=1)
+    check_int("batch_size", batch_size, low=1)
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
     if x1.ndim < 1 or x2.ndim < 1 or x1.shape[1:] != x2.shape[1:]:
@@ -162,7 +163,7 @@ def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
     Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for any other
     model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
     """
-    _check_int("batch_size", batch_size, low=1)
+    check_int("batch_size", batch_size, low=1)
     return _gram_matrix(model, prep, batch_size)
 
 
@@ -214,10 +215,10 @@ def good_directions(
     if len(f_shape.shape) != 1:
         raise ValueError(f"model.linear_term must return one output per input (n,), got {f_shape}")
     n = f_shape.shape[0]
-    _check_int("k", k, low=1, high=n, high_name="n, the number of training inputs")
-    _check_int("oversampling", oversampling, low=0)
-    _check_int("max_iters", max_iters, low=1)
-    _check_int("batch_size", batch_size, low=1)
+    check_int("k", k, low=1, high=n, high_name="n, the number of training inputs")
+    check_int("oversampling", oversampling, low=0)
+    check_int("max_iters", max_iters, low=1)
+    check_int("batch_size", batch_size, low=1)
     if tol is None:
         tol = 0.1 * math.sqrt(float(jnp.finfo(f_shape.dtype).eps))
     if not tol > 0:
@@ -253,7 +254,9 @@ def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTre
             f"prep has {f.shape[0]} inputs but dirs were computed on {dirs.n}: pass the training "
             "inputs' prep to project_top / project_good"
         )
-    (top,) = pullback(dirs.u_k @ ((dirs.u_k.T @ f) / dirs.s_k**2))
+    # a zero singular value (k above the rank of J) spans no direction of parameter space: drop it
+    inv_s2 = jnp.where(dirs.s_k > 0, 1.0 / jnp.where(dirs.s_k > 0, dirs.s_k, 1.0) ** 2, 0.0)
+    (top,) = pullback(dirs.u_k @ ((dirs.u_k.T @ f) * inv_s2))
     return top
 
 
@@ -368,8 +371,8 @@ def hermite_coefficients(
     step at 0 is integrated exactly too). derivative 0, 1, 2 selects σ, σ', σ''.
     """
     act = get_activation(activation)
-    _check_int("degree", degree, low=0)
-    _check_int("derivative", derivative, low=0, high=2, high_name="2")
+    check_int("degree", degree, low=0)
+    check_int("derivative", derivative, low=0, high=2, high_name="2")
     z, w = _normal_quadrature(points)
     values = _evaluate((act.fn, act.d1, act.d2)[derivative], z)
     return _orthonormal_hermite(degree, z) @ (w * values)
@@ -394,15 +397,15 @@ def predict_degree_blocks(
         >>> pred.degrees  # degree 1 (40 eigenvalues) above degree 0 (one)
         (1, 0)
     """
-    _check_int("d", d, low=3)
-    _check_int("n", n, low=1)
-    _check_int("terms", terms, low=1)
+    check_int("d", d, low=3)
+    check_int("n", n, low=1)
+    check_int("terms", terms, low=1)
     if max_degree is None:
         cumulative, max_degree = 1, 0
         while cumulative + num_harmonics(d, max_degree + 1) <= n / 2:
             max_degree += 1
             cumulative += num_harmonics(d, max_degree)
-    _check_int("max_degree", max_degree, low=0)
+    check_int("max_degree", max_degree, low=0)
     c = hermite_coefficients(activation, terms - 1)
     t, w = _sphere_cosine_quadrature(d, points=terms + max_degree + 8)
     kernel = d * t * (np.power.outer(t, np.arange(terms)) @ c**2)  # K(t) = d·t·κ(t)
@@ -622,13 +625,3 @@ def _sphere_cosine_quadrature(d: int, points: int) -> tuple[np.ndarray, np.ndarr
     beta = np.sqrt(j * (j + 2 * lam - 1) / (4.0 * (j + lam) * (j + lam - 1)))
     nodes, vectors = np.linalg.eigh(np.diag(beta, 1) + np.diag(beta, -1))
     return nodes, vectors[0] ** 2
-
-
-def _check_int(
-    name: str, value: object, low: int, high: int | None = None, high_name: str | None = None
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"≥ {low}" if high is None else f"between {low} and {high} ({high_name})"
-        raise ValueError(f"{name} must be {bound}, got {value}")

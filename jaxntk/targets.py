@@ -36,6 +36,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxntk._checks import check_int
+
 Array = jax.Array
 
 __all__ = [
@@ -68,8 +70,8 @@ def sample_inputs(key: Array, n: int, d: int, distribution: str = "gaussian", dt
     Traceable (n, d and distribution are static), so training loops can draw fresh samples.
     """
     _check_distribution(distribution)
-    _check_int("n", n, 1)
-    _check_int("d", d, 1)
+    check_int("n", n, 1)
+    check_int("d", d, 1)
     return _sample_inputs(key, n, d, distribution, _float_dtype(dtype))
 
 
@@ -88,7 +90,7 @@ def hermite(k: int, z: Array) -> Array:
         >>> hermite(2, jnp.array([0.0, 1.0]))  # (z² − 1)/√2
         Array([-0.70710677,  0.        ], dtype=float32)
     """
-    _check_int("k", k, 0)
+    check_int("k", k, 0)
     return _three_term(_as_float(z, "z"), *_hermite_coefficients(k))
 
 
@@ -100,8 +102,8 @@ def legendre(k: int, t: Array, d: int) -> Array:
     polynomials, d = 2 the Chebyshev polynomials T_k. For x uniform on the sphere of radius √d and
     unit v, v': E[P_k(v·x/√d) P_k(v'·x/√d)] = P_k(v·v')/N(d, k). `k` and `d` are static.
     """
-    _check_int("k", k, 0)
-    _check_int("d", d, 2)
+    check_int("k", k, 0)
+    check_int("d", d, 2)
     return _three_term(_as_float(t, "t"), *_legendre_coefficients(k, d))
 
 
@@ -119,8 +121,8 @@ def gegenbauer(k: int, t: Array, d: int) -> Array:
         >>> gegenbauer(1, jnp.array([0.5]), d=4)  # q_1(t) = √d t
         Array([1.], dtype=float32)
     """
-    _check_int("k", k, 0)
-    _check_int("d", d, 2)
+    check_int("k", k, 0)
+    check_int("d", d, 2)
     return _three_term(_as_float(t, "t"), *_gegenbauer_coefficients(k, d))
 
 
@@ -131,8 +133,8 @@ def num_harmonics(d: int, k: int) -> int:
     |x|² times those of degree k − 2. N(d, 0) = 1, N(d, 1) = d, N(d, 2) = (d + 2)(d − 1)/2,
     N(3, k) = 2k + 1, N(2, k) = 2 for k ≥ 1.
     """
-    _check_int("d", d, 1)
-    _check_int("k", k, 0)
+    check_int("d", d, 1)
+    check_int("k", k, 0)
     return math.comb(d + k - 1, k) - (math.comb(d + k - 3, k - 2) if k >= 2 else 0)
 
 
@@ -265,7 +267,7 @@ def dense_part(
     """
     _check_part_args(d, degree, variance, distribution)
     k = 2 * d if num_directions is None else num_directions
-    _check_int("num_directions", k, 1)
+    check_int("num_directions", k, 1)
     return _random_part(key, variance, d, degree, k, False, distribution, dtype)
 
 
@@ -296,7 +298,7 @@ def sparse_part(
         dtype: float dtype of the part's arrays (default: JAX's default float).
     """
     _check_part_args(d, degree, variance, distribution)
-    _check_int("r", r, 1)
+    check_int("r", r, 1)
     if r > d:
         raise ValueError(f"r must satisfy 1 ≤ r ≤ d = {d} (orthonormal directions), got r = {r}")
     return _random_part(key, variance, d, degree, r, True, distribution, dtype)
@@ -356,7 +358,7 @@ def mlp_target(key: Array, d: int, *, dtype=None) -> Target:
     and mean square (m² + 2m)/675 (= 1 at d = 50). "sparse_cubic" = He_3(β·x)/√6 = h_3(β·x),
     variance 1, orthogonal to the first.
     """
-    _check_int("d", d, 1)
+    check_int("d", d, 1)
     beta, _ = _random_ridge(key, d, 1, False, _float_dtype(dtype))
     dtype = beta.dtype
     m = d - d // 2
@@ -436,8 +438,8 @@ def make_task(
     """
     if not isinstance(target, Target):
         raise TypeError(f"target must be a Target, got {type(target).__name__}")
-    _check_int("n", n, 1)
-    _check_int("n_test", n_test, 1)
+    check_int("n", n, 1)
+    check_int("n_test", n_test, 1)
     if distribution is None:
         distribution = target.distribution
     _check_distribution(distribution)
@@ -630,13 +632,13 @@ def _unit_rows(g: Array) -> Array:
 def _check_part_args(d: object, degree: object, variance: object, distribution: object) -> None:
     _check_distribution(distribution)
     _check_dimension(d, distribution)
-    _check_int("degree", degree, 0)
+    check_int("degree", degree, 0)
     _check_real("variance", variance)
 
 
 def _check_dimension(d: object, distribution: str) -> None:
     # The sphere of radius 1 in R^1 is two points: no density for v·x/√d, no Gegenbauer family.
-    _check_int("d", d, 2 if distribution == "sphere" else 1)
+    check_int("d", d, 2 if distribution == "sphere" else 1)
 
 
 def _check_distribution(distribution: object) -> None:
@@ -644,13 +646,6 @@ def _check_distribution(distribution: object) -> None:
         raise ValueError(
             f"unknown distribution {distribution!r}; expected one of {list(DISTRIBUTIONS)}"
         )
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
 
 
 def _check_real(name: str, value: object) -> None:

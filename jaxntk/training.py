@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from jaxntk import network, sharding, spectral
+from jaxntk._checks import check_int
 from jaxntk.objectives import DEFAULT_BULK, Data, Regularizer, VariantObjective, get_variant
 
 Array = jax.Array
@@ -261,9 +262,9 @@ def fit(
     (`jaxntk.sharding.layout`) places the data and the state on a device mesh; the compiled
     program is the same, partitioned by XLA.
     """
-    _check_int("steps", steps, 1)
-    _check_int("eval_every", eval_every, 1)
-    _check_int("evals_per_chunk", evals_per_chunk, 1)
+    check_int("steps", steps, 1)
+    check_int("eval_every", eval_every, 1)
+    check_int("evals_per_chunk", evals_per_chunk, 1)
     seeds = _check_seeds(seeds)
     named = isinstance(optimizer, str)
     if named and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
@@ -537,13 +538,6 @@ def _load_checkpoint(folder: Path, fresh: TrainState, config):
         history = {k[len("history_") :]: z[k] for k in z.files if k.startswith("history_")}
         step = int(z["step"])
     return jax.tree_util.tree_unflatten(treedef, loaded), step, [history]
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be ≥ {low}, got {value}")
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

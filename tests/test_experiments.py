@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxntk import cli
 from jaxntk.experiments import lambda_sweep, variants
@@ -138,3 +139,29 @@ def test_mlp_end_to_end(tmp_path):
     # the network really is the flax MLP with PyTorch's init: every first-layer weight in ±1/√d
     params = mlp.MLP(8).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
     assert float(np.abs(params["Dense_0"]["kernel"]).max()) <= 0.5
+
+
+def test_paper_preset_starts_and_runs_a_few_steps(tmp_path, capsys):
+    """`--preset paper` is the authors' size (d=100, n=1000, m=10 000, 10 000 test points): here
+    it must at least set up, train two steps of the authors' three λ and write its files."""
+    out = tmp_path / "paper"
+    args = ["reproduce", "--preset", "paper", "--only", "lambda-sweep", "--steps", "2"]
+    args += ["--seeds", "1", "--lambdas", "0,1e-3", "--out", str(out)]
+    rc = cli.main(args)
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "lambda-sweep.json").read_text())
+    cfg = doc["config"]
+    assert (cfg["d"], cfg["n"], cfg["m"], cfg["n_test"]) == (100, 1000, 10_000, 10_000)
+    assert cfg["steps"] == 2 and cfg["lambdas"] == [0.0, 1e-3]
+    assert [r["lambda_bulk_mean"] for r in doc["results"]] == [0.0, 1.0]
+    assert all(np.isfinite(r["test_loss"]) for r in doc["results"])
+    assert _png(out / "lambda-sweep.png")
+
+
+def test_reproduce_rejects_bad_lambdas(tmp_path, capsys):
+    for bad in ("0,-1", "a,b", "nan"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["reproduce", "--only", "lambda-sweep", "--lambdas", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--lambdas" in err[0]

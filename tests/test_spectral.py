@@ -249,3 +249,19 @@ def test_spectrum_experiment_writes_json_and_png(tmp_path):
     assert saved["report"]["bulk_start"] == 9
     assert (tmp_path / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(spectrum.PRESETS) == {"cpu", "paper"}
+
+
+def test_project_top_ignores_zero_singular_values():
+    """A zero singular value (k above the rank of J) spans nothing: no division by zero, and the
+    projector equals the one built on the non-zero directions alone."""
+    net, x = _problem(d=10, n=40, m=100, distribution="gaussian")
+    prep = net.prepare(x)
+    dirs = good_directions(net, prep, 5)
+    padded = spectral.GoodDirections(
+        jnp.concatenate([dirs.u_k, jnp.zeros((dirs.n, 1), dirs.u_k.dtype)], axis=1),
+        jnp.concatenate([dirs.s_k, jnp.zeros((1,), dirs.s_k.dtype)]),
+    )
+    u = jax.random.normal(jax.random.PRNGKey(3), net.w0.shape)
+    top = project_top(net, prep, padded, u)
+    assert bool(jnp.all(jnp.isfinite(top)))
+    np.testing.assert_allclose(top, project_top(net, prep, dirs, u), atol=1e-6)

@@ -312,3 +312,17 @@ def test_fit_names_a_bad_hyper(net, task):
     )
     with pytest.raises(ValueError, match="hyper"):
         jn.fit(objective, data, hyper={"bulk": 0.0}, seeds=[0], steps=2, progress=False)
+
+
+@pytest.mark.parametrize("variant", [v for v, row in objectives.VARIANTS.items() if row.uses_terms])
+def test_variants_marked_uses_terms_predict_f0_plus_fl_plus_fq(net, task, variant):
+    """The loss and the evaluation reuse f_L and f_Q for these variants: their `predict` and
+    `train_predict` must be exactly f(W0) + f_L + f_Q."""
+    v = objectives.VARIANTS[variant]
+    prep = net.prepare(task.x_train)
+    u = 0.3 * jax.random.normal(jax.random.PRNGKey(4), net.w0.shape)
+    fl, fq = net.linear_and_quadratic(u, prep)
+    want = net.initial_output(prep) + fl + fq
+    np.testing.assert_allclose(v.predict(net, u, prep), want, rtol=1e-6, atol=1e-6)
+    got = v.train_predict(net, u, prep, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

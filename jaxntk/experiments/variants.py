@@ -32,7 +32,7 @@ class Config:
     n: int = 164
     m: int = 4000
     n_test: int = 4000
-    steps: int = 10_000
+    steps: int = 5000
     lr: float = 1.0
     lambda_bulk: float = 1.6
     eval_every: int = 250
