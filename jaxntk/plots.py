@@ -88,7 +88,8 @@ def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path
 
 def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     """Left: final test loss against n for each variant at the largest d (mean ± std over seeds).
-    Right: n* (smallest n reaching the threshold) against d on log-log axes, with fitted slopes."""
+    Right: n* (where the test loss crosses the threshold, interpolated in log n when the file has
+    it) against d on log-log axes, mean over seeds, with the slopes fitted per seed (mean ± std)."""
     doc = json.loads(Path(json_path).read_text())
     cfg, rows = doc["config"], doc["results"]
     variants, ds = cfg["variants"], cfg["ds"]
@@ -101,12 +102,16 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
         ns = sorted({r["n"] for r in sel})
         vals = np.array([[r["test_loss"] for r in sel if r["n"] == n] for n in ns])
         left.errorbar(ns, vals.mean(1), yerr=vals.std(1), color=c, marker="o", ms=3, label=v)
-        nstar = doc["n_star"][v]
+        which = "_interpolated" if "n_star_interpolated" in doc else ""
+        nstar = doc[f"n_star{which}"][v]
         mean_n = [
             np.mean([x for x in nstar[str(d)].values() if x is not None] or [np.nan]) for d in ds
         ]
-        slope = doc["slopes"][v]["slope_mean"]
-        label = f"{v}: slope {slope:.2f}" if slope is not None else f"{v}: not reached"
+        fit = doc[f"slopes{which}"][v]
+        slope, spread = fit["slope_mean"], fit["slope_std"]
+        label = f"{v}: not reached"
+        if slope is not None:
+            label = f"{v}: slope {slope:.2f} ± {spread:.2f}"
         right.plot(ds, mean_n, color=c, marker="o", label=label)
     left.axhline(cfg["threshold"], color="gray", ls=":", lw=1)
     left.set_xscale("log")

@@ -95,6 +95,20 @@ def test_n_star_and_slopes_from_rows():
     assert sc.n_star(rows, 0.3)["ntk"]["8"]["3"] is None
 
 
+def test_interpolated_n_star_is_the_crossing_in_log_n():
+    from jaxntk.experiments import sample_complexity as sc
+
+    # test loss 0.6 at n = 10 and 0.2 at n = 1000: 0.4 is crossed half-way in log n, at n = 100
+    rows = [
+        {"variant": "ntk", "d": 5, "n": n, "seed": 1, "test_loss": loss}
+        for n, loss in [(1, 0.9), (10, 0.6), (1000, 0.2)]
+    ]
+    assert sc.n_star(rows, 0.4)["ntk"]["5"]["1"] == 1000
+    assert sc.n_star(rows, 0.4, interpolate=True)["ntk"]["5"]["1"] == pytest.approx(100.0)
+    assert sc.n_star(rows, 0.95, interpolate=True)["ntk"]["5"]["1"] == 1  # first point already
+    assert sc.n_star(rows, 0.1, interpolate=True)["ntk"]["5"]["1"] is None
+
+
 def test_sample_complexity_end_to_end(tmp_path):
     from jaxntk.experiments import sample_complexity as sc
 

@@ -83,10 +83,12 @@ def test_random_signs_are_rademacher_per_row():
     assert abs(rows[:, 0].mean()) < 5 / np.sqrt(4000)
 
 
-def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task):
+@pytest.mark.parametrize("batching", ["vmap", "map"])
+def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task, batching):
+    """Both ways of putting the λ × seed grid in one program give the separate runs."""
     reg = jn.Regularizer(bulk=[0.0, 0.5], norm24=[0.0, 1e-3])
     common = dict(steps=60, eval_every=20, progress=False)
-    grid = jn.train(net, task, "regularized", reg=reg, seeds=[3, 5], **common)
+    grid = jn.train(net, task, "regularized", reg=reg, seeds=[3, 5], batching=batching, **common)
     for i, (b, q) in enumerate([(0.0, 0.0), (0.5, 1e-3)]):
         for j, seed in enumerate([3, 5]):
             single = jn.train(
@@ -199,6 +201,7 @@ def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
         (dict(steps=10, reg=jn.Regularizer(bulk=1.0, k=10_000)), "Regularizer.k"),
         (dict(steps=10, lr=-1.0), "lr"),
         (dict(steps=10, init_scale=-0.1), "init_scale"),
+        (dict(steps=10, batching="pmap"), "batching"),
     ],
 )
 def test_bad_hyperparameters_raise(net, task, kwargs, match):
