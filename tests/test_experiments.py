@@ -179,3 +179,35 @@ def test_reproduce_rejects_bad_lambdas(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--lambdas" in err[0]
+
+
+def test_authors_run_table_is_computed_from_the_saved_run(tmp_path, capsys):
+    """docs/authors_run.py turns a one-seed lambda-sweep into the README's table and figure."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "authors_run", Path(__file__).parents[1] / "docs" / "authors_run.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = dataclasses.replace(
+        lambda_sweep.PRESETS["cpu"],
+        d=6,
+        n=20,
+        m=40,
+        n_test=100,
+        steps=1000,
+        eval_every=250,
+        seeds=(1,),
+        lambdas=(0.0, 0.05),
+    )
+    lambda_sweep.run(cfg, tmp_path, progress=False)
+    table = mod.main(tmp_path, figures=tmp_path / "figs")
+    saved = json.loads((tmp_path / "figs" / "authors-run.json").read_text())
+    assert saved["step"][-1] == 1000 and len(saved["test_loss"]) == 2
+    assert _png(tmp_path / "figs" / "authors-run.png")
+    rows = table.strip().splitlines()
+    assert rows[0].startswith("| λ_1 | t=250 | t=1000 |") and len(rows) == 2 + 3 * 2
+    final = float(rows[2].split("|")[-2])
+    assert final == pytest.approx(saved["test_loss"][0][-1], abs=5e-4)
