@@ -1,6 +1,6 @@
 """The baseline: one f_L + f_Q + bulk-penalty GD step written the way the authors' code works.
 
-PAPER.md §7: their notebooks build the Taylor model with neural-tangents on the flattened
+docs/science.md §7: their notebooks build the Taylor model with neural-tangents on the flattened
 parameters θ (m·d), so every call re-derives it by nested jvp from f(θ0 + ·, x):
 
     f_L(x; u) = ∂_t f(θ0 + t u, x)|₀,    f_Q(x; u) = ½ ∂²_t f(θ0 + t u, x)|₀,

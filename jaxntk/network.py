@@ -6,7 +6,7 @@ Symmetric initialization (Nichani, Bai & Lee 2022; Bai & Lee 2020): m/2 unit row
 uniformly on the sphere are used twice, w0_r = w0_{r+m/2}, with a_r = +1/√m on the first half and
 −1/√m on the second, so f(x; W0) = 0 exactly for every x.
 
-Closed-form Taylor terms around W0 in the direction U (PAPER.md §3):
+Closed-form Taylor terms around W0 in the direction U (docs/science.md §3):
 
     f_L(x; U) = Σ_r a_r σ'(w0_r · x) (u_r · x)
     f_Q(x; U) = ½ Σ_r a_r σ''(w0_r · x) (u_r · x)²
@@ -191,7 +191,7 @@ class TwoLayer:
         activation: str = "shifted_sigmoid",
         dtype: jnp.dtype | None = None,
     ) -> TwoLayer:
-        """Symmetric initialization (PAPER.md §2): f(x; W0) = 0 for every x, exactly."""
+        """Symmetric initialization (docs/science.md §2): f(x; W0) = 0 for every x, exactly."""
         return init(key, d, m, activation=activation, dtype=dtype)
 
     @property
@@ -292,7 +292,7 @@ def init(
     activation: str = "shifted_sigmoid",
     dtype: jnp.dtype | None = None,
 ) -> TwoLayer:
-    """Symmetric initialization of the two-layer network (PAPER.md §2).
+    """Symmetric initialization of the two-layer network (docs/science.md §2).
 
     Rows g_r ~ N(0, I_d) normalised to unit length, r = 1..m/2, each used twice; a_r = ±1/√m.
 

@@ -1,4 +1,4 @@
-"""The variants as data, the regularizers and the training objective (PAPER.md §5).
+"""The variants as data, the regularizers and the training objective (docs/science.md §5).
 
 A *model* is any pytree with the methods `prepare(x)`, `zeros()`, `initial_output(prep)`,
 `full(u, prep)`, `linear_term(u, prep)`, `quadratic_term(u, prep)` and `linear_and_quadratic(u,
@@ -22,7 +22,7 @@ Objective, with per-sample means (the scale convention of this library):
     R_pop(U)  = E_x f_L(x; P_⊥ U)²                        on fresh samples every step
     R_24(U)   = (Σ_r ‖u_r‖⁴)² = ‖U‖_{2,4}^8               rows u_r along each leaf's first axis
 
-The authors' figure weighs R_bulk summed over the training points (PAPER.md §7): their λ_1 is
+The authors' figure weighs R_bulk summed over the training points (docs/science.md §7): their λ_1 is
 λ_b / n here; `Regularizer.from_sum_scale` converts.
 """
 
@@ -60,7 +60,7 @@ class Variant:
     """One row of the variants table: how a model predicts while training and when evaluated.
 
     Attributes:
-        name: the name in PAPER.md §5.
+        name: the name in docs/science.md §5.
         train_predict: (model, u, prep, key) -> (n,) prediction inside the training loss.
         predict: (model, u, prep) -> (n,) deterministic prediction for train/test losses.
         quadratic: whether the prediction uses f_Q (needs σ'' ≠ 0).
@@ -141,7 +141,7 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
-"""The six variants of PAPER.md §5, by name."""
+"""The six variants of docs/science.md §5, by name."""
 
 
 def get_variant(name: str) -> Variant:

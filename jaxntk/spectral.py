@@ -1,9 +1,9 @@
 """The NTK feature subspace: Gram spectrum, top-k singular vectors, good-direction projectors.
 
 The feature matrix J ∈ R^{n×P} (P parameters; P = m·d for the two-layer network) has rows
-φ(x_i) = ∇_θ f(x_i; θ0); its Gram matrix is the empirical NTK K = J Jᵀ (PAPER.md §4). With the thin
-SVD J = U S Vᵀ, the good directions (PAPER.md §5) are the complement of the top-k right singular
-vectors, and V_k = Jᵀ U_k S_k⁻¹ is kept in factored form:
+φ(x_i) = ∇_θ f(x_i; θ0); its Gram matrix is the empirical NTK K = J Jᵀ (docs/science.md §4).
+With the thin SVD J = U S Vᵀ, the good directions (docs/science.md §5) are the complement of the
+top-k right singular vectors, and V_k = Jᵀ U_k S_k⁻¹ is kept in factored form:
 
     P_top U = V_k V_kᵀ U = Jᵀ U_k S_k⁻² U_kᵀ (J U),        P_⊥ U = U − P_top U,
     bulk residual = (I − U_k U_kᵀ) f_L(X; U) = J P_⊥ U,    R_bulk = mean(bulk residual²).
@@ -73,7 +73,7 @@ _NTK_METHODS = ("jacobian", "products")
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GoodDirections:
-    """The top-k singular pairs of the feature matrix J on the training inputs (PAPER.md §5).
+    """The top-k singular pairs of the feature matrix J on the training inputs (docs/science.md §5).
 
     J = U S Vᵀ; the right vectors V_k = Jᵀ U_k S_k⁻¹ are implicit (see `right_singular_vectors`).
     The good directions are the complement of span(V_k). A pytree: pass it to `jit` as an argument.
@@ -233,7 +233,8 @@ def good_directions(
 def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
     """(I − U_k U_kᵀ) f: the part of the training output outside the top-k directions, (n,).
 
-    For f = f_L(X_train; U) this is J P_⊥ U, and R_bulk(U) = mean(bulk_residual²) (PAPER.md §5).
+    For f = f_L(X_train; U) this is J P_⊥ U, and R_bulk(U) = mean(bulk_residual²)
+    (docs/science.md §5).
     """
     if f_train.shape != (dirs.n,):
         raise ValueError(
@@ -263,7 +264,8 @@ def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTre
 def project_good(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTree:
     """P_⊥ U = U − V_k V_kᵀ U: U with its component along the top-k right singular vectors removed.
 
-    R_pop(U) = E_x f_L(x; P_⊥ U)² evaluates `linear_term` of this on fresh inputs (PAPER.md §5).
+    R_pop(U) = E_x f_L(x; P_⊥ U)² evaluates `linear_term` of this on fresh inputs
+    (docs/science.md §5).
     """
     return jax.tree_util.tree_map(jnp.subtract, u, project_top(model, prep, dirs, u))
 

@@ -1,4 +1,4 @@
-"""Input distributions, orthonormal polynomials and target functions (PAPER.md §1, §6, §7).
+"""Input distributions, orthonormal polynomials and target functions (docs/science.md §1, §6, §7).
 
 Inputs x ∈ R^d are drawn from N(0, I_d) ("gaussian", the authors' experiments) or uniformly on the
 sphere of radius √d ("sphere", the theory). Each distribution has its family of orthonormal
@@ -19,10 +19,11 @@ coefficients,
 
     E[f²] = (E f)² + cᵀ G c,   G_jl = ρ_jl^k or P_k(ρ_jl),   E f = b (+ Σ_j c_j when k = 0).
 
-"Variance" of a part means, as in PAPER.md §6, this mean square E[f_i²]: the test loss left when
-exactly that part is not learned. Every part built here has mean 0 when its degree is ≥ 1, so the
-two coincide, except the first part of `mlp_target`, which is taken literally and is not centred.
-Parts of different degree are orthogonal, so the variances of a target's parts add up to E[y²].
+"Variance" of a part means, as in docs/science.md §6, this mean square E[f_i²]: the test loss left
+when exactly that part is not learned. Every part built here has mean 0 when its degree is ≥ 1, so
+the two coincide, except the first part of `mlp_target`, which is taken literally and is not
+centred. Parts of different degree are orthogonal, so the variances of a target's parts add up
+to E[y²].
 """
 
 from __future__ import annotations
@@ -331,7 +332,8 @@ def make_target(parts: Mapping[str, TargetPart]) -> Target:
 
 
 def paper_target(key: Array, d: int, distribution: str = "gaussian", *, dtype=None) -> Target:
-    """The authors' target f*(x) = ((β·x)² − 1 + β·x)/√3, β a random unit vector (PAPER.md §7).
+    """The authors' target f*(x) = ((β·x)² − 1 + β·x)/√3, β a random unit vector
+    (docs/science.md §7).
 
     Two parts: "linear" = h_1(β·x)/√3 (variance 1/3) and "quadratic" = √(2/3) h_2(β·x) =
     ((β·x)² − 1)/√3 (variance 2/3). On the sphere the same variances with q_1(β·x/√d) = β·x and
@@ -480,7 +482,8 @@ def paper_task(
     dtype=None,
 ) -> Task:
     """The authors' task: `paper_target` (β from one subkey of `key`) with n train and n_test test
-    points (from another). The paper's size is d = 100, n = 1000, n_test = 10 000 (PAPER.md §7)."""
+    points (from another). The paper's size is d = 100, n = 1000, n_test = 10 000
+    (docs/science.md §7)."""
     key_target, key_data = jax.random.split(key)
     target = paper_target(key_target, d, distribution, dtype=dtype)
     return make_task(key_data, target, n=n, n_test=n_test)

@@ -8,8 +8,9 @@ Along a direction δ (a pytree shaped like params0), with g(t) = f(params0 + t �
 
 The jvp of p ↦ jvp(f, p, δ) in the direction δ returns (f(params0), f_L) as its primal output and
 (f_L, 2 f_Q) as its tangent, so one nested jvp gives f0, f_L and f_Q together. For the paper's
-two-layer network these are PAPER.md §3's closed forms (`jaxntk.TwoLayer`, the fast path and the
-oracle of the tests): f_L = Σ_r a_r σ'(w0_r·x)(u_r·x), f_Q = ½ Σ_r a_r σ''(w0_r·x)(u_r·x)².
+two-layer network these are the closed forms of docs/science.md §3 (`jaxntk.TwoLayer`, the fast
+path and the oracle of the tests): f_L = Σ_r a_r σ'(w0_r·x)(u_r·x) and
+f_Q = ½ Σ_r a_r σ''(w0_r·x)(u_r·x)².
 
 `linearize` and `taylor` return f(params0) + f_L(params − params0) [+ f_Q(params − params0)]
 with the signature of `apply_fn`, as neural-tangents' `linearize` and `taylor_expand` do.

@@ -1,4 +1,4 @@
-"""Experiment `lambda-sweep`: the authors' figure (PAPER.md §7).
+"""Experiment `lambda-sweep`: the authors' figure (docs/science.md §7).
 
 NTK+QuadNTK, f_L + f_Q, trained by plain GD from U = 0 on ((β·x)² − 1 + β·x)/√3 with the bulk
 penalty swept over λ_1 ∈ {0, 1e-5, …, 1e-1}. λ_1 weighs the bulk output summed over the training

@@ -1,4 +1,5 @@
-"""Experiment `mlp`: the authors' second experiment (PAPER.md §7), a standard network in full.
+"""Experiment `mlp`: the authors' second experiment (docs/science.md §7), a standard network
+trained in full.
 
 A two-layer ReLU MLP with biases (flax linen, PyTorch-style init: weights and biases uniform in
 ±1/√fan_in), trained by plain GD on f*(x) = xᵀAx/√675 + He_3(β·x)/√6 with A = diag(1{i > d/2})

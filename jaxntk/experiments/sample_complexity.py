@@ -1,4 +1,4 @@
-"""Experiment `sample-complexity`: how many samples each variant needs (PAPER.md §6).
+"""Experiment `sample-complexity`: how many samples each variant needs (docs/science.md §6).
 
 On the paper's target ((β·x)² − 1 + β·x)/√3, for each input dimension d and each n on a geometric
 grid n = d^p, train the variants and record the final test loss. The NTK needs n ≳ d² to learn the

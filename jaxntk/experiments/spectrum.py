@@ -1,6 +1,6 @@
 """Experiment `spectrum`: the eigenvalues of the empirical NTK Gram matrix K/n and its blocks.
 
-With n ≈ d^1.5 inputs on the sphere and the default activation, theory (PAPER.md §4,
+With n ≈ d^1.5 inputs on the sphere and the default activation, theory (docs/science.md §4,
 `jaxntk.spectral.predict_degree_blocks`) predicts d eigenvalues on top (degree 1), then one
 (degree 0), then a flat bulk at the self-induced ridge γ. This experiment measures the spectrum of
 K/n at symmetric initialization, lays the predicted blocks over it and reports where they sit

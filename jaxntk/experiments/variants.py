@@ -1,4 +1,5 @@
-"""Experiment `variants`: the six variants of PAPER.md §5 on the paper's target, same data, 3 seeds.
+"""Experiment `variants`: the six variants of docs/science.md §5 on the paper's target, same
+data, 3 seeds.
 
 Target f*(x) = ((β·x)² − 1 + β·x)/√3: a linear part of variance 1/3 and a rank-one quadratic part of
 variance 2/3. With n ≪ d² the NTK cannot learn the quadratic part (test loss ≈ 2/3); the paper's
@@ -48,7 +49,8 @@ PRESETS = {
         d=100, n=1000, m=10_000, n_test=10_000, steps=20_000, lambda_bulk=1.0, eval_every=500
     ),
 }
-"""cpu: d = 30, n = 164 ≈ d^1.5, m = 4000 (PAPER.md §7's small probe); paper: the authors' size."""
+"""cpu: d = 30, n = 164 ≈ d^1.5, m = 4000, T = 5000 (docs/science.md §7's small probe, shorter);
+paper: the authors' size."""
 
 
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
