@@ -121,7 +121,7 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("d")
-    right.set_ylabel(f"n* (test loss ≤ {cfg['threshold']})")
+    right.set_ylabel(f"n* (test loss ≤ {cfg['threshold']:.3g})")
     right.legend(fontsize=7)
     fig.savefig(png_path, dpi=120)
     return Path(png_path)

@@ -123,12 +123,15 @@ def test_sample_complexity_end_to_end(tmp_path):
         seeds=(1,),
         variants=("ntk",),
         threshold=2.0,
+        other_thresholds=(3.0,),
     )
     sc.run(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "sample-complexity.json").read_text())
     assert len(saved["results"]) == 4
     assert saved["n_star"]["ntk"] == {"4": {"1": 4}, "6": {"1": 6}}  # threshold 2: smallest n
     assert abs(saved["slopes"]["ntk"]["slope_mean"] - 1.0) < 1e-9
+    assert list(saved["slopes_by_threshold"]) == ["3", "2"]
+    assert saved["slopes_by_threshold"]["2"] == saved["slopes_interpolated"]
     assert _png(tmp_path / "sample-complexity.png")
 
 
