@@ -16,7 +16,10 @@ Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md
    (its compile events), with the other programs' compile time and first-minus-second call time.
 5. subspace/<method>: `subspace.py`'s subprocess runs (time, peak RSS above a baseline process).
 6. scaling/<axis>: seconds per step of ntk+quadntk over a decade of n, m and d; log-log slopes.
-7. sweep: 6 λ × 3 seeds of "regularized" in one vmapped `train` versus 18 separate calls.
+7. sweep: 6 λ × 3 seeds of "regularized" in one `train` program (its `batching`, "map" on CPU)
+   versus 18 separate calls.
+8. batching/vmap, batching/map: 3 λ of "regularized" in one program, the settings batched as
+   arrays (vmap) or run one after another inside it (lax.map), seconds per step.
 
     python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--no-write]
 """
@@ -88,8 +91,8 @@ PRESETS = {
         matmul=128,
         sizes=[(6, 20, 40)],
         t1=4,
-        t2=12,
-        repeats=1,
+        t2=200,
+        repeats=2,
         baseline_steps=4,
         variants=("regularized",),
         compile_n=(20,),
@@ -118,6 +121,7 @@ def run(preset: str = "full") -> dict:
     rows += _subspace_rows(cfg["subspace"], cfg.get("subspace_methods", subspace.METHODS))
     rows += _scaling_rows(cfg, peak)
     rows += _sweep_rows(cfg)
+    rows += _batching_rows(cfg, peak)
     return {"preset": preset, "machine": machine(), "versions": versions(), "rows": rows}
 
 
@@ -184,7 +188,8 @@ def _row(name, config, *, per_step=None, seconds=None, flops=None, peak=None, me
     else:
         row["seconds"] = seconds
         elapsed = seconds
-    gflops = None if flops is None else flops / elapsed / 1e9
+    # elapsed ≤ 0: the timing noise exceeded the work (tiny sizes on a busy machine); no rate
+    gflops = None if flops is None or elapsed <= 0 else flops / elapsed / 1e9
     row["gflops"] = gflops
     row["fraction_of_matmul_peak"] = None if gflops is None or peak is None else gflops / peak
     row["peak_memory_mb"] = _device_peak_mb() if memory is None else memory
@@ -347,19 +352,24 @@ def _scaling_rows(cfg, peak) -> list[dict]:
             times.append(per_step)
             flops = 4 * size["n"] * size["m"] * size["d"]
             rows.append(_row(f"scaling/{axis}", size, per_step=per_step, flops=flops, peak=peak))
-        slope = float(np.polyfit(np.log(values), np.log(times), 1)[0])
+        # a non-positive time (timing noise larger than the work, at tiny sizes) has no log
+        ok = min(times) > 0
+        slope = float(np.polyfit(np.log(values), np.log(times), 1)[0]) if ok else None
         for r in rows[-len(values) :]:
-            r["config"]["loglog_slope"] = round(slope, 3)
+            r["config"]["loglog_slope"] = None if slope is None else round(slope, 3)
     return rows
 
 
 def _sweep_rows(cfg) -> list[dict]:
+    from jaxntk import training
+
     d, n, m = cfg["sizes"][0]
     lambdas, seeds = cfg.get("sweep", (LAMBDAS, SWEEP_SEEDS))
     task, net = _setup(d, n, m)
     kw = dict(steps=cfg["sweep_steps"], eval_every=cfg["sweep_steps"], progress=False)
     conf = {"d": d, "n": n, "m": m, "lambdas": len(lambdas), "seeds": len(seeds)}
     conf["steps"] = cfg["sweep_steps"]
+    conf["batching"] = training._batching_mode("auto")
 
     t0 = time.perf_counter()
     reg = jn.Regularizer(bulk=list(lambdas))
@@ -383,6 +393,30 @@ def _sweep_rows(cfg) -> list[dict]:
         ),
         _row("sweep/separate", {**conf, "programs": len(lambdas) * len(seeds)}, seconds=separate),
     ]
+
+
+def _batching_rows(cfg, peak) -> list[dict]:
+    """Seconds per step of 3 λ of "regularized" in one program, batched by vmap and by lax.map."""
+    d, n, m = cfg["sizes"][0]
+    task, net = _setup(d, n, m)
+    reg = jn.Regularizer(bulk=[0.0, 1.0, 10.0])
+    rows = []
+    for mode in ("vmap", "map"):
+        per_step = step_time.seconds_per_step(
+            net,
+            task,
+            "regularized",
+            t1=cfg["t1"],
+            t2=cfg["t2"],
+            repeats=cfg["repeats"],
+            reg=reg,
+            batching=mode,
+        )
+        conf = {"d": d, "n": n, "m": m, "settings": 3, "flops_per_step": "3·4nmd"}
+        rows.append(
+            _row(f"batching/{mode}", conf, per_step=per_step, flops=3 * 4 * n * m * d, peak=peak)
+        )
+    return rows
 
 
 def _device_peak_mb() -> float | None:
