@@ -76,7 +76,7 @@ def worker(method: str, d: int, n: int, m: int, repeats: int, batch_size: int, s
         "method": method,
         "first_s": times[0] if times else None,
         "times_s": times[1:],
-        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "maxrss_mib": _peak_rss_mib(),
     }
     if method == "matrix_free":
         result["iterations"] = int(out[2].iterations)
@@ -93,6 +93,20 @@ def array_mib(method: str, d: int, n: int, m: int, batch_size: int) -> float:
         "matrix_free": 2 * n * m + 3 * n * width + min(batch_size, width) * (m * d + n * d),
     }[method]
     return 4 * floats / 2**20
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM (Linux) belongs to the process's own address
+    space; ru_maxrss also keeps the high-water mark of a parent it was forked from, so a worker
+    started by a large process (bench.py after its paper-size rows) would report the parent's."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_method(method: str, size: tuple[int, int, int], args, tmp: Path) -> dict:

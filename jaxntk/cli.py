@@ -217,7 +217,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         )
     out = _writable_dir(args.out)
     t0 = time.perf_counter()
-    docs = {}
+    docs, seconds = {}, {}
     for name in names:
         module = exps[name]
         config = module.PRESETS[args.preset]
@@ -235,17 +235,28 @@ def _reproduce(args: argparse.Namespace) -> int:
         if args.checkpoint is not None and name == "lambda-sweep":
             kwargs["checkpoint"] = args.checkpoint
         print(f"== {name} ({args.preset} preset) -> {out}", flush=True)
+        t_exp = time.perf_counter()
         try:
             docs[name] = module.run(config, out, **kwargs)
         except ValueError as err:
             raise CLIError(f"{name}: {err}") from None
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s; results in {out}")
+        seconds[name] = time.perf_counter() - t_exp
+        print(f"== {name} done in {seconds[name]:.0f} s", flush=True)
+    took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s ({took}); results in {out}")
     if "variants" in docs:
         print("\nvariant        test loss (mean ± std over seeds)   train loss")
         for v, row in docs["variants"]["summary"].items():
             print(
                 f"{v:<14} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
                 f"                  {row['train_loss_mean']:.3f}"
+            )
+    if "lambda-sweep" in docs:
+        print("\nλ_1 (sum scale)  test loss (mean ± std over seeds)   final n·R_bulk")
+        for lam, row in docs["lambda-sweep"]["summary"].items():
+            print(
+                f"{lam:<16} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
+                f"                  {row['bulk_sum_mean']:.3g}"
             )
     return 0
 
