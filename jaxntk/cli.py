@@ -245,20 +245,23 @@ def _reproduce(args: argparse.Namespace) -> int:
     took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     print(f"\ndone in {time.perf_counter() - t0:.0f} s ({took}); results in {out}")
     if "variants" in docs:
-        print("\nvariant        test loss (mean ± std over seeds)   train loss")
-        for v, row in docs["variants"]["summary"].items():
-            print(
-                f"{v:<14} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
-                f"                  {row['train_loss_mean']:.3f}"
-            )
+        _print_summary(
+            docs["variants"]["summary"], "variant", "train loss", "train_loss_mean", ".3f"
+        )
     if "lambda-sweep" in docs:
-        print("\nλ_1 (sum scale)  test loss (mean ± std over seeds)   final n·R_bulk")
-        for lam, row in docs["lambda-sweep"]["summary"].items():
-            print(
-                f"{lam:<16} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
-                f"                  {row['bulk_sum_mean']:.3g}"
-            )
+        summary = docs["lambda-sweep"]["summary"]
+        _print_summary(summary, "λ_1 (sum scale)", "final n·R_bulk", "bulk_sum_mean", ".3g")
     return 0
+
+
+def _print_summary(summary: dict, first: str, last: str, last_key: str, last_fmt: str) -> None:
+    """A plain table: a row per key of `summary`, its test loss (mean ± std) and one more field."""
+    print(f"\n{first:<16} test loss (mean ± std over seeds)   {last}")
+    for name, row in summary.items():
+        print(
+            f"{name:<16} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}"
+            f"                  {format(row[last_key], last_fmt)}"
+        )
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -33,18 +33,14 @@ def test_variants_end_to_end(tmp_path):
         assert z["ntk/1/test_loss"].shape == (3,)
 
 
+def _tiny_sweep(**kw):
+    """The λ sweep on a tiny problem with λ_1 ∈ {0, 0.05}; `kw` sets steps, eval_every, seeds."""
+    tiny = dict(d=6, n=20, m=40, n_test=100, lambdas=(0.0, 0.05))
+    return dataclasses.replace(lambda_sweep.PRESETS["cpu"], **tiny, **kw)
+
+
 def test_lambda_sweep_end_to_end(tmp_path):
-    cfg = dataclasses.replace(
-        lambda_sweep.PRESETS["cpu"],
-        d=6,
-        n=20,
-        m=40,
-        n_test=100,
-        steps=40,
-        eval_every=20,
-        seeds=(1, 2),
-        lambdas=(0.0, 0.05),
-    )
+    cfg = _tiny_sweep(steps=40, eval_every=20, seeds=(1, 2))
     lambda_sweep.run(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "lambda-sweep.json").read_text())
     assert len(saved["results"]) == 2 * 2
@@ -194,17 +190,7 @@ def test_authors_run_table_is_computed_from_the_saved_run(tmp_path, capsys):
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    cfg = dataclasses.replace(
-        lambda_sweep.PRESETS["cpu"],
-        d=6,
-        n=20,
-        m=40,
-        n_test=100,
-        steps=1000,
-        eval_every=250,
-        seeds=(1,),
-        lambdas=(0.0, 0.05),
-    )
+    cfg = _tiny_sweep(steps=1000, eval_every=250, seeds=(1,))
     lambda_sweep.run(cfg, tmp_path, progress=False)
     table = mod.main(tmp_path, figures=tmp_path / "figs")
     saved = json.loads((tmp_path / "figs" / "authors-run.json").read_text())
