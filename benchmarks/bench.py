@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import baseline
 import step_time
 import subspace
+from _machine import cpu_name
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 LAMBDAS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
@@ -126,14 +127,8 @@ def run(preset: str = "full") -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
-        cpu = names[0].split(":", 1)[1].strip()
-    except (OSError, IndexError):
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "backend": jax.default_backend(),

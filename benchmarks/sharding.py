@@ -30,6 +30,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from _machine import cpu_name
 
 import jaxntk as jn
 from jaxntk import sharding
@@ -112,11 +113,7 @@ def _m_dependent_bytes(net, task, devices: int) -> int:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_name()
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("jax", "jaxlib", "numpy"))
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (

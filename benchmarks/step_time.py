@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from _machine import cpu_name
 
 import jaxntk as jn
 
@@ -76,7 +76,7 @@ def main() -> None:
         f"\n## Step time per variant (`benchmarks/step_time.py`), {time.strftime('%Y-%m-%d')}\n\n"
         f"d={args.d}, n={args.n}, m={args.m}, float32, {args.seeds} vmapped seed(s), plain GD, "
         f"min over {args.repeats} repeats of (T={args.t2}) − (T={args.t1}) steps.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
         f"{jax.devices()[0].platform}; jax {jax.__version__}, load average "
         f"{os.getloadavg()[0]:.1f} at the end.\n\n| variant | ms / step |\n|---|---|\n"
     )

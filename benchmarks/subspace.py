@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_name
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 METHODS = ("dense", "gram", "matrix_free")
 SIZES = {"issue": (50, 354, 4000), "paper": (100, 1000, 10_000)}
@@ -138,12 +140,7 @@ def machine() -> str:
     import jaxlib
     import numpy as np
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
-        cpu = names[0].split(":", 1)[1].strip()
-    except (OSError, IndexError):
-        pass
+    cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{cpu}, {os.cpu_count()} cores visible, {mem:.0f} GiB RAM, {platform.system()}; "

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from _machine import cpu_name
 
 import jaxntk as jn
 
@@ -163,12 +164,7 @@ def best_times(runs, repeats):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = ", ".join(
         f"{name} {metadata.version(name)}" for name in ("jax", "jaxlib", "flax", "numpy")
     )
