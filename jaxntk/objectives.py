@@ -326,11 +326,11 @@ class VariantObjective:
         v = VARIANTS[self.variant]
         model = data.model
         k_pred, k_pop = jax.random.split(key)
-        f_linear = None
-        if v.uses_terms and self.use_bulk:  # R_bulk needs f_L(X; U): compute it once
+        if v.uses_terms:  # keep f_L(X; U): R_bulk reuses it
             f_linear, f_quad = model.linear_and_quadratic(u, data.prep_train)
             pred = model.initial_output(data.prep_train) + f_linear + f_quad
         else:
+            f_linear = None
             pred = v.train_predict(model, u, data.prep_train, k_pred)
         mse = jnp.mean((data.y_train - pred) ** 2)
         regs = self._regularizers(u, data, k_pop, f_linear)
