@@ -215,6 +215,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--only: unknown experiment(s) {unknown or names}; choose from {list(exps)}"
         )
+    for flag, value in (("--lambdas", args.lambdas), ("--checkpoint", args.checkpoint)):
+        if value is not None and "lambda-sweep" not in names:
+            raise CLIError(f"{flag} applies to the lambda-sweep experiment, not to {names}")
     out = _writable_dir(args.out)
     t0 = time.perf_counter()
     docs, seconds = {}, {}
@@ -228,7 +231,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             overrides["seed"] = args.seeds[0]
         if args.steps is not None and hasattr(config, "steps"):
             overrides["steps"] = args.steps
-        if args.lambdas is not None and hasattr(config, "lambdas"):
+        if args.lambdas is not None and name == "lambda-sweep":
             overrides["lambdas"] = tuple(args.lambdas)
         config = dataclasses.replace(config, **overrides)
         kwargs = {}

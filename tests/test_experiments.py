@@ -200,3 +200,13 @@ def test_authors_run_table_is_computed_from_the_saved_run(tmp_path, capsys):
     assert rows[0].startswith("| λ_1 | t=250 | t=1000 |") and len(rows) == 2 + 3 * 2
     final = float(rows[2].split("|")[-2])
     assert final == pytest.approx(saved["test_loss"][0][-1], abs=5e-4)
+
+
+def test_sweep_only_flags_without_the_sweep_fail_before_any_work(tmp_path, capsys):
+    for flag, value in (("--lambdas", "0,1e-3"), ("--checkpoint", str(tmp_path / "ck"))):
+        out = tmp_path / "r"
+        rc = cli.main(["reproduce", "--only", "variants", flag, value, "--out", str(out)])
+        assert rc == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and "lambda-sweep" in err[0]
+        assert not out.exists()
