@@ -32,7 +32,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `jaxntk` command on `argv` (default: sys.argv[1:]); returns the exit status."""
+    """Run the `jaxntk` command on `argv`, as the `jaxntk` executable does.
+
+    Args:
+        argv: the arguments after `jaxntk` (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 on success, 1 when a verb stops with a reason (printed as one line
+        on stderr), 2 when no verb is given (the help is printed). Bad arguments exit with
+        status 2 through `SystemExit`, as argparse does, after one line on stderr.
+
+    Example:
+        >>> import tempfile
+        >>> from jaxntk.cli import main
+        >>> out = tempfile.mkdtemp()
+        >>> main(["train", "--variant", "ntk", "--d", "5", "--n", "10", "--m", "8",
+        ...       "--steps", "5", "--quiet", "--out", out])  # doctest: +ELLIPSIS
+        ntk: train ... test ... -> ...
+        0
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

@@ -18,7 +18,15 @@ __all__ = ["lambda_sweep_figure", "mlp_figure", "sample_complexity_figure", "var
 
 def variants_chart(json_path: Path, png_path: Path) -> Path:
     """Bar chart of the final test loss of each variant (mean ± std over seeds), with the variance
-    of the target's quadratic part marked: the loss of a model that learns only the linear part."""
+    of the target's quadratic part marked: the loss of a model that learns only the linear part.
+
+    Args:
+        json_path: the experiment's JSON file, as `jaxntk reproduce` writes it (variants.json).
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
     doc = json.loads(Path(json_path).read_text())
     summary = doc["summary"]
     names = list(summary)
@@ -47,7 +55,16 @@ def variants_chart(json_path: Path, png_path: Path) -> Path:
 
 def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path:
     """The authors' three panels against log_d t: n·R_bulk (the bulk output summed over the
-    training points), training loss and test loss; mean ± std over seeds, one line per λ_1."""
+    training points), training loss and test loss; mean ± std over seeds, one line per λ_1.
+
+    Args:
+        json_path: the experiment's JSON file, as `jaxntk reproduce` writes it (lambda_sweep.json).
+        npz_path: the run's curves, lambda_sweep.npz beside it.
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
     doc = json.loads(Path(json_path).read_text())
     cfg = doc["config"]
     d, n = cfg["d"], cfg["n"]
@@ -89,7 +106,15 @@ def lambda_sweep_figure(json_path: Path, npz_path: Path, png_path: Path) -> Path
 def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     """Left: final test loss against n for each variant at the largest d (mean ± std over seeds).
     Right: n* (where the test loss crosses the threshold, interpolated in log n when the file has
-    it) against d on log-log axes, mean over seeds, with the slopes fitted per seed (mean ± std)."""
+    it) against d on log-log axes, mean over seeds, with the slopes fitted per seed (mean ± std).
+
+    Args:
+        json_path: the experiment's JSON file, as `jaxntk reproduce` writes it (sample_complexity.json).
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
     doc = json.loads(Path(json_path).read_text())
     cfg, rows = doc["config"], doc["results"]
     variants, ds = cfg["variants"], cfg["ds"]
@@ -129,7 +154,15 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
 
 def mlp_figure(json_path: Path, png_path: Path) -> Path:
     """n*(d), the smallest n reaching the test-loss threshold, against d (log-log), beside the
-    reference lines n = 6d² and n = d³ (the authors' plot)."""
+    reference lines n = 6d² and n = d³ (the authors' plot).
+
+    Args:
+        json_path: the experiment's JSON file, as `jaxntk reproduce` writes it (mlp.json).
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
     doc = json.loads(Path(json_path).read_text())
     cfg = doc["config"]
     ds = np.array(cfg["ds"], dtype=float)

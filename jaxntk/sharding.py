@@ -23,9 +23,19 @@ halves split the devices in two groups; each half-sum is reduced within its grou
 they still cancel exactly, provided no shard straddles the halves: the number of neuron shards D
 must divide m and be even (or 1).
 
-Example:
-    >>> mesh = device_mesh(8)                  # 8 devices, all on the neurons axis
-    >>> run = jaxntk.train(net, task, "ntk", steps=100, devices=mesh)   # or devices=8
+Example (on one device here; with N devices `devices=N` or `device_mesh(N, samples=s)` splits
+the run, and the result is the same):
+    >>> import jax
+    >>> import jaxntk as jn
+    >>> mesh = jn.sharding.device_mesh(1)       # (samples, neurons) = (1, every device)
+    >>> dict(mesh.shape)
+    {'samples': 1, 'neurons': 1}
+    >>> key = jax.random.PRNGKey(0)
+    >>> task = jn.paper_task(key, d=6, n=16, n_test=32)
+    >>> net = jn.TwoLayer.init(key, d=6, m=16)
+    >>> run = jn.train(net, task, "ntk", steps=10, eval_every=10, devices=mesh, progress=False)
+    >>> run.history["test_loss"].shape
+    (1, 1, 2)
 """
 
 from __future__ import annotations
@@ -87,6 +97,14 @@ def device_mesh(devices: int | Sequence[jax.Device] | None = None, *, samples: i
         devices: None (every device of the default backend, `jax.devices()`, all hosts), a count N
             (the first N of them) or a sequence of devices.
         samples: shards of the training and test points; the remaining factor shards the neurons.
+
+    Returns:
+        A `jax.sharding.Mesh` with axes ("samples", "neurons") of shape
+        (samples, len(devices) / samples).
+
+    Raises:
+        ValueError: if the count exceeds the available devices, a device is listed twice, or
+            `samples` does not divide the number of devices.
     """
     available = jax.devices()
     if devices is None:
@@ -137,10 +155,12 @@ class Layout:
 
     @property
     def neuron_shards(self) -> int:
+        """Devices along the "neurons" axis (blocks of m / neuron_shards neurons)."""
         return self.mesh.shape[NEURONS]
 
     @property
     def sample_shards(self) -> int:
+        """Devices along the "samples" axis (blocks of the training and test points)."""
         return self.mesh.shape[SAMPLES]
 
     def model(self, net: TwoLayer) -> TwoLayer:
@@ -233,6 +253,9 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
         devices: None (all available devices, neurons axis only), a count N, a sequence of
             devices, or a mesh from `device_mesh` (to shard the samples too).
 
+    Returns:
+        The `Layout` that places the run's arrays, or None when the run uses one device.
+
     Raises:
         ValueError: `devices` is not available or not understood, or the neuron shards do not
             split m into whole, half-aligned blocks.
@@ -267,7 +290,20 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
 
 
 def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
-    """Bytes that the arrays of `tree` occupy on each device (from their addressable shards)."""
+    """Bytes that the arrays of `tree` occupy on each device (from their addressable shards).
+
+    Args:
+        tree: a pytree of `jax.Array`.
+
+    Returns:
+        device -> bytes, summed over the leaves' shards on that device.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.sharding import bytes_per_device
+        >>> list(bytes_per_device({"u": jnp.zeros((4, 8))}).values())   # 32 float32 values
+        [128]
+    """
     total: dict[jax.Device, int] = {}
     for leaf in jax.tree_util.tree_leaves(tree):
         for shard in leaf.addressable_shards:

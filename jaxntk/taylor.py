@@ -65,10 +65,13 @@ def linear_term(apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree,
         f_L, shaped like f.
 
     Example:
-        >>> net = jaxntk.TwoLayer.init(jax.random.PRNGKey(0), d=5, m=8)
-        >>> x = jnp.ones((3, 5))
-        >>> linear_term(net.apply_fn, net.w0, jnp.ones((8, 5)), x).shape
-        (3,)
+        >>> import jax.numpy as jnp
+        >>> from jaxntk import linear_term
+        >>> def f(w, x):
+        ...     return jnp.sin(x @ w)
+        >>> w0, x = jnp.zeros(2), jnp.array([[1.0, 2.0]])
+        >>> linear_term(f, w0, jnp.array([0.5, 0.25]), x)  # cos(0) · (x · δ)
+        Array([1.], dtype=float32)
     """
     _check_like("delta", delta, params0)
     return jax.jvp(_at_inputs(apply_fn, inputs), (params0,), (delta,))[1]
@@ -79,7 +82,23 @@ def quadratic_term(
 ) -> PyTree:
     """f_Q(δ) = ½ δᵀ ∇²f(params0) δ, the second-order Taylor term (a jvp of a jvp).
 
-    Arguments as for `linear_term`; returns f_Q, shaped like f.
+    Args:
+        apply_fn: (params, *inputs) -> f, f an array or a pytree of arrays.
+        params0: the expansion point, any pytree of float arrays.
+        delta: the direction δ, a pytree with the structure, shapes and dtypes of params0.
+        *inputs: the remaining arguments of apply_fn (e.g. x of shape (n, d)).
+
+    Returns:
+        f_Q, shaped like f.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk import quadratic_term
+        >>> def f(w, x):
+        ...     return jnp.exp(x @ w)
+        >>> w0, x = jnp.zeros(2), jnp.array([[1.0, 2.0]])
+        >>> quadratic_term(f, w0, jnp.array([0.5, 0.25]), x)  # ½ exp(0) (x · δ)²
+        Array([0.5], dtype=float32)
     """
     _check_like("delta", delta, params0)
     return _expansion(_at_inputs(apply_fn, inputs), params0, delta)[2]
@@ -88,7 +107,24 @@ def quadratic_term(
 def linearize(apply_fn: Callable[..., PyTree], params0: PyTree) -> Partial:
     """The first-order Taylor model: (params, *inputs) -> f(params0) + f_L(params − params0).
 
-    Same as `taylor(apply_fn, params0, 1)`.
+    Same as `taylor(apply_fn, params0, 1)`, and the counterpart of neural-tangents' `linearize`.
+
+    Args:
+        apply_fn: (params, *inputs) -> f; a plain function or a `jax.tree_util.Partial`.
+        params0: the expansion point, any pytree of float arrays.
+
+    Returns:
+        A `jax.tree_util.Partial` with apply_fn's signature, (params, *inputs) ->
+        f(params0; inputs) + f_L(params − params0).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk import linearize
+        >>> def f(w, x):
+        ...     return jnp.sin(x @ w)
+        >>> f_lin = linearize(f, jnp.zeros(2))
+        >>> f_lin(jnp.array([0.5, 0.25]), jnp.array([[1.0, 2.0]]))  # sin(0) + cos(0) · 1.0
+        Array([1.], dtype=float32)
     """
     return taylor(apply_fn, params0, 1)
 
@@ -108,9 +144,24 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
         params0: the expansion point, any pytree of float arrays.
         order: 1 or 2.
 
+    Returns:
+        A `jax.tree_util.Partial` (params, *inputs) -> the order-`order` model's output, shaped
+        like apply_fn's.
+
+    Raises:
+        ValueError: if order is not 1 or 2.
+        TypeError: if apply_fn is not callable.
+
     Example:
-        >>> f_quad = taylor(net.apply_fn, net.w0, 2)
-        >>> f_quad(net.w0 + 0.1, x)   # ≈ net.apply(net.w0 + 0.1, x) up to O(0.1³)
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxntk as jn
+        >>> net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=5, m=8)
+        >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+        >>> f_quad = jn.taylor(net.apply_fn, net.w0, 2)
+        >>> w = net.w0 + 0.01
+        >>> gap = jnp.max(jnp.abs(f_quad(w, x) - net.apply_fn(w, x)))  # O(0.01³)
+        >>> bool(gap < 1e-5)
+        True
     """
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
@@ -120,8 +171,11 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
 class TaylorPrepared(NamedTuple):
     """What a `TaylorModel` computes once for a fixed input set x (`TaylorModel.prepare`).
 
-    x: the inputs; f0 = f(params0; x); linear: the linear map δ ↦ f_L(δ) from `jax.linearize`,
-    a `jax.tree_util.Partial` whose residuals are pytree leaves.
+    Attributes:
+        x: the inputs, as passed to `prepare`.
+        f0: f(params0; x), shaped like the model's output.
+        linear: the linear map δ ↦ f_L(δ) from `jax.linearize`, a `jax.tree_util.Partial`
+            whose residuals are pytree leaves.
     """
 
     x: PyTree
@@ -148,10 +202,16 @@ class TaylorModel:
         params0: the expansion point, any pytree of float arrays.
 
     Example:
-        >>> net = jaxntk.TwoLayer.init(jax.random.PRNGKey(0), d=50, m=4000)
-        >>> model = TaylorModel(net.apply_fn, net.w0)           # generic twin of `net`
-        >>> prep = model.prepare(x)                             # x: (n, 50)
-        >>> f_lin, f_quad = model.linear_and_quadratic(u, prep) # u: (4000, 50)
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxntk as jn
+        >>> net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=5, m=8)
+        >>> model = jn.TaylorModel(net.apply_fn, net.w0)         # generic twin of `net`
+        >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+        >>> u = 0.1 * jax.random.normal(jax.random.PRNGKey(2), (8, 5))
+        >>> f_lin, f_quad = model.linear_and_quadratic(u, model.prepare(x))
+        >>> closed_lin, closed_quad = net.linear_and_quadratic(u, net.prepare(x))
+        >>> bool(jnp.allclose(f_quad, closed_quad, atol=1e-6))
+        True
     """
 
     apply_fn: Callable[..., PyTree]
@@ -168,35 +228,84 @@ class TaylorModel:
         The map holds its linearized jaxpr in its tree structure: a jitted function that takes
         the result as an argument traces once per `prepare` call (reuse the result, or call
         `prepare` inside the jitted function, to compile once).
+
+        Args:
+            x: the inputs, as apply_fn takes them (e.g. (n, d)).
+
+        Returns:
+            A `TaylorPrepared` holding x, f0 and the linear map.
         """
         f0, linear = jax.linearize(_at_inputs(self.apply_fn, (x,)), self.params0)
         return TaylorPrepared(x, f0, linear)
 
     def initial_output(self, prep: TaylorPrepared) -> PyTree:
-        """f(params0; x), the zeroth-order term, cached by `prepare`."""
+        """f(params0; x), the zeroth-order term, cached by `prepare`.
+
+        Args:
+            prep: the result of `prepare(x)`.
+
+        Returns:
+            f(params0; x), shaped like the model's output.
+        """
         return prep.f0
 
     def zeros(self) -> PyTree:
-        """U = 0, shaped like params0."""
+        """U = 0, the trainer's starting point.
+
+        Returns:
+            A pytree of zeros with params0's structure, shapes and dtypes.
+        """
         return jax.tree.map(jnp.zeros_like, self.params0)
 
     def full(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
-        """The model itself at params0 + U: f(params0 + U; x)."""
+        """The model itself at params0 + U: f(params0 + U; x).
+
+        Args:
+            u: the displacement U, shaped like params0.
+            prep: the result of `prepare(x)`.
+
+        Returns:
+            f(params0 + U; x), shaped like the model's output.
+        """
         _check_like("u", u, self.params0)
         return self.apply_fn(_add(self.params0, u), prep.x)
 
     def linear_term(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
-        """f_L(U) = ∇f(params0; x) · U from the map cached by `prepare`."""
+        """f_L(U) = ∇f(params0; x) · U from the map cached by `prepare`.
+
+        Args:
+            u: the displacement U, shaped like params0.
+            prep: the result of `prepare(x)`.
+
+        Returns:
+            f_L(U), shaped like the model's output.
+        """
         _check_like("u", u, self.params0)
         return prep.linear(u)
 
     def quadratic_term(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
-        """f_Q(U) = ½ Uᵀ ∇²f(params0; x) U (a jvp of a jvp)."""
+        """f_Q(U) = ½ Uᵀ ∇²f(params0; x) U (a jvp of a jvp).
+
+        Args:
+            u: the displacement U, shaped like params0.
+            prep: the result of `prepare(x)`.
+
+        Returns:
+            f_Q(U), shaped like the model's output.
+        """
         _check_like("u", u, self.params0)
         return _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)[2]
 
     def linear_and_quadratic(self, u: PyTree, prep: TaylorPrepared) -> tuple[PyTree, PyTree]:
-        """(f_L(U), f_Q(U)) from one jvp of a jvp, sharing the products with U."""
+        """(f_L(U), f_Q(U)) from one jvp of a jvp, sharing the products with U.
+
+        Args:
+            u: the displacement U, shaped like params0.
+            prep: the result of `prepare(x)`.
+
+        Returns:
+            The pair (f_L(U), f_Q(U)), each shaped like the model's output.
+        """
         _check_like("u", u, self.params0)
         _, f_lin, f_quad = _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)
         return f_lin, f_quad

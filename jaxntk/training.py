@@ -94,7 +94,7 @@ class Run:
 
     @property
     def final(self) -> dict[str, np.ndarray]:
-        """The last evaluation of each metric, (L, S) or (L, S, P)."""
+        """The last evaluation of each metric, name -> (L, S) or (L, S, P) array."""
         return {k: v[:, :, -1] for k, v in self.history.items() if k != "step"}
 
     @property
@@ -154,13 +154,28 @@ def train(
             GPU/TPU), "map" (`lax.map`, one setting after another inside the program: on CPU
             XLA's batched products cost ~1.5× the separate ones), or "auto" ("map" on CPU).
 
+        resume: continue from `checkpoint` if it holds a run with the same settings.
+
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
 
+    Raises:
+        ValueError: for an unknown variant, optimizer or batching mode, a non-positive step
+            count, or devices that do not fit the model.
+        TypeError: if `reg` is not a `Regularizer`.
+
     Example:
-        >>> run = train(net, task, "regularized", steps=2000, reg=Regularizer(bulk=[0, 1.0]),
-        ...             seeds=[1, 11, 111])
-        >>> run.history["test_loss"].shape   # (2, 3, 21)
+        >>> import jax
+        >>> import jaxntk as jn
+        >>> key = jax.random.PRNGKey(0)
+        >>> task = jn.paper_task(key, d=8, n=20, n_test=50)
+        >>> net = jn.TwoLayer.init(key, d=8, m=16)
+        >>> run = jn.train(net, task, "regularized", steps=40, eval_every=20, seeds=[1, 11, 111],
+        ...                reg=jn.Regularizer(bulk=[0.0, 1.0]), progress=False)
+        >>> run.history["test_loss"].shape   # 2 weights, 3 seeds, evaluations at t = 0, 20, 40
+        (2, 3, 3)
+        >>> run.history["step"].tolist()
+        [0, 20, 40]
     """
     v = get_variant(variant)
     if reg is None:
@@ -268,9 +283,35 @@ def fit(
 ) -> Run:
     """Train `objective` on `data` for every setting in `hyper` (each a (L,) array) and seed.
 
-    The generic trainer: it knows nothing about networks. See the module docstring. A `layout`
-    (`jaxntk.sharding.layout`) places the data and the state on a device mesh; the compiled
-    program is the same, partitioned by XLA. `batching` as in `train`.
+    The generic trainer: it knows nothing about networks (see the module docstring); `train`
+    builds its objective from a named variant and calls it.
+
+    Args:
+        objective: a hashable object with `prepare(data)`, `init(key, data)`,
+            `loss(params, data, hyper, key) -> (scalar, aux)` and
+            `evaluate(params, data, hyper) -> dict`, e.g. `jaxntk.objectives.VariantObjective`.
+        data: the arrays the objective reads (a pytree, e.g. `jaxntk.objectives.Data`).
+        hyper: the settings, name -> (L,) array; every array has the same length L.
+        seeds: PRNG seeds, one run each (S of them).
+        steps: number of optimizer steps T ≥ 1.
+        lr: learning rate of a named optimizer.
+        optimizer: a name in `OPTIMIZERS` or an optax GradientTransformation.
+        eval_every: call `objective.evaluate` every this many steps.
+        evals_per_chunk: evaluations per compiled chunk (progress/checkpoint granularity).
+        progress: print a line per chunk (True), stay silent (False), or call this with a dict.
+        checkpoint: folder to save the state after every chunk; with `resume`, continue from it.
+        resume: continue from `checkpoint` if it holds a run with the same settings.
+        label: the name printed on progress lines.
+        config: extra JSON-serialisable settings stored in `Run.config` (and checked on resume).
+        layout: a `jaxntk.sharding.layout` placing the data and the state on a device mesh; the
+            compiled program is the same, partitioned by XLA.
+        batching: as in `train`.
+
+    Returns:
+        A `Run` whose params and metrics lead with the axes (L, S).
+
+    Raises:
+        ValueError: for a bad step count, seeds, optimizer name or batching mode.
     """
     mode = _batching_mode(batching)
     check_int("steps", steps, 1)

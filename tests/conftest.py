@@ -15,3 +15,8 @@ def x64():
     """Run the test body with 64-bit floats enabled."""
     with jax.enable_x64(True):
         yield
+
+
+# Scripts run in subprocesses by the tests, not test modules: `--doctest-modules` must not import
+# them (they configure JAX's devices and warnings at import).
+collect_ignore_glob = ["*_worker.py"]

@@ -157,7 +157,7 @@ def summarize(rows: list[dict], config: Config) -> dict:
 def n_star(
     rows: list[dict], threshold: float, interpolate: bool = False
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """n*[variant][d][seed]: the smallest n with final test loss ≤ threshold (None: not reached).
+    """`n*[variant][d][seed]`: the smallest n with final test loss ≤ threshold (None: not reached).
 
     With `interpolate`, n* is where the test loss first crosses the threshold, linear in log n
     between the grid point before the crossing and the first one at or below it (the smallest
