@@ -109,7 +109,7 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     it) against d on log-log axes, mean over seeds, with the slopes fitted per seed (mean ± std).
 
     Args:
-        json_path: the experiment's JSON file, as `jaxntk reproduce` writes it (sample_complexity.json).
+        json_path: the experiment's JSON file (sample_complexity.json from `jaxntk reproduce`).
         png_path: where to write the figure.
 
     Returns:
