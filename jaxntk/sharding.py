@@ -164,7 +164,14 @@ class Layout:
         return self.mesh.shape[SAMPLES]
 
     def model(self, net: TwoLayer) -> TwoLayer:
-        """The network with W0 (m, d) and a (m,) split along m."""
+        """The network with W0 (m, d) and a (m,) split along m.
+
+        Args:
+            net: the two-layer network.
+
+        Returns:
+            The same network, its arrays placed on the mesh.
+        """
         return dataclasses.replace(
             net,
             w0=self._put(net.w0, P(NEURONS, None)),
@@ -173,7 +180,15 @@ class Layout:
 
     def prepared(self, prep: Prepared, what: str = "inputs") -> Prepared:
         """Prepared inputs with each field split as `PREPARED_SPECS` says: x (n, d) along n over
-        "samples", σ'(x W0ᵀ) and σ''(x W0ᵀ) (n, m) along n and m."""
+        "samples", σ'(x W0ᵀ) and σ''(x W0ᵀ) (n, m) along n and m.
+
+        Args:
+            prep: the network's `Prepared` inputs.
+            what: the name used in the error when n does not split over the sample shards.
+
+        Returns:
+            The same fields, placed on the mesh.
+        """
         self._check_samples(prep.x.shape[0], f"{what}.x.shape[0]")
         fields = prep._asdict().items()
         return prep._replace(**{k: self._put(v, PREPARED_SPECS[k]) for k, v in fields})
@@ -183,6 +198,16 @@ class Layout:
 
         Fields are placed by what they hold: the model, prepared inputs (`Prepared`), the good
         directions, and the per-sample arrays named in `SAMPLE_AXES`; None stays None.
+
+        Args:
+            data: the run's `jaxntk.objectives.Data`.
+
+        Returns:
+            A `Data` of the same type with every array placed.
+
+        Raises:
+            ValueError: for a model other than `TwoLayer`, or a sample count that the sample
+                shards do not divide.
         """
         if not isinstance(data.model, TwoLayer):
             raise ValueError(
@@ -214,7 +239,14 @@ class Layout:
 
     def state(self, state: Any) -> Any:
         """Trainer state with leading (L, S) axes: leaves of shape (L, S, m, d) — U and the
-        optimizer's moments — split along m, the rest (keys, counters, step sizes) replicated."""
+        optimizer's moments — split along m, the rest (keys, counters, step sizes) replicated.
+
+        Args:
+            state: the trainer's state, a pytree.
+
+        Returns:
+            The same pytree, placed on the mesh.
+        """
 
         def place(x):
             if np.ndim(x) == 4 and np.shape(x)[2] == self.m:
@@ -224,7 +256,14 @@ class Layout:
         return jax.tree_util.tree_map(place, state)
 
     def fetch(self, tree: Any) -> Any:
-        """The tree as host numpy arrays (gathered from every host when the mesh spans several)."""
+        """The tree as host numpy arrays (gathered from every host when the mesh spans several).
+
+        Args:
+            tree: a pytree of arrays placed on the mesh.
+
+        Returns:
+            The same pytree of numpy arrays, whole on every host.
+        """
         if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(tree)):
             return jax.device_get(tree)
         return multihost_utils.process_allgather(tree, tiled=True)

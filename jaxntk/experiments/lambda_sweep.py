@@ -29,7 +29,24 @@ NAME = "lambda-sweep"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Settings of the λ sweep (defaults: the `cpu` preset)."""
+    """Settings of the λ sweep (defaults: the `cpu` preset).
+
+    Attributes:
+        d: input dimension.
+        n: training points.
+        m: width of the two-layer network.
+        n_test: test points.
+        steps: optimizer steps T of plain GD.
+        lr: learning rate.
+        lambdas: the bulk weights λ_1 on the sum over the n training points (the authors'
+            scale); λ_b = n · λ_1 on the per-sample mean.
+        lambda_pop: λ_p on R_pop.
+        k: top NTK directions kept out of the penalty (default d).
+        seeds: one run per seed.
+        eval_every: steps between evaluations.
+        distribution: input distribution, "gaussian" or "sphere".
+        activation: a name in `jaxntk.ACTIVATIONS`.
+    """
 
     d: int = 30
     n: int = 164
@@ -62,7 +79,17 @@ def run(
 ) -> dict:
     """Train NTK+QuadNTK for every λ (one program) and seed; write JSON, NPZ and PNG to `out`.
 
-    With `checkpoint`, each seed saves its state there after every chunk and a rerun resumes.
+    Args:
+        config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
+        out: the folder to write lambda-sweep.json, .npz and .png into (created if missing).
+        progress: print a line per training chunk (True), stay silent (False), or call this with
+            each progress dict.
+        checkpoint: a folder where each seed saves its state after every chunk; a rerun with
+            the same settings resumes from it.
+
+    Returns:
+        The document written to `out/lambda-sweep.json`: config, the scale convention, one row
+        per λ and seed, and the summary.
     """
     out.mkdir(parents=True, exist_ok=True)
     reg = objectives.Regularizer.from_sum_scale(
@@ -135,6 +162,14 @@ def run(
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Per λ: final test/train loss and final/peak n·R_bulk, mean and std over seeds."""
+    """Per λ: final test/train loss and final/peak n·R_bulk, mean and std over seeds.
+
+    Args:
+        rows: the rows of `run`'s document, one per λ and seed.
+
+    Returns:
+        f"{λ_1:g}" -> {"<field>_mean", "<field>_std"} for test_loss, train_loss, bulk_sum,
+        bulk_sum_peak and share_quadratic_by_fq.
+    """
     fields = ("test_loss", "train_loss", "bulk_sum", "bulk_sum_peak", "share_quadratic_by_fq")
     return {f"{lam:g}": v for lam, v in mean_std_by(rows, "lambda_sum", fields).items()}

@@ -32,7 +32,19 @@ NAME = "mlp"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Settings of the MLP experiment (defaults: the `cpu` preset)."""
+    """Settings of the MLP experiment (defaults: the `cpu` preset).
+
+    Attributes:
+        ds: the input dimensions d.
+        multipliers: the training-set sizes n = c · d² for c in these multipliers.
+        width: hidden units of the ReLU network.
+        n_test: test points.
+        steps: optimizer steps T of plain GD on the full network.
+        lr: learning rate.
+        threshold: n* is the smallest n whose final test loss is below this value.
+        eval_every: steps between evaluations.
+        seeds: one run per seed.
+    """
 
     ds: tuple[int, ...] = (6, 8, 10)
     multipliers: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16, 20)
@@ -53,7 +65,11 @@ PRESETS = {
 
 
 class MLP(nn.Module):
-    """x ↦ v·relu(W x + b) + c, with PyTorch's default initialization."""
+    """x ↦ v·relu(W x + b) + c, with PyTorch's default initialization.
+
+    Attributes:
+        width: hidden units.
+    """
 
     width: int
 
@@ -66,7 +82,21 @@ class MLP(nn.Module):
 
 
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
-    """Find n*(d) for every d and seed; write JSON, NPZ and PNG into `out`."""
+    """Find n*(d) for every d and seed; write JSON, NPZ and PNG into `out`.
+
+    Args:
+        config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
+        out: the folder to write mlp.json, .npz and .png into (created if missing).
+        progress: print a line per training chunk (True), stay silent (False), or call this with
+            each progress dict.
+
+    Returns:
+        The document written to `out/mlp.json`: config, one row per run, n* per d and the
+        fitted slope of log n* against log d.
+
+    Raises:
+        ValueError: if the threshold is not positive.
+    """
     if not config.threshold > 0:
         raise ValueError(f"threshold must be > 0, got {config.threshold}")
     out.mkdir(parents=True, exist_ok=True)

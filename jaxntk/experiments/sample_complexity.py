@@ -33,7 +33,24 @@ NAME = "sample-complexity"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Settings of the sample-complexity experiment (defaults: the `cpu` preset)."""
+    """Settings of the sample-complexity experiment (defaults: the `cpu` preset).
+
+    Attributes:
+        ds: the input dimensions d.
+        exponents: the training-set sizes n = round(d^p) for p in these exponents.
+        m: width of the two-layer network.
+        n_test: test points.
+        steps: optimizer steps T of plain GD.
+        lr: learning rate.
+        lambda_sum: the regularized variant's λ_1 on the sum over the training points.
+        threshold: n* is where the final test loss crosses this value.
+        other_thresholds: further thresholds at which the slopes are also reported.
+        eval_every: steps between evaluations.
+        seeds: one run per seed.
+        variants: names in `jaxntk.objectives.VARIANTS`.
+        distribution: input distribution, "gaussian" or "sphere".
+        activation: a name in `jaxntk.ACTIVATIONS`.
+    """
 
     ds: tuple[int, ...] = (10, 14, 20, 28)
     exponents: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25)
@@ -51,7 +68,14 @@ class Config:
     activation: str = "shifted_sigmoid"
 
     def grid(self, d: int) -> list[int]:
-        """The training-set sizes for dimension d: round(d^p), distinct and increasing."""
+        """The training-set sizes for dimension d: round(d^p), distinct and increasing.
+
+        Args:
+            d: the input dimension.
+
+        Returns:
+            The sizes n, at least 2 each.
+        """
         return sorted({max(2, round(d**p)) for p in self.exponents})
 
 
@@ -64,7 +88,21 @@ length."""
 
 
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
-    """Train every variant for every (d, n, seed); write JSON, NPZ and PNG into `out`."""
+    """Train every variant for every (d, n, seed); write JSON, NPZ and PNG into `out`.
+
+    Args:
+        config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
+        out: the folder to write sample-complexity.json, .npz and .png into (created if missing).
+        progress: print a line per training chunk (True), stay silent (False), or call this with
+            each progress dict.
+
+    Returns:
+        The document written to `out/sample-complexity.json`: config, one row per run and the
+        summary (`summarize`).
+
+    Raises:
+        ValueError: for an unknown variant or a threshold that is not positive.
+    """
     for v in config.variants:
         objectives.get_variant(v)
     for t in (config.threshold, *config.other_thresholds):
@@ -139,7 +177,16 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
 
 def summarize(rows: list[dict], config: Config) -> dict:
     """n* and the fitted slopes at `config.threshold` (on the grid and interpolated), and the
-    interpolated slopes at each of `config.other_thresholds` as well."""
+    interpolated slopes at each of `config.other_thresholds` as well.
+
+    Args:
+        rows: the rows of `run`'s document, one per variant, d, n and seed.
+        config: the settings the rows were made with.
+
+    Returns:
+        {"n_star", "slopes", "n_star_interpolated", "slopes_interpolated",
+        "slopes_by_threshold"}, as `n_star` and `fit_slopes` return them.
+    """
     ns = n_star(rows, config.threshold)
     ns_i = n_star(rows, config.threshold, interpolate=True)
     thresholds = sorted({config.threshold, *config.other_thresholds}, reverse=True)
@@ -162,6 +209,24 @@ def n_star(
     With `interpolate`, n* is where the test loss first crosses the threshold, linear in log n
     between the grid point before the crossing and the first one at or below it (the smallest
     grid n when that one is already below).
+
+    Args:
+        rows: dicts with "variant", "d", "n", "seed" and the final "test_loss".
+        threshold: the test loss to reach.
+        interpolate: interpolate the crossing in log n instead of taking the grid point.
+
+    Returns:
+        variant -> str(d) -> str(seed) -> n* (a float, or None where the grid never reaches
+        the threshold).
+
+    Example:
+        >>> from jaxntk.experiments.sample_complexity import n_star
+        >>> rows = [{"variant": "ntk", "d": 10, "seed": 1, "n": n, "test_loss": loss}
+        ...         for n, loss in [(10, 0.9), (100, 0.5), (1000, 0.1)]]
+        >>> n_star(rows, 0.3)
+        {'ntk': {'10': {'1': 1000}}}
+        >>> round(n_star(rows, 0.3, interpolate=True)["ntk"]["10"]["1"])   # halfway in log n
+        316
     """
     curves: dict = {}
     for r in sorted(rows, key=lambda r: r["n"]):
@@ -190,7 +255,15 @@ def _first_crossing(points: list[tuple[int, float]], threshold: float, interpola
 
 def fit_slopes(nstar: dict) -> dict[str, dict[str, float | int | None]]:
     """Per variant: slope of log n* against log d fitted per seed (seeds where every d reached the
-    threshold), with its mean and std over those seeds."""
+    threshold), with its mean and std over those seeds.
+
+    Args:
+        nstar: variant -> str(d) -> str(seed) -> n*, as `n_star` returns it.
+
+    Returns:
+        variant -> {"slope_mean", "slope_std", "seeds_fitted"}: the fitted slopes' mean and std
+        (None where no seed reached the threshold at every d) and how many seeds entered the fit.
+    """
     out = {}
     for variant, by_d in nstar.items():
         ds = sorted(by_d, key=int)

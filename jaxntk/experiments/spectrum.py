@@ -26,7 +26,16 @@ NAME = "spectrum"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Settings of the spectrum experiment (defaults: the `cpu` preset, seconds on 2 cores)."""
+    """Settings of the spectrum experiment (defaults: the `cpu` preset, seconds on 2 cores).
+
+    Attributes:
+        d: input dimension.
+        n: number of inputs (the NTK Gram matrix is n × n).
+        m: width of the two-layer network.
+        distribution: input distribution, "sphere" (the theory's setting) or "gaussian".
+        activation: a name in `jaxntk.ACTIVATIONS`.
+        seed: seed of the network and the inputs.
+    """
 
     d: int = 40
     n: int = 252
@@ -47,7 +56,13 @@ authors' training set (Gaussian inputs, d = 100, n = 1000, m = 10 000)."""
 def run(config: Config, out: Path | str) -> dict:
     """Measure the spectrum of K/n, compare it with the predicted degree blocks, save JSON + PNG.
 
-    Returns the document written to `out/spectrum.json`.
+    Args:
+        config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
+        out: the folder to write spectrum.json and spectrum.png into (created if missing).
+
+    Returns:
+        The document written to `out/spectrum.json`: the eigenvalues of K/n, the predicted
+        degree blocks and the comparison of the two.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +90,15 @@ def run(config: Config, out: Path | str) -> dict:
 
 
 def plot(json_path: Path | str, png_path: Path | str) -> Path:
-    """Draw the saved spectrum: eigenvalues of K/n (log scale) with the predicted blocks marked."""
+    """Draw the saved spectrum: eigenvalues of K/n (log scale) with the predicted blocks marked.
+
+    Args:
+        json_path: spectrum.json as `run` writes it.
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
     from matplotlib.figure import Figure
 
     doc = json.loads(Path(json_path).read_text())

@@ -27,7 +27,22 @@ NAME = "variants"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Settings of the variants experiment (defaults: the `cpu` preset)."""
+    """Settings of the variants experiment (defaults: the `cpu` preset).
+
+    Attributes:
+        d: input dimension.
+        n: training points.
+        m: width of the two-layer network.
+        n_test: test points.
+        steps: optimizer steps T of plain GD.
+        lr: learning rate.
+        lambda_bulk: λ_b of the regularized variant, on the per-sample-mean R_bulk.
+        eval_every: steps between evaluations.
+        seeds: one run per seed; each seed draws its own data and network.
+        variants: names in `jaxntk.objectives.VARIANTS`.
+        distribution: input distribution, "gaussian" or "sphere".
+        activation: a name in `jaxntk.ACTIVATIONS`.
+    """
 
     d: int = 30
     n: int = 164
@@ -54,7 +69,21 @@ paper: the authors' size."""
 
 
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
-    """Train every variant for every seed; write variants.json/.npz/.png into `out`."""
+    """Train every variant for every seed; write variants.json/.npz/.png into `out`.
+
+    Args:
+        config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
+        out: the folder to write into (created if missing).
+        progress: print a line per training chunk (True), stay silent (False), or call this with
+            each progress dict.
+
+    Returns:
+        The document written to `out/variants.json`: config, one row per variant and seed
+        (final losses, each part's share carried by f_L and f_Q), and the summary.
+
+    Raises:
+        ValueError: for an unknown variant name.
+    """
     for v in config.variants:
         objectives.get_variant(v)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +153,15 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Per variant: final test and train loss (mean, std over seeds) and total seconds."""
+    """Per variant: final test and train loss (mean, std over seeds) and total seconds.
+
+    Args:
+        rows: the rows of `run`'s document, one per variant and seed.
+
+    Returns:
+        variant -> {"test_loss_mean", "test_loss_std", "train_loss_mean", "train_loss_std",
+        "seconds", ...}.
+    """
     out = mean_std_by(rows, "variant", ("test_loss", "train_loss"))
     for variant, entry in out.items():
         entry["seconds"] = float(sum(r["seconds"] for r in rows if r["variant"] == variant))
