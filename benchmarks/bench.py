@@ -5,10 +5,11 @@ Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md
 1. matmul_peak: a jitted f32 (N × N) @ (N × N) after warm-up, 2N³ FLOPs; the reference rate.
 2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
    T2 − T1 steps of one compiled program), path "closed" (`TwoLayer`) or "taylor" (the generic
-   `TaylorModel` on the same apply_fn). FLOPs counted per step as 4·n·m·d for every variant: the
-   forward product Z = X Uᵀ (2·n·m·d) and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and
-   f_Q share Z, the full network replaces U by W0 + U, the bulk penalty adds only n·k work, and
-   XW0ᵀ is computed once per chunk. Elementwise passes (σ', σ'' on n × m) are not counted.
+   `TaylorModel` on the same apply_fn); the six variants of the paper and the order-3 model.
+   FLOPs counted per step as 4·n·m·d for every variant: the forward product Z = X Uᵀ (2·n·m·d)
+   and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and f_Q share Z, the full network
+   replaces U by W0 + U, the bulk penalty adds only n·k work, and XW0ᵀ is computed once per chunk.
+   Elementwise passes (σ', σ'' on n × m) are not counted.
 3. baseline: `baseline.py`, the authors' step (nested jvp each call, dense J closed over, test
    loss every step, Python loop): 4·n·m·d as above, 4·n·m·d for the bulk products B u and Bᵀ r,
    2·n_test·m·d for the test forward pass; its config gives its time over ours (regularized).
@@ -54,6 +55,9 @@ LAMBDAS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
 SWEEP_SEEDS = (1, 11, 111)
 # sign-flipping rows of U is exact only for a sum over neurons, so train refuses it on a TaylorModel
 NOT_ON_TAYLOR = ("randomized",)
+# the order-3 Taylor model f0 + f_1 + f_2 + f_3 on both paths (the closed form's step also
+# computes the third derivative of the activation from X W0ᵀ)
+ORDER_VARIANTS = ("taylor-3",)
 
 # sizes: (d, n, m) of the step rows; t1/t2/repeats: step timing; scaling: the decades per axis;
 # tiny (for the tests) keeps one variant, one scaling axis, one subspace method and a 2 × 2 sweep
@@ -216,7 +220,8 @@ def _step_rows(d, n, m, cfg, peak) -> list[dict]:
     paths = {"closed": net, "taylor": jn.TaylorModel(net.apply_fn, net.w0)}
     rows = []
     for path, model in paths.items():
-        for variant in cfg.get("variants", jn.objectives.PAPER_VARIANTS):
+        variants = cfg.get("variants", jn.objectives.PAPER_VARIANTS) + ORDER_VARIANTS
+        for variant in variants:
             if path == "taylor" and variant in NOT_ON_TAYLOR:
                 continue
             per_step = step_time.seconds_per_step(

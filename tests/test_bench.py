@@ -36,6 +36,7 @@ def test_bench_tiny_writes_schema(tmp_path):
             assert r[key] is None or (isinstance(r[key], float) and r[key] >= 0), (r, key)
     peak = next(r for r in doc["rows"] if r["name"] == "matmul_peak")
     assert peak["gflops"] > 0
+    assert {"step/closed/taylor-3", "step/taylor/taylor-3"} <= set(names)
     step = next(r for r in doc["rows"] if r["name"] == "step/closed/regularized")
     # a rate wherever the measured time is positive (tiny sizes: noise may exceed the work)
     assert (step["fraction_of_matmul_peak"] is not None) == (step["seconds_per_step"] > 0)
