@@ -1,6 +1,7 @@
 """`jaxntk bench`: the library against the hardware and against the authors' way of writing it.
 
-Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md):
+Rows of `DIR/bench.json` and a Markdown table `DIR/bench.md` (appended to benchmarks/RESULTS.md
+only with `--results`):
 
 1. matmul_peak: a jitted f32 (N × N) @ (N × N) after warm-up, 2N³ FLOPs; the reference rate.
 2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
@@ -22,7 +23,7 @@ Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md
 8. batching/vmap, batching/map: 3 λ of "regularized" in one program, the settings batched as
    arrays (vmap) or run one after another inside it (lax.map), seconds per step.
 
-    python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--no-write]
+    python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--results]
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import baseline
 import step_time
 import subspace
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LAMBDAS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
 SWEEP_SEEDS = (1, 11, 111)
 # sign-flipping rows of U is exact only for a sum over neurons, so train refuses it on a TaylorModel
@@ -436,8 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes, ≤ 3 min on 2 cores")
     size.add_argument("--tiny", action="store_true", help="smallest sizes (for the tests)")
-    p.add_argument("--out", type=Path, default=Path("bench-results"))
-    p.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    add_output_arguments(p)
     args = p.parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     t0 = time.perf_counter()
@@ -447,9 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "bench.json").write_text(json.dumps(doc, indent=1))
     table = markdown(doc)
     print(table)
-    if not args.no_write:
-        with RESULTS.open("a") as fh:
-            fh.write(table)
+    write_table(args.out, "bench", table, args.results)
     print(f"{preset} bench in {doc['total_seconds']:.0f} s -> {args.out / 'bench.json'}")
     return doc
 

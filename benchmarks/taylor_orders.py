@@ -16,17 +16,14 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
 from jaxntk.taylor import METHODS
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 class CNN(nn.Module):
@@ -57,12 +54,12 @@ def models(size: str):
     yield f"CNN {channels} ch, n={n_img}, 10 outputs", cnn.apply, p0, delta, xi
 
 
-def hlo_ops(fn, *args) -> tuple[int, int]:
+def hlo_ops(fn, *args) -> list[int]:
     """Instructions of the program as traced and after XLA's optimizations (CSE, fusion)."""
     lowered = fn.lower(*args)
     traced = sum(1 for line in lowered.as_text().splitlines() if " = " in line)
     optimized = sum(1 for line in lowered.compile().as_text().splitlines() if " = " in line)
-    return traced, optimized
+    return [traced, optimized]
 
 
 def seconds(fn, *args, repeats: int) -> float:
@@ -134,22 +131,17 @@ def table(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for the JSON and the table")
     p.add_argument("--size", choices=["full", "tiny"], default="full")
     p.add_argument("--max-order", type=int, default=6)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--results", action="store_true", help="append the table to RESULTS.md")
+    add_output_arguments(p)
     args = p.parse_args(argv)
     if args.max_order < 1 or args.repeats < 1:
         p.error("--max-order and --repeats must be ≥ 1")
     doc = run(args.size, args.max_order, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "taylor_orders.json").write_text(json.dumps(doc, indent=1))
-    text = table(doc)
-    (args.out / "taylor_orders.md").write_text(text)
-    if args.results:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    write_table(args.out, "taylor_orders", table(doc), args.results)
     return doc
 
 

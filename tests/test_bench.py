@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 from jaxntk import cli
 
@@ -11,8 +12,13 @@ KINDS += ("scaling/", "sweep/vmapped", "sweep/separate", "batching/vmap", "batch
 
 def test_bench_tiny_writes_schema(tmp_path):
     out = tmp_path / "bench"
-    assert cli.main(["bench", "--tiny", "--no-write", "--out", str(out)]) == 0
+    results = Path(__file__).parents[1] / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    assert cli.main(["bench", "--tiny", "--out", str(out)]) == 0
     doc = json.loads((out / "bench.json").read_text())
+    # the table goes to --out; the tracked RESULTS.md changes only with --results
+    assert "| step/closed/regularized |" in (out / "bench.md").read_text()
+    assert results.read_bytes() == before
 
     assert {"machine", "versions", "rows"} <= set(doc)
     assert {"cores", "backend", "load_average"} <= set(doc["machine"])
@@ -66,3 +72,29 @@ def test_compile_events_are_collected_by_function_name():
     assert events.seconds("_fresh_function_for_compile_events") > 0
     assert events.total() >= events.seconds("_fresh_function_for_compile_events")
     assert events.seconds("no_such_function") == 0
+
+
+def test_taylor_orders_script_times_both_methods_and_writes_only_to_out(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import taylor_orders
+
+    results = Path(__file__).parents[1] / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    argv = ["--size", "tiny", "--max-order", "2", "--repeats", "1", "--out", str(tmp_path)]
+    doc = taylor_orders.main(argv)
+    assert [(r["order"], r["model"][:9]) for r in doc["rows"]] == [
+        (1, "two-layer"),
+        (2, "two-layer"),
+        (1, "CNN 2 ch,"),
+        (2, "CNN 2 ch,"),
+    ]
+    for r in doc["rows"]:
+        assert r["jet"] > 0 and r["jvp"] > 0
+        assert r["jet/jvp"] == r["jet"] / r["jvp"]
+        # program sizes as traced and after XLA's optimizations
+        assert all(isinstance(n, int) and n > 0 for n in (*r["jet_ops"], *r["jvp_ops"]))
+    assert json.loads((tmp_path / "taylor_orders.json").read_text())["rows"] == doc["rows"]
+    assert "| 2 |" in (tmp_path / "taylor_orders.md").read_text()
+    assert results.read_bytes() == before
