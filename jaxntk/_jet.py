@@ -72,6 +72,28 @@ _LINEAR: dict[str, tuple[int, ...] | None] = {
     "div": (0,),
 }
 _BILINEAR = ("mul", "dot_general", "conv_general_dilated")
+# elementwise functions of one array: along a line x + t·dx their coefficients are σ⁽ʲ⁾(x)/j! · dxʲ
+_ELEMENTWISE = (
+    "logistic",
+    "tanh",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "sin",
+    "cos",
+    "sinh",
+    "cosh",
+    "erf",
+    "sqrt",
+    "rsqrt",
+    "integer_pow",
+    "asinh",
+    "atanh",
+    "acosh",
+    "erf_inv",
+    "square",
+)
 
 
 def taylor_coefficients(
@@ -134,6 +156,8 @@ def _apply(eqn, ins: list, order: int):
         raise NotImplementedError(
             f"Taylor mode has no rule for the primitive {name!r}; use method='jvp' (nested jvps)"
         )
+    if name in _ELEMENTWISE and _only_first(ins[0][1]):
+        return primal_out, _along_a_line(rule, primals[0], ins[0][1][0], params, order)
     series = [
         [jnp.zeros_like(p) if s is None or s[j] is None else s[j] for j in range(order)]
         for p, s in ins
@@ -149,6 +173,24 @@ def _known_zeros(terms) -> Coefficients | None:
     if terms is jet.zero_series:
         return None
     return [None if t is jet.zero_term else t for t in terms]
+
+
+def _only_first(coefficients) -> bool:
+    return coefficients[0] is not None and all(c is None for c in coefficients[1:])
+
+
+def _along_a_line(rule, x, dx, params, order) -> Coefficients:
+    """c_j of σ(x + t·dx), σ elementwise: σ⁽ʲ⁾(x)/j! · dxʲ. The factors σ⁽ʲ⁾(x)/j! are the
+    coefficients of σ(x + t), which depend on x alone: computed once, they are constants of a
+    training loop (as the closed form's σ'(x W0ᵀ), σ''(x W0ᵀ)), and each c_j is one product."""
+    unit = [jnp.ones_like(x)] + [jnp.zeros_like(x)] * (order - 1)
+    _, factors = rule([x], [unit], **params)
+    out, power = [], dx
+    for j in range(order):
+        out.append(factors[j] * power)
+        if j + 1 < order:
+            power = power * dx
+    return out
 
 
 def _pair(prim, primal_out, terms):
