@@ -68,7 +68,7 @@ class Variant:
         random_init: whether ∇ = 0 at U = 0, so training must start from a small random U.
         regularized: whether the good-direction regularizer is on by default.
         uses_terms: whether `predict` is f(W0) + f_L + f_Q, so the loss and the evaluation can
-            reuse f_L and f_Q computed once (one jvp of a jvp on the generic path).
+            reuse f_L and f_Q computed once (one Taylor-mode pass on the generic path).
         order: k for the order-k Taylor model f(W0) + f_1 + … + f_k (the rows "taylor-k", k ≥ 3,
             computed by the model's `taylor_terms`); 0 for the other rows.
 

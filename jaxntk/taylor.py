@@ -2,12 +2,15 @@
 
 Along a direction δ (a pytree shaped like params0), with g(t) = f(params0 + t δ):
 
-    f(params0 + δ) = f(params0) + f_L(δ) + f_Q(δ) + O(‖δ‖³)
+    f(params0 + δ) = f(params0) + f_L(δ) + f_Q(δ) + … + f_k(δ) + O(‖δ‖^{k+1})
     f_L(δ) = ∇f(params0) · δ          = g'(0)       one `jax.jvp`
-    f_Q(δ) = ½ δᵀ ∇²f(params0) δ      = ½ g''(0)    a `jax.jvp` of a `jax.jvp`
+    f_Q(δ) = ½ δᵀ ∇²f(params0) δ      = ½ g''(0)
+    f_j(δ) = (1/j!) g⁽ʲ⁾(0)
 
-The jvp of p ↦ jvp(f, p, δ) in the direction δ returns (f(params0), f_L) as its primal output and
-(f_L, 2 f_Q) as its tangent, so one nested jvp gives f0, f_L and f_Q together. For the paper's
+f_L is one jvp. The terms of order 2 and higher come from Taylor mode (`jaxntk._jet`): one pass
+that carries, beside every intermediate value, its coefficients along the line params0 + tδ, so
+the cost grows about as k²; nested jvps (`method="jvp"`, 2^k work as traced) are the reference of
+the tests, and the fallback for a model with a primitive that has no Taylor rule. For the paper's
 two-layer network these are the closed forms of docs/science.md §3 (`jaxntk.TwoLayer`, the fast
 path and the oracle of the tests): f_L = Σ_r a_r σ'(w0_r·x)(u_r·x) and
 f_Q = ½ Σ_r a_r σ''(w0_r·x)(u_r·x)².
@@ -22,10 +25,10 @@ What is cached for training (measured in benchmarks/taylor_cache.py, d=50, n=354
 - first order: `prepare` runs `jax.linearize` at params0 once, so a step evaluates only the linear
   map. Inside a jitted `lax.scan` XLA already hoists the forward pass at params0 out of the loop and
   a per-step jvp costs the same; in a step jitted on its own the cached map is faster.
-- second order: the jvp of a jvp at params0, recomputed in every step. Its params0-only work is
-  loop-invariant and XLA hoists it out of a scan. Caching it explicitly (a second `jax.linearize` of
-  the first linearization's residuals) was slower, in a scan and outside one, because the cached
-  pieces no longer share the products with δ that the nested jvp computes once.
+- second and higher order: Taylor mode at params0, recomputed in every step. Its params0-only work
+  (the primal values, and for an elementwise σ the factors σ⁽ʲ⁾(x W0ᵀ)/j!) is loop-invariant and
+  XLA hoists it out of a scan. Caching the nested jvp's pieces explicitly (a second
+  `jax.linearize` of the first linearization's residuals) was slower, in a scan and outside one.
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ __all__ = [
     "taylor_terms",
 ]
 
-METHODS = ("jet", "jvp")
-"""How `taylor_terms` differentiates: "jet" (Taylor mode, `jax.experimental.jet`: all terms up to
-order k in one pass whose cost grows about as k²) or "jvp" (k nested `jax.jvp`s, cost ∝ 2^k: the
-reference the tests hold Taylor mode to)."""
+METHODS = ("auto", "jet", "jvp")
+"""How `taylor_terms` differentiates: "jet" (Taylor mode: all terms up to order k in one pass whose
+cost grows about as k²), "jvp" (k nested `jax.jvp`s, 2^k work as traced: the reference the tests
+hold Taylor mode to), or "auto" (Taylor mode, and nested jvps for a function that uses a
+primitive with no Taylor rule)."""
 
 
 def linear_term(apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree, *inputs) -> PyTree:
@@ -90,7 +94,7 @@ def linear_term(apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree,
 def quadratic_term(
     apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree, *inputs
 ) -> PyTree:
-    """f_Q(δ) = ½ δᵀ ∇²f(params0) δ, the second-order Taylor term (a jvp of a jvp).
+    """f_Q(δ) = ½ δᵀ ∇²f(params0) δ, the second-order Taylor term (Taylor mode).
 
     Args:
         apply_fn: (params, *inputs) -> f, f an array or a pytree of arrays.
@@ -120,7 +124,7 @@ def taylor_terms(
     delta: PyTree,
     *inputs,
     order: int,
-    method: str = "jet",
+    method: str = "auto",
 ) -> list[PyTree]:
     """[f(params0), f_1(δ), …, f_k(δ)], the Taylor terms of apply_fn(·, *inputs) up to order k.
 
@@ -139,13 +143,15 @@ def taylor_terms(
         delta: the direction δ, a pytree with the structure, shapes and dtypes of params0.
         *inputs: the remaining arguments of apply_fn (e.g. x of shape (n, d)).
         order: the highest order k ≥ 1.
-        method: "jet" (Taylor mode) or "jvp" (nested jvps, the reference); see `METHODS`.
+        method: "auto" (the default), "jet" (Taylor mode) or "jvp" (nested jvps, the
+            reference); see `METHODS`.
 
     Returns:
         A list of k + 1 pytrees shaped like f: f(params0), f_1(δ), …, f_k(δ).
 
     Raises:
         ValueError: for an order < 1, an unknown method, or a delta unlike params0.
+        NotImplementedError: with method "jet", for a primitive that has no Taylor rule.
 
     Example:
         >>> import jax.numpy as jnp
@@ -161,7 +167,7 @@ def taylor_terms(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     _check_like("delta", delta, params0)
     fn = _at_inputs(apply_fn, inputs)
-    expand = _jet_terms if method == "jet" else _nested_terms
+    expand = {"auto": _terms, "jet": _jet_terms, "jvp": _nested_terms}[method]
     return expand(fn, params0, delta, order)
 
 
@@ -204,8 +210,8 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
     Args:
         apply_fn: (params, *inputs) -> f; a plain function or a `jax.tree_util.Partial`.
         params0: the expansion point, any pytree of float arrays.
-        order: k ≥ 1. Orders 1 and 2 use one jvp and a jvp of a jvp; higher orders sum the
-            terms of `taylor_terms` (Taylor mode).
+        order: k ≥ 1. Order 1 is one jvp; higher orders sum the terms of `taylor_terms`
+            (Taylor mode).
 
     Returns:
         A `jax.tree_util.Partial` (params, *inputs) -> f(params0) + Σ_{j≤k} f_j(params − params0),
@@ -346,7 +352,7 @@ class TaylorModel:
         return prep.linear(u)
 
     def quadratic_term(self, u: PyTree, prep: TaylorPrepared) -> PyTree:
-        """f_Q(U) = ½ Uᵀ ∇²f(params0; x) U (a jvp of a jvp).
+        """f_Q(U) = ½ Uᵀ ∇²f(params0; x) U (Taylor mode).
 
         Args:
             u: the displacement U, shaped like params0.
@@ -359,7 +365,7 @@ class TaylorModel:
         return _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)[2]
 
     def linear_and_quadratic(self, u: PyTree, prep: TaylorPrepared) -> tuple[PyTree, PyTree]:
-        """(f_L(U), f_Q(U)) from one jvp of a jvp, sharing the products with U.
+        """(f_L(U), f_Q(U)) from one Taylor-mode pass, sharing the products with U.
 
         Args:
             u: the displacement U, shaped like params0.
@@ -385,17 +391,21 @@ class TaylorModel:
         """
         _check_like("u", u, self.params0)
         _check_order(order)
-        return tuple(_jet_terms(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u, order)[1:])
+        return tuple(_terms(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u, order)[1:])
 
 
 def _expansion(fn: Callable[[PyTree], PyTree], params0: PyTree, delta: PyTree):
-    """(f(params0), f_L(δ), f_Q(δ)) from the jvp along δ of p ↦ jvp(fn, p, δ)."""
+    """(f(params0), f_L(δ), f_Q(δ)) in one Taylor-mode pass."""
+    f0, f_lin, f_quad = _terms(fn, params0, delta, 2)
+    return f0, f_lin, f_quad
 
-    def first_order(p):
-        return jax.jvp(fn, (p,), (delta,))
 
-    (f0, f_lin), (_, f_second) = jax.jvp(first_order, (params0,), (delta,))
-    return f0, f_lin, jax.tree.map(lambda t: 0.5 * t, f_second)
+def _terms(fn, params0, delta, order: int) -> list:
+    """Taylor mode, or nested jvps when fn uses a primitive that has no Taylor rule."""
+    try:
+        return _jet_terms(fn, params0, delta, order)
+    except NotImplementedError:
+        return _nested_terms(fn, params0, delta, order)
 
 
 def _first_order_model(apply_fn, params0, params, *inputs):
@@ -404,15 +414,9 @@ def _first_order_model(apply_fn, params0, params, *inputs):
     return _add(f0, f_lin)
 
 
-def _second_order_model(apply_fn, params0, params, *inputs):
-    _check_like("params", params, params0)
-    f0, f_lin, f_quad = _expansion(_at_inputs(apply_fn, inputs), params0, _sub(params, params0))
-    return _add(_add(f0, f_lin), f_quad)
-
-
 def _order_k_model(order, apply_fn, params0, params, *inputs):
     _check_like("params", params, params0)
-    terms = _jet_terms(_at_inputs(apply_fn, inputs), params0, _sub(params, params0), order)
+    terms = _terms(_at_inputs(apply_fn, inputs), params0, _sub(params, params0), order)
     total = terms[0]
     for term in terms[1:]:
         total = _add(total, term)
@@ -424,8 +428,6 @@ def _model_of_order(order: int) -> Callable:
     """One function object per order, so that `taylor` models of one order share compilations."""
     if order == 1:
         return _first_order_model
-    if order == 2:
-        return _second_order_model
     return functools.partial(_order_k_model, order)
 
 

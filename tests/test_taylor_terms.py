@@ -240,3 +240,31 @@ def test_no_recompilation_for_new_values_of_the_same_shapes():
     signature = next(line for line in lowered.splitlines() if "func.func public @main" in line)
     # a (6,), params0 (6, 4), params (6, 4), x (5, 4): all arguments, none a baked-in constant
     assert signature.count("tensor<6x4xf32>") == 2 and "tensor<6xf32>" in signature
+
+
+def test_a_primitive_without_taylor_rule_falls_back_to_nested_jvps(x64):
+    """A while loop has no Taylor rule: "auto" falls back to nested jvps, "jet" says so."""
+
+    def f(w, x):
+        def body(carry):
+            i, acc = carry
+            return i + 1, acc + jnp.sin(x @ w) * i
+
+        return jax.lax.while_loop(lambda c: c[0] < 3, body, (0, jnp.zeros(x.shape[0])))[1]
+
+    w0, x, delta = jnp.array([0.2, -0.4]), jnp.ones((3, 2)), jnp.array([1.0, 0.5])
+    auto = taylor_terms(f, w0, delta, x, order=3)
+    ref = taylor_terms(f, w0, delta, x, order=3, method="jvp")
+    # by hand: f = 3 sin(s), s = x·w, ds = x·δ = 1.5; f_j = 3 sin⁽ʲ⁾(s) dsʲ / j!
+    s, ds = -0.2, 1.5
+    want = [
+        3 * np.sin(s),
+        3 * np.cos(s) * ds,
+        -3 * np.sin(s) * ds**2 / 2,
+        -3 * np.cos(s) * ds**3 / 6,
+    ]
+    for a, b, w in zip(auto, ref, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        np.testing.assert_allclose(a, np.full(3, w), rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="while"):
+        taylor_terms(f, w0, delta, x, order=3, method="jet")
