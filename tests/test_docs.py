@@ -17,7 +17,16 @@ import pytest
 import jaxntk
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("targets", "network", "taylor", "spectral", "objectives", "training", "sharding")
+MODULES = (
+    "targets",
+    "network",
+    "taylor",
+    "spectral",
+    "predict",
+    "objectives",
+    "training",
+    "sharding",
+)
 
 
 def _home_module(name: str) -> str:
