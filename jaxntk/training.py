@@ -88,9 +88,9 @@ class Run:
         config: the settings, JSON-serialisable.
         diverged_at_step: (L, S) step at which the loss became non-finite, −1 where it did not.
         trace: the training objective at every step, free to record since each step computes it:
-            "step" (T,) and "loss" (the total), "mse" and each regularizer in use, (L, S, T),
-            evaluated at U_t before update t + 1 (with the training prediction: random signs
-            for "randomized").
+            "step" (T,) and "loss" (the total), the data loss ("mse" or "cross_entropy") and
+            each regularizer in use, (L, S, T), evaluated at U_t before update t + 1 (with the
+            training prediction: random signs for "randomized").
     """
 
     params: Any
