@@ -164,6 +164,21 @@ def test_linearize_of_a_multi_output_model_is_f0_plus_jacobian_times_delta(x64):
     np.testing.assert_allclose(jn.linearize(apply_fn, params)(moved, x), expected, rtol=1e-12)
 
 
+def test_taylor_model_terms_of_a_multi_output_model_are_the_explicit_derivatives(x64):
+    apply_fn, params = flax_model()
+    x = inputs(1, 4)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    step = 0.1 * jnp.asarray(np.random.default_rng(8).standard_normal(flat.shape))
+    hessian = np.asarray(jax.hessian(lambda p: apply_fn(unravel(p), x))(flat))  # (4, C, P, P)
+    model = jn.TaylorModel(apply_fn, params)
+    f_lin, f_quad = model.linear_and_quadratic(unravel(step), model.prepare(x))
+    np.testing.assert_allclose(f_lin, flat_jacobian(apply_fn, params, x) @ step, rtol=1e-12)
+    expected = 0.5 * np.einsum("p,iapq,q->ia", step, hessian, step)
+    np.testing.assert_allclose(f_quad, expected, rtol=1e-10, atol=1e-14)
+    f_quad_model = jn.taylor(apply_fn, params, 2)(jax.tree.map(jnp.add, params, unravel(step)), x)
+    np.testing.assert_allclose(f_quad_model, apply_fn(params, x) + f_lin + f_quad, rtol=1e-12)
+
+
 def test_ntk_predict_equals_gradient_descent_of_the_trainer(x64):
     apply_fn, params, task = regression_problem()
     steps = 30
