@@ -216,7 +216,7 @@ def _step_rows(d, n, m, cfg, peak) -> list[dict]:
     paths = {"closed": net, "taylor": jn.TaylorModel(net.apply_fn, net.w0)}
     rows = []
     for path, model in paths.items():
-        for variant in cfg.get("variants", jn.VARIANTS):
+        for variant in cfg.get("variants", jn.objectives.PAPER_VARIANTS):
             if path == "taylor" and variant in NOT_ON_TAYLOR:
                 continue
             per_step = step_time.seconds_per_step(

@@ -65,7 +65,7 @@ def main() -> None:
     net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=args.d, m=args.m)
     seeds = list(range(args.seeds))
     rows = []
-    for variant in jn.VARIANTS:
+    for variant in jn.objectives.PAPER_VARIANTS:
         per_step = seconds_per_step(
             net, task, variant, t1=args.t1, t2=args.t2, repeats=args.repeats, seeds=seeds
         )

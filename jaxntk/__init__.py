@@ -47,6 +47,7 @@ from jaxntk.taylor import (
     linearize,
     quadratic_term,
     taylor,
+    taylor_terms,
 )
 from jaxntk.training import DivergenceWarning, Run, fit, train
 
@@ -99,6 +100,7 @@ __all__ = [
     "sparse_part",
     "targets",
     "taylor",
+    "taylor_terms",
     "train",
     "training",
 ]

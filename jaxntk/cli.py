@@ -74,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="verb", parser_class=_Parser)
     t = sub.add_parser("train", help="train one variant on one configuration")
-    t.add_argument("--variant", required=True, choices=list(VARIANTS))
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", choices=list(VARIANTS))
+    which.add_argument(
+        "--order",
+        type=_positive_int,
+        help="train the order-K Taylor model f0 + f_1 + … + f_K (1: ntk, 2: ntk+quadntk, "
+        "K ≥ 3: taylor-K)",
+    )
     t.add_argument("--d", type=_positive_int, required=True, help="input dimension")
     t.add_argument("--n", type=_positive_int, required=True, help="training points")
     t.add_argument("--m", type=_positive_int, required=True, help="width (even)")
@@ -291,6 +298,9 @@ def _train(args: argparse.Namespace) -> int:
 
     import jaxntk as jn
     from jaxntk.objectives import DEFAULT_BULK
+
+    if args.order is not None:
+        args.variant = {1: "ntk", 2: "ntk+quadntk"}.get(args.order, f"taylor-{args.order}")
 
     out = _writable_dir(args.out)
     key = jax.random.PRNGKey(args.seed)

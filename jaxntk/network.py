@@ -29,6 +29,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from jaxntk._checks import check_int
+from jaxntk._jet import taylor_coefficients
 
 Array = jax.Array
 
@@ -257,6 +258,37 @@ class TwoLayer:
         """(f_L, f_Q) sharing the one n×m×d product x Uᵀ."""
         z = prep.x @ u.T
         return (prep.d1 * z) @ self.a, 0.5 * ((prep.d2 * z**2) @ self.a)
+
+    def taylor_terms(self, u: Array, prep: Prepared, order: int) -> tuple[Array, ...]:
+        """(f_1, …, f_k) in closed form: f_j(x; U) = (1/j!) Σ_r a_r σ⁽ʲ⁾(w0_r · x)(u_r · x)ʲ.
+
+        f_1 and f_2 read σ' and σ'' from `prepare`; the higher derivatives σ⁽ʲ⁾(x W0ᵀ), j ≥ 3,
+        come from one Taylor-mode pass of σ on the pre-activations.
+
+        Args:
+            u: the displacement U, (m, d).
+            prep: the prepared inputs.
+            order: the highest order k ≥ 1 (a Python int: it fixes the compiled program).
+
+        Returns:
+            A tuple of k arrays (n,), f_1 = f_L, f_2 = f_Q, ….
+        """
+        check_int("order", order, 1)
+        z = prep.x @ u.T
+        terms = [(prep.d1 * z) @ self.a, 0.5 * ((prep.d2 * z**2) @ self.a)][:order]
+        if order > 2:
+            pre = prep.x @ self.w0.T
+
+            def sigma(p):
+                return [self.sigma.fn(p)]
+
+            # coefficient j of σ(pre + t) is σ⁽ʲ⁾(pre)/j!
+            coefficients = taylor_coefficients(sigma, [pre], [jnp.ones_like(pre)], order)
+            zj = z**2
+            for j in range(3, order + 1):
+                zj = zj * z
+                terms.append((coefficients[j][0] * zj) @ self.a)
+        return tuple(terms)
 
     def features(self, x: Array) -> Array:
         """NTK features φ(x) = ∇_W f(x; W0) = (a_r σ'(w0_r · x) x)_r, shape (n, m, d).

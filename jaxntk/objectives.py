@@ -55,6 +55,7 @@ Array = jax.Array
 
 __all__ = [
     "LOSSES",
+    "PAPER_VARIANTS",
     "VARIANTS",
     "Data",
     "Regularizer",
@@ -84,6 +85,8 @@ class Variant:
         regularized: whether the good-direction regularizer is on by default.
         uses_terms: whether `predict` is f(W0) + f_L + f_Q, so the loss and the evaluation can
             reuse f_L and f_Q computed once (one jvp of a jvp on the generic path).
+        order: k for the order-k Taylor model f(W0) + f_1 + … + f_k (the rows "taylor-k", k ≥ 3,
+            computed by the model's `taylor_terms`); 0 for the other rows.
     """
 
     name: str
@@ -93,6 +96,7 @@ class Variant:
     random_init: bool = False
     regularized: bool = False
     uses_terms: bool = False
+    order: int = 0
 
 
 def _full(model, u, prep):
@@ -110,6 +114,20 @@ def _quadratic(model, u, prep):
 def _linear_plus_quadratic(model, u, prep):
     fl, fq = model.linear_and_quadratic(u, prep)
     return model.initial_output(prep) + fl + fq
+
+
+def _taylor_sum(order: int):
+    def predict(model, u, prep):
+        return model.initial_output(prep) + sum(model.taylor_terms(u, prep, order))
+
+    predict.__name__ = f"_taylor_{order}"
+    return predict
+
+
+def _taylor_row(order: int) -> Variant:
+    """The order-k Taylor model f(W0) + f_1 + … + f_k, trained from U = 0 like ntk+quadntk."""
+    fn = _taylor_sum(order)
+    return Variant(f"taylor-{order}", _deterministic(fn), fn, quadratic=True, order=order)
 
 
 def _even_part(model, u, prep):
@@ -155,17 +173,44 @@ VARIANTS: dict[str, Variant] = {
             regularized=True,
             uses_terms=True,
         ),
+        _taylor_row(3),
+        _taylor_row(4),
     )
 }
-"""The six variants of docs/science.md §5, by name."""
+"""The variants by name: the six of docs/science.md §5 (`PAPER_VARIANTS`), then the order-k Taylor
+models "taylor-3" and "taylor-4" ("ntk" is order 1, "ntk+quadntk" order 2); `get_variant` makes
+"taylor-k" for any k ≥ 3."""
+
+PAPER_VARIANTS = ("full", "ntk", "quadntk", "randomized", "ntk+quadntk", "regularized")
+"""The six variants of the paper's comparison (docs/science.md §5)."""
 
 
 def get_variant(name: str) -> Variant:
-    """The row of `VARIANTS` called `name`; ValueError naming the choices otherwise."""
-    try:
+    """The row of `VARIANTS` called `name`, or the order-k Taylor model for "taylor-k", k ≥ 3.
+
+    Args:
+        name: a name in `VARIANTS`, or "taylor-k" with k ≥ 3.
+
+    Returns:
+        The `Variant`.
+
+    Raises:
+        ValueError: for any other name, listing the choices.
+    """
+    if isinstance(name, str) and name in VARIANTS:
         return VARIANTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown variant {name!r}; expected one of {list(VARIANTS)}") from None
+    order = _taylor_order(name)
+    if order is not None and order >= 3:
+        return _taylor_row(order)
+    raise ValueError(
+        f"unknown variant {name!r}; expected one of {list(VARIANTS)} or 'taylor-k' for k ≥ 3"
+    )
+
+
+def _taylor_order(name: object) -> int | None:
+    if isinstance(name, str) and name.startswith("taylor-") and name[7:].isdigit():
+        return int(name[7:])
+    return None
 
 
 def mean_squared_error(pred: Array, y: Array) -> Array:
@@ -457,12 +502,16 @@ class VariantObjective:
 
     def loss(self, u: Any, data: Data, hyper: dict[str, Array], key: Array) -> tuple[Array, dict]:
         """Training loss: the data loss ((1/n) Σ (y − f)² for "mse") + Σ λ R, and its parts."""
-        v = VARIANTS[self.variant]
+        v = get_variant(self.variant)
         model = data.model
         k_pred, k_pop = jax.random.split(key)
         if v.uses_terms:  # keep f_L(X; U): R_bulk reuses it
             f_linear, f_quad = model.linear_and_quadratic(u, data.prep_train)
             pred = model.initial_output(data.prep_train) + f_linear + f_quad
+        elif v.order:
+            terms = model.taylor_terms(u, data.prep_train, v.order)
+            f_linear = terms[0]
+            pred = model.initial_output(data.prep_train) + sum(terms)
         else:
             f_linear = None
             pred = v.train_predict(model, u, data.prep_train, k_pred)
@@ -477,20 +526,28 @@ class VariantObjective:
         target part carried by f_L and by f_Q on the test set, (P,) each."""
         del hyper
         model = data.model
-        v = VARIANTS[self.variant]
+        v = get_variant(self.variant)
         loss = LOSSES[self.data_loss]
         shares = self.data_loss == "mse" and data.parts_test.shape[1:] == data.y_test.shape
         if v.uses_terms:
             fl_train, fq_train = model.linear_and_quadratic(u, data.prep_train)
             train_pred = model.initial_output(data.prep_train) + fl_train + fq_train
+        elif v.order:
+            terms = model.taylor_terms(u, data.prep_train, v.order)
+            fl_train = terms[0]
+            train_pred = model.initial_output(data.prep_train) + sum(terms)
         else:
             train_pred = v.predict(model, u, data.prep_train)
             fl_train = model.linear_term(u, data.prep_train) if data.dirs is not None else None
-        if v.uses_terms or shares:
+        if v.order:
+            terms = model.taylor_terms(u, data.prep_test, v.order)
+            fl, fq = terms[0], terms[1]
+            test_pred = model.initial_output(data.prep_test) + sum(terms)
+        elif v.uses_terms or shares:
             fl, fq = model.linear_and_quadratic(u, data.prep_test)
         if v.uses_terms:
             test_pred = model.initial_output(data.prep_test) + fl + fq
-        else:
+        elif not v.order:
             test_pred = v.predict(model, u, data.prep_test)
         out = {
             "train_loss": loss(train_pred, data.y_train),

@@ -31,6 +31,8 @@ What is cached for training (measured in benchmarks/taylor_cache.py, d=50, n=354
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,6 +40,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
+
+from jaxntk._jet import taylor_coefficients
 
 Array = jax.Array
 PyTree = Any
@@ -49,7 +53,13 @@ __all__ = [
     "linearize",
     "quadratic_term",
     "taylor",
+    "taylor_terms",
 ]
+
+METHODS = ("jet", "jvp")
+"""How `taylor_terms` differentiates: "jet" (Taylor mode, `jax.experimental.jet`: all terms up to
+order k in one pass whose cost grows about as k²) or "jvp" (k nested `jax.jvp`s, cost ∝ 2^k: the
+reference the tests hold Taylor mode to)."""
 
 
 def linear_term(apply_fn: Callable[..., PyTree], params0: PyTree, delta: PyTree, *inputs) -> PyTree:
@@ -104,6 +114,57 @@ def quadratic_term(
     return _expansion(_at_inputs(apply_fn, inputs), params0, delta)[2]
 
 
+def taylor_terms(
+    apply_fn: Callable[..., PyTree],
+    params0: PyTree,
+    delta: PyTree,
+    *inputs,
+    order: int,
+    method: str = "jet",
+) -> list[PyTree]:
+    """[f(params0), f_1(δ), …, f_k(δ)], the Taylor terms of apply_fn(·, *inputs) up to order k.
+
+        f_j(δ) = (1/j!) dʲ/dtʲ f(params0 + tδ) at t = 0
+        f(params0 + δ) = f(params0) + f_1(δ) + … + f_k(δ) + O(‖δ‖^{k+1})
+
+    f_1 = f_L and f_2 = f_Q (`linear_term`, `quadratic_term`). With method "jet" the terms come
+    from one pass of Taylor-mode differentiation (`jax.experimental.jet`), whose cost grows
+    about as k² rather than the 2^k of k nested jvps; functions with a custom derivative rule
+    (`jax.nn.relu`, `jax.nn.softplus`, ...) are differentiated through their primal definition,
+    which jet can expand.
+
+    Args:
+        apply_fn: (params, *inputs) -> f, f an array or a pytree of arrays of any shape.
+        params0: the expansion point, any pytree of float arrays.
+        delta: the direction δ, a pytree with the structure, shapes and dtypes of params0.
+        *inputs: the remaining arguments of apply_fn (e.g. x of shape (n, d)).
+        order: the highest order k ≥ 1.
+        method: "jet" (Taylor mode) or "jvp" (nested jvps, the reference); see `METHODS`.
+
+    Returns:
+        A list of k + 1 pytrees shaped like f: f(params0), f_1(δ), …, f_k(δ).
+
+    Raises:
+        ValueError: for an order < 1, an unknown method, or a delta unlike params0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk import taylor_terms
+        >>> def f(w, x):
+        ...     return jnp.exp(x @ w)
+        >>> terms = taylor_terms(f, jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.ones((1, 2)), order=3)
+        >>> [round(float(t[0]), 4) for t in terms]   # e^t = 1 + t + t²/2 + t³/6
+        [1.0, 1.0, 0.5, 0.1667]
+    """
+    _check_order(order)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_like("delta", delta, params0)
+    fn = _at_inputs(apply_fn, inputs)
+    expand = _jet_terms if method == "jet" else _nested_terms
+    return expand(fn, params0, delta, order)
+
+
 def linearize(apply_fn: Callable[..., PyTree], params0: PyTree) -> Partial:
     """The first-order Taylor model: (params, *inputs) -> f(params0) + f_L(params − params0).
 
@@ -134,6 +195,7 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
 
         order 1: (params, *inputs) -> f(params0) + f_L(δ)
         order 2: (params, *inputs) -> f(params0) + f_L(δ) + f_Q(δ),     δ = params − params0
+        order k: (params, *inputs) -> f(params0) + f_1(δ) + … + f_k(δ)   (`taylor_terms`)
 
     The result is a `jax.tree_util.Partial`: params0 (and the arrays of apply_fn when it is a
     Partial) are pytree leaves, so it can be passed to jitted code as an argument without
@@ -142,14 +204,15 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
     Args:
         apply_fn: (params, *inputs) -> f; a plain function or a `jax.tree_util.Partial`.
         params0: the expansion point, any pytree of float arrays.
-        order: 1 or 2.
+        order: k ≥ 1. Orders 1 and 2 use one jvp and a jvp of a jvp; higher orders sum the
+            terms of `taylor_terms` (Taylor mode).
 
     Returns:
-        A `jax.tree_util.Partial` (params, *inputs) -> the order-`order` model's output, shaped
-        like apply_fn's.
+        A `jax.tree_util.Partial` (params, *inputs) -> f(params0) + Σ_{j≤k} f_j(params − params0),
+        shaped like apply_fn's output.
 
     Raises:
-        ValueError: if order is not 1 or 2.
+        ValueError: if order is not an int ≥ 1.
         TypeError: if apply_fn is not callable.
 
     Example:
@@ -163,9 +226,8 @@ def taylor(apply_fn: Callable[..., PyTree], params0: PyTree, order: int) -> Part
         >>> bool(gap < 1e-5)
         True
     """
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-    return Partial(_EXPANSIONS[int(order)], _as_partial(apply_fn), params0)
+    _check_order(order)
+    return Partial(_model_of_order(int(order)), _as_partial(apply_fn), params0)
 
 
 class TaylorPrepared(NamedTuple):
@@ -310,6 +372,21 @@ class TaylorModel:
         _, f_lin, f_quad = _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)
         return f_lin, f_quad
 
+    def taylor_terms(self, u: PyTree, prep: TaylorPrepared, order: int) -> tuple[PyTree, ...]:
+        """(f_1(U), …, f_k(U)) by Taylor mode (`taylor_terms`), for the order-k variants.
+
+        Args:
+            u: the displacement U, shaped like params0.
+            prep: the result of `prepare(x)`.
+            order: the highest order k ≥ 1 (a Python int: it fixes the compiled program).
+
+        Returns:
+            A tuple of k arrays shaped like the model's output.
+        """
+        _check_like("u", u, self.params0)
+        _check_order(order)
+        return tuple(_jet_terms(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u, order)[1:])
+
 
 def _expansion(fn: Callable[[PyTree], PyTree], params0: PyTree, delta: PyTree):
     """(f(params0), f_L(δ), f_Q(δ)) from the jvp along δ of p ↦ jvp(fn, p, δ)."""
@@ -333,7 +410,64 @@ def _second_order_model(apply_fn, params0, params, *inputs):
     return _add(_add(f0, f_lin), f_quad)
 
 
-_EXPANSIONS = {1: _first_order_model, 2: _second_order_model}
+def _order_k_model(order, apply_fn, params0, params, *inputs):
+    _check_like("params", params, params0)
+    terms = _jet_terms(_at_inputs(apply_fn, inputs), params0, _sub(params, params0), order)
+    total = terms[0]
+    for term in terms[1:]:
+        total = _add(total, term)
+    return total
+
+
+@functools.cache
+def _model_of_order(order: int) -> Callable:
+    """One function object per order, so that `taylor` models of one order share compilations."""
+    if order == 1:
+        return _first_order_model
+    if order == 2:
+        return _second_order_model
+    return functools.partial(_order_k_model, order)
+
+
+def _jet_terms(fn, params0, delta, order: int) -> list:
+    """[f(params0), f_1(δ), …, f_k(δ)] by Taylor mode (`jaxntk._jet`): the coefficients of
+    t ↦ fn(params0 + tδ), which are the Taylor terms along δ."""
+    leaves0, treedef = jax.tree.flatten(params0)
+    out_tree = jax.tree.structure(jax.eval_shape(fn, params0))
+
+    def flat(*leaves):
+        return jax.tree.leaves(fn(jax.tree.unflatten(treedef, leaves)))
+
+    coefficients = taylor_coefficients(flat, leaves0, jax.tree.leaves(delta), order)
+    return [jax.tree.unflatten(out_tree, c) for c in coefficients]
+
+
+def _nested_terms(fn, params0, delta, order: int) -> list:
+    """[f(params0), f_1(δ), …, f_k(δ)] from k nested jvps along δ (2^k work: the reference)."""
+    derivs = _nested_derivatives(fn, params0, delta, order)
+    return [jax.tree.map(lambda y, j=j: y / math.factorial(j), d) for j, d in enumerate(derivs)]
+
+
+def _nested_derivatives(fn, params0, delta, order: int) -> list:
+    """[g(0), g'(0), …, g⁽ᵏ⁾(0)] by k nested jvps along δ (2^k work: the reference)."""
+
+    def upto(j):
+        if j == 0:
+            return lambda p: [fn(p)]
+        lower = upto(j - 1)
+
+        def derivs(p):
+            primal, tangent = jax.jvp(lower, (p,), (delta,))
+            return [*primal, tangent[-1]]
+
+        return derivs
+
+    return upto(order)(params0)
+
+
+def _check_order(order) -> None:
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
+        raise ValueError(f"order must be an int ≥ 1, got {order!r}")
 
 
 def _at_inputs(apply_fn: Callable[..., PyTree], inputs: tuple) -> Callable[[PyTree], PyTree]:

@@ -127,8 +127,12 @@ def test_taylor_models_guide_code_runs(capsys):
     for (a1, a2), (b1, b2) in itertools.pairwise(rem):
         assert 3.0 < a1 / b1 < 5.0
         assert 6.0 < a2 / b2 < 10.0
+    # order k's remainder at t = 5e-3 shrinks with every order
+    orders = [float(r) for r in re.findall(r"order \d: remainder ([\d.e+-]+)", out)]
+    assert len(orders) == 4
+    assert all(b < a / 4 for a, b in itertools.pairwise(orders))
     losses = dict(re.findall(r"^(\S+)\s+test loss ([\d.]+)$", out, flags=re.M))
-    assert set(losses) == {"full", "ntk", "ntk+quadntk"}
+    assert set(losses) == {"full", "ntk", "ntk+quadntk", "taylor-3"}
     assert "(8, 8) True" in out
     accuracy = [float(a) for a in re.search(r"train accuracy \[([^\]]*)\]", out)[1].split()]
     assert accuracy[-1] > accuracy[0] + 0.3

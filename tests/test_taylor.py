@@ -301,7 +301,7 @@ def test_model_in_jit_does_not_recompile(mlp):
     assert apply_terms._cache_size() == 1
 
 
-@pytest.mark.parametrize("order", [0, 3, -1, 1.0, True, "2", None])
+@pytest.mark.parametrize("order", [0, -1, 1.0, True, "2", None])
 def test_bad_order_raises(order):
     with pytest.raises(ValueError, match="order"):
         taylor(mlp_apply, {"w": jnp.zeros(2)}, order)

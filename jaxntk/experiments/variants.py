@@ -53,7 +53,7 @@ class Config:
     lambda_bulk: float = 1.6
     eval_every: int = 250
     seeds: tuple[int, ...] = (1, 11, 111)
-    variants: tuple[str, ...] = tuple(objectives.VARIANTS)
+    variants: tuple[str, ...] = objectives.PAPER_VARIANTS
     distribution: str = "gaussian"
     activation: str = "shifted_sigmoid"
 
