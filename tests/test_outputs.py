@@ -285,6 +285,17 @@ def test_cross_entropy_training_lowers_the_loss_without_recompiling(x64):
     assert training._run_chunk._cache_size() == compiled
 
 
+def test_order_3_taylor_model_of_a_multi_output_model_trains_on_the_mse(x64):
+    apply_fn, params, task = regression_problem()
+    model = jn.TaylorModel(apply_fn, params)
+    run = jn.train(model, task, "taylor-3", steps=10, lr=1.0, eval_every=10, progress=False)
+    loss = run.history["train_loss"][0, 0]
+    np.testing.assert_allclose(
+        loss[0], np.mean((apply_fn(params, task.x_train) - task.y_train) ** 2)
+    )
+    assert loss[-1] < 0.5 * loss[0], loss
+
+
 @pytest.mark.parametrize(
     ("labels", "loss", "match"),
     [
