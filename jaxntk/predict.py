@@ -90,6 +90,8 @@ def ntk_predict(
 
     Returns:
         An `NTKPrediction`; its arrays lead with the shape of `steps` (none for one step count).
+        At t = ∞ gradient descent has a limit only for lr < N/λ_max (λ_max the NTK's largest
+        eigenvalue): otherwise the outputs there are NaN.
 
     Raises:
         ValueError: if y_train is not a float array shaped like the model's outputs on x_train
@@ -221,8 +223,12 @@ def _factors(lam, t, a, flow, cutoff):
     nonzero = lam != 0
     gain = jnp.where(nonzero, learned / jnp.where(nonzero, lam, 1.0), a * ts)
     kept = lam > cutoff
-    learned = jnp.where(finite, learned, jnp.where(kept, 1.0, 0.0))
-    gain = jnp.where(finite, gain, jnp.where(kept, 1.0 / jnp.where(kept, lam, 1.0), 0.0))
+    # gradient descent with aλ ≥ 2 oscillates or diverges along λ: no limit
+    limit = jnp.where(kept, 1.0, 0.0)
+    if not flow:
+        limit = jnp.where(a * lam >= 2, jnp.nan, limit)
+    learned = jnp.where(finite, learned, limit)
+    gain = jnp.where(finite, gain, limit / jnp.where(kept, lam, 1.0))
     return learned, gain
 
 

@@ -223,6 +223,11 @@ def test_ntk_predict_at_infinity_is_kernel_regression_and_the_flow_is_the_expone
     expected_test = f0_test + k_test @ np.linalg.solve(k, y - f0)
     np.testing.assert_allclose(out.test.ravel(), expected_test, rtol=1e-7, atol=1e-8)
 
+    too_fast = jn.ntk_predict(
+        apply_fn, params, task.x_train, task.y_train, steps=math.inf, lr=4 * LR
+    )
+    assert np.all(np.isnan(too_fast.train))
+
     time = 3.5
     flow = jn.ntk_predict(
         apply_fn, params, task.x_train, task.y_train, task.x_test, steps=time, lr=LR, flow=True
