@@ -94,9 +94,9 @@ def ntk_predict(
         eigenvalue): otherwise the outputs there are NaN.
 
     Raises:
-        ValueError: if y_train is not a float array shaped like the model's outputs on x_train
-            (integer class labels: one-hot encode them), steps are negative, not whole numbers
-            for gradient descent, or lr is not a finite float > 0.
+        ValueError: if y_train is not a finite float array shaped like the model's outputs on
+            x_train (integer class labels: one-hot encode them), steps are negative or, for
+            gradient descent, not whole numbers, or lr is not a finite float > 0.
         TypeError: if flow is not a bool.
 
     Example:
@@ -136,6 +136,8 @@ def ntk_predict(
             f"y_train has shape {y.shape} but the model's outputs on x_train have shape "
             f"{f_train.shape}"
         )
+    if not np.all(np.isfinite(np.asarray(y))):
+        raise ValueError("y_train must be finite, got NaN or inf entries")
     if x_test is not None:
         x_test = jnp.asarray(x_test)
         if x_test.ndim < 1 or x_test.shape[1:] != x_train.shape[1:]:

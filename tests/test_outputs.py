@@ -251,6 +251,7 @@ def test_ntk_predict_compiles_once_per_shape(x64):
         ({"y_train": np.zeros((N - 1, C))}, "y_train has 11 rows but x_train has 12"),
         ({"y_train": np.zeros((N, C - 1))}, "y_train has shape"),
         ({"y_train": np.zeros(N, dtype=np.int32)}, "y_train must hold float"),
+        ({"y_train": np.full((N, C), np.nan)}, "y_train must be finite"),
         ({"steps": [1.5]}, "whole numbers"),
         ({"steps": -1}, "steps"),
         ({"lr": 0.0}, "lr"),
