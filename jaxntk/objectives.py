@@ -429,9 +429,11 @@ class Regularizer:
 class Data(NamedTuple):
     """Everything a training run reads, as arrays: passed to the compiled program as arguments.
 
-    x_pop: fixed inputs on which evaluations estimate R_pop (default: the test inputs);
-    parts_test: (P, n_test) value of each target part on the test inputs (for the share of each
-    part learned); dirs: the good directions (`jaxntk.spectral.good_directions`) or None.
+    y_train, y_test: float targets shaped like the model's outputs, or integer class labels for
+    "cross_entropy" (`check_targets`); x_pop: fixed inputs on which evaluations estimate R_pop
+    (default: the test inputs); parts_test: (P, n_test, *out) value of each target part on the
+    test inputs (for the share of each part learned); dirs: the good directions
+    (`jaxntk.spectral.good_directions`) or None.
     prep_*: `model.prepare` of the inputs, filled in by `VariantObjective.prepare` inside the
     compiled program, so that it is computed once per chunk and never enters a jit cache key.
     """
