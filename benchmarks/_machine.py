@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -15,3 +16,26 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def write_table(out: Path, name: str, text: str, results: bool) -> Path:
+    """Write a script's Markdown table to `out/name.md`; append it to benchmarks/RESULTS.md only
+    when `results` (the scripts' `--results` flag) asks: a plain run leaves the checkout alone."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.md"
+    path.write_text(text)
+    if results:
+        with RESULTS.open("a") as fh:
+            fh.write(text if text.startswith("\n") else "\n" + text)
+    return path
+
+
+def add_output_arguments(parser) -> None:
+    """--out DIR (default bench-results) and --results, the same for every benchmark script."""
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    parser.add_argument(
+        "--results", action="store_true", help="also append the table to benchmarks/RESULTS.md"
+    )

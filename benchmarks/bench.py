@@ -1,14 +1,21 @@
 """`jaxntk bench`: the library against the hardware and against the authors' way of writing it.
 
-Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md):
+Rows of `DIR/bench.json` and a Markdown table `DIR/bench.md` (appended to benchmarks/RESULTS.md
+only with `--results`):
 
 1. matmul_peak: a jitted f32 (N × N) @ (N × N) after warm-up, 2N³ FLOPs; the reference rate.
+   memory_bandwidth: a STREAM-like triad a = b + s·c on f32 arrays of N elements, much larger
+   than the caches: 3 · 4N bytes moved (read b and c, write a); the reference traffic rate.
+   Every step row carries its roofline bound, max(FLOPs / matmul rate, bytes / bandwidth), with
+   bytes the least traffic of the step (`least_bytes`: the arrays it must read and write), and
+   the fraction of that bound reached ("bound_seconds", "fraction_of_bound").
 2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
    T2 − T1 steps of one compiled program), path "closed" (`TwoLayer`) or "taylor" (the generic
-   `TaylorModel` on the same apply_fn). FLOPs counted per step as 4·n·m·d for every variant: the
-   forward product Z = X Uᵀ (2·n·m·d) and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and
-   f_Q share Z, the full network replaces U by W0 + U, the bulk penalty adds only n·k work, and
-   XW0ᵀ is computed once per chunk. Elementwise passes (σ', σ'' on n × m) are not counted.
+   `TaylorModel` on the same apply_fn); the six variants of the paper and the order-3 model.
+   FLOPs counted per step as 4·n·m·d for every variant: the forward product Z = X Uᵀ (2·n·m·d)
+   and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and f_Q share Z, the full network
+   replaces U by W0 + U, the bulk penalty adds only n·k work, and XW0ᵀ is computed once per chunk.
+   Elementwise passes (σ', σ'' on n × m) are not counted.
 3. baseline: `baseline.py`, the authors' step (nested jvp each call, dense J closed over, test
    loss every step, Python loop): 4·n·m·d as above, 4·n·m·d for the bulk products B u and Bᵀ r,
    2·n_test·m·d for the test forward pass; its config gives its time over ours (regularized).
@@ -21,7 +28,7 @@ Rows of `DIR/bench.json` (and a Markdown table appended to benchmarks/RESULTS.md
 8. batching/vmap, batching/map: 3 λ of "regularized" in one program, the settings batched as
    arrays (vmap) or run one after another inside it (lax.map), seconds per step.
 
-    python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--no-write]
+    python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--results]
 """
 
 from __future__ import annotations
@@ -47,13 +54,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import baseline
 import step_time
 import subspace
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LAMBDAS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
 SWEEP_SEEDS = (1, 11, 111)
 # sign-flipping rows of U is exact only for a sum over neurons, so train refuses it on a TaylorModel
 NOT_ON_TAYLOR = ("randomized",)
+# the order-3 Taylor model f0 + f_1 + f_2 + f_3 on both paths (the closed form's step also
+# computes the third derivative of the activation from X W0ᵀ)
+ORDER_VARIANTS = ("taylor-3",)
 
 # sizes: (d, n, m) of the step rows; t1/t2/repeats: step timing; scaling: the decades per axis;
 # tiny (for the tests) keeps one variant, one scaling axis, one subspace method and a 2 × 2 sweep
@@ -61,6 +70,7 @@ NOT_ON_TAYLOR = ("randomized",)
 PRESETS = {
     "full": dict(
         matmul=2048,
+        triad=2**25,
         sizes=[(50, 354, 4000), (100, 1000, 10_000)],
         # the paper's size: ~0.1 s a step on 2 cores, so fewer steps; no baseline there (its dense
         # n × (m·d) feature matrix would be 4 GB, closed over by jit as a constant)
@@ -77,6 +87,7 @@ PRESETS = {
     ),
     "quick": dict(
         matmul=1024,
+        triad=2**24,
         sizes=[(20, 90, 1000)],
         t1=20,
         t2=120,
@@ -90,6 +101,7 @@ PRESETS = {
     ),
     "tiny": dict(
         matmul=128,
+        triad=2**16,
         sizes=[(6, 20, 40)],
         t1=4,
         t2=200,
@@ -110,11 +122,12 @@ PRESETS = {
 def run(preset: str = "full") -> dict:
     """All rows of the benchmark at one preset; returns the bench.json document."""
     cfg = PRESETS[preset]
-    rows = [_matmul_row(cfg["matmul"])]
+    rows = [_matmul_row(cfg["matmul"]), _bandwidth_row(cfg["triad"])]
     peak = rows[0]["gflops"]
+    bandwidth = rows[1]["config"]["gbytes_per_s"]
     for i, (d, n, m) in enumerate(cfg["sizes"]):
         size_cfg = cfg if i == 0 else {**cfg, **cfg.get("large", {})}
-        rows += _step_rows(d, n, m, size_cfg, peak)
+        rows += _step_rows(d, n, m, size_cfg, peak, bandwidth)
         if size_cfg.get("baseline", True):
             ours = next(r for r in rows[::-1] if r["name"] == "step/closed/regularized")
             rows.append(_baseline_row(d, n, m, size_cfg, peak, ours["seconds_per_step"]))
@@ -159,8 +172,9 @@ def markdown(doc: dict) -> str:
         f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram_gib']} GiB, backend "
         f"{mach['backend']}; load average {', '.join(f'{x:.1f}' for x in mach['load_average'])} "
         f"at the end. jax {ver['jax']}, jaxlib {ver['jaxlib']}, optax {ver['optax']}.\n",
-        "| name | config | time | GFLOP/s | of matmul peak | peak MB |",
-        "|---|---|---|---|---|---|",
+        "| name | config | time | GFLOP/s | of matmul peak | roofline bound, ms | of bound "
+        "| peak MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         if "seconds_per_step" in r:
@@ -170,12 +184,16 @@ def markdown(doc: dict) -> str:
         conf = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         lines.append(
             f"| {r['name']} | {conf} | {t} | {_fmt(r['gflops'])} | "
-            f"{_fmt(r['fraction_of_matmul_peak'], '.0%')} | {_fmt(r['peak_memory_mb'])} |"
+            f"{_fmt(r['fraction_of_matmul_peak'], '.0%')} | "
+            f"{_fmt(r['bound_seconds'] and r['bound_seconds'] * 1e3)} | "
+            f"{_fmt(r['fraction_of_bound'], '.0%')} | {_fmt(r['peak_memory_mb'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _row(name, config, *, per_step=None, seconds=None, flops=None, peak=None, memory=None):
+def _row(
+    name, config, *, per_step=None, seconds=None, flops=None, peak=None, memory=None, bound=None
+):
     row = {"name": name, "config": config}
     if per_step is not None:
         row["seconds_per_step"] = per_step
@@ -187,9 +205,66 @@ def _row(name, config, *, per_step=None, seconds=None, flops=None, peak=None, me
     gflops = None if flops is None or elapsed <= 0 else flops / elapsed / 1e9
     row["gflops"] = gflops
     row["fraction_of_matmul_peak"] = None if gflops is None or peak is None else gflops / peak
+    row["bound_seconds"] = bound
+    row["fraction_of_bound"] = None if bound is None or elapsed <= 0 else bound / elapsed
     row["peak_memory_mb"] = _device_peak_mb() if memory is None else memory
     print(f"{name:<28} {json.dumps(config):<60} {elapsed:.4g} s  {_fmt(gflops)} GFLOP/s")
     return row
+
+
+# the n × m constants each variant's step reads: σ'(X W0ᵀ), σ''(X W0ᵀ) of the prepared inputs
+_NM_ARRAYS = {
+    "full": (),
+    "randomized": (),
+    "ntk": ("d1",),
+    "quadntk": ("d2",),
+    "ntk+quadntk": ("d1", "d2"),
+    "regularized": ("d1", "d2"),
+    "taylor-3": ("d1", "d2"),
+}
+
+
+def least_bytes(variant: str, d: int, n: int, m: int, k: int | None = None) -> dict[str, int]:
+    """The least traffic of one float32 training step of `variant`, array by array (bytes).
+
+    A step is two passes over the n × m products: the forward pass (Z = X Uᵀ, then f and the
+    residual) and the gradient (G, then Gᵀ X). Each n × m constant it reads (σ', σ'' of the
+    prepared inputs) is read in both passes; Z and G need not be stored (a fused kernel keeps
+    them). X is read in both passes, U and W0 once, U written once; the labels y, the output
+    weights a and, for the regularizer, U_k (n × k) read twice (Pᵀ f_L, then its gradient).
+    """
+    four = 4
+    out = {"X (n·d, twice)": 2 * n * d * four, "U (m·d, read and write)": 2 * m * d * four}
+    out["y, a (n + m)"] = (n + m) * four
+    for name in _NM_ARRAYS[variant]:
+        out[f"{name} (n·m, twice)"] = 2 * n * m * four
+    if variant in ("full", "randomized", "taylor-3"):  # σ of X (W0 + U)ᵀ or of X W0ᵀ
+        out["W0 (m·d)"] = m * d * four
+    if variant == "regularized":
+        out["U_k (n·k, twice)"] = 2 * n * (d if k is None else k) * four
+    return out
+
+
+def _bound(flops: float, nbytes: float, peak_gflops: float, gbytes_per_s: float) -> float:
+    """The roofline bound: max(FLOPs / matmul rate, bytes / bandwidth), seconds."""
+    return max(flops / (peak_gflops * 1e9), nbytes / (gbytes_per_s * 1e9))
+
+
+def _bandwidth_row(size: int) -> dict:
+    """A STREAM-like triad a = b + s·c on arrays of `size` float32 values: 12·size bytes."""
+    b = jax.random.normal(jax.random.PRNGKey(0), (size,), jnp.float32)
+    c = jax.random.normal(jax.random.PRNGKey(1), (size,), jnp.float32)
+    triad = jax.jit(lambda b, c, s: b + s * c)
+    scale = jnp.float32(3.0)
+    jax.block_until_ready(triad(b, c, scale))
+    best = np.inf
+    for _ in range(10):
+        t0 = time.perf_counter()
+        jax.block_until_ready(triad(b, c, scale))
+        best = min(best, time.perf_counter() - t0)
+    nbytes = 3 * 4 * size
+    conf = {"N": size, "bytes": nbytes, "gbytes_per_s": round(nbytes / best / 1e9, 3)}
+    return _row("memory_bandwidth", conf, seconds=best)
 
 
 def _matmul_row(size: int) -> dict:
@@ -211,24 +286,29 @@ def _setup(d: int, n: int, m: int):
     return task, net
 
 
-def _step_rows(d, n, m, cfg, peak) -> list[dict]:
+def _step_rows(d, n, m, cfg, peak, bandwidth) -> list[dict]:
     task, net = _setup(d, n, m)
     paths = {"closed": net, "taylor": jn.TaylorModel(net.apply_fn, net.w0)}
     rows = []
     for path, model in paths.items():
-        for variant in cfg.get("variants", jn.objectives.PAPER_VARIANTS):
+        variants = cfg.get("variants", jn.objectives.PAPER_VARIANTS) + ORDER_VARIANTS
+        for variant in variants:
             if path == "taylor" and variant in NOT_ON_TAYLOR:
                 continue
             per_step = step_time.seconds_per_step(
                 model, task, variant, t1=cfg["t1"], t2=cfg["t2"], repeats=cfg["repeats"]
             )
+            flops = (6 if variant == "taylor-3" else 4) * n * m * d
+            nbytes = sum(least_bytes(variant, d, n, m).values())
+            conf = {"d": d, "n": n, "m": m, "flops_per_step": flops, "bytes_per_step": nbytes}
             rows.append(
                 _row(
                     f"step/{path}/{variant}",
-                    {"d": d, "n": n, "m": m, "flops_per_step": "4nmd"},
+                    conf,
                     per_step=per_step,
-                    flops=4 * n * m * d,
+                    flops=flops,
                     peak=peak,
+                    bound=_bound(flops, nbytes, peak, bandwidth),
                 )
             )
     return rows
@@ -431,8 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes, ≤ 3 min on 2 cores")
     size.add_argument("--tiny", action="store_true", help="smallest sizes (for the tests)")
-    p.add_argument("--out", type=Path, default=Path("bench-results"))
-    p.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    add_output_arguments(p)
     args = p.parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     t0 = time.perf_counter()
@@ -442,9 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "bench.json").write_text(json.dumps(doc, indent=1))
     table = markdown(doc)
     print(table)
-    if not args.no_write:
-        with RESULTS.open("a") as fh:
-            fh.write(table)
+    write_table(args.out, "bench", table, args.results)
     print(f"{preset} bench in {doc['total_seconds']:.0f} s -> {args.out / 'bench.json'}")
     return doc
 

@@ -9,7 +9,8 @@ each device holds of the m-dependent arrays (W0, a, σ'(X W0ᵀ), σ''(X W0ᵀ) 
 placed arrays' shards. Without accelerators it emulates the devices on the host
 (XLA_FLAGS=--xla_force_host_platform_device_count=8, set here before JAX starts): on a machine with
 few cores the emulated devices share them, so the table then shows the overhead of partitioning, not
-a speed-up. Prints a table and appends it, with the machine and versions, to benchmarks/RESULTS.md.
+a speed-up. Prints a table and writes it, with the machine and versions, to `--out`/sharding.md
+(appended to benchmarks/RESULTS.md only with `--results`).
 
     python benchmarks/sharding.py [--d 50 --n 354 --m 4000 --variants ntk+quadntk,full]
 """
@@ -26,16 +27,13 @@ import argparse
 import platform
 import time
 from importlib import metadata
-from pathlib import Path
 
 import jax
 import numpy as np
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
 from jaxntk import sharding
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     p.add_argument("--t1", type=int, default=20)
     p.add_argument("--t2", type=int, default=220)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-save", action="store_true")
+    add_output_arguments(p)
     args = p.parse_args()
 
     counts = [int(c) for c in args.devices.split(",")]
@@ -99,9 +97,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|\n"
     )
     table = header + "\n".join(rows) + "\n"
-    if not args.no_save:
-        with RESULTS.open("a") as f:
-            f.write(table)
+    write_table(args.out, "sharding", table, args.results)
 
 
 def _m_dependent_bytes(net, task, devices: int) -> int:

@@ -3,7 +3,8 @@
 Each variant is trained for T1 and for T2 steps with the same compiled program (the step count is
 an argument, not a constant), after a warm-up run; (time(T2) − time(T1)) / (T2 − T1) is the cost of
 a step with compilation, set-up and the final evaluation removed. Prints a table and appends it,
-with the machine and versions, to benchmarks/RESULTS.md.
+with the machine and versions, to `--out`/step_time.md (appended to benchmarks/RESULTS.md only
+with `--results`).
 
     python benchmarks/step_time.py [--d 50 --n 354 --m 4000 --seeds 1 --repeats 3]
 """
@@ -13,15 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def seconds_per_step(
@@ -57,7 +55,7 @@ def main() -> None:
     p.add_argument("--t1", type=int, default=200)
     p.add_argument("--t2", type=int, default=1200)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-save", action="store_true")
+    add_output_arguments(p)
     args = p.parse_args()
 
     key = jax.random.PRNGKey(0)
@@ -81,9 +79,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} at the end.\n\n| variant | ms / step |\n|---|---|\n"
     )
     table = "".join(f"| {v} | {s * 1e3:.2f} |\n" for v, s in rows)
-    if not args.no_save:
-        with RESULTS.open("a") as f:
-            f.write(header + table)
+    write_table(args.out, "step_time", header + table, args.results)
     print(np.round([s * 1e3 for _, s in rows], 2).tolist())
 
 

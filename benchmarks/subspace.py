@@ -16,7 +16,8 @@ relative error of its singular values.
     python benchmarks/subspace.py            # d = 50 (all three) and the paper's size (J-free)
     python benchmarks/subspace.py --quick    # d = 50 only
 
-Prints a table and appends it, with the machine and versions, to benchmarks/RESULTS.md.
+Prints a table and writes it, with the machine and versions, to `--out`/subspace.md (appended to
+benchmarks/RESULTS.md only with `--results`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 METHODS = ("dense", "gram", "matrix_free")
 SIZES = {"issue": (50, 354, 4000), "paper": (100, 1000, 10_000)}
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="d = 50 only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64, help="columns per J/Jᵀ product")
-    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    add_output_arguments(parser)
     parser.add_argument("--worker", choices=(*METHODS, "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -201,18 +201,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(rows[-1], flush=True)
     table = "\n".join(rows)
     print(table)
-    if not args.no_write:
-        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        section = (
-            f"\n## Top-d NTK subspace without J (benchmarks/subspace.py, {when})\n\n"
-            f"Machine: {machine()}. float32, Gaussian inputs, shifted_sigmoid, k = d, "
-            f"{args.repeats} timed repeats after a warm-up call, batch_size {args.batch_size}.\n\n"
-            f"{table}\n"
-        )
-        if not RESULTS.exists():
-            RESULTS.write_text("# Benchmark results\n")
-        with RESULTS.open("a") as fh:
-            fh.write(section)
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"\n## Top-d NTK subspace without J (benchmarks/subspace.py, {when})\n\n"
+        f"Machine: {machine()}. float32, Gaussian inputs, shifted_sigmoid, k = d, "
+        f"{args.repeats} timed repeats after a warm-up call, batch_size {args.batch_size}.\n\n"
+        f"{table}\n"
+    )
+    write_table(args.out, "subspace", section, args.results)
 
 
 if __name__ == "__main__":

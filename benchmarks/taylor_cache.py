@@ -15,8 +15,8 @@ linear map of `jax.linearize` — which jaxntk does not use because it measured 
 here only to be measured. Times are the minimum over `repeats` rounds after a warm-up, with
 `block_until_ready`; each round runs every row once, so load from other processes hits all rows.
 
-    python benchmarks/taylor_cache.py                 # prints the table, appends to RESULTS.md
-    python benchmarks/taylor_cache.py --no-append --steps 20
+    python benchmarks/taylor_cache.py --out DIR               # the table to DIR/taylor_cache.md
+    python benchmarks/taylor_cache.py --out DIR --results     # and appended to RESULTS.md
 """
 
 from __future__ import annotations
@@ -28,15 +28,13 @@ import platform
 import time
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LR = 0.5
 
 
@@ -183,7 +181,7 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    add_output_arguments(parser)
     args = parser.parse_args()
 
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -210,24 +208,20 @@ def main() -> None:
 
     info = machine()
     print(info)
-    if not args.no_append:
-        section = [
-            "",
-            f"## Taylor terms: cached vs uncached ({datetime.date.today()}, "
-            "benchmarks/taylor_cache.py)",
-            "",
-            f"Two-layer net, shifted sigmoid, d={args.d}, n={args.n}, m={args.m}, float32; "
-            "gradient descent on mean((y − f_L [− f_Q])²); "
-            f"min over {args.repeats} interleaved runs of {args.steps} steps after a warm-up "
-            "(a shared machine: compare rows of one table, not tables). "
-            f"Machine: {info}.",
-            "",
-            *lines,
-        ]
-        if not RESULTS.exists():
-            RESULTS.write_text("# jaxntk benchmark results\n")
-        with RESULTS.open("a") as f:
-            f.write("\n".join(section) + "\n")
+    section = [
+        "",
+        f"## Taylor terms: cached vs uncached ({datetime.date.today()}, "
+        "benchmarks/taylor_cache.py)",
+        "",
+        f"Two-layer net, shifted sigmoid, d={args.d}, n={args.n}, m={args.m}, float32; "
+        "gradient descent on mean((y − f_L [− f_Q])²); "
+        f"min over {args.repeats} interleaved runs of {args.steps} steps after a warm-up "
+        "(a shared machine: compare rows of one table, not tables). "
+        f"Machine: {info}.",
+        "",
+        *lines,
+    ]
+    write_table(args.out, "taylor_cache", "\n".join(section) + "\n", args.results)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,14 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from _machine import cpu_name
+from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
 from jaxntk.taylor import METHODS
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 class CNN(nn.Module):
@@ -57,6 +54,14 @@ def models(size: str):
     yield f"CNN {channels} ch, n={n_img}, 10 outputs", cnn.apply, p0, delta, xi
 
 
+def hlo_ops(fn, *args) -> list[int]:
+    """Instructions of the program as traced and after XLA's optimizations (CSE, fusion)."""
+    lowered = fn.lower(*args)
+    traced = sum(1 for line in lowered.as_text().splitlines() if " = " in line)
+    optimized = sum(1 for line in lowered.compile().as_text().splitlines() if " = " in line)
+    return [traced, optimized]
+
+
 def seconds(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     best = math.inf
@@ -78,12 +83,16 @@ def run(size: str = "full", max_order: int = 6, repeats: int = 5) -> dict:
                         f, p, dl, xx, order=k, method=method
                     )
                 )
+                t0 = time.perf_counter()
+                row[f"{method}_ops"] = hlo_ops(fn, p0, delta, x)
+                row[f"{method}_compile"] = time.perf_counter() - t0
                 row[method] = seconds(fn, p0, delta, x, repeats=repeats)
             row["jet/jvp"] = row["jet"] / row["jvp"]
             rows.append(row)
             print(
                 f"{name:34s} k={k}  jet {row['jet'] * 1e3:8.2f} ms  nested jvp "
-                f"{row['jvp'] * 1e3:8.2f} ms  ratio {row['jet/jvp']:.2f}",
+                f"{row['jvp'] * 1e3:8.2f} ms  ratio {row['jet/jvp']:.2f}  ops "
+                f"{row['jet_ops']} / {row['jvp_ops']}",
                 flush=True,
             )
     return {
@@ -103,35 +112,36 @@ def table(doc: dict) -> str:
         f"{doc['machine']}, jax {doc['jax']}, float32, min of {doc['repeats']} runs after "
         "compilation; all terms f_0…f_k of `jn.taylor_terms` in one jitted call.",
         "",
-        "| model | k | Taylor mode (jet) | nested jvps | jet / jvp |",
-        "|---|---|---|---|---|",
+        "Ops: instructions of the program as traced → after XLA's optimizations; compile: "
+        "lowering and compiling once.",
+        "",
+        "| model | k | Taylor mode | nested jvps | Taylor / nested | ops, Taylor | ops, nested "
+        "| compile, Taylor | compile, nested |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         lines.append(
             f"| {r['model']} | {r['order']} | {r['jet'] * 1e3:.2f} ms | {r['jvp'] * 1e3:.2f} ms "
-            f"| {r['jet/jvp']:.2f} |"
+            f"| {r['jet/jvp']:.2f} | {r['jet_ops'][0]} → {r['jet_ops'][1]} "
+            f"| {r['jvp_ops'][0]} → {r['jvp_ops'][1]} | {r['jet_compile']:.2f} s "
+            f"| {r['jvp_compile']:.2f} s |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for the JSON and the table")
     p.add_argument("--size", choices=["full", "tiny"], default="full")
     p.add_argument("--max-order", type=int, default=6)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--results", action="store_true", help="append the table to RESULTS.md")
+    add_output_arguments(p)
     args = p.parse_args(argv)
     if args.max_order < 1 or args.repeats < 1:
         p.error("--max-order and --repeats must be ≥ 1")
     doc = run(args.size, args.max_order, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "taylor_orders.json").write_text(json.dumps(doc, indent=1))
-    text = table(doc)
-    (args.out / "taylor_orders.md").write_text(text)
-    if args.results:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    write_table(args.out, "taylor_orders", table(doc), args.results)
     return doc
 
 

@@ -1,7 +1,7 @@
 """The `jaxntk` command.
 
     jaxntk train --variant V --d D --n N --m M --steps T --lr LR --seed S --out DIR [...]
-    jaxntk bench [--quick | --tiny] [--out DIR]   (from a source checkout: benchmarks/bench.py)
+    jaxntk bench [--quick | --tiny] [--out DIR] [--results]   (from a source checkout)
 
 Each verb exits 0 on success and non-zero with a one-line reason otherwise.
 """
@@ -163,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="small sizes, minutes on 2 cores")
     size.add_argument("--tiny", action="store_true", help="the smallest sizes (a smoke test)")
     b.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench.json")
-    b.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    b.add_argument(
+        "--results",
+        action="store_true",
+        help="also append the table to the checkout's benchmarks/RESULTS.md (default: --out only)",
+    )
     b.set_defaults(func=_bench)
     return p
 
@@ -181,7 +185,7 @@ def _bench(args: argparse.Namespace) -> int:
     spec.loader.exec_module(module)
     argv = ["--out", str(args.out)] + [
         f"--{flag.replace('_', '-')}"
-        for flag in ("quick", "tiny", "no_write")
+        for flag in ("quick", "tiny", "results")
         if getattr(args, flag)
     ]
     module.main(argv)

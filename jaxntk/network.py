@@ -45,7 +45,22 @@ __all__ = [
 
 
 class Activation(NamedTuple):
-    """An activation σ with its first and second derivatives, each elementwise."""
+    """An activation σ with its first and second derivatives, each elementwise.
+
+    Attributes:
+        name: the key of this activation in `ACTIVATIONS`.
+        fn: σ, array -> array of the same shape.
+        d1: σ', elementwise.
+        d2: σ'', elementwise (zero almost everywhere for relu).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.network import get_activation
+        >>> act = get_activation("shifted_sigmoid")  # σ(z) = sigmoid(z − 1)
+        >>> z = jnp.array(1.0)
+        >>> float(act.fn(z)), float(act.d1(z)), float(act.d2(z))
+        (0.5, 0.25, 0.0)
+    """
 
     name: str
     fn: Callable[[Array], Array]
@@ -123,15 +138,41 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("relu", jax.nn.relu, _relu_d1, _relu_d2),
     )
 }
-"""Activations by name. The default, shifted_sigmoid σ(z) = sigmoid(z − 1), is neither odd nor even,
-so its Hermite coefficients of every degree are non-zero. gelu is the exact (erf) form."""
+"""Activations by name (`Activation` with σ, σ', σ''): shifted_sigmoid, tanh, softplus, gelu, erf,
+relu. The default, shifted_sigmoid σ(z) = sigmoid(z − 1), is neither odd nor even, so its Hermite
+coefficients of every degree are non-zero. gelu is the exact (erf) form. relu has σ'' = 0 almost
+everywhere, so its quadratic term vanishes (`check_curvature`).
+
+Example:
+    >>> from jaxntk.network import ACTIVATIONS
+    >>> sorted(ACTIVATIONS)
+    ['erf', 'gelu', 'relu', 'shifted_sigmoid', 'softplus', 'tanh']
+"""
 
 #: Activations whose second derivative is zero almost everywhere: their quadratic term vanishes.
 ZERO_CURVATURE = frozenset({"relu"})
 
 
 def get_activation(name: str) -> Activation:
-    """The activation called `name` (one of `ACTIVATIONS`), with its derivatives."""
+    """The activation called `name` (one of `ACTIVATIONS`), with its derivatives.
+
+    Args:
+        name: a key of `ACTIVATIONS`.
+
+    Returns:
+        The `Activation` (σ, σ', σ'').
+
+    Raises:
+        TypeError: `name` is not a str.
+        ValueError: `name` is not a known activation; the message lists the choices.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.network import get_activation
+        >>> tanh = get_activation("tanh")
+        >>> float(tanh.d1(jnp.array(0.0)))  # tanh'(0) = 1
+        1.0
+    """
     if not isinstance(name, str):
         raise TypeError(
             f"activation must be a str naming one of {sorted(ACTIVATIONS)}, got {name!r}"
@@ -147,8 +188,22 @@ def get_activation(name: str) -> Activation:
 class Prepared(NamedTuple):
     """What the two-layer Taylor terms need on a fixed input set, computed once by `prepare`.
 
-    x: (n, d) inputs; d1 = σ'(x W0ᵀ) and d2 = σ''(x W0ᵀ), each (n, m); f0 = f(x; W0), (n,)
-    (exactly 0 at the symmetric init).
+    A NamedTuple of arrays (a pytree). None of them depends on U, so one `Prepared` serves every
+    training step.
+
+    Attributes:
+        x: (n, d) inputs.
+        d1: (n, m) σ'(x W0ᵀ).
+        d2: (n, m) σ''(x W0ᵀ).
+        f0: (n,) f(x; W0) (exactly 0 at the symmetric init).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+        >>> prep = net.prepare(jnp.ones((5, 3)))
+        >>> prep.x.shape, prep.d1.shape, prep.d2.shape, prep.f0.shape
+        ((5, 3), (5, 4), (5, 4), (5,))
     """
 
     x: Array
@@ -171,7 +226,11 @@ class TwoLayer:
         activation: name of σ in `ACTIVATIONS`.
 
     Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=10, m=100)
+        >>> net.m, net.d, net.activation
+        (100, 10, 'shifted_sigmoid')
         >>> net.apply(net.w0, jnp.ones((3, 10)))  # exactly zero at the symmetric init
         Array([0., 0., 0.], dtype=float32)
     """
@@ -180,8 +239,8 @@ class TwoLayer:
     a: Array
     activation: str = dataclasses.field(default="shifted_sigmoid", metadata={"static": True})
 
-    #: f is a sum over neurons, the rows of W: per-row signs give Bai & Lee's randomization.
     rows_are_neurons: ClassVar[bool] = True
+    """f is a sum over neurons, the rows of W: per-row signs give Bai & Lee's randomization."""
 
     @classmethod
     def init(
@@ -192,19 +251,46 @@ class TwoLayer:
         activation: str = "shifted_sigmoid",
         dtype: jnp.dtype | None = None,
     ) -> TwoLayer:
-        """Symmetric initialization (docs/science.md §2): f(x; W0) = 0 for every x, exactly."""
+        """Symmetric initialization (docs/science.md §2): f(x; W0) = 0 for every x, exactly.
+
+        The same as `jaxntk.network.init`: m/2 unit rows used twice, a_r = ±1/√m.
+
+        Args:
+            key: PRNG key.
+            d: input dimension, ≥ 1.
+            m: width, even and ≥ 2.
+            activation: a name in `ACTIVATIONS`.
+            dtype: float dtype of w0 and a (default: JAX's default float).
+
+        Returns:
+            The `TwoLayer` network at W0.
+
+        Raises:
+            TypeError: d or m is not an int, or activation is not a str.
+            ValueError: d or m out of range, m odd, or an unknown activation.
+
+        Example:
+            >>> import jax
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> net.w0.shape, net.a.tolist()  # a_r = ±1/√m
+            ((4, 3), [0.5, 0.5, -0.5, -0.5])
+        """
         return init(key, d, m, activation=activation, dtype=dtype)
 
     @property
     def m(self) -> int:
+        """The width m, the number of neurons (rows of w0)."""
         return self.w0.shape[0]
 
     @property
     def d(self) -> int:
+        """The input dimension d (columns of w0)."""
         return self.w0.shape[1]
 
     @property
     def sigma(self) -> Activation:
+        """The `Activation` (σ, σ', σ'') named by `activation`."""
         return get_activation(self.activation)
 
     def apply(self, w: Array, x: Array) -> Array:
@@ -214,6 +300,24 @@ class TwoLayer:
         batched product so that at the symmetric init the halves cancel to exactly 0. A reshape
         (m, d) -> (2, m/2, d) rather than slices: with the rows split over devices
         (`jaxntk.sharding`) each half stays on its devices instead of being moved.
+
+        Args:
+            w: (m, d) first layer W (W0 + U for the real network).
+            x: (n, d) inputs, or one input (d,).
+
+        Returns:
+            (n,) outputs, or a scalar () for one input of shape (d,).
+
+        Raises:
+            ValueError: w is not (m, d), or x is not (n, d) / (d,) with the network's d.
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+            >>> net.apply(net.w0 + 0.1, x).shape, net.apply(net.w0, x[0]).shape
+            ((5,), ())
         """
         x2 = self._check_inputs(x)
         _check_shape("w", w, (self.m, self.d))
@@ -225,37 +329,147 @@ class TwoLayer:
 
     @property
     def apply_fn(self) -> jax.tree_util.Partial:
-        """`apply` as a pytree function (w, x) -> f(x; w), for the generic paths (jaxntk.taylor)."""
+        """`apply` as a pytree function (w, x) -> f(x; w), for the generic paths (jaxntk.taylor).
+
+        A `jax.tree_util.Partial` holding the network, so it can itself be passed to `jit`.
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> net.apply_fn(net.w0, jnp.ones((2, 3)))
+            Array([0., 0.], dtype=float32)
+        """
         return jax.tree_util.Partial(TwoLayer.apply, self)
 
     def zeros(self) -> Array:
-        """U = 0, the starting point of training: an (m, d) array of zeros."""
+        """U = 0, the starting point of training: an (m, d) array of zeros.
+
+        Returns:
+            (m, d) zeros in the dtype of w0.
+        """
         return jnp.zeros_like(self.w0)
 
     def full(self, u: Array, prep: Prepared) -> Array:
-        """The real network at W0 + U on prepared inputs: f(x; W0 + U), (n,)."""
+        """The real network at W0 + U on prepared inputs: f(x; W0 + U), (n,).
+
+        Args:
+            u: (m, d) displacement U from W0.
+            prep: `prepare(x)` of the inputs.
+
+        Returns:
+            (n,) f(x; W0 + U).
+        """
         return self.apply(self.w0 + u, prep.x)
 
     def prepare(self, x: Array) -> Prepared:
-        """σ'(x W0ᵀ), σ''(x W0ᵀ) and f(x; W0) for the inputs x (n, d): constants of training."""
+        """σ'(x W0ᵀ), σ''(x W0ᵀ) and f(x; W0) for the inputs x (n, d): constants of training.
+
+        Args:
+            x: (n, d) inputs.
+
+        Returns:
+            The `Prepared` tuple (x, d1, d2, f0) that the Taylor terms read.
+
+        Raises:
+            ValueError: x is not (n, d) with the network's d.
+
+        Example:
+            >>> import jax
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
+            >>> prep.d1.shape, prep.f0.tolist()
+            ((5, 4), [0.0, 0.0, 0.0, 0.0, 0.0])
+        """
         x2 = self._check_inputs(x, ndim=2)
         pre = x2 @ self.w0.T
         return Prepared(x2, self.sigma.d1(pre), self.sigma.d2(pre), self.apply(self.w0, x2))
 
     def initial_output(self, prep: Prepared) -> Array:
-        """f(x; W0), the zeroth-order term (0 at the symmetric init), (n,)."""
+        """f(x; W0), the zeroth-order term (0 at the symmetric init), (n,).
+
+        Args:
+            prep: `prepare(x)` of the inputs.
+
+        Returns:
+            (n,) f(x; W0), read from `prep.f0`.
+        """
         return prep.f0
 
     def linear_term(self, u: Array, prep: Prepared) -> Array:
-        """f_L(x; U) = Σ_r a_r σ'(w0_r · x)(u_r · x), on prepared inputs; (n,)."""
+        """f_L(x; U) = Σ_r a_r σ'(w0_r · x)(u_r · x), on prepared inputs; (n,).
+
+        The first-order Taylor term of f around W0 in the direction U (docs/science.md §3):
+        the NTK model's output, linear in U.
+
+        Args:
+            u: (m, d) displacement U.
+            prep: `prepare(x)` of the inputs.
+
+        Returns:
+            (n,) f_L(x; U).
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
+            >>> u = 0.01 * jax.random.normal(jax.random.PRNGKey(2), (4, 3))
+            >>> bool(jnp.allclose(net.linear_term(2 * u, prep), 2 * net.linear_term(u, prep)))
+            True
+        """
         return (prep.d1 * (prep.x @ u.T)) @ self.a
 
     def quadratic_term(self, u: Array, prep: Prepared) -> Array:
-        """f_Q(x; U) = ½ Σ_r a_r σ''(w0_r · x)(u_r · x)², on prepared inputs; (n,)."""
+        """f_Q(x; U) = ½ Σ_r a_r σ''(w0_r · x)(u_r · x)², on prepared inputs; (n,).
+
+        The second-order Taylor term of f around W0 in the direction U (docs/science.md §3):
+        the QuadNTK model's output, quadratic in U.
+
+        Args:
+            u: (m, d) displacement U.
+            prep: `prepare(x)` of the inputs.
+
+        Returns:
+            (n,) f_Q(x; U).
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
+            >>> u = 0.01 * jax.random.normal(jax.random.PRNGKey(2), (4, 3))
+            >>> fq = net.quadratic_term(u, prep)
+            >>> bool(jnp.allclose(net.quadratic_term(2 * u, prep), 4 * fq))
+            True
+            >>> bool(jnp.allclose(net.quadratic_term(-u, prep), fq))
+            True
+        """
         return 0.5 * ((prep.d2 * (prep.x @ u.T) ** 2) @ self.a)
 
     def linear_and_quadratic(self, u: Array, prep: Prepared) -> tuple[Array, Array]:
-        """(f_L, f_Q) sharing the one n×m×d product x Uᵀ."""
+        """(f_L, f_Q) sharing the one n×m×d product x Uᵀ.
+
+        Args:
+            u: (m, d) displacement U.
+            prep: `prepare(x)` of the inputs.
+
+        Returns:
+            (f_L(x; U), f_Q(x; U)), each (n,), equal to `linear_term` and `quadratic_term`.
+
+        Example:
+            Near W0 the network is f0 + f_L + f_Q up to third order in U:
+
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
+            >>> u = 0.01 * jax.random.normal(jax.random.PRNGKey(2), (4, 3))
+            >>> fl, fq = net.linear_and_quadratic(u, prep)
+            >>> bool(jnp.allclose(net.full(u, prep), prep.f0 + fl + fq, atol=1e-6))
+            True
+        """
         z = prep.x @ u.T
         return (prep.d1 * z) @ self.a, 0.5 * ((prep.d2 * z**2) @ self.a)
 
@@ -295,12 +509,48 @@ class TwoLayer:
 
         Materializes n·m·d numbers: for small problems and tests; use `ntk_gram` or the
         matrix-free routines in `jaxntk.spectral` otherwise.
+
+        Args:
+            x: (n, d) inputs.
+
+        Returns:
+            (n, m, d) φ(x); f_L(x; U) = ⟨φ(x), U⟩.
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+            >>> phi = net.features(x)
+            >>> phi.shape
+            (5, 4, 3)
+            >>> bool(jnp.allclose(jnp.einsum("imd,jmd->ij", phi, phi), net.ntk_gram(x), atol=1e-6))
+            True
         """
         prep = self.prepare(x)
         return (prep.d1 * self.a[None, :])[:, :, None] * prep.x[:, None, :]
 
     def ntk_gram(self, x1: Array, x2: Array | None = None) -> Array:
-        """Empirical NTK K(x, x') = (x·x') Σ_r a_r² σ'(w0_r·x) σ'(w0_r·x'), (n1, n2) (§4)."""
+        """Empirical NTK K(x, x') = (x·x') Σ_r a_r² σ'(w0_r·x) σ'(w0_r·x'), (n1, n2) (§4).
+
+        The Gram matrix of the NTK features φ(x) = ∇_W f(x; W0) in closed form (docs/science.md
+        §4), without materializing them.
+
+        Args:
+            x1: (n1, d) inputs.
+            x2: (n2, d) inputs (default: x1).
+
+        Returns:
+            (n1, n2) K(x1, x2).
+
+        Example:
+            >>> import jax
+            >>> from jaxntk.network import TwoLayer
+            >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
+            >>> x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+            >>> net.ntk_gram(x).shape, net.ntk_gram(x, x[:2]).shape
+            ((5, 5), (5, 2))
+        """
         p1 = self.prepare(x1)
         p2 = p1 if x2 is None else self.prepare(x2)
         return (p1.x @ p2.x.T) * ((p1.d1 * (self.a**2)[None, :]) @ p2.d1.T)
@@ -334,6 +584,24 @@ def init(
         m: width, even and ≥ 2.
         activation: a name in `ACTIVATIONS`.
         dtype: float dtype of w0 and a (default: JAX's default float).
+
+    Returns:
+        The `TwoLayer` network with w0 (m, d) and a (m,); f(x; W0) = 0 for every x.
+
+    Raises:
+        TypeError: d or m is not an int, or activation is not a str.
+        ValueError: d or m out of range, m odd, or an unknown activation.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import init
+        >>> net = init(jax.random.PRNGKey(0), d=3, m=4, activation="tanh")
+        >>> net.w0.shape, net.a.shape, net.activation
+        ((4, 3), (4,), 'tanh')
+        >>> bool(jnp.all(net.w0[:2] == net.w0[2:]))  # rows used twice
+        True
+        >>> jnp.linalg.norm(net.w0, axis=1).round(4).tolist()  # unit rows
+        [1.0, 1.0, 1.0, 1.0]
     """
     check_int("d", d, 1)
     check_int("m", m, 1)
@@ -350,7 +618,28 @@ def init(
 
 
 def check_curvature(net: TwoLayer, what: str) -> None:
-    """ValueError for a quadratic model of an activation with σ'' = 0 a.e. (f_Q cannot move)."""
+    """ValueError for a quadratic model of an activation with σ'' = 0 a.e. (f_Q cannot move).
+
+    Args:
+        net: the network.
+        what: what needs the quadratic term (a variant's name), for the error message.
+
+    Returns:
+        None, when the activation has curvature.
+
+    Raises:
+        ValueError: the activation is in `ZERO_CURVATURE` (relu): f_Q ≡ 0.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.network import TwoLayer, check_curvature
+        >>> check_curvature(TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4), "quadntk")
+        >>> relu = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, activation="relu")
+        >>> check_curvature(relu, "quadntk")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: quadntk needs the quadratic term, but activation 'relu' has σ'' = 0 ...
+    """
     if net.activation in ZERO_CURVATURE:
         raise ValueError(
             f"{what} needs the quadratic term, but activation {net.activation!r} has σ'' = 0 "

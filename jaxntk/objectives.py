@@ -87,6 +87,12 @@ class Variant:
             reuse f_L and f_Q computed once (one jvp of a jvp on the generic path).
         order: k for the order-k Taylor model f(W0) + f_1 + … + f_k (the rows "taylor-k", k ≥ 3,
             computed by the model's `taylor_terms`); 0 for the other rows.
+
+    Example:
+        >>> from jaxntk.objectives import get_variant
+        >>> v = get_variant("quadntk")  # f0 + f_Q: ∇f_Q = 0 at U = 0
+        >>> v.name, v.quadratic, v.random_init, v.regularized
+        ('quadntk', True, True, False)
     """
 
     name: str
@@ -177,9 +183,18 @@ VARIANTS: dict[str, Variant] = {
         _taylor_row(4),
     )
 }
-"""The variants by name: the six of docs/science.md §5 (`PAPER_VARIANTS`), then the order-k Taylor
-models "taylor-3" and "taylor-4" ("ntk" is order 1, "ntk+quadntk" order 2); `get_variant` makes
-"taylor-k" for any k ≥ 3."""
+"""The variants by name: the six of docs/science.md §5 (`PAPER_VARIANTS`: full, ntk, quadntk,
+randomized, ntk+quadntk and regularized; the module docstring gives each one's prediction), then
+the order-k Taylor models "taylor-3" and "taylor-4" ("ntk" is order 1, "ntk+quadntk" order 2);
+`get_variant` makes "taylor-k" for any k ≥ 3.
+
+Example:
+    >>> from jaxntk.objectives import VARIANTS
+    >>> list(VARIANTS)
+    ['full', 'ntk', 'quadntk', 'randomized', 'ntk+quadntk', 'regularized', 'taylor-3', 'taylor-4']
+    >>> [name for name, v in VARIANTS.items() if v.quadratic]  # those that need σ'' ≠ 0
+    ['quadntk', 'randomized', 'ntk+quadntk', 'regularized', 'taylor-3', 'taylor-4']
+"""
 
 PAPER_VARIANTS = ("full", "ntk", "quadntk", "randomized", "ntk+quadntk", "regularized")
 """The six variants of the paper's comparison (docs/science.md §5)."""
@@ -195,7 +210,19 @@ def get_variant(name: str) -> Variant:
         The `Variant`.
 
     Raises:
-        ValueError: for any other name, listing the choices.
+        ValueError: `name` is not a variant; the message lists the choices.
+
+    Example:
+        >>> from jaxntk.objectives import get_variant
+        >>> v = get_variant("regularized")
+        >>> v.regularized, v.uses_terms
+        (True, True)
+        >>> get_variant("taylor-5").order
+        5
+        >>> get_variant("lazy")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: unknown variant 'lazy'; expected one of ['full', 'ntk', ...] or 'taylor-k' ...3
     """
     if isinstance(name, str) and name in VARIANTS:
         return VARIANTS[name]
@@ -260,7 +287,7 @@ LOSSES: dict[str, Callable[[Array, Array], Array]] = {
 """The data losses by name: (outputs, targets) -> scalar."""
 
 
-def check_targets(loss: str, y: Any, output_shape: tuple[int, ...], name: str, x_name: str):
+def check_targets(loss: str, y: Any, output_shape: tuple[int, ...], name: str, x_name: str) -> None:
     """ValueError naming `name` unless y fits the model's outputs (of `output_shape`) for `loss`.
 
     "mse" needs float targets shaped like the outputs; "cross_entropy" needs integer labels in
@@ -333,6 +360,23 @@ def random_signs(key: Array, u: Any) -> Any:
 
     Bai & Lee's randomization: with independent Rademacher signs per neuron, E_S f_L(SU) = 0 and
     f_Q(SU) = f_Q(U) for a model whose Hessian does not couple different neurons.
+
+    Args:
+        key: PRNG key (one subkey per leaf).
+        u: a params-shaped pytree U; each leaf's rows (first axis) are its neurons.
+
+    Returns:
+        S U, shaped like u: each row of each leaf multiplied by an independent ±1.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.objectives import random_signs
+        >>> u = jnp.arange(1.0, 7.0).reshape(3, 2)
+        >>> su = random_signs(jax.random.PRNGKey(0), u)
+        >>> su.shape, bool(jnp.all(jnp.abs(su) == u))
+        ((3, 2), True)
+        >>> bool(jnp.all(su[:, 0] * su[:, 1] > 0))  # one sign per row
+        True
     """
     leaves, treedef = jax.tree_util.tree_flatten(u)
     keys = jax.random.split(key, len(leaves))
@@ -345,19 +389,84 @@ def random_signs(key: Array, u: Any) -> Any:
 
 def bulk_penalty(dirs: Any, f_linear_train: Array) -> Array:
     """R_bulk = (1/n) ‖(I − U_k U_kᵀ) f_L(X; U)‖²: the NTK's training output outside its top-k
-    directions, as a per-sample mean."""
+    directions, as a per-sample mean.
+
+    The mean square of `jaxntk.spectral.bulk_residual` (docs/science.md §5).
+
+    Args:
+        dirs: the top-k directions on the training inputs (`jaxntk.spectral.good_directions`).
+        f_linear_train: (n,) f_L(X_train; U).
+
+    Returns:
+        () R_bulk.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions
+        >>> from jaxntk.objectives import bulk_penalty
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> round(float(bulk_penalty(dirs, dirs.u_k @ jnp.ones(5))), 6)  # inside the top-k: 0
+        0.0
+        >>> f = net.linear_term(jax.random.normal(jax.random.PRNGKey(2), (40, 5)), prep)
+        >>> bool(0 < bulk_penalty(dirs, f) < jnp.mean(f**2))
+        True
+    """
     r = spectral.bulk_residual(dirs, f_linear_train)
     return jnp.mean(r**2)
 
 
 def population_penalty(model: Any, prep_train: Any, dirs: Any, u: Any, prep_pop: Any) -> Array:
-    """R_pop = E_x f_L(x; P_⊥ U)², estimated on the prepared samples `prep_pop`."""
+    """R_pop = E_x f_L(x; P_⊥ U)², estimated on the prepared samples `prep_pop`.
+
+    Args:
+        model: a model of the protocol (module docstring).
+        prep_train: `model.prepare(x_train)`, the inputs dirs were computed on.
+        dirs: the top-k directions (`jaxntk.spectral.good_directions`).
+        u: a params-shaped displacement U.
+        prep_pop: `model.prepare(x)` of the samples x that estimate E_x.
+
+    Returns:
+        () the mean of f_L(x; P_⊥ U)² over the samples.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions
+        >>> from jaxntk.objectives import population_penalty
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> prep_pop = net.prepare(jax.random.normal(jax.random.PRNGKey(3), (100, 5)))
+        >>> float(population_penalty(net, prep, dirs, net.zeros(), prep_pop))
+        0.0
+        >>> u = jax.random.normal(jax.random.PRNGKey(2), (40, 5))
+        >>> population_penalty(net, prep, dirs, u, prep_pop).shape
+        ()
+    """
     good = spectral.project_good(model, prep_train, dirs, u)
     return jnp.mean(model.linear_term(good, prep_pop) ** 2)
 
 
 def norm24_penalty(u: Any) -> Array:
-    """R_24 = ‖U‖_{2,4}^8 = (Σ_r ‖u_r‖⁴)², rows along the first axis of every leaf (Bai & Lee)."""
+    """R_24 = ‖U‖_{2,4}^8 = (Σ_r ‖u_r‖⁴)², rows along the first axis of every leaf (Bai & Lee).
+
+    The sum Σ_r runs over the rows of all leaves together; a scalar leaf counts as one row.
+
+    Args:
+        u: a params-shaped pytree U.
+
+    Returns:
+        () R_24.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.objectives import norm24_penalty
+        >>> float(norm24_penalty(jnp.array([[1.0, 0.0], [0.0, 2.0]])))  # (1⁴ + 2⁴)² = 17²
+        289.0
+    """
     total = sum(
         jnp.sum(jnp.sum(leaf.reshape(leaf.shape[0] if leaf.ndim else 1, -1) ** 2, axis=1) ** 2)
         for leaf in jax.tree_util.tree_leaves(u)
@@ -383,6 +492,12 @@ class Regularizer:
         norm24: λ_4 on R_24 = ‖U‖_{2,4}^8.
         k: number of top NTK directions kept out (default: d, as the authors).
         pop_samples: fresh samples per step for R_pop.
+
+    Example:
+        >>> from jaxntk.objectives import Regularizer
+        >>> reg = Regularizer(bulk=[0.0, 1.0, 10.0], norm24=1e-3)  # a sweep of three runs
+        >>> {name: w.tolist() for name, w in reg.weights().items()}
+        {'bulk': [0.0, 1.0, 10.0], 'pop': [0.0, 0.0, 0.0], 'norm24': [0.001, 0.001, 0.001]}
     """
 
     bulk: float | Sequence[float] = 0.0
@@ -394,11 +509,37 @@ class Regularizer:
     @classmethod
     def from_sum_scale(cls, bulk_sum: float | Sequence[float], n: int, **kwargs) -> Regularizer:
         """Regularizer whose bulk weight is given on the sum over the n training points, the
-        scale of the authors' figure (their λ_1): λ_b = n · λ_1 on the per-sample mean."""
+        scale of the authors' figure (their λ_1): λ_b = n · λ_1 on the per-sample mean.
+
+        Args:
+            bulk_sum: λ_1, a float or a sequence (a sweep), on (n R_bulk), the sum over points.
+            n: the number of training points.
+            **kwargs (Any): the other fields (pop, norm24, k, pop_samples).
+
+        Returns:
+            The `Regularizer` with bulk = n · bulk_sum (a float, or a list for a sequence).
+
+        Example:
+            >>> from jaxntk.objectives import Regularizer
+            >>> Regularizer.from_sum_scale(1e-3, n=1000).bulk  # the authors' figure
+            1.0
+            >>> Regularizer.from_sum_scale([1e-4, 1e-3], n=1000, k=5)
+            Regularizer(bulk=[0.1, 1.0], pop=0.0, norm24=0.0, k=5, pop_samples=100)
+        """
         return cls(bulk=(np.asarray(bulk_sum, dtype=np.float64) * n).tolist(), **kwargs)
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The weights as float arrays of one common length L (a sweep of L settings)."""
+        """The weights as float arrays of one common length L (a sweep of L settings).
+
+        Floats and length-1 sequences are broadcast to the common length L (1 if none is longer).
+
+        Returns:
+            {"bulk": λ_b, "pop": λ_p, "norm24": λ_4}, each an (L,) float64 NumPy array.
+
+        Raises:
+            ValueError: a weight that is not a float or 1-D sequence, is negative or not
+                finite, or sequences of different lengths (> 1).
+        """
         arrs = {}
         for name in ("bulk", "pop", "norm24"):
             v = np.atleast_1d(np.asarray(getattr(self, name), dtype=np.float64))
@@ -417,7 +558,25 @@ class Regularizer:
         return {k: np.broadcast_to(v, (size,)).copy() for k, v in arrs.items()}
 
     def validate(self, n: int) -> None:
-        """ValueError for a k or pop_samples out of range (k ≤ n training points)."""
+        """ValueError for a k or pop_samples out of range (k ≤ n training points).
+
+        Args:
+            n: the number of training points.
+
+        Returns:
+            None, when k is None or an int in [1, n] and pop_samples an int ≥ 1.
+
+        Raises:
+            ValueError: k or pop_samples out of range, or not an int.
+
+        Example:
+            >>> from jaxntk.objectives import Regularizer
+            >>> Regularizer(k=5).validate(n=10)
+            >>> Regularizer(k=50).validate(n=10)
+            Traceback (most recent call last):
+                ...
+            ValueError: Regularizer.k must be an int in [1, n = 10], got 50
+        """
         if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= n):
             raise ValueError(f"Regularizer.k must be an int in [1, n = {n}], got {self.k!r}")
         if not isinstance(self.pop_samples, int) or self.pop_samples < 1:
@@ -429,13 +588,24 @@ class Regularizer:
 class Data(NamedTuple):
     """Everything a training run reads, as arrays: passed to the compiled program as arguments.
 
-    y_train, y_test: float targets shaped like the model's outputs, or integer class labels for
-    "cross_entropy" (`check_targets`); x_pop: fixed inputs on which evaluations estimate R_pop
-    (default: the test inputs); parts_test: (P, n_test, *out) value of each target part on the
-    test inputs (for the share of each part learned); dirs: the good directions
-    (`jaxntk.spectral.good_directions`) or None.
-    prep_*: `model.prepare` of the inputs, filled in by `VariantObjective.prepare` inside the
-    compiled program, so that it is computed once per chunk and never enters a jit cache key.
+    A NamedTuple (a pytree). The prep_* fields are filled in by `VariantObjective.prepare` inside
+    the compiled program, so that they are computed once per chunk and never enter a jit cache
+    key.
+
+    Attributes:
+        model: the model (`jaxntk.TwoLayer` or `jaxntk.TaylorModel`).
+        x_train: (n, d) training inputs.
+        x_test: (n_test, d) test inputs.
+        y_train: (n, *out) float targets shaped like the model's outputs on x_train, or, for
+            "cross_entropy", integer class labels (n, *out[:-1]) (see `check_targets`).
+        y_test: (n_test, ...) test targets, likewise.
+        parts_test: (P, n_test, *out) value of each target part on the test inputs (for the
+            share of each part learned).
+        dirs: the good directions (`jaxntk.spectral.good_directions`) or None.
+        x_pop: fixed inputs on which evaluations estimate R_pop (default: the test inputs).
+        prep_train: `model.prepare(x_train)`, or None before `VariantObjective.prepare`.
+        prep_test: `model.prepare(x_test)`, or None before `VariantObjective.prepare`.
+        prep_pop: `model.prepare(x_pop)` when dirs is given, else None.
     """
 
     model: Any
@@ -462,10 +632,36 @@ class VariantObjective:
     Attributes:
         variant: a name in `VARIANTS`.
         init_scale: rows of the initial U have norm ≈ init_scale (0: start at U = 0).
-        use_bulk, use_pop, use_norm24: which regularizers are computed at all.
-        pop_samples, distribution, d: how R_pop draws its fresh samples.
+        use_bulk: whether R_bulk is computed at all (needs `Data.dirs`).
+        use_pop: whether R_pop is computed at all (needs `Data.dirs`).
+        use_norm24: whether R_24 is computed at all.
+        pop_samples: fresh samples per step for R_pop.
+        distribution: the input law of R_pop's fresh samples, "gaussian" or "sphere".
+        d: the input dimension of R_pop's fresh samples.
         data_loss: a name in `LOSSES`, the loss on the data ("mse": the history's "mse" term;
             "cross_entropy": its "cross_entropy" term and the accuracies).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.objectives import Data, VariantObjective
+        >>> from jaxntk.spectral import good_directions
+        >>> from jaxntk.targets import paper_task
+        >>> task = paper_task(jax.random.PRNGKey(0), d=5, n=30, n_test=50)
+        >>> net = TwoLayer.init(jax.random.PRNGKey(1), d=5, m=40)
+        >>> dirs = good_directions(net, net.prepare(task.x_train), k=5)
+        >>> data = Data(net, task.x_train, task.x_test, task.y_train, task.y_test,
+        ...             task.parts_test, dirs=dirs)
+        >>> obj = VariantObjective("regularized", use_bulk=True, use_pop=True, pop_samples=20, d=5)
+        >>> data = obj.prepare(data)
+        >>> u = obj.init(jax.random.PRNGKey(2), data)  # U = 0
+        >>> hyper = {"bulk": 1.0, "pop": 0.5, "norm24": 0.0}
+        >>> total, terms = obj.loss(u, data, hyper, jax.random.PRNGKey(3))
+        >>> sorted(terms), bool(jnp.isclose(total, jnp.mean(task.y_train**2)))
+        (['bulk', 'mse', 'pop'], True)
+        >>> metrics = obj.evaluate(u, data, hyper)
+        >>> metrics["share_linear"].shape, sorted(metrics)[:4]
+        ((2,), ['bulk', 'norm24', 'pop', 'share_linear'])
     """
 
     variant: str
@@ -479,7 +675,14 @@ class VariantObjective:
     data_loss: str = "mse"
 
     def prepare(self, data: Data) -> Data:
-        """`data` with the model's per-input constants (σ'(x W0ᵀ), linearizations) filled in."""
+        """`data` with the model's per-input constants (σ'(x W0ᵀ), linearizations) filled in.
+
+        Args:
+            data: the run's `Data`.
+
+        Returns:
+            `data` with prep_train, prep_test and (when dirs is given) prep_pop set.
+        """
         model = data.model
         x_pop = data.x_test if data.x_pop is None else data.x_pop
         return data._replace(
@@ -489,7 +692,17 @@ class VariantObjective:
         )
 
     def init(self, key: Array, data: Data) -> Any:
-        """U at step 0: zeros, or N(0, init_scale²/fan_in) entries (rows of norm ≈ init_scale)."""
+        """U at step 0: zeros, or N(0, init_scale²/fan_in) entries (rows of norm ≈ init_scale).
+
+        fan_in is the size of a row of each leaf (the product of its shape after the first axis).
+
+        Args:
+            key: PRNG key (one subkey per leaf); unused when init_scale is 0.
+            data: the run's `Data` (its model gives the shapes).
+
+        Returns:
+            U, shaped like `data.model.zeros()`.
+        """
         u = data.model.zeros()
         if self.init_scale == 0.0:
             return u
@@ -503,7 +716,21 @@ class VariantObjective:
         return jax.tree_util.tree_unflatten(treedef, new)
 
     def loss(self, u: Any, data: Data, hyper: dict[str, Array], key: Array) -> tuple[Array, dict]:
-        """Training loss: the data loss ((1/n) Σ (y − f)² for "mse") + Σ λ R, and its parts."""
+        """Training loss: the data loss ((1/n) Σ (y − f)² for "mse", `LOSSES`) + Σ λ R, and its
+        parts.
+
+        Args:
+            u: the displacement U.
+            data: the run's `Data`, after `prepare`.
+            hyper: {"bulk": λ_b, "pop": λ_p, "norm24": λ_4}, () each; only the active
+                regularizers' weights are read.
+            key: PRNG key for the variant's randomness (fresh signs) and R_pop's fresh samples.
+
+        Returns:
+            (total, terms): the () loss and a dict with the data loss (under its name, "mse"
+            or "cross_entropy") and each active regularizer's value ("bulk", "pop", "norm24"),
+            unweighted.
+        """
         v = get_variant(self.variant)
         model = data.model
         k_pred, k_pop = jax.random.split(key)
@@ -525,7 +752,22 @@ class VariantObjective:
     def evaluate(self, u: Any, data: Data, hyper: dict[str, Array]) -> dict[str, Array]:
         """Train/test loss of the evaluation prediction, regularizer values, ‖U‖, the accuracies
         for "cross_entropy", and, for "mse" with parts shaped like the outputs, the share of each
-        target part carried by f_L and by f_Q on the test set, (P,) each."""
+        target part carried by f_L and by f_Q on the test set, (P,) each.
+
+        The share of part p carried by f is ⟨f, part_p⟩ / ⟨part_p, part_p⟩ on the test inputs:
+        1 when f carries exactly that part.
+
+        Args:
+            u: the displacement U.
+            data: the run's `Data`, after `prepare`.
+            hyper: the weights (unused: evaluations report the unweighted values).
+
+        Returns:
+            A dict of () arrays "train_loss", "test_loss", "u_norm", "norm24", and, when
+            `data.dirs` is given, "bulk" and "pop" (R_pop on `data.x_pop`); for "cross_entropy"
+            "train_accuracy" and "test_accuracy"; and, for "mse" with `data.parts_test` shaped
+            (P, *y_test.shape), the (P,) arrays "share_linear", "share_quadratic".
+        """
         del hyper
         model = data.model
         v = get_variant(self.variant)

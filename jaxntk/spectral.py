@@ -67,8 +67,10 @@ __all__ = [
     "right_singular_vectors",
 ]
 
-#: Ways to compute the top-k singular pairs of J (see the module docstring).
 METHODS = ("gram", "matrix_free")
+"""Ways to compute the top-k singular pairs of J in `good_directions`: "gram" (eigh of the n×n
+NTK Gram matrix) and "matrix_free" (randomized subspace iteration on J(Jᵀ·); see the module
+docstring)."""
 _NTK_METHODS = ("jacobian", "products")
 
 
@@ -83,6 +85,18 @@ class GoodDirections:
     Attributes:
         u_k: (n, k) top-k left singular vectors U_k, orthonormal columns, largest first.
         s_k: (k,) singular values S_k, descending (eigenvalues of K = J Jᵀ are S_k²).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> dirs.n, dirs.k
+        (30, 5)
+        >>> bool(jnp.allclose(dirs.u_k.T @ dirs.u_k, jnp.eye(5), atol=1e-5))
+        True
     """
 
     u_k: Array
@@ -90,15 +104,34 @@ class GoodDirections:
 
     @property
     def n(self) -> int:
+        """The number of training inputs n (rows of u_k)."""
         return self.u_k.shape[0]
 
     @property
     def k(self) -> int:
+        """The number of top directions k (columns of u_k)."""
         return self.u_k.shape[1]
 
 
 class SubspaceInfo(NamedTuple):
-    """Convergence of the top-k pairs: K-products used and max_i ‖K u_i − s_i² u_i‖ / s_i²."""
+    """Convergence of the top-k pairs: K-products used and max_i ‖K u_i − s_i² u_i‖ / s_i².
+
+    Returned by `good_directions(..., return_info=True)`.
+
+    Attributes:
+        iterations: () int array, the number of products with K (1 for method "gram").
+        residual: () the largest relative residual max_i ‖K u_i − s_i² u_i‖ / s_i².
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> _, info = good_directions(net, prep, k=5, return_info=True)
+        >>> int(info.iterations), bool(info.residual < 1e-3)
+        (1, True)
+    """
 
     iterations: Array
     residual: Array
@@ -157,14 +190,23 @@ def empirical_ntk(
         TypeError: if an axis or batch_size is not an int.
 
     Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import empirical_ntk
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=20)
-        >>> x = jnp.ones((3, 5))
-        >>> empirical_ntk(net.apply_fn, net.w0, x).shape
+        >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+        >>> k = empirical_ntk(net.apply_fn, net.w0, x)
+        >>> k.shape
         (3, 3)
-        >>> w = jax.random.normal(jax.random.PRNGKey(1), (5, 4))  # a linear model, 4 outputs
-        >>> empirical_ntk(lambda w, x: x @ w, w, x, trace_axes=()).shape
+        >>> bool(jnp.allclose(k, net.ntk_gram(x), atol=1e-5))  # the closed form of TwoLayer
+        True
+        >>> empirical_ntk(net.apply_fn, net.w0, x, x[:2], method="products").shape
+        (3, 2)
+        >>> w = jax.random.normal(jax.random.PRNGKey(2), (5, 4))  # a linear model, 4 outputs
+        >>> ones = jnp.ones((3, 5))
+        >>> empirical_ntk(lambda w, x: x @ w, w, ones, trace_axes=()).shape
         (3, 3, 4, 4)
-        >>> empirical_ntk(lambda w, x: x @ w, w, x, diagonal_axes=(0,), trace_axes=())[0]
+        >>> empirical_ntk(lambda w, x: x @ w, w, ones, diagonal_axes=(0,), trace_axes=())[0]
         Array([[5., 0., 0., 0.],
                [0., 5., 0., 0.],
                [0., 0., 5., 0.],
@@ -208,6 +250,24 @@ def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
 
     Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for any other
     model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
+
+    Args:
+        model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
+        prep: `model.prepare(x)` of the n inputs.
+        batch_size: columns per batched product (generic models only).
+
+    Returns:
+        (n, n) K, the empirical NTK on the inputs (docs/science.md §4).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import gram_matrix
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> k = gram_matrix(net, prep)
+        >>> k.shape, bool(jnp.allclose(k, net.ntk_gram(prep.x)))
+        ((30, 30), True)
     """
     check_int("batch_size", batch_size, low=1)
     return _gram_matrix(model, prep, batch_size)
@@ -248,12 +308,23 @@ def good_directions(
     Returns:
         `GoodDirections` (and `SubspaceInfo` if return_info).
 
+    Raises:
+        ValueError: an unknown method, a model whose linear_term is not (n,), an integer
+            argument out of range (k > n included), or tol ≤ 0.
+        TypeError: an integer argument is not an int.
+
     Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
         >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
         >>> dirs = good_directions(net, prep, k=5)
         >>> dirs.u_k.shape, dirs.s_k.shape
         ((30, 5), (5,))
+        >>> free = good_directions(net, prep, k=5, method="matrix_free")
+        >>> bool(jnp.allclose(free.s_k, dirs.s_k, rtol=1e-3))  # the same top-k spectrum
+        True
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
@@ -281,6 +352,31 @@ def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
 
     For f = f_L(X_train; U) this is J P_⊥ U, and R_bulk(U) = mean(bulk_residual²)
     (docs/science.md §5).
+
+    Args:
+        dirs: the top-k directions on the training inputs (`good_directions`).
+        f_train: (n,) an output on the training inputs, usually f_L(X_train; U).
+
+    Returns:
+        (n,) f_train minus its projection on span(U_k).
+
+    Raises:
+        ValueError: f_train is not (n,) with the n of dirs.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import bulk_residual, good_directions, project_good
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> u = jax.random.normal(jax.random.PRNGKey(2), (40, 5))
+        >>> r = bulk_residual(dirs, net.linear_term(u, prep))
+        >>> r.shape, bool(jnp.allclose(dirs.u_k.T @ r, 0.0, atol=1e-4))
+        ((30,), True)
+        >>> good = project_good(net, prep, dirs, u)  # f_L(X; P_⊥ U) is the bulk residual
+        >>> bool(jnp.allclose(r, net.linear_term(good, prep), atol=1e-4))
+        True
     """
     if f_train.shape != (dirs.n,):
         raise ValueError(
@@ -293,7 +389,31 @@ def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
 def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTree:
     """P_top U = V_k V_kᵀ U = Jᵀ U_k S_k⁻² U_kᵀ (J U), params-shaped; J is never formed.
 
-    Linear in u; jit- and grad-friendly (one J product and one Jᵀ product).
+    Linear in u; jit- and grad-friendly (one J product and one Jᵀ product). A zero singular
+    value (k above the rank of J) contributes nothing.
+
+    Args:
+        model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
+        prep: `model.prepare(x_train)`, the inputs dirs were computed on.
+        dirs: the top-k directions (`good_directions`).
+        u: a params-shaped displacement U ((m, d) for `TwoLayer`).
+
+    Returns:
+        P_top U, shaped like u.
+
+    Raises:
+        ValueError: prep and dirs have different numbers of inputs.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions, project_top
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> top = project_top(net, prep, dirs, jax.random.normal(jax.random.PRNGKey(2), (40, 5)))
+        >>> top.shape, bool(jnp.allclose(project_top(net, prep, dirs, top), top, atol=1e-4))
+        ((40, 5), True)
     """
     f, pullback = jax.vjp(lambda v: model.linear_term(v, prep), u)
     if f.shape != (dirs.n,):
@@ -312,6 +432,30 @@ def project_good(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTr
 
     R_pop(U) = E_x f_L(x; P_⊥ U)² evaluates `linear_term` of this on fresh inputs
     (docs/science.md §5).
+
+    Args:
+        model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
+        prep: `model.prepare(x_train)`, the inputs dirs were computed on.
+        dirs: the top-k directions (`good_directions`).
+        u: a params-shaped displacement U ((m, d) for `TwoLayer`).
+
+    Returns:
+        P_⊥ U, shaped like u; P_⊥ U + P_top U = U.
+
+    Raises:
+        ValueError: prep and dirs have different numbers of inputs.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions, project_good, project_top
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> dirs = good_directions(net, prep, k=5)
+        >>> u = jax.random.normal(jax.random.PRNGKey(2), (40, 5))
+        >>> good = project_good(net, prep, dirs, u)
+        >>> good.shape, bool(jnp.allclose(good + project_top(net, prep, dirs, u), u))
+        ((40, 5), True)
     """
     return jax.tree_util.tree_map(jnp.subtract, u, project_top(model, prep, dirs, u))
 
@@ -320,6 +464,27 @@ def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTre
     """V_k = Jᵀ U_k S_k⁻¹ as a params-shaped pytree with a leading axis of size k.
 
     Materializes k·P numbers: for inspection and tests; the projectors do not need it.
+
+    Args:
+        model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
+        prep: `model.prepare(x_train)`, the inputs dirs were computed on.
+        dirs: the top-k directions (`good_directions`).
+
+    Returns:
+        V_k, a params-shaped pytree with a leading axis k ((k, m, d) for `TwoLayer`); its k
+        vectors are orthonormal.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import good_directions, right_singular_vectors
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
+        >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
+        >>> v = right_singular_vectors(net, prep, good_directions(net, prep, k=5))
+        >>> v.shape
+        (5, 40, 5)
+        >>> bool(jnp.allclose(jnp.einsum("kmd,lmd->kl", v, v), jnp.eye(5), atol=1e-4))
+        True
     """
     _, jt = _feature_products(model, prep)
     return jax.vmap(jt)((dirs.u_k / dirs.s_k[None, :]).T)
@@ -334,6 +499,14 @@ class DegreeBlock:
 
     eigenvalue is μ_ℓ of the kernel operator; level = μ_ℓ + γ where the block sits in K/n, and
     low/high are the Marchenko-Pastur edges μ_ℓ (1 ∓ √(N/n))² + γ of its spread.
+
+    Attributes:
+        degree: ℓ, the degree of the spherical harmonics of the block.
+        multiplicity: N(d, ℓ), the number of eigenvalues in the block.
+        eigenvalue: μ_ℓ = E_t[K(t) Q_ℓ(t)], the kernel operator's eigenvalue.
+        level: μ_ℓ + γ, where the block is predicted in the spectrum of K/n.
+        low: μ_ℓ (1 − √(N/n))² + γ, the lower Marchenko-Pastur edge.
+        high: μ_ℓ (1 + √(N/n))² + γ, the upper Marchenko-Pastur edge.
     """
 
     degree: int
@@ -350,6 +523,26 @@ class DegreeBlocks:
 
     blocks are the resolved degrees (those whose cumulative multiplicity is at most n/2), highest
     level first; gamma is the bulk level γ; kernel_diagonal is K(x, x) = d·E[σ'(z)²].
+
+    Attributes:
+        activation: the activation's name.
+        d: input dimension.
+        n: number of samples.
+        hermite: the Hermite coefficients c_0, c_1, ... of σ' used in κ(t) ≈ Σ c_j² t^j.
+        blocks: the resolved `DegreeBlock`s, highest level first.
+        gamma: the bulk level γ = (K(1) − Σ_{resolved ℓ} N(d, ℓ) μ_ℓ)/n (at least 0).
+        kernel_diagonal: K(x, x) = d·E[σ'(z)²].
+
+    Example:
+        >>> import dataclasses
+        >>> from jaxntk.spectral import predict_degree_blocks
+        >>> pred = predict_degree_blocks("shifted_sigmoid", d=40, n=252)
+        >>> pred.degrees, pred.boundaries
+        ((1, 0), (40, 41))
+        >>> pred.block(0).multiplicity
+        1
+        >>> sorted(dataclasses.asdict(pred))[:3]
+        ['activation', 'blocks', 'd']
     """
 
     activation: str
@@ -361,6 +554,17 @@ class DegreeBlocks:
     kernel_diagonal: float
 
     def block(self, degree: int) -> DegreeBlock:
+        """The resolved block of the given degree.
+
+        Args:
+            degree: ℓ, one of `degrees`.
+
+        Returns:
+            The `DegreeBlock` of degree ℓ.
+
+        Raises:
+            KeyError: ℓ is not among the resolved degrees.
+        """
         for b in self.blocks:
             if b.degree == degree:
                 return b
@@ -368,6 +572,7 @@ class DegreeBlocks:
 
     @property
     def degrees(self) -> tuple[int, ...]:
+        """The degrees of the resolved blocks, in the order of `blocks` (highest level first)."""
         return tuple(b.degree for b in self.blocks)
 
     @property
@@ -381,6 +586,17 @@ class ObservedBlock:
     """Where a predicted degree block sits in a measured spectrum (eigenvalues sorted descending).
 
     start:stop are its indices; gap_ratio = min / (largest eigenvalue after the block).
+
+    Attributes:
+        degree: ℓ, the degree of the predicted block.
+        multiplicity: N(d, ℓ), the number of eigenvalues it takes.
+        start: index of its first eigenvalue (sorted descending).
+        stop: one past the index of its last eigenvalue.
+        predicted_level: μ_ℓ + γ, the predicted level (`DegreeBlock.level`).
+        min: its smallest measured eigenvalue.
+        max: its largest measured eigenvalue.
+        mean: the mean of its measured eigenvalues.
+        gap_ratio: min / (the largest eigenvalue after the block); > 1 when it is separated.
     """
 
     degree: int
@@ -396,7 +612,17 @@ class ObservedBlock:
 
 @dataclasses.dataclass(frozen=True)
 class SpectrumReport:
-    """Degree blocks located in a measured spectrum of K/n, and the bulk level γ (its median)."""
+    """Degree blocks located in a measured spectrum of K/n, and the bulk level γ (its median).
+
+    Returned by `degree_block_report`.
+
+    Attributes:
+        blocks: the `ObservedBlock`s, in the predicted order.
+        bulk_start: index (sorted descending) of the first eigenvalue of the bulk.
+        bulk_level: the median of the bulk, the measured γ.
+        bulk_max: the largest eigenvalue of the bulk.
+        predicted_gamma: γ predicted by `predict_degree_blocks`.
+    """
 
     blocks: tuple[ObservedBlock, ...]
     bulk_start: int
@@ -406,7 +632,7 @@ class SpectrumReport:
 
     @property
     def separated(self) -> bool:
-        """Every block lies strictly above everything after it."""
+        """Every block lies strictly above everything after it (each gap_ratio > 1)."""
         return all(b.gap_ratio > 1.0 for b in self.blocks)
 
 
@@ -417,6 +643,27 @@ def hermite_coefficients(
 
     Computed by quadrature (Gauss-Legendre on [−12, 0] and [0, 12], points nodes each, so ReLU's
     step at 0 is integrated exactly too). derivative 0, 1, 2 selects σ, σ', σ''.
+
+    Args:
+        activation: a name in `jaxntk.network.ACTIVATIONS`.
+        degree: highest j, ≥ 0.
+        derivative: 0, 1 or 2: the coefficients of σ, σ' or σ''.
+        points: Gauss-Legendre nodes on each half-line.
+
+    Returns:
+        (degree + 1,) float64 NumPy array c_0..c_degree.
+
+    Raises:
+        ValueError: an unknown activation, or degree / derivative out of range.
+        TypeError: degree or derivative is not an int.
+
+    Example:
+        >>> from jaxntk.spectral import hermite_coefficients
+        >>> c = hermite_coefficients("relu", 1)  # σ' = 1{z > 0}: c_0 = 1/2, c_1 = 1/√(2π)
+        >>> [round(float(v), 4) for v in c]
+        [0.5, 0.3989]
+        >>> hermite_coefficients("shifted_sigmoid", 3, derivative=2).shape
+        (4,)
     """
     act = get_activation(activation)
     check_int("degree", degree, low=0)
@@ -440,7 +687,15 @@ def predict_degree_blocks(
             Σ_{j≤ℓ} N(d, j) ≤ n/2, i.e. d^ℓ ≪ n; at least 0).
         terms: Hermite coefficients c_0..c_{terms−1} of σ' in the series κ(t) ≈ Σ c_j² t^j.
 
+    Returns:
+        `DegreeBlocks`: the resolved blocks, highest level first, and the bulk level γ.
+
+    Raises:
+        ValueError: an unknown activation, or an integer argument out of range.
+        TypeError: an integer argument is not an int.
+
     Example:
+        >>> from jaxntk.spectral import predict_degree_blocks
         >>> pred = predict_degree_blocks("shifted_sigmoid", d=40, n=252)
         >>> pred.degrees  # degree 1 (40 eigenvalues) above degree 0 (one)
         (1, 0)
@@ -491,6 +746,32 @@ def degree_block_report(eigenvalues: Array | np.ndarray, predicted: DegreeBlocks
 
     The blocks are laid out in the predicted order, each taking as many eigenvalues (sorted
     descending) as its multiplicity; what follows is the bulk, whose median is the measured γ.
+
+    Args:
+        eigenvalues: the measured eigenvalues of K/n, any order and shape (flattened).
+        predicted: the prediction (`predict_degree_blocks`) for the same activation, d and n.
+
+    Returns:
+        `SpectrumReport`: each block's measured extent and gap, and the bulk level.
+
+    Raises:
+        ValueError: too few eigenvalues to fill the predicted blocks and leave a bulk.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.spectral import degree_block_report, predict_degree_blocks
+        >>> from jaxntk.targets import sample_inputs
+        >>> d, n = 10, 100
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=d, m=1000)
+        >>> x = sample_inputs(jax.random.PRNGKey(1), n, d, "sphere")
+        >>> eigenvalues = jnp.linalg.eigvalsh(net.ntk_gram(x) / n)
+        >>> predicted = predict_degree_blocks("shifted_sigmoid", d, n)
+        >>> report = degree_block_report(eigenvalues, predicted)
+        >>> [(b.degree, b.start, b.stop) for b in report.blocks], report.bulk_start
+        ([(1, 0, 10), (0, 10, 11)], 11)
+        >>> report.separated
+        True
     """
     ev = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())[::-1]
     stops = predicted.boundaries

@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 DISTRIBUTIONS = ("gaussian", "sphere")
+"""The input laws: "gaussian", x ~ N(0, I_d) (the authors' experiments), and "sphere", x uniform
+on the sphere of radius √d (the theory). Each has its orthonormal family φ_k (module docstring)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -69,6 +71,29 @@ def sample_inputs(key: Array, n: int, d: int, distribution: str = "gaussian", dt
     """n inputs in R^d, shape (n, d): x ~ N(0, I_d) or x uniform on the sphere of radius √d.
 
     Traceable (n, d and distribution are static), so training loops can draw fresh samples.
+
+    Args:
+        key: PRNG key.
+        n: number of inputs, ≥ 1.
+        d: input dimension, ≥ 1.
+        distribution: "gaussian" or "sphere" (`DISTRIBUTIONS`).
+        dtype (jnp.dtype | None): float dtype of the result (default: JAX's default float).
+
+    Returns:
+        (n, d) inputs, one per row.
+
+    Raises:
+        TypeError: n or d is not an int, or dtype is not a float dtype.
+        ValueError: n or d < 1, or an unknown distribution.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.targets import sample_inputs
+        >>> x = sample_inputs(jax.random.PRNGKey(0), 4, 3, "sphere")
+        >>> x.shape, x.dtype
+        ((4, 3), dtype('float32'))
+        >>> bool(jnp.allclose(jnp.sum(x**2, axis=1), 3.0))  # |x|² = d on the sphere
+        True
     """
     _check_distribution(distribution)
     check_int("n", n, 1)
@@ -87,9 +112,22 @@ def hermite(k: int, z: Array) -> Array:
     recurrence h_0 = 1, h_1 = z, h_{j+1} = (z h_j − √j h_{j−1})/√(j+1), which never forms He_k or
     k! (stable for large k). `k` is static: use `jax.jit(hermite, static_argnums=0)`.
 
+    Args:
+        k: degree, ≥ 0 (a Python int).
+        z: float array of points, any shape.
+
+    Returns:
+        h_k(z), same shape and dtype as z.
+
+    Raises:
+        TypeError: k is not an int, or z is not a float array.
+        ValueError: k < 0.
+
     Example:
-        >>> hermite(2, jnp.array([0.0, 1.0]))  # (z² − 1)/√2
-        Array([-0.70710677,  0.        ], dtype=float32)
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.targets import hermite
+        >>> [round(v, 4) for v in hermite(2, jnp.array([0.0, 1.0, 2.0])).tolist()]  # (z² − 1)/√2
+        [-0.7071, 0.0, 2.1213]
     """
     check_int("k", k, 0)
     return _three_term(_as_float(z, "z"), *_hermite_coefficients(k))
@@ -102,6 +140,26 @@ def legendre(k: int, t: Array, d: int) -> Array:
     (j + d − 2) P_{j+1} = (2j + d − 2) t P_j − j P_{j−1}. d = 3 gives the classical Legendre
     polynomials, d = 2 the Chebyshev polynomials T_k. For x uniform on the sphere of radius √d and
     unit v, v': E[P_k(v·x/√d) P_k(v'·x/√d)] = P_k(v·v')/N(d, k). `k` and `d` are static.
+
+    Args:
+        k: degree, ≥ 0 (a Python int).
+        t: float array of points in [−1, 1], any shape.
+        d: dimension, ≥ 2 (a Python int).
+
+    Returns:
+        P_k(t), same shape and dtype as t.
+
+    Raises:
+        TypeError: k or d is not an int, or t is not a float array.
+        ValueError: k < 0 or d < 2.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.targets import legendre
+        >>> legendre(2, jnp.array([1.0, 0.0]), d=3).tolist()  # (3t² − 1)/2
+        [1.0, -0.5]
+        >>> legendre(2, jnp.array([0.5]), d=2).tolist()  # Chebyshev T_2(t) = 2t² − 1
+        [-0.5]
     """
     check_int("k", k, 0)
     check_int("d", d, 2)
@@ -118,9 +176,25 @@ def gegenbauer(k: int, t: Array, d: int) -> Array:
     coefficients scaled by ratios of N(d, ·), so √N(d, k) (huge for large d, k) is never formed.
     `k` and `d` are static.
 
+    Args:
+        k: degree, ≥ 0 (a Python int).
+        t: float array of points in [−1, 1], any shape (t = v·x/√d).
+        d: dimension, ≥ 2 (a Python int).
+
+    Returns:
+        q_k(t), same shape and dtype as t.
+
+    Raises:
+        TypeError: k or d is not an int, or t is not a float array.
+        ValueError: k < 0 or d < 2.
+
     Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.targets import gegenbauer
         >>> gegenbauer(1, jnp.array([0.5]), d=4)  # q_1(t) = √d t
         Array([1.], dtype=float32)
+        >>> round(float(gegenbauer(2, jnp.array(1.0), d=3)), 4)  # q_k(1) = √N(d, k) = √5
+        2.2361
     """
     check_int("k", k, 0)
     check_int("d", d, 2)
@@ -133,6 +207,22 @@ def num_harmonics(d: int, k: int) -> int:
     N(d, k) = C(d + k − 1, k) − C(d + k − 3, k − 2): homogeneous polynomials of degree k modulo
     |x|² times those of degree k − 2. N(d, 0) = 1, N(d, 1) = d, N(d, 2) = (d + 2)(d − 1)/2,
     N(3, k) = 2k + 1, N(2, k) = 2 for k ≥ 1.
+
+    Args:
+        d: dimension, ≥ 1.
+        k: degree, ≥ 0.
+
+    Returns:
+        N(d, k), an exact Python int (no overflow for large d, k).
+
+    Raises:
+        TypeError: d or k is not an int.
+        ValueError: d < 1 or k < 0.
+
+    Example:
+        >>> from jaxntk.targets import num_harmonics
+        >>> num_harmonics(3, 2), num_harmonics(10, 1), num_harmonics(10, 2)
+        (5, 10, 54)
     """
     check_int("d", d, 1)
     check_int("k", k, 0)
@@ -158,6 +248,16 @@ class TargetPart:
         offset: () the constant b.
         degree: k ≥ 0.
         distribution: "gaussian" or "sphere", the input law under which the φ_k are orthonormal.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.targets import TargetPart
+        >>> v = jnp.array([[1.0, 0.0, 0.0]])
+        >>> part = TargetPart(v, jnp.array([2.0]), jnp.array(0.0), 1, "gaussian")  # f(x) = 2 x_1
+        >>> part(jnp.array([[1.5, 0.0, 0.0], [-1.0, 3.0, 0.0]])).tolist()
+        [3.0, -2.0]
+        >>> float(part.variance), float(part.mean)
+        (4.0, 0.0)
     """
 
     directions: Array
@@ -168,11 +268,12 @@ class TargetPart:
 
     @property
     def d(self) -> int:
+        """The input dimension d (the last axis of `directions`)."""
         return self.directions.shape[-1]
 
     @property
     def mean(self) -> Array:
-        """E f = b, plus Σ_j c_j for degree 0 (every φ_k with k ≥ 1 has mean 0)."""
+        """E f = b, plus Σ_j c_j for degree 0 (every φ_k with k ≥ 1 has mean 0); a () array."""
         if self.degree == 0:
             return self.offset + jnp.sum(self.coefficients, axis=-1)
         return self.offset
@@ -182,11 +283,23 @@ class TargetPart:
         """The part's mean square E[f²] = (E f)² + cᵀ G c (k ≥ 1), exact from the coefficients.
 
         G_jl = ρ_jl^k (gaussian) or P_k(ρ_jl) (sphere), ρ = V Vᵀ. Equal to Var f when E f = 0.
+        A () array.
         """
         return _second_moment(self)
 
     def __call__(self, x: Array) -> Array:
-        """f(x) = b + Σ_j c_j φ_k(v_j·x) for x of shape (n, d); returns (n,) in x's dtype."""
+        """f(x) = b + Σ_j c_j φ_k(v_j·x) for x of shape (n, d); returns (n,) in x's dtype.
+
+        Args:
+            x: (n, d) float inputs.
+
+        Returns:
+            (n,) values of the part.
+
+        Raises:
+            ValueError: x is not (n, d) with the part's d.
+            TypeError: x is not a float array.
+        """
         return _part_values(self, _check_x(x, self.d, "target part"))
 
 
@@ -198,7 +311,13 @@ class Target:
     A pytree (the parts' arrays are leaves, the names static): pass it to `jit` as an argument.
     Build it with `make_target`, `paper_target` or `mlp_target`.
 
+    Attributes:
+        components: the parts f_i (`TargetPart`), all with the same d and distribution.
+        names: their names, in the same order.
+
     Example:
+        >>> import jax
+        >>> from jaxntk.targets import paper_target, sample_inputs
         >>> key = jax.random.PRNGKey(0)
         >>> target = paper_target(key, d=10)
         >>> x = sample_inputs(key, 5, 10)
@@ -211,14 +330,17 @@ class Target:
 
     @property
     def d(self) -> int:
+        """The input dimension d, shared by the parts."""
         return self.components[0].d
 
     @property
     def distribution(self) -> str:
+        """The input law ("gaussian" or "sphere"), shared by the parts."""
         return self.components[0].distribution
 
     @property
     def degrees(self) -> tuple[int, ...]:
+        """The degree k of each part, in order."""
         return tuple(p.degree for p in self.components)
 
     @property
@@ -233,11 +355,29 @@ class Target:
         return jnp.stack([p.mean for p in self.components])
 
     def parts(self, x: Array) -> Array:
-        """(P, n): the value of each part f_i on the inputs x (n, d)."""
+        """(P, n): the value of each part f_i on the inputs x (n, d).
+
+        Args:
+            x: (n, d) float inputs.
+
+        Returns:
+            (P, n) f_i(x), one row per part, in the order of `names`.
+
+        Raises:
+            ValueError: x is not (n, d) with the target's d.
+            TypeError: x is not a float array.
+        """
         return _parts_values(self, _check_x(x, self.d, "target"))
 
     def __call__(self, x: Array) -> Array:
-        """f*(x) = Σ_i f_i(x), (n,) for x (n, d)."""
+        """f*(x) = Σ_i f_i(x), (n,) for x (n, d).
+
+        Args:
+            x: (n, d) float inputs.
+
+        Returns:
+            (n,) f*(x).
+        """
         return jnp.sum(self.parts(x), axis=0)
 
 
@@ -264,7 +404,23 @@ def dense_part(
         variance: E[f²] ≥ 0.
         distribution: "gaussian" or "sphere".
         num_directions: K ≥ 1, default 2d.
-        dtype: float dtype of the part's arrays (default: JAX's default float).
+        dtype (jnp.dtype | None): float dtype of the part's arrays (default: JAX's default float).
+
+    Returns:
+        The `TargetPart`, with directions (K, d) (or (0, d) for degree 0).
+
+    Raises:
+        TypeError: an integer argument is not an int, or variance is not a real number.
+        ValueError: an argument out of range, or an unknown distribution.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import dense_part
+        >>> part = dense_part(jax.random.PRNGKey(0), d=5, degree=2, variance=0.5)
+        >>> part.directions.shape, part.coefficients.shape, part.degree
+        ((10, 5), (10,), 2)
+        >>> round(float(part.variance), 4)
+        0.5
     """
     _check_part_args(d, degree, variance, distribution)
     k = 2 * d if num_directions is None else num_directions
@@ -296,7 +452,24 @@ def sparse_part(
         r: number of directions, 1 ≤ r ≤ d.
         variance: E[f²] ≥ 0.
         distribution: "gaussian" or "sphere".
-        dtype: float dtype of the part's arrays (default: JAX's default float).
+        dtype (jnp.dtype | None): float dtype of the part's arrays (default: JAX's default float).
+
+    Returns:
+        The `TargetPart`, with directions (r, d) (or (0, d) for degree 0).
+
+    Raises:
+        TypeError: an integer argument is not an int, or variance is not a real number.
+        ValueError: an argument out of range (r > d included), or an unknown distribution.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.targets import sparse_part
+        >>> part = sparse_part(jax.random.PRNGKey(0), d=5, degree=3, r=2, variance=1.0)
+        >>> part.directions.shape, round(float(part.variance), 4)
+        ((2, 5), 1.0)
+        >>> v = part.directions
+        >>> bool(jnp.allclose(v @ v.T, jnp.eye(2), atol=1e-6))  # orthonormal β_s
+        True
     """
     _check_part_args(d, degree, variance, distribution)
     check_int("r", r, 1)
@@ -308,7 +481,28 @@ def sparse_part(
 def make_target(parts: Mapping[str, TargetPart]) -> Target:
     """The target f* = Σ_i f_i from named parts; all parts must share d and the distribution.
 
-    Example: `make_target({"dense_linear": p1, "sparse_cubic": p2})`, names in that order.
+    Args:
+        parts: a non-empty mapping from names (str) to `TargetPart`; the target keeps its order.
+
+    Returns:
+        The `Target`, with `names` in the order of `parts`.
+
+    Raises:
+        TypeError: parts is not a non-empty mapping of str to `TargetPart`.
+        ValueError: the parts differ in d or in distribution.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import dense_part, make_target, sparse_part
+        >>> k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+        >>> target = make_target({
+        ...     "dense_linear": dense_part(k1, d=5, degree=1, variance=0.25),
+        ...     "sparse_cubic": sparse_part(k2, d=5, degree=3, r=2, variance=0.75),
+        ... })
+        >>> target.names, target.degrees
+        (('dense_linear', 'sparse_cubic'), (1, 3))
+        >>> [round(float(v), 4) for v in target.variances]  # they add up to E[f*²] = 1
+        [0.25, 0.75]
     """
     if not isinstance(parts, Mapping) or not parts:
         raise TypeError(
@@ -338,6 +532,28 @@ def paper_target(key: Array, d: int, distribution: str = "gaussian", *, dtype=No
     Two parts: "linear" = h_1(β·x)/√3 (variance 1/3) and "quadratic" = √(2/3) h_2(β·x) =
     ((β·x)² − 1)/√3 (variance 2/3). On the sphere the same variances with q_1(β·x/√d) = β·x and
     q_2(β·x/√d) = √N(d,2) ((β·x)² − 1)/(d − 1) (`gegenbauer`).
+
+    Args:
+        key: PRNG key (draws β).
+        d: input dimension, ≥ 1 (≥ 2 on the sphere).
+        distribution: "gaussian" or "sphere".
+        dtype (jnp.dtype | None): float dtype of the target's arrays (default: JAX's default float).
+
+    Returns:
+        The `Target` with parts "linear" (degree 1) and "quadratic" (degree 2).
+
+    Raises:
+        TypeError: d is not an int.
+        ValueError: d out of range, or an unknown distribution.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import paper_target
+        >>> target = paper_target(jax.random.PRNGKey(0), d=10)
+        >>> target.names, target.degrees
+        (('linear', 'quadratic'), (1, 2))
+        >>> [round(float(v), 4) for v in target.variances]
+        [0.3333, 0.6667]
     """
     _check_distribution(distribution)
     _check_dimension(d, distribution)
@@ -359,6 +575,29 @@ def mlp_target(key: Array, d: int, *, dtype=None) -> Target:
     "dense_quadratic" = Σ_{i>d/2} x_i²/√675 = m/√675 + √(2/675) Σ_{i>d/2} h_2(x_i) has mean m/√675
     and mean square (m² + 2m)/675 (= 1 at d = 50). "sparse_cubic" = He_3(β·x)/√6 = h_3(β·x),
     variance 1, orthogonal to the first.
+
+    Args:
+        key: PRNG key (draws β).
+        d: input dimension, ≥ 1 (the authors use d = 50).
+        dtype (jnp.dtype | None): float dtype of the target's arrays (default: JAX's default float).
+
+    Returns:
+        The `Target` with parts "dense_quadratic" (degree 2) and "sparse_cubic" (degree 3).
+
+    Raises:
+        TypeError: d is not an int.
+        ValueError: d < 1.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import mlp_target
+        >>> target = mlp_target(jax.random.PRNGKey(0), d=50)
+        >>> target.names, target.degrees
+        (('dense_quadratic', 'sparse_cubic'), (2, 3))
+        >>> [round(float(v), 4) for v in target.variances]  # (m² + 2m)/675 = 1 with m = 25
+        [1.0, 1.0]
+        >>> round(float(target.means[0]), 4)  # m/√675, not centred
+        0.9623
     """
     check_int("d", d, 1)
     beta, _ = _random_ridge(key, d, 1, False, _float_dtype(dtype))
@@ -388,10 +627,22 @@ class Task:
     be passed to `jit` and stacked with `vmap` over keys.
 
     Attributes:
-        x_train: (n, d) training inputs.  y_train: (n,) training labels.
-        x_test: (n_test, d).  y_test: (n_test,) = f*(x_test), noise-free.
-        parts_train: (P, n) each target part on x_train (noise-free).  parts_test: (P, n_test).
-        target: the `Target`.  distribution: input law.  part_names: the target's part names.
+        x_train: (n, d) training inputs.
+        y_train: (n,) training labels f*(x_train), plus the label noise if any.
+        x_test: (n_test, d) test inputs.
+        y_test: (n_test,) = f*(x_test), noise-free.
+        parts_train: (P, n) each target part on x_train (noise-free).
+        parts_test: (P, n_test) each target part on x_test.
+        target: the `Target`.
+        distribution: input law, "gaussian" or "sphere".
+        part_names: the target's part names, the order of the rows of parts_train / parts_test.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import paper_task
+        >>> task = paper_task(jax.random.PRNGKey(0), d=10, n=100, n_test=1000)
+        >>> task.n, task.n_test, task.d, task.part_names
+        (100, 1000, 10, ('linear', 'quadratic'))
     """
 
     x_train: Array
@@ -406,14 +657,17 @@ class Task:
 
     @property
     def n(self) -> int:
+        """The number of training points."""
         return self.x_train.shape[-2]
 
     @property
     def n_test(self) -> int:
+        """The number of test points."""
         return self.x_test.shape[-2]
 
     @property
     def d(self) -> int:
+        """The input dimension d."""
         return self.x_train.shape[-1]
 
 
@@ -432,11 +686,31 @@ def make_task(
     `distribution` defaults to the target's and must equal it (its variances are exact only under
     that law). The inputs take the target's dtype. Traceable in `key` and `target`.
 
+    Args:
+        key: PRNG key.
+        target: the `Target` f*.
+        n: number of training points, ≥ 1.
+        n_test: number of test points, ≥ 1.
+        distribution: "gaussian" or "sphere"; must be the target's (default: the target's).
+        noise: standard deviation of the Gaussian label noise on y_train, ≥ 0.
+
+    Returns:
+        The `Task`.
+
+    Raises:
+        TypeError: target is not a `Target`, n or n_test is not an int, or noise is not real.
+        ValueError: n or n_test < 1, noise < 0 or not finite, or a distribution other than the
+            target's.
+
     Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.targets import make_task, paper_target
         >>> task = make_task(jax.random.PRNGKey(1), paper_target(jax.random.PRNGKey(0), d=10),
-        ...                  n=100, n_test=1000)
+        ...                  n=100, n_test=1000, noise=0.1)
         >>> task.x_train.shape, task.parts_test.shape
         ((100, 10), (2, 1000))
+        >>> bool(jnp.allclose(task.y_test, task.parts_test.sum(axis=0)))  # test labels are exact
+        True
     """
     if not isinstance(target, Target):
         raise TypeError(f"target must be a Target, got {type(target).__name__}")
@@ -483,7 +757,36 @@ def paper_task(
 ) -> Task:
     """The authors' task: `paper_target` (β from one subkey of `key`) with n train and n_test test
     points (from another). The paper's size is d = 100, n = 1000, n_test = 10 000
-    (docs/science.md §7)."""
+    (docs/science.md §7).
+
+    No label noise. Traceable in `key`, so tasks of several seeds can be made at once by `vmap`.
+
+    Args:
+        key: PRNG key.
+        d: input dimension, ≥ 1 (≥ 2 on the sphere).
+        n: number of training points, ≥ 1.
+        n_test: number of test points, ≥ 1.
+        distribution: "gaussian" or "sphere".
+        dtype (jnp.dtype | None): float dtype of the target and the inputs (default: JAX's
+            default float).
+
+    Returns:
+        The `Task`, with part names ("linear", "quadratic").
+
+    Raises:
+        TypeError: an integer argument is not an int.
+        ValueError: an argument out of range, or an unknown distribution.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import paper_task
+        >>> task = paper_task(jax.random.PRNGKey(0), d=10, n=100, n_test=1000)
+        >>> task.x_train.shape, task.y_train.shape, task.parts_test.shape
+        ((100, 10), (100,), (2, 1000))
+        >>> keys = jax.random.split(jax.random.PRNGKey(0), 3)  # three seeds in one call
+        >>> jax.vmap(lambda k: paper_task(k, d=10, n=20, n_test=30))(keys).x_train.shape
+        (3, 20, 10)
+    """
     key_target, key_data = jax.random.split(key)
     target = paper_target(key_target, d, distribution, dtype=dtype)
     return make_task(key_data, target, n=n, n_test=n_test)

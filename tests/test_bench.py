@@ -2,17 +2,31 @@
 
 import json
 import math
+from pathlib import Path
 
 from jaxntk import cli
 
-KINDS = ("matmul_peak", "step/closed/", "step/taylor/", "baseline/", "compile/", "subspace/")
+KINDS = (
+    "matmul_peak",
+    "memory_bandwidth",
+    "step/closed/",
+    "step/taylor/",
+    "baseline/",
+    "compile/",
+    "subspace/",
+)
 KINDS += ("scaling/", "sweep/vmapped", "sweep/separate", "batching/vmap", "batching/map")
 
 
 def test_bench_tiny_writes_schema(tmp_path):
     out = tmp_path / "bench"
-    assert cli.main(["bench", "--tiny", "--no-write", "--out", str(out)]) == 0
+    results = Path(__file__).parents[1] / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    assert cli.main(["bench", "--tiny", "--out", str(out)]) == 0
     doc = json.loads((out / "bench.json").read_text())
+    # the table goes to --out; the tracked RESULTS.md changes only with --results
+    assert "| step/closed/regularized |" in (out / "bench.md").read_text()
+    assert results.read_bytes() == before
 
     assert {"machine", "versions", "rows"} <= set(doc)
     assert {"cores", "backend", "load_average"} <= set(doc["machine"])
@@ -27,15 +41,35 @@ def test_bench_tiny_writes_schema(tmp_path):
             "seconds_per_step" if "seconds_per_step" in r else "seconds",
             "gflops",
             "fraction_of_matmul_peak",
+            "bound_seconds",
+            "fraction_of_bound",
             "peak_memory_mb",
         }
         assert isinstance(r["config"], dict)
         time_ = r.get("seconds_per_step", r.get("seconds"))
         assert isinstance(time_, float) and math.isfinite(time_)
-        for key in ("gflops", "fraction_of_matmul_peak", "peak_memory_mb"):
+        for key in ("gflops", "fraction_of_matmul_peak", "bound_seconds", "peak_memory_mb"):
             assert r[key] is None or (isinstance(r[key], float) and r[key] >= 0), (r, key)
     peak = next(r for r in doc["rows"] if r["name"] == "matmul_peak")
     assert peak["gflops"] > 0
+    triad = next(r for r in doc["rows"] if r["name"] == "memory_bandwidth")
+    bandwidth = triad["config"]["gbytes_per_s"]
+    assert triad["config"]["bytes"] == 12 * triad["config"]["N"]
+    assert bandwidth == round(triad["config"]["bytes"] / triad["seconds"] / 1e9, 3)
+    # every step row's bound is max(FLOPs / matmul rate, bytes / bandwidth), recomputed here
+    for r in doc["rows"]:
+        if r["name"].startswith("step/"):
+            c = r["config"]
+            want = max(
+                c["flops_per_step"] / (peak["gflops"] * 1e9),
+                c["bytes_per_step"] / (bandwidth * 1e9),
+            )
+            assert math.isclose(r["bound_seconds"], want, rel_tol=1e-3), r
+            if r["seconds_per_step"] > 0:  # tiny sizes: noise may exceed the work
+                assert math.isclose(
+                    r["fraction_of_bound"], want / r["seconds_per_step"], rel_tol=1e-3
+                )
+    assert {"step/closed/taylor-3", "step/taylor/taylor-3"} <= set(names)
     step = next(r for r in doc["rows"] if r["name"] == "step/closed/regularized")
     # a rate wherever the measured time is positive (tiny sizes: noise may exceed the work)
     assert (step["fraction_of_matmul_peak"] is not None) == (step["seconds_per_step"] > 0)
@@ -65,3 +99,47 @@ def test_compile_events_are_collected_by_function_name():
     assert events.seconds("_fresh_function_for_compile_events") > 0
     assert events.total() >= events.seconds("_fresh_function_for_compile_events")
     assert events.seconds("no_such_function") == 0
+
+
+def test_taylor_orders_script_times_both_methods_and_writes_only_to_out(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import taylor_orders
+
+    results = Path(__file__).parents[1] / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    argv = ["--size", "tiny", "--max-order", "2", "--repeats", "1", "--out", str(tmp_path)]
+    doc = taylor_orders.main(argv)
+    assert [(r["order"], r["model"][:9]) for r in doc["rows"]] == [
+        (1, "two-layer"),
+        (2, "two-layer"),
+        (1, "CNN 2 ch,"),
+        (2, "CNN 2 ch,"),
+    ]
+    for r in doc["rows"]:
+        assert r["jet"] > 0 and r["jvp"] > 0
+        assert r["jet/jvp"] == r["jet"] / r["jvp"]
+        # program sizes as traced and after XLA's optimizations
+        assert all(isinstance(n, int) and n > 0 for n in (*r["jet_ops"], *r["jvp_ops"]))
+    assert json.loads((tmp_path / "taylor_orders.json").read_text())["rows"] == doc["rows"]
+    assert "| 2 |" in (tmp_path / "taylor_orders.md").read_text()
+    assert results.read_bytes() == before
+
+
+def test_least_bytes_lists_the_arrays_a_step_reads_and_writes():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench
+
+    d, n, m, k = 50, 354, 4000, 50
+    reg = bench.least_bytes("regularized", d, n, m, k)
+    # by hand: X twice, U read and written, y and a, σ' and σ'' twice each, U_k twice; float32
+    want = 4 * (2 * n * d + 2 * m * d + n + m + 2 * 2 * n * m + 2 * n * k)
+    assert sum(reg.values()) == want
+    assert sum(bench.least_bytes("ntk", d, n, m).values()) == 4 * (
+        2 * n * d + 2 * m * d + n + m + 2 * n * m
+    )
+    # the full network reads no n × m constant, only W0 beside U
+    assert sum(bench.least_bytes("full", d, n, m).values()) == 4 * (2 * n * d + 3 * m * d + n + m)

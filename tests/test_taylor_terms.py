@@ -214,3 +214,29 @@ def test_cli_order_flag_trains_the_order_k_model(tmp_path, capsys):
     assert o3["final"]["test_loss"] != o2["final"]["test_loss"]
     with pytest.raises(SystemExit):
         cli.main(["train", "--order", "3", "--variant", "ntk", *common, "--out", str(tmp_path)])
+
+
+def test_no_recompilation_for_new_values_of_the_same_shapes():
+    """taylor(…, order=3) is a pytree: new params0 and inputs of the same shapes reuse the program,
+    and params0 is an argument of the compiled function, not a constant baked into it."""
+
+    @jax.jit
+    def evaluate(model, params, x):
+        return model(params, x)
+
+    shapes = []
+    for seed in range(3):
+        net = jn.TwoLayer.init(jax.random.PRNGKey(seed), d=4, m=6)
+        x = jax.random.normal(jax.random.PRNGKey(10 + seed), (5, 4))
+        model = jn.taylor(net.apply_fn, net.w0, 3)
+        out = evaluate(model, net.w0 + 0.1, x)
+        shapes.append(out.shape)
+        # the value follows the new params0: the sum of the terms along δ = 0.1
+        terms = taylor_terms(net.apply_fn, net.w0, jnp.full_like(net.w0, 0.1), x, order=3)
+        np.testing.assert_allclose(out, sum(terms), rtol=1e-5, atol=1e-6)
+    assert shapes == [(5,)] * 3
+    assert evaluate._cache_size() == 1
+    lowered = evaluate.lower(model, net.w0, x).as_text()
+    signature = next(line for line in lowered.splitlines() if "func.func public @main" in line)
+    # a (6,), params0 (6, 4), params (6, 4), x (5, 4): all arguments, none a baked-in constant
+    assert signature.count("tensor<6x4xf32>") == 2 and "tensor<6xf32>" in signature
