@@ -1,12 +1,14 @@
 """jaxntk: exact Taylor models of wide networks and good directions to escape the NTK regime.
 
 The public API, re-exported from the modules (see DESIGN.md for the one-way data flow
-targets → network → taylor → spectral → objectives → train → experiments → plots/cli).
+targets → network → taylor → spectral → predict → objectives → train → experiments →
+plots/cli).
 """
 
-from jaxntk import network, objectives, sharding, targets, training
+from jaxntk import network, objectives, predict, sharding, targets, training
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.objectives import VARIANTS, Regularizer
+from jaxntk.predict import NTKPrediction, ntk_predict
 from jaxntk.spectral import (
     GoodDirections,
     bulk_residual,
@@ -55,6 +57,7 @@ __all__ = [
     "VARIANTS",
     "DivergenceWarning",
     "GoodDirections",
+    "NTKPrediction",
     "Prepared",
     "Regularizer",
     "Run",
@@ -81,10 +84,12 @@ __all__ = [
     "make_task",
     "mlp_target",
     "network",
+    "ntk_predict",
     "num_harmonics",
     "objectives",
     "paper_target",
     "paper_task",
+    "predict",
     "predict_degree_blocks",
     "project_good",
     "project_top",

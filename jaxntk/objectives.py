@@ -24,6 +24,18 @@ Objective, with per-sample means (the scale convention of this library):
 
 The authors' figure weighs R_bulk summed over the training points (docs/science.md §7): their λ_1 is
 λ_b / n here; `Regularizer.from_sum_scale` converts.
+
+Models with several outputs per input, f(x) of shape (n, *out), train on either data loss of
+`LOSSES` (chosen by `jaxntk.train(..., loss=...)`):
+
+    "mse"            (1/N) Σ (y − f)² over all N = n·|out| output entries; y shaped like f
+    "cross_entropy"  (1/n) Σ_i [logsumexp(f(x_i)) − f(x_i)[y_i]], logits on the last output
+                     axis, y integer class labels of shape (n, *out[:-1]); also reports accuracy
+
+With one output per input "mse" is the objective above, unchanged. R_24 holds for any model.
+R_bulk and R_pop are built on the good directions of one output per input (`jaxntk.spectral`),
+so they, the "regularized" variant and `track_directions` are an error for other output shapes;
+so are the shares of the target parts unless the task's parts are shaped like the outputs.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from jaxntk.targets import sample_inputs
 Array = jax.Array
 
 __all__ = [
+    "LOSSES",
     "PAPER_VARIANTS",
     "VARIANTS",
     "Data",
@@ -49,7 +62,10 @@ __all__ = [
     "Variant",
     "VariantObjective",
     "bulk_penalty",
+    "check_targets",
+    "cross_entropy_loss",
     "get_variant",
+    "mean_squared_error",
     "norm24_penalty",
     "population_penalty",
     "random_signs",
@@ -222,6 +238,121 @@ def _taylor_order(name: object) -> int | None:
     if isinstance(name, str) and name.startswith("taylor-") and name[7:].isdigit():
         return int(name[7:])
     return None
+
+
+def mean_squared_error(pred: Array, y: Array) -> Array:
+    """(1/N) Σ (y − f)², the mean over all N entries of the outputs (any shape).
+
+    Args:
+        pred: the model's outputs f, (n, *out).
+        y: the targets, shaped like pred.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> mean_squared_error(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]]))
+        Array(2.5, dtype=float32)
+    """
+    return jnp.mean((y - pred) ** 2)
+
+
+def cross_entropy_loss(logits: Array, labels: Array) -> Array:
+    """(1/n) Σ_i [logsumexp(f(x_i)) − f(x_i)[y_i]], softmax cross-entropy on integer labels.
+
+    Args:
+        logits: the model's outputs, (n, *rest, c), classes on the last axis.
+        labels: integer class labels in [0, c), (n, *rest).
+
+    Returns:
+        The scalar loss, a mean over all labels.
+
+    Example:
+        >>> cross_entropy_loss(jnp.zeros((2, 4)), jnp.array([0, 3]))  # uniform: log 4
+        Array(1.3862944, dtype=float32)
+    """
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+
+
+def _accuracy(logits: Array, labels: Array) -> Array:
+    predicted = jnp.argmax(logits, axis=-1).astype(labels.dtype)
+    return jnp.mean((predicted == labels).astype(logits.dtype))
+
+
+LOSSES: dict[str, Callable[[Array, Array], Array]] = {
+    "mse": mean_squared_error,
+    "cross_entropy": cross_entropy_loss,
+}
+"""The data losses by name: (outputs, targets) -> scalar."""
+
+
+def check_targets(loss: str, y: Any, output_shape: tuple[int, ...], name: str, x_name: str) -> None:
+    """ValueError naming `name` unless y fits the model's outputs (of `output_shape`) for `loss`.
+
+    "mse" needs float targets shaped like the outputs; "cross_entropy" needs integer labels in
+    [0, c) for the outputs' c classes on their last axis, shaped like the outputs without it.
+    Runs in Python on concrete values, before anything compiles.
+
+    Args:
+        loss: a name in `LOSSES`.
+        y: the targets, (n, ...).
+        output_shape: the model's outputs on the matching inputs, (n, *out).
+        name: the targets' name in the error (e.g. "y_train").
+        x_name: the inputs' name in the error (e.g. "x_train").
+
+    Raises:
+        ValueError: for an unknown loss or targets that do not fit.
+
+    Example:
+        >>> check_targets("cross_entropy", np.array([0, 12]), (2, 10), "y_train", "x_train")
+        Traceback (most recent call last):
+        ...
+        ValueError: y_train holds class 12 but the model has 10 outputs (classes 0 to 9)
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
+    shape, dtype = np.shape(y), np.dtype(y.dtype) if hasattr(y, "dtype") else np.result_type(y)
+    n = output_shape[0]
+    if len(shape) < 1 or shape[0] != n:
+        raise ValueError(f"{name} has {shape[0] if shape else 0} rows but {x_name} has {n}")
+    integer = np.issubdtype(dtype, np.integer)
+    if loss == "mse":
+        if integer:
+            raise ValueError(
+                f"{name} holds integer labels ({dtype}); integer labels need "
+                "loss='cross_entropy' (or one-hot float targets for 'mse')"
+            )
+        if not np.issubdtype(dtype, np.floating):
+            raise ValueError(f"{name} must hold float targets for loss='mse', got {dtype}")
+        if shape != tuple(output_shape):
+            raise ValueError(
+                f"{name} has shape {shape} but the model's outputs on {x_name} have shape "
+                f"{tuple(output_shape)}"
+            )
+        return
+    if not integer:
+        raise ValueError(
+            f"{name} must hold integer class labels for loss='cross_entropy', got {dtype}"
+        )
+    if len(output_shape) < 2:
+        raise ValueError(
+            f"loss='cross_entropy' needs logits, outputs (n, ..., c); the model's outputs on "
+            f"{x_name} have shape {tuple(output_shape)}"
+        )
+    if shape != tuple(output_shape[:-1]):
+        raise ValueError(
+            f"{name} has shape {shape} but the labels of outputs of shape {tuple(output_shape)} "
+            f"have shape {tuple(output_shape[:-1])}"
+        )
+    classes = output_shape[-1]
+    labels = np.asarray(y)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels.max() if labels.max() >= classes else labels.min()
+        raise ValueError(
+            f"{name} holds class {bad} but the model has {classes} outputs "
+            f"(classes 0 to {classes - 1})"
+        )
 
 
 def random_signs(key: Array, u: Any) -> Any:
@@ -465,10 +596,11 @@ class Data(NamedTuple):
         model: the model (`jaxntk.TwoLayer` or `jaxntk.TaylorModel`).
         x_train: (n, d) training inputs.
         x_test: (n_test, d) test inputs.
-        y_train: (n,) training labels.
-        y_test: (n_test,) test labels.
-        parts_test: (P, n_test) value of each target part on the test inputs (for the share of
-            each part learned).
+        y_train: (n, *out) float targets shaped like the model's outputs on x_train, or, for
+            "cross_entropy", integer class labels (n, *out[:-1]) (see `check_targets`).
+        y_test: (n_test, ...) test targets, likewise.
+        parts_test: (P, n_test, *out) value of each target part on the test inputs (for the
+            share of each part learned).
         dirs: the good directions (`jaxntk.spectral.good_directions`) or None.
         x_pop: fixed inputs on which evaluations estimate R_pop (default: the test inputs).
         prep_train: `model.prepare(x_train)`, or None before `VariantObjective.prepare`.
@@ -506,6 +638,8 @@ class VariantObjective:
         pop_samples: fresh samples per step for R_pop.
         distribution: the input law of R_pop's fresh samples, "gaussian" or "sphere".
         d: the input dimension of R_pop's fresh samples.
+        data_loss: a name in `LOSSES`, the loss on the data ("mse": the history's "mse" term;
+            "cross_entropy": its "cross_entropy" term and the accuracies).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -538,6 +672,7 @@ class VariantObjective:
     pop_samples: int = 100
     distribution: str = "gaussian"
     d: int = 1
+    data_loss: str = "mse"
 
     def prepare(self, data: Data) -> Data:
         """`data` with the model's per-input constants (σ'(x W0ᵀ), linearizations) filled in.
@@ -581,7 +716,8 @@ class VariantObjective:
         return jax.tree_util.tree_unflatten(treedef, new)
 
     def loss(self, u: Any, data: Data, hyper: dict[str, Array], key: Array) -> tuple[Array, dict]:
-        """Training loss (1/n) Σ (y − f)² + Σ λ R, and its parts.
+        """Training loss: the data loss ((1/n) Σ (y − f)² for "mse", `LOSSES`) + Σ λ R, and its
+        parts.
 
         Args:
             u: the displacement U.
@@ -591,8 +727,9 @@ class VariantObjective:
             key: PRNG key for the variant's randomness (fresh signs) and R_pop's fresh samples.
 
         Returns:
-            (total, terms): the () loss and a dict with "mse" and each active regularizer's
-            value ("bulk", "pop", "norm24"), unweighted.
+            (total, terms): the () loss and a dict with the data loss (under its name, "mse"
+            or "cross_entropy") and each active regularizer's value ("bulk", "pop", "norm24"),
+            unweighted.
         """
         v = get_variant(self.variant)
         model = data.model
@@ -607,14 +744,15 @@ class VariantObjective:
         else:
             f_linear = None
             pred = v.train_predict(model, u, data.prep_train, k_pred)
-        mse = jnp.mean((data.y_train - pred) ** 2)
+        fit = LOSSES[self.data_loss](pred, data.y_train)
         regs = self._regularizers(u, data, k_pop, f_linear)
-        total = mse + sum(hyper[name] * value for name, value in regs.items())
-        return total, {"mse": mse, **regs}
+        total = fit + sum(hyper[name] * value for name, value in regs.items())
+        return total, {self.data_loss: fit, **regs}
 
     def evaluate(self, u: Any, data: Data, hyper: dict[str, Array]) -> dict[str, Array]:
-        """Train/test loss of the evaluation prediction, regularizer values, ‖U‖ and the share of
-        each target part carried by f_L and by f_Q on the test set, (P,) each.
+        """Train/test loss of the evaluation prediction, regularizer values, ‖U‖, the accuracies
+        for "cross_entropy", and, for "mse" with parts shaped like the outputs, the share of each
+        target part carried by f_L and by f_Q on the test set, (P,) each.
 
         The share of part p carried by f is ⟨f, part_p⟩ / ⟨part_p, part_p⟩ on the test inputs:
         1 when f carries exactly that part.
@@ -626,12 +764,15 @@ class VariantObjective:
 
         Returns:
             A dict of () arrays "train_loss", "test_loss", "u_norm", "norm24", and, when
-            `data.dirs` is given, "bulk" and "pop" (R_pop on `data.x_pop`); and (P,) arrays
-            "share_linear", "share_quadratic".
+            `data.dirs` is given, "bulk" and "pop" (R_pop on `data.x_pop`); for "cross_entropy"
+            "train_accuracy" and "test_accuracy"; and, for "mse" with `data.parts_test` shaped
+            (P, *y_test.shape), the (P,) arrays "share_linear", "share_quadratic".
         """
         del hyper
         model = data.model
         v = get_variant(self.variant)
+        loss = LOSSES[self.data_loss]
+        shares = self.data_loss == "mse" and data.parts_test.shape[1:] == data.y_test.shape
         if v.uses_terms:
             fl_train, fq_train = model.linear_and_quadratic(u, data.prep_train)
             train_pred = model.initial_output(data.prep_train) + fl_train + fq_train
@@ -646,19 +787,23 @@ class VariantObjective:
             terms = model.taylor_terms(u, data.prep_test, v.order)
             fl, fq = terms[0], terms[1]
             test_pred = model.initial_output(data.prep_test) + sum(terms)
-        else:
+        elif v.uses_terms or shares:
             fl, fq = model.linear_and_quadratic(u, data.prep_test)
         if v.uses_terms:
             test_pred = model.initial_output(data.prep_test) + fl + fq
         elif not v.order:
             test_pred = v.predict(model, u, data.prep_test)
         out = {
-            "train_loss": jnp.mean((data.y_train - train_pred) ** 2),
-            "test_loss": jnp.mean((data.y_test - test_pred) ** 2),
+            "train_loss": loss(train_pred, data.y_train),
+            "test_loss": loss(test_pred, data.y_test),
             "u_norm": jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(u))),
-            "share_linear": _shares(fl, data.parts_test),
-            "share_quadratic": _shares(fq, data.parts_test),
         }
+        if shares:
+            out["share_linear"] = _shares(fl, data.parts_test)
+            out["share_quadratic"] = _shares(fq, data.parts_test)
+        if self.data_loss == "cross_entropy":
+            out["train_accuracy"] = _accuracy(train_pred, data.y_train)
+            out["test_accuracy"] = _accuracy(test_pred, data.y_test)
         if data.dirs is not None:
             out["bulk"] = bulk_penalty(data.dirs, fl_train)
             out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_pop)
@@ -686,5 +831,7 @@ class VariantObjective:
 
 
 def _shares(f: Array, parts: Array) -> Array:
-    """⟨f, part_p⟩ / ⟨part_p, part_p⟩ for each part p: 1 when f carries exactly that part."""
-    return (parts @ f) / jnp.sum(parts**2, axis=1)
+    """⟨f, part_p⟩ / ⟨part_p, part_p⟩ for each part p (over all output entries): 1 when f
+    carries exactly that part."""
+    parts = parts.reshape(parts.shape[0], f.size)
+    return (parts @ f.reshape(f.size)) / jnp.sum(parts**2, axis=1)

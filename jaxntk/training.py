@@ -36,7 +36,14 @@ import optax
 
 from jaxntk import network, sharding, spectral
 from jaxntk._checks import check_int
-from jaxntk.objectives import DEFAULT_BULK, Data, Regularizer, VariantObjective, get_variant
+from jaxntk.objectives import (
+    DEFAULT_BULK,
+    Data,
+    Regularizer,
+    VariantObjective,
+    check_targets,
+    get_variant,
+)
 
 Array = jax.Array
 
@@ -81,9 +88,9 @@ class Run:
         config: the settings, JSON-serialisable.
         diverged_at_step: (L, S) step at which the loss became non-finite, −1 where it did not.
         trace: the training objective at every step, free to record since each step computes it:
-            "step" (T,) and "loss" (the total), "mse" and each regularizer in use, (L, S, T),
-            evaluated at U_t before update t + 1 (with the training prediction: random signs
-            for "randomized").
+            "step" (T,) and "loss" (the total), the data loss ("mse" or "cross_entropy") and
+            each regularizer in use, (L, S, T), evaluated at U_t before update t + 1 (with the
+            training prediction: random signs for "randomized").
     """
 
     params: Any
@@ -123,6 +130,7 @@ def train(
     resume: bool = False,
     devices: sharding.Devices = None,
     batching: str = "auto",
+    loss: str = "mse",
 ) -> Run:
     """Train one variant of `model` on `task` for several regularizer weights and seeds at once.
 
@@ -155,13 +163,20 @@ def train(
             XLA's batched products cost ~1.5× the separate ones), or "auto" ("map" on CPU).
 
         resume: continue from `checkpoint` if it holds a run with the same settings.
+        loss: the data loss, a name in `jaxntk.objectives.LOSSES`: "mse", the mean over all
+            output entries (y shaped like the model's outputs), or "cross_entropy" (softmax
+            over the last output axis, y integer class labels; the history adds
+            "train_accuracy" and "test_accuracy").
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
 
     Raises:
-        ValueError: for an unknown variant, optimizer or batching mode, a non-positive step
-            count, or devices that do not fit the model.
+        ValueError: for an unknown variant, optimizer, batching mode or loss, a non-positive
+            step count, devices that do not fit the model, task labels that do not fit the
+            model's outputs and the loss (naming y_train or y_test), or the good-direction
+            regularizers (R_bulk, R_pop, "regularized", track_directions) on a model with
+            other outputs than one per input.
         TypeError: if `reg` is not a `Regularizer`.
 
     Example:
@@ -178,6 +193,9 @@ def train(
         [0, 20, 40]
     """
     v = get_variant(variant)
+    out_train, out_test = _output_shapes(model, task)
+    check_targets(loss, task.y_train, out_train, "y_train", "x_train")
+    check_targets(loss, task.y_test, out_test, "y_test", "x_test")
     if reg is None:
         reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
     if not isinstance(reg, Regularizer):
@@ -204,6 +222,12 @@ def train(
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
+        if len(out_train) != 1:
+            raise ValueError(
+                "the good directions (R_bulk, R_pop, variant 'regularized', track_directions) "
+                f"need one output per input; the model's outputs on x_train have shape "
+                f"{out_train}: train another variant, with at most Regularizer(norm24=...)"
+            )
         k = task.d if reg.k is None else reg.k
         dirs = _good_directions(model, task.x_train, k, subspace_method)
     objective = VariantObjective(
@@ -215,6 +239,7 @@ def train(
         pop_samples=reg.pop_samples,
         distribution=task.distribution,
         d=task.d,
+        data_loss=loss,
     )
     # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
     data = Data(
@@ -241,6 +266,7 @@ def train(
         "n": task.n,
         "d": task.d,
         "distribution": task.distribution,
+        "loss": loss,
     }
     return fit(
         objective,
@@ -324,7 +350,13 @@ def fit(
     opt = _resolve_optimizer(optimizer)
     if layout is not None:
         data = layout.data(data)
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data))
+    # the floats set the dtype of the settings; integer class labels do not take part
+    floats = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(data)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+    ]
+    dtype = jnp.result_type(*floats)
     hyper_arrays = {k: jnp.asarray(np.asarray(v), dtype=dtype) for k, v in hyper.items()}
     if any(v.ndim != 1 for v in hyper_arrays.values()):
         raise ValueError(
@@ -403,6 +435,15 @@ def fit(
     config["diverged_at_step"] = bad.tolist()
     fetch = jax.device_get if layout is None else layout.fetch
     return Run(fetch(state.params), hist, config, bad, trace)
+
+
+def _output_shapes(model: Any, task: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the model's outputs on the task's training and test inputs (traced, not run)."""
+
+    def shape(x):
+        return tuple(jax.eval_shape(lambda x: model.initial_output(model.prepare(x)), x).shape)
+
+    return shape(task.x_train), shape(task.x_test)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -17,7 +17,16 @@ import pytest
 import jaxntk
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("targets", "network", "taylor", "spectral", "objectives", "training", "sharding")
+MODULES = (
+    "targets",
+    "network",
+    "taylor",
+    "spectral",
+    "predict",
+    "objectives",
+    "training",
+    "sharding",
+)
 
 
 def _home_module(name: str) -> str:
@@ -125,3 +134,7 @@ def test_taylor_models_guide_code_runs(capsys):
     losses = dict(re.findall(r"^(\S+)\s+test loss ([\d.]+)$", out, flags=re.M))
     assert set(losses) == {"full", "ntk", "ntk+quadntk", "taylor-3"}
     assert "(8, 8) True" in out
+    accuracy = [float(a) for a in re.search(r"train accuracy \[([^\]]*)\]", out)[1].split()]
+    assert accuracy[-1] > accuracy[0] + 0.3
+    assert "(8, 8, 3, 3) (8, 8)" in out
+    assert "(3, 64, 3) (3, 256, 3)" in out

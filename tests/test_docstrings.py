@@ -20,6 +20,7 @@ MODULES = [
     "jaxntk.network",
     "jaxntk.taylor",
     "jaxntk.spectral",
+    "jaxntk.predict",
     "jaxntk.objectives",
     "jaxntk.training",
     "jaxntk.sharding",

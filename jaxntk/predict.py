@@ -1,0 +1,243 @@
+"""Closed-form dynamics of the linearized model trained by gradient descent on the squared error.
+
+The order-1 Taylor model f_lin(θ; x) = f(θ0; x) + J(x)(θ − θ0) (`jaxntk.linearize`) trained by
+full-batch gradient descent on the trainer's loss (`jaxntk.train`, variant "ntk", optimizer
+"sgd"), the mean over all N = n·|out| output entries of the training set,
+
+    L(θ) = (1/N) ‖f_lin(θ; X) − Y‖²,      θ_{t+1} = θ_t − η ∇L(θ_t),
+
+moves its outputs by the empirical NTK K = J(X) J(X)ᵀ (`jaxntk.empirical_ntk` with
+trace_axes=(), flattened to N × N). With a = 2η/N, r_0 = f(θ0; X) − Y and K = V diag(λ) Vᵀ:
+
+    f_t(X)  = Y + V diag((1 − aλ)^t) Vᵀ r_0
+    f_t(X') = f_0(X') − K(X', X) V diag(g_t(λ)) Vᵀ r_0,    g_t(λ) = (1 − (1 − aλ)^t) / λ  (→ a t)
+
+and, for gradient flow dθ/dt = −η ∇L, (1 − aλ)^t becomes exp(−aλt). At t = ∞ the factors tend to
+0 and 1/λ on the range of K (when aλ_max < 2, or always for the flow): the train residual keeps
+only its part in K's null space, and the test output is kernel regression with the
+pseudo-inverse, f_0(X') + K(X', X) K⁺ (Y − f_0(X)). This is the job of neural-tangents'
+`predict.gradient_descent_mse`, here with the trainer's learning-rate convention (no ½ in the
+loss, a mean over outputs) so that step t here is step t of `jaxntk.train`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from jaxntk import spectral
+from jaxntk._checks import check_int
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = ["NTKPrediction", "ntk_predict"]
+
+
+class NTKPrediction(NamedTuple):
+    """Outputs of the linearized model at the requested steps (`ntk_predict`).
+
+    Attributes:
+        steps: the steps (or times, for the flow) as floats; inf for t = ∞.
+        train: f_t(x_train), shaped (*steps.shape, n, *out).
+        test: f_t(x_test), shaped (*steps.shape, n_test, *out); None without x_test.
+    """
+
+    steps: Array
+    train: Array
+    test: Array | None
+
+
+def ntk_predict(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params0: PyTree,
+    x_train: Array,
+    y_train: Array,
+    x_test: Array | None = None,
+    *,
+    steps: float | Sequence[float],
+    lr: float = 1.0,
+    flow: bool = False,
+    batch_size: int = 64,
+) -> NTKPrediction:
+    """Outputs of the linearized model after t steps of gradient descent on the MSE, in closed form.
+
+    The model is f(θ0) + J(θ − θ0) trained from θ0 on (x_train, y_train) with the loss
+    (1/N) ‖f(X) − Y‖² over all N = y_train.size outputs and learning rate `lr`, exactly the
+    steps of `jaxntk.train(jaxntk.TaylorModel(apply_fn, params0), task, "ntk", lr=lr)` with
+    the "sgd" optimizer (module docstring). One eigendecomposition of the empirical NTK serves
+    every step; compiled once per shape.
+
+    Args:
+        apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
+        params0: the parameters θ0 (the linearization point and the start of training).
+        x_train: (n, ...) training inputs.
+        y_train: (n, *out) float targets, shaped like f(params0, x_train).
+        x_test: (n_test, ...) inputs to predict on as well (optional).
+        steps: a step count t ≥ 0 or a sequence of them, ints for gradient descent, floats for
+            the flow; `math.inf` for the limit t → ∞.
+        lr: the learning rate η > 0.
+        flow: gradient flow dθ/dt = −η ∇L instead of discrete steps (then t is a time).
+        batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`).
+
+    Returns:
+        An `NTKPrediction`; its arrays lead with the shape of `steps` (none for one step count).
+        At t = ∞ gradient descent has a limit only for lr < N/λ_max (λ_max the NTK's largest
+        eigenvalue): otherwise the outputs there are NaN.
+
+    Raises:
+        ValueError: if y_train is not a finite float array shaped like the model's outputs on
+            x_train (integer class labels: one-hot encode them), steps are negative or, for
+            gradient descent, not whole numbers, or lr is not a finite float > 0.
+        TypeError: if flow is not a bool.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import jaxntk as jn
+        >>> def f(w, x):                       # a linear model: it is its own linearization
+        ...     return x @ w
+        >>> x, y = jnp.eye(2), jnp.array([1.0, 3.0])
+        >>> out = jn.ntk_predict(f, jnp.zeros(2), x, y, steps=[0, 1, math.inf], lr=0.5)
+        >>> out.train                          # K = I, n = 2: each step halves the residual
+        Array([[0. , 0. ],
+               [0.5, 1.5],
+               [1. , 3. ]], dtype=float32)
+    """
+    check_int("batch_size", batch_size, low=1)
+    if not isinstance(flow, bool):
+        raise TypeError(f"flow must be a bool, got {type(flow).__name__}")
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable as apply_fn(params, x), got {apply_fn!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    t = _check_steps(steps, flow)
+    x_train = jnp.asarray(x_train)
+    f_train = jax.eval_shape(apply_fn, params0, x_train)
+    y = np.asarray(y_train) if not isinstance(y_train, jax.Array) else y_train
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(
+            f"y_train must hold float targets for the mean squared error, got dtype {y.dtype} "
+            "(one-hot encode integer class labels)"
+        )
+    if y.ndim < 1 or y.shape[0] != x_train.shape[0]:
+        raise ValueError(
+            f"y_train has {y.shape[0] if y.ndim else 0} rows but x_train has {x_train.shape[0]}"
+        )
+    if y.shape != f_train.shape:
+        raise ValueError(
+            f"y_train has shape {y.shape} but the model's outputs on x_train have shape "
+            f"{f_train.shape}"
+        )
+    if not np.all(np.isfinite(np.asarray(y))):
+        raise ValueError("y_train must be finite, got NaN or inf entries")
+    if x_test is not None:
+        x_test = jnp.asarray(x_test)
+        if x_test.ndim < 1 or x_test.shape[1:] != x_train.shape[1:]:
+            raise ValueError(
+                f"x_test must have x_train's trailing shape {x_train.shape[1:]}, got {x_test.shape}"
+            )
+    b_train = min(batch_size, x_train.shape[0])
+    b_test = None if x_test is None else min(batch_size, x_test.shape[0])
+    if not isinstance(apply_fn, Partial):
+        apply_fn = Partial(apply_fn)
+    y = jnp.asarray(y, dtype=f_train.dtype)
+    times = jnp.asarray(t, dtype=f_train.dtype)
+    train, test = _ntk_predict(
+        apply_fn,
+        params0,
+        x_train,
+        y,
+        x_test,
+        times.reshape(-1),
+        jnp.asarray(lr, f_train.dtype),
+        flow,
+        b_train,
+        b_test,
+    )
+    lead = times.shape
+    train = train.reshape(*lead, *train.shape[1:])
+    test = None if test is None else test.reshape(*lead, *test.shape[1:])
+    return NTKPrediction(times, train, test)
+
+
+def _check_steps(steps: Any, flow: bool) -> np.ndarray:
+    t = np.asarray(steps, dtype=np.float64)
+    if t.ndim > 1 or np.any(np.isnan(t)) or np.any(t < 0):
+        raise ValueError(f"steps must be a number ≥ 0 or a 1-D sequence of them, got {steps!r}")
+    finite = t[np.isfinite(t)]
+    if not flow and np.any(finite != np.round(finite)):
+        raise ValueError(
+            f"steps of gradient descent must be whole numbers (or math.inf), got {steps!r}; "
+            "pass flow=True for gradient flow at any time"
+        )
+    return t
+
+
+@partial(jax.jit, static_argnums=(7, 8, 9))
+def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, flow, b_train, b_test):
+    def kernel(x1, b1):
+        k = spectral._empirical_ntk(apply_fn, params0, x1, x_train, (), (), "jacobian", b1, b_train)
+        return _as_matrix(k)
+
+    n_out = y.size
+    k_train = kernel(x_train, b_train)
+    evals, evecs = jnp.linalg.eigh(0.5 * (k_train + k_train.T))
+    residual0 = (apply_fn(params0, x_train) - y).reshape(-1)
+    coeff = evecs.T @ residual0
+    a = 2.0 * lr / n_out
+    cutoff = jnp.max(jnp.abs(evals)) * n_out * jnp.finfo(evals.dtype).eps
+    learned, gain = _factors(evals[None, :], t[:, None], a, flow, cutoff)  # (T, N) each
+    train = y.reshape(-1)[None] + ((1.0 - learned) * coeff[None, :]) @ evecs.T
+    train = train.reshape(t.shape[0], *y.shape)
+    if x_test is None:
+        return train, None
+    f0_test = apply_fn(params0, x_test)
+    k_test = kernel(x_test, b_test)
+    test = f0_test.reshape(-1)[None] - (gain * coeff[None, :]) @ (k_test @ evecs).T
+    return train, test.reshape(t.shape[0], *f0_test.shape)
+
+
+def _factors(lam, t, a, flow, cutoff):
+    """(1 − (1 − aλ)^t, (1 − (1 − aλ)^t)/λ), or with exp(−aλt) for the flow; their limits at t = ∞.
+
+    The fraction learned is computed as −expm1(t log1p(−aλ)) while 1 − aλ > 0, so that small
+    eigenvalues keep their precision; 0/0 at λ = 0 is its limit a·t.
+    """
+    finite = jnp.isfinite(t)
+    ts = jnp.where(finite, t, 0.0)
+    if flow:
+        learned = -jnp.expm1(-a * lam * ts)
+    else:
+        base = 1.0 - a * lam
+        positive = base > 0
+        smooth = -jnp.expm1(ts * jnp.log1p(-a * jnp.where(positive, lam, 0.0)))
+        odd = jnp.mod(ts, 2.0) == 1.0
+        power = jnp.where(odd & (base < 0), -1.0, 1.0) * jnp.power(jnp.abs(base), ts)
+        learned = jnp.where(positive, smooth, 1.0 - power)
+    nonzero = lam != 0
+    gain = jnp.where(nonzero, learned / jnp.where(nonzero, lam, 1.0), a * ts)
+    kept = lam > cutoff
+    # gradient descent with aλ ≥ 2 oscillates or diverges along λ: no limit
+    limit = jnp.where(kept, 1.0, 0.0)
+    if not flow:
+        limit = jnp.where(a * lam >= 2, jnp.nan, limit)
+    learned = jnp.where(finite, learned, limit)
+    gain = jnp.where(finite, gain, limit / jnp.where(kept, lam, 1.0))
+    return learned, gain
+
+
+def _as_matrix(k: Array) -> Array:
+    """A full kernel (n1, n2, o1, o1', o2, o2', ...) as the (n1·|out|, n2·|out|) matrix whose
+    rows and columns follow the row-major order of the outputs (n, *out)."""
+    first, second = list(range(0, k.ndim, 2)), list(range(1, k.ndim, 2))
+    k = jnp.transpose(k, first + second)
+    rows = math.prod(k.shape[: len(first)])
+    return k.reshape(rows, -1)

@@ -1,0 +1,337 @@
+"""Models with several outputs: the empirical NTK's trace and diagonal axes, the closed-form
+linearized dynamics (jaxntk/predict.py), and training with MSE over all outputs or softmax
+cross-entropy (jaxntk/objectives.py, jaxntk/training.py)."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxntk as jn
+from jaxntk import predict, spectral, training
+
+N, N_TEST, D, C = 12, 7, 5, 10
+
+
+class MLP(nn.Module):
+    """A 10-output MLP of width 16 (float64 parameters)."""
+
+    outputs: int = C
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(16, param_dtype=jnp.float64)(x))
+        return nn.Dense(self.outputs, param_dtype=jnp.float64)(x)
+
+
+class GridMLP(nn.Module):
+    """Outputs of shape (3, 2) per input."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(8, param_dtype=jnp.float64)(x))
+        return nn.Dense(6, param_dtype=jnp.float64)(x).reshape(x.shape[0], 3, 2)
+
+
+def inputs(seed, n):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, D)))
+
+
+def flax_model(module=None):
+    module = MLP() if module is None else module
+    return module.apply, module.init(jax.random.PRNGKey(0), inputs(0, 2))
+
+
+def flat_jacobian(apply_fn, params, x):
+    """∂f(x)/∂θ as an array (n, *out, P), by reverse mode over the flattened parameters."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return np.asarray(jax.jacrev(lambda p: apply_fn(unravel(p), x))(flat))
+
+
+# (trace_axes, diagonal_axes) -> the explicit contraction of J1 (i a P) with J2 (j b P)
+CONTRACTIONS = {
+    ((), ()): ("iaP,jbP->ijab", 1),
+    ((), (0,)): ("iaP,ibP->iab", 1),
+    ((), (-1,)): ("iaP,jaP->ija", 1),
+    ((), (0, 1)): ("iaP,iaP->ia", 1),
+    ((-1,), ()): ("iaP,jaP->ij", C),
+    ((1,), (0,)): ("iaP,iaP->i", C),
+}
+
+
+@pytest.mark.parametrize("method", ["jacobian", "products"])
+@pytest.mark.parametrize(("trace", "diagonal"), list(CONTRACTIONS), ids=str)
+def test_multi_output_ntk_equals_the_jacobian_contraction(x64, trace, diagonal, method):
+    apply_fn, params = flax_model()
+    x1, x2 = inputs(1, N), inputs(2, N if 0 in diagonal else N_TEST)
+    spec, size = CONTRACTIONS[(trace, diagonal)]
+    expected = np.einsum(
+        spec, flat_jacobian(apply_fn, params, x1), flat_jacobian(apply_fn, params, x2)
+    )
+    axes = {"trace_axes": trace, "diagonal_axes": diagonal}
+    k = jn.empirical_ntk(apply_fn, params, x1, x2, **axes, method=method, batch_size=5)
+    assert k.shape == expected.shape
+    np.testing.assert_allclose(k, expected / size, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("trace", "diagonal", "spec", "size"),
+    [
+        ((), (), "iabP,jcdP->ijacbd", 1),
+        ((-2,), (), "iabP,jadP->ijbd", 3),
+        ((-1,), (1,), "iabP,jabP->ija", 2),
+        ((1, 2), (0,), "iabP,iabP->i", 6),
+    ],
+)
+def test_ntk_of_outputs_with_two_axes(x64, trace, diagonal, spec, size):
+    apply_fn, params = flax_model(GridMLP())
+    x1 = inputs(3, 6)
+    x2 = x1 if 0 in diagonal else inputs(4, 4)
+    j1, j2 = flat_jacobian(apply_fn, params, x1), flat_jacobian(apply_fn, params, x2)
+    k = jn.empirical_ntk(
+        apply_fn, params, x1, x2, trace_axes=trace, diagonal_axes=diagonal, batch_size=4
+    )
+    np.testing.assert_allclose(k, np.einsum(spec, j1, j2) / size, rtol=1e-12, atol=1e-12)
+
+
+def test_ntk_compiles_once_per_shape(x64):
+    apply_fn, params = flax_model()
+    before = spectral._empirical_ntk._cache_size()
+    for seed in (5, 6):
+        jn.empirical_ntk(apply_fn, params, inputs(seed, N), trace_axes=())
+    assert spectral._empirical_ntk._cache_size() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"trace_axes": (0,)}, ValueError, "batch axis"),
+        ({"trace_axes": (2,)}, ValueError, "out of range"),
+        ({"trace_axes": (-1,), "diagonal_axes": (1,)}, ValueError, "both traced and diagonal"),
+        ({"diagonal_axes": (1, -1), "trace_axes": ()}, ValueError, "repeats"),
+        ({"trace_axes": (1.0,)}, TypeError, "ints"),
+        ({"x2": np.ones((3, D)), "diagonal_axes": (0,)}, ValueError, "n1"),
+    ],
+)
+def test_bad_ntk_axes_raise(x64, kwargs, error, match):
+    apply_fn, params = flax_model(MLP(outputs=3))
+    with pytest.raises(error, match=match):
+        jn.empirical_ntk(apply_fn, params, inputs(0, 4), **kwargs)
+
+
+# ------------------------------------------------------------------ the linearized dynamics
+
+
+def task_of(x, y, x_test, y_test):
+    """A task from arrays (no target parts)."""
+    return jn.Task(
+        x_train=x,
+        y_train=y,
+        x_test=x_test,
+        y_test=y_test,
+        parts_train=jnp.zeros((0, x.shape[0]), x.dtype),
+        parts_test=jnp.zeros((0, x_test.shape[0]), x.dtype),
+        target=None,
+        distribution="gaussian",
+        part_names=(),
+    )
+
+
+def regression_problem():
+    apply_fn, params = flax_model()
+    rng = np.random.default_rng(7)
+    x, x_test = inputs(1, N), inputs(2, N_TEST)
+    y = jnp.asarray(rng.standard_normal((N, C)))
+    y_test = jnp.asarray(rng.standard_normal((N_TEST, C)))
+    return apply_fn, params, task_of(x, y, x_test, y_test)
+
+
+# a power of two (the trainer holds the learning rate in float32), with 1 − aλ_max < 0: the top
+# eigendirection oscillates and converges
+LR = 2.0
+
+
+def test_linearize_of_a_multi_output_model_is_f0_plus_jacobian_times_delta(x64):
+    apply_fn, params = flax_model()
+    x = inputs(1, N)
+    delta = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    moved = jax.tree.map(jnp.add, params, delta)
+    flat_delta = jax.flatten_util.ravel_pytree(delta)[0]
+    expected = apply_fn(params, x) + flat_jacobian(apply_fn, params, x) @ np.asarray(flat_delta)
+    np.testing.assert_allclose(jn.linearize(apply_fn, params)(moved, x), expected, rtol=1e-12)
+
+
+def test_taylor_model_terms_of_a_multi_output_model_are_the_explicit_derivatives(x64):
+    apply_fn, params = flax_model()
+    x = inputs(1, 4)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    step = 0.1 * jnp.asarray(np.random.default_rng(8).standard_normal(flat.shape))
+    hessian = np.asarray(jax.hessian(lambda p: apply_fn(unravel(p), x))(flat))  # (4, C, P, P)
+    model = jn.TaylorModel(apply_fn, params)
+    f_lin, f_quad = model.linear_and_quadratic(unravel(step), model.prepare(x))
+    np.testing.assert_allclose(f_lin, flat_jacobian(apply_fn, params, x) @ step, rtol=1e-12)
+    expected = 0.5 * np.einsum("p,iapq,q->ia", step, hessian, step)
+    np.testing.assert_allclose(f_quad, expected, rtol=1e-10, atol=1e-14)
+    f_quad_model = jn.taylor(apply_fn, params, 2)(jax.tree.map(jnp.add, params, unravel(step)), x)
+    np.testing.assert_allclose(f_quad_model, apply_fn(params, x) + f_lin + f_quad, rtol=1e-12)
+
+
+def test_ntk_predict_equals_gradient_descent_of_the_trainer(x64):
+    apply_fn, params, task = regression_problem()
+    steps = 30
+    run = jn.train(
+        jn.TaylorModel(apply_fn, params),
+        task,
+        "ntk",
+        steps=steps,
+        lr=LR,
+        eval_every=10,
+        progress=False,
+    )
+    out = jn.ntk_predict(
+        apply_fn, params, task.x_train, task.y_train, task.x_test, steps=[0, 10, 20, 30], lr=LR
+    )
+    # the trainer's parameters after T steps give the closed form's outputs at step T
+    model = jn.TaylorModel(apply_fn, params)
+    u = jax.tree.map(lambda leaf: leaf[0, 0], run.params)
+    for x, predicted in ((task.x_train, out.train[-1]), (task.x_test, out.test[-1])):
+        prep = model.prepare(x)
+        trained = model.initial_output(prep) + model.linear_term(u, prep)
+        np.testing.assert_allclose(predicted, trained, rtol=1e-10, atol=1e-10)
+    # and its losses at every evaluation
+    train_loss = np.mean((np.asarray(out.train) - np.asarray(task.y_train)) ** 2, axis=(1, 2))
+    test_loss = np.mean((np.asarray(out.test) - np.asarray(task.y_test)) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(run.history["train_loss"][0, 0], train_loss, rtol=1e-10)
+    np.testing.assert_allclose(run.history["test_loss"][0, 0], test_loss, rtol=1e-10)
+    assert train_loss[-1] < 0.5 * train_loss[0]
+
+
+def test_ntk_predict_at_infinity_is_kernel_regression_and_the_flow_is_the_exponential(x64):
+    apply_fn, params, task = regression_problem()
+    j_train = flat_jacobian(apply_fn, params, task.x_train).reshape(N * C, -1)
+    j_test = flat_jacobian(apply_fn, params, task.x_test).reshape(N_TEST * C, -1)
+    f0, f0_test = (np.asarray(apply_fn(params, x)).ravel() for x in (task.x_train, task.x_test))
+    y = np.asarray(task.y_train).ravel()
+    k, k_test = j_train @ j_train.T, j_test @ j_train.T
+    out = jn.ntk_predict(
+        apply_fn, params, task.x_train, task.y_train, task.x_test, steps=math.inf, lr=LR
+    )
+    np.testing.assert_allclose(out.train.ravel(), y, rtol=1e-8, atol=1e-8)
+    expected_test = f0_test + k_test @ np.linalg.solve(k, y - f0)
+    np.testing.assert_allclose(out.test.ravel(), expected_test, rtol=1e-7, atol=1e-8)
+
+    too_fast = jn.ntk_predict(
+        apply_fn, params, task.x_train, task.y_train, steps=math.inf, lr=4 * LR
+    )
+    assert np.all(np.isnan(too_fast.train))
+
+    time = 3.5
+    flow = jn.ntk_predict(
+        apply_fn, params, task.x_train, task.y_train, task.x_test, steps=time, lr=LR, flow=True
+    )
+    a = 2 * LR / (N * C)
+    residual = jax.scipy.linalg.expm(-a * time * jnp.asarray(k)) @ (f0 - y)
+    np.testing.assert_allclose(flow.train.ravel(), y + residual, rtol=1e-9, atol=1e-9)
+
+
+def test_ntk_predict_compiles_once_per_shape(x64):
+    apply_fn, params, task = regression_problem()
+    before = predict._ntk_predict._cache_size()
+    for scale in (1.0, 2.0):
+        jn.ntk_predict(apply_fn, params, task.x_train, scale * task.y_train, steps=[1, 2], lr=LR)
+    assert predict._ntk_predict._cache_size() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"y_train": np.zeros((N - 1, C))}, "y_train has 11 rows but x_train has 12"),
+        ({"y_train": np.zeros((N, C - 1))}, "y_train has shape"),
+        ({"y_train": np.zeros(N, dtype=np.int32)}, "y_train must hold float"),
+        ({"y_train": np.full((N, C), np.nan)}, "y_train must be finite"),
+        ({"steps": [1.5]}, "whole numbers"),
+        ({"steps": -1}, "steps"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_ntk_predict_rejects_bad_arguments(x64, kwargs, match):
+    apply_fn, params, task = regression_problem()
+    args = {"y_train": task.y_train, "steps": 1, "lr": LR, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        jn.ntk_predict(apply_fn, params, task.x_train, **args)
+
+
+# ------------------------------------------------------------------ training several outputs
+
+
+def classification_problem(seed=3):
+    apply_fn, params = flax_model()
+    rng = np.random.default_rng(seed)
+    x, x_test = inputs(1, N), inputs(2, N_TEST)
+    labels = jnp.asarray(rng.integers(0, C, N), dtype=jnp.int32)
+    labels_test = jnp.asarray(rng.integers(0, C, N_TEST), dtype=jnp.int32)
+    return jn.TaylorModel(apply_fn, params), task_of(x, labels, x_test, labels_test)
+
+
+def test_cross_entropy_training_lowers_the_loss_without_recompiling(x64):
+    model, task = classification_problem()
+    kwargs = {"steps": 40, "lr": 2.0, "eval_every": 20, "progress": False, "loss": "cross_entropy"}
+    run = jn.train(model, task, "ntk+quadntk", **kwargs)
+    loss = run.history["train_loss"][0, 0]
+    assert loss[-1] < 0.5 * loss[0], loss
+    np.testing.assert_allclose(loss[0], np.log(C), rtol=0.2)  # near-uniform logits at init
+    assert run.history["train_accuracy"][0, 0, -1] > run.history["train_accuracy"][0, 0, 0]
+    assert set(run.trace) >= {"loss", "cross_entropy"}
+    compiled = training._run_chunk._cache_size()
+    _, other = classification_problem(seed=4)
+    jn.train(model, other, "ntk+quadntk", **kwargs)
+    assert training._run_chunk._cache_size() == compiled
+
+
+def test_order_3_taylor_model_of_a_multi_output_model_trains_on_the_mse(x64):
+    apply_fn, params, task = regression_problem()
+    model = jn.TaylorModel(apply_fn, params)
+    run = jn.train(model, task, "taylor-3", steps=10, lr=1.0, eval_every=10, progress=False)
+    loss = run.history["train_loss"][0, 0]
+    np.testing.assert_allclose(
+        loss[0], np.mean((apply_fn(params, task.x_train) - task.y_train) ** 2)
+    )
+    assert loss[-1] < 0.5 * loss[0], loss
+
+
+@pytest.mark.parametrize(
+    ("labels", "loss", "match"),
+    [
+        (np.zeros(N - 1, np.int32), "cross_entropy", "y_train has 11 rows but x_train has 12"),
+        (np.full(N, 12, np.int32), "cross_entropy", "y_train holds class 12 but the model has 10"),
+        (np.full(N, -1, np.int32), "cross_entropy", "y_train holds class -1"),
+        (np.zeros(N), "cross_entropy", "y_train must hold integer class labels"),
+        (np.zeros((N, C), np.int32), "cross_entropy", "y_train has shape"),
+        (np.zeros(N, np.int32), "mse", "y_train holds integer labels.*loss='cross_entropy'"),
+        (np.zeros(N), "mse", r"y_train has shape \(12,\) but the model's outputs"),
+        (np.zeros(N, np.int32), "hinge", "unknown loss"),
+    ],
+)
+def test_bad_labels_raise_naming_y(x64, labels, loss, match):
+    model, task = classification_problem()
+    task = task_of(task.x_train, jnp.asarray(labels), task.x_test, task.y_test)
+    with pytest.raises(ValueError, match=match):
+        jn.train(model, task, "ntk", steps=1, loss=loss, progress=False)
+
+
+def test_test_labels_are_checked_too(x64):
+    model, task = classification_problem()
+    task = task_of(task.x_train, task.y_train, task.x_test, jnp.full(N_TEST, C, jnp.int32))
+    with pytest.raises(ValueError, match="y_test holds class 10"):
+        jn.train(model, task, "ntk", steps=1, loss="cross_entropy", progress=False)
+
+
+def test_good_direction_regularizers_need_one_output_per_input(x64):
+    apply_fn, params, task = regression_problem()
+    model = jn.TaylorModel(apply_fn, params)
+    for kwargs in ({"variant": "regularized"}, {"reg": jn.Regularizer(pop=1.0)}):
+        with pytest.raises(ValueError, match="one output per input"):
+            jn.train(model, task, steps=1, progress=False, **kwargs)
