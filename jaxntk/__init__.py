@@ -4,7 +4,8 @@ The public API, re-exported from the modules (see DESIGN.md for the one-way data
 targets → network → taylor → spectral → objectives → train → experiments → plots/cli).
 """
 
-from jaxntk import network, objectives, sharding, targets, training
+from jaxntk import data, network, objectives, sharding, targets, training
+from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.spectral import (
@@ -64,6 +65,8 @@ __all__ = [
     "TaylorPrepared",
     "TwoLayer",
     "bulk_residual",
+    "check_task",
+    "data",
     "degree_block_report",
     "dense_part",
     "empirical_ntk",

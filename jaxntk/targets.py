@@ -391,7 +391,8 @@ class Task:
         x_train: (n, d) training inputs.  y_train: (n,) training labels.
         x_test: (n_test, d).  y_test: (n_test,) = f*(x_test), noise-free.
         parts_train: (P, n) each target part on x_train (noise-free).  parts_test: (P, n_test).
-        target: the `Target`.  distribution: input law.  part_names: the target's part names.
+        target: the `Target` (None for a task from a user's arrays).  distribution: input law.
+        part_names: the target's part names.
     """
 
     x_train: Array
@@ -400,9 +401,18 @@ class Task:
     y_test: Array
     parts_train: Array
     parts_test: Array
-    target: Target
+    target: Target | None
     distribution: str = dataclasses.field(metadata={"static": True})
     part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+
+    @classmethod
+    def from_arrays(
+        cls, x_train, y_train, x_test, y_test, *, distribution: str = "gaussian"
+    ) -> Task:
+        """A checked task from a user's arrays: `jaxntk.data.task_from_arrays`."""
+        from jaxntk.data import task_from_arrays  # data builds on this module
+
+        return task_from_arrays(x_train, y_train, x_test, y_test, distribution=distribution)
 
     @property
     def n(self) -> int:

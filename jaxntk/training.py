@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxntk import data as task_data
 from jaxntk import network, sharding, spectral
 from jaxntk._checks import check_int
 from jaxntk.objectives import DEFAULT_BULK, Data, Regularizer, VariantObjective, get_variant
@@ -163,6 +164,7 @@ def train(
         >>> run.history["test_loss"].shape   # (2, 3, 21)
     """
     v = get_variant(variant)
+    task_data.check_task(task, model)
     if reg is None:
         reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
     if not isinstance(reg, Regularizer):
