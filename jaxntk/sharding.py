@@ -127,13 +127,17 @@ class Layout:
     columns of σ'(X W0ᵀ) and σ''(X W0ᵀ)) are split over "neurons"; sample-indexed axes (inputs,
     labels, target parts, U_k's rows) over "samples"; everything else is replicated.
 
+    A generic model (`jaxntk.TaylorModel`, not a sum over neurons) trains data parallel: m is None,
+    the mesh's "neurons" axis has one device, the samples are split over all devices and the
+    model and the state are replicated.
+
     Attributes:
         mesh: a mesh with axes ("samples", "neurons") (`device_mesh`).
-        m: the network's width.
+        m: the network's width; None for a data-parallel generic model.
     """
 
     mesh: Mesh
-    m: int
+    m: int | None
 
     @property
     def neuron_shards(self) -> int:
@@ -143,8 +147,10 @@ class Layout:
     def sample_shards(self) -> int:
         return self.mesh.shape[SAMPLES]
 
-    def model(self, net: TwoLayer) -> TwoLayer:
-        """The network with W0 (m, d) and a (m,) split along m."""
+    def model(self, net: Any) -> Any:
+        """The network with W0 (m, d) and a (m,) split along m; a generic model replicated."""
+        if self.m is None:
+            return jax.tree_util.tree_map(lambda x: self._put(x, P()), net)
         return dataclasses.replace(
             net,
             w0=self._put(net.w0, P(NEURONS, None)),
@@ -164,7 +170,7 @@ class Layout:
         Fields are placed by what they hold: the model, prepared inputs (`Prepared`), the good
         directions, and the per-sample arrays named in `SAMPLE_AXES`; None stays None.
         """
-        if not isinstance(data.model, TwoLayer):
+        if self.m is not None and not isinstance(data.model, TwoLayer):
             raise ValueError(
                 "sharding over several devices supports the closed-form jaxntk.TwoLayer, got "
                 f"{type(data.model).__name__}; train it on one device (devices=1)"
@@ -197,7 +203,7 @@ class Layout:
         optimizer's moments — split along m, the rest (keys, counters, step sizes) replicated."""
 
         def place(x):
-            if np.ndim(x) == 4 and np.shape(x)[2] == self.m:
+            if self.m is not None and np.ndim(x) == 4 and np.shape(x)[2] == self.m:
                 return self._put(x, P(None, None, NEURONS))
             return self._put(x, P())
 
@@ -229,17 +235,26 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
     """The `Layout` of a training run of `model` on `devices`; None for a single device.
 
     Args:
-        model: the network; several devices need a `jaxntk.TwoLayer`.
-        devices: None (all available devices, neurons axis only), a count N, a sequence of
+        model: the network: a `jaxntk.TwoLayer` is split over neurons (and samples), any other
+            model (`jaxntk.TaylorModel`) over samples only (data parallel).
+        devices: None (all available devices: neurons axis only for a `TwoLayer`; for another
+            model, one device unless the run spans several processes), a count N, a sequence of
             devices, or a mesh from `device_mesh` (to shard the samples too).
 
     Raises:
         ValueError: `devices` is not available or not understood, or the neuron shards do not
             split m into whole, half-aligned blocks.
     """
-    if devices is None and not isinstance(model, TwoLayer):
-        return None  # the default "all devices" means one device for a model we cannot shard
-    mesh = devices if isinstance(devices, Mesh) else device_mesh(devices)
+    generic = not isinstance(model, TwoLayer)
+    if devices is None and generic and jax.process_count() == 1:
+        return None  # a generic model splits only its samples: on one host, one device is simpler
+    if isinstance(devices, Mesh):
+        mesh = devices
+    elif generic:
+        count = len(jax.devices()) if devices is None else devices
+        mesh = device_mesh(devices, samples=count if isinstance(count, int) else len(count))
+    else:
+        mesh = device_mesh(devices)
     if tuple(mesh.axis_names) != (SAMPLES, NEURONS):
         raise ValueError(
             f"devices: a Mesh must have the axes {(SAMPLES, NEURONS)} (see device_mesh), "
@@ -247,11 +262,14 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
         )
     if mesh.size == 1:
         return None
-    if not isinstance(model, TwoLayer):
-        raise ValueError(
-            f"devices = {mesh.size}: sharding supports the closed-form jaxntk.TwoLayer, got "
-            f"{type(model).__name__}; pass devices=1"
-        )
+    if generic:
+        if mesh.shape[NEURONS] > 1:
+            raise ValueError(
+                f"devices: a {type(model).__name__} is not a sum over neurons; it can only split "
+                f"its samples, but the mesh has {mesh.shape[NEURONS]} neuron shards "
+                "(use device_mesh(devices, samples=len(devices)))"
+            )
+        return Layout(mesh, None)
     shards = mesh.shape[NEURONS]
     if shards > 1 and shards % 2:
         raise ValueError(
