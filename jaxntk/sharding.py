@@ -23,6 +23,12 @@ halves split the devices in two groups; each half-sum is reduced within its grou
 they still cancel exactly, provided no shard straddles the halves: the number of neuron shards D
 must divide m and be even (or 1).
 
+A generic model (`jaxntk.TaylorModel`) need not be a sum over neurons: it trains data parallel,
+its samples split over every device and its parameters replicated (a `Layout` with m = None).
+
+Several processes (`initialize`, on `jax.distributed`) change nothing above: the mesh spans the
+devices of every process, each process places the shards it holds, and results are gathered.
+
 Example:
     >>> mesh = device_mesh(8)                  # 8 devices, all on the neurons axis
     >>> run = jaxntk.train(net, task, "ntk", steps=100, devices=mesh)   # or devices=8
@@ -31,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +60,7 @@ __all__ = [
     "Layout",
     "bytes_per_device",
     "device_mesh",
+    "initialize",
     "layout",
 ]
 
@@ -282,6 +290,62 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
             f"(m/2 = {model.m // 2} must be divisible by {shards // 2}, the shards per half)"
         )
     return Layout(mesh, model.m)
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> int:
+    """Join this process to a multi-process run (`jax.distributed`); returns the process count.
+
+    Call before any other JAX work. With `coordinator` ("HOST:PORT" of process 0, reachable from
+    every process), `num_processes` and `process_id`, the run is started by hand; on CPU the
+    processes talk through JAX's gloo collectives. Without them, JAX's own cluster detection
+    is used when the environment names a multi-process job (Slurm's srun with several tasks,
+    Open MPI, a multi-host TPU slice), and a lone process stays alone. Every process then runs
+    the same program; `device_mesh` and `layout` span the devices of all processes.
+
+    Example:
+        >>> initialize()   # one process, no cluster: nothing to join
+        1
+    """
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError(
+            "coordinator, num_processes and process_id go together (got "
+            f"coordinator={coordinator!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r})"
+        )
+    if all(given):
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"coordinator must be HOST:PORT, got {coordinator!r}")
+        if not (isinstance(num_processes, int) and num_processes >= 1):
+            raise ValueError(f"num_processes must be an int ≥ 1, got {num_processes!r}")
+        if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
+            raise ValueError(
+                f"process_id must be an int in [0, {num_processes}), got {process_id!r}"
+            )
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif _in_a_cluster():
+        jax.distributed.initialize()
+    return jax.process_count()
+
+
+def _in_a_cluster() -> bool:
+    """Whether the environment names a job of several processes that JAX detects by itself."""
+    env = os.environ
+
+    def more_than_one(name: str) -> bool:
+        return env.get(name, "1").isdigit() and int(env.get(name, "1")) > 1
+
+    return (
+        ("SLURM_STEP_ID" in env and more_than_one("SLURM_NTASKS"))
+        or more_than_one("OMPI_COMM_WORLD_SIZE")
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    )
 
 
 def bytes_per_device(tree: Any) -> dict[jax.Device, int]:

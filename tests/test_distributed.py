@@ -8,6 +8,7 @@ a free port for the coordinator. All runs, the single-process one included, are 
 --xla_backend_optimization_level=0 (half the compile time; alike for all).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -21,11 +22,16 @@ from jaxntk import checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
 STEPS, STOP = "12", "6"
+CLI = "import sys, jaxntk.cli; sys.exit(jaxntk.cli.main(sys.argv[1:]))"
 pytestmark = pytest.mark.slow
 
 
-def launch(out: Path, processes: int, devices: int, *args: str, expect: int = 0) -> None:
-    """`processes` workers with `devices` host devices each; every one must exit with `expect`."""
+def launch(
+    out: Path, processes: int, devices: int, *args: str, expect: int = 0, cli: bool = False
+) -> None:
+    """`processes` workers with `devices` host devices each; every one must exit with `expect`.
+
+    With `cli`, each process runs `jaxntk train --out OUT args...` instead of the worker."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -33,6 +39,8 @@ def launch(out: Path, processes: int, devices: int, *args: str, expect: int = 0)
         "--xla_backend_optimization_level=0",
     }
     command = [sys.executable, str(WORKER), str(out), "--steps", STEPS, *args]
+    if cli:
+        command = [sys.executable, "-c", CLI, "train", "--out", str(out), *args]
     if processes > 1:
         with socket.socket() as s:
             s.bind(("localhost", 0))
@@ -106,3 +114,14 @@ def test_four_processes_equal_one(runs):
 def test_a_checkpoint_of_four_processes_resumes_in_one(runs):
     """The history up to the checkpoint was computed by 4 processes, the rest by 1."""
     assert_same_run(runs["resumed"], runs["one"], "twolayer")
+
+
+def test_jaxntk_train_on_two_processes_equals_one(tmp_path):
+    args = ["--variant", "regularized", "--d", "6", "--n", "20", "--m", "40", "--steps", "10"]
+    args += ["--n-test", "40", "--eval-every", "5", "--quiet"]
+    launch(tmp_path / "one", 1, 1, *args, cli=True)
+    launch(tmp_path / "two", 2, 2, *args, cli=True)
+    one, two = (json.loads((tmp_path / x / "run.json").read_text()) for x in ("one", "two"))
+    assert not (tmp_path / "two" / "process-1").exists()  # only process 0 writes
+    for key in ("train_loss", "test_loss", "bulk"):
+        np.testing.assert_allclose(two["history"][key], one["history"][key], rtol=1e-5, atol=0)
