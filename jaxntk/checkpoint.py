@@ -64,6 +64,14 @@ def begin(folder: str | Path, config: dict[str, Any], *, resume: bool) -> bool:
     `resume` it also removes a previous run's checkpoint (only the files this module writes).
     With `resume` and a previous `config.json`, the settings must be equal (JSON-wise).
 
+    Args:
+        folder: the checkpoint folder (created if missing), one that every process sees.
+        config: the run's settings, JSON-serialisable (other values are compared as strings).
+        resume: keep a previous checkpoint with equal settings to resume from.
+
+    Returns:
+        Whether `folder` holds a complete state to `restore`.
+
     Raises:
         ValueError: the saved settings differ from `config` (the keys that differ are named).
     """
@@ -94,7 +102,14 @@ def begin(folder: str | Path, config: dict[str, Any], *, resume: bool) -> bool:
 
 
 def latest_step(folder: str | Path) -> int | None:
-    """The step of the newest sealed state in `folder`, None when there is none."""
+    """The step of the newest sealed state in `folder`, None when there is none.
+
+    Args:
+        folder: a checkpoint folder.
+
+    Returns:
+        The step count of its newest complete state, or None.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -107,7 +122,12 @@ def latest_step(folder: str | Path) -> int | None:
 
 
 def save_chunk(folder: str | Path, chunk: dict[str, np.ndarray]) -> None:
-    """Append one chunk of history: `chunk["step"]`'s last entry names the file (process 0)."""
+    """Append one chunk of history: `chunk["step"]`'s last entry names the file (process 0).
+
+    Args:
+        folder: the checkpoint folder (`begin` prepared it).
+        chunk: the chunk's arrays by name, with "step" the (E,) steps it evaluated at.
+    """
     if jax.process_index() != 0:
         return
     path = Path(folder) / HISTORY / f"{int(chunk['step'][-1]):012d}.npz"
@@ -122,7 +142,12 @@ def save_state(folder: str | Path, step: int, state: Any) -> None:
     """Save `state` (any pytree of arrays, sharded or not) as the state after `step` steps.
 
     Every process writes its shards (orbax); process 0 then seals the state with its checksums
-    and removes the older states.
+    and removes the older states. Every process must call it.
+
+    Args:
+        folder: the checkpoint folder (`begin` prepared it).
+        step: the number of steps the state has taken.
+        state: the trainer's state.
     """
     folder = Path(folder)
     path = folder / f"state_{step:012d}"
@@ -153,6 +178,10 @@ def restore(folder: str | Path, like: Any) -> tuple[Any, int, list[dict[str, np.
         folder: a checkpoint folder (`begin` returned True for it).
         like: a pytree of arrays with the structure, shapes, dtypes and shardings wanted: the
             state is placed on `like`'s devices, whatever the devices that saved it.
+
+    Returns:
+        (state, step, history): the state shaped and placed like `like`, its step, and the
+        history chunks (dicts of arrays) in order, the last ending at `step`.
 
     Raises:
         ValueError: the state does not match its seal, a history chunk is missing or unreadable,

@@ -99,6 +99,11 @@ def check_task(task: Any, model: Any = None) -> None:
         task: a `jaxntk.targets.Task`.
         model: when given, the task's d must equal its input size (`model.d`, where the model has
             one) and the arrays must have its float dtype.
+
+    Raises:
+        TypeError: `task` is not a Task, or an array is not float32/float64 or not of one dtype
+            with the others and the model.
+        ValueError: a shape does not match, or a value is not finite (the rows are named).
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a jaxntk.Task, got {type(task).__name__}")

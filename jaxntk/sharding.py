@@ -306,6 +306,17 @@ def initialize(
     Open MPI, a multi-host TPU slice), and a lone process stays alone. Every process then runs
     the same program; `device_mesh` and `layout` span the devices of all processes.
 
+    Args:
+        coordinator: "HOST:PORT" of process 0; None to use JAX's cluster detection.
+        num_processes: the number of processes (with `coordinator`).
+        process_id: this process's index in [0, num_processes) (with `coordinator`).
+
+    Returns:
+        The number of processes of the run (1 when alone).
+
+    Raises:
+        ValueError: only some of the three arguments are given, or one is out of range.
+
     Example:
         >>> initialize()   # one process, no cluster: nothing to join
         1
