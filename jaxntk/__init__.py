@@ -5,7 +5,8 @@ targets → network → taylor → spectral → predict → objectives → train
 plots/cli).
 """
 
-from jaxntk import network, objectives, predict, sharding, targets, training
+from jaxntk import data, network, objectives, predict, sharding, targets, training
+from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.predict import NTKPrediction, ntk_predict
@@ -68,6 +69,8 @@ __all__ = [
     "TaylorPrepared",
     "TwoLayer",
     "bulk_residual",
+    "check_task",
+    "data",
     "degree_block_report",
     "dense_part",
     "empirical_ntk",

@@ -1,6 +1,7 @@
 """The `jaxntk` command.
 
     jaxntk train --variant V --d D --n N --m M --steps T --lr LR --seed S --out DIR [...]
+        [--checkpoint DIR] [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxntk bench [--quick | --tiny] [--out DIR] [--results]   (from a source checkout)
 
 Each verb exits 0 on success and non-zero with a one-line reason otherwise.
@@ -63,6 +64,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _processes_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several processes (jax.distributed; default: JAX's cluster detection, else one process)"
+    )
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    g.add_argument("--num-processes", type=_positive_int, default=None)
+    g.add_argument("--process-id", type=_nonnegative_int, default=None)
+
+
+def _join_processes(args: argparse.Namespace) -> int:
+    """Join the multi-process run the arguments name; this process's index."""
+    import jax
+
+    from jaxntk import sharding
+
+    try:
+        sharding.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return jax.process_index()
+
+
 def _parser() -> argparse.ArgumentParser:
     from jaxntk.network import ACTIVATIONS
     from jaxntk.objectives import VARIANTS
@@ -117,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="devices to split the neurons over (default: all available; m/2 divisible by N/2)",
     )
+    t.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="save state here after every chunk; a rerun with the same settings resumes from it",
+    )
+    _processes_arguments(t)
     t.set_defaults(func=_train)
 
     r = sub.add_parser("reproduce", help="run the paper's experiments and draw their figures")
@@ -152,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         help="lambda-sweep: save state here after every chunk; a rerun resumes from it",
     )
     r.add_argument("--out", type=Path, default=Path("results"))
+    _processes_arguments(r)
     r.set_defaults(func=_reproduce)
 
     pl = sub.add_parser("plot", help="redraw the figures of a results folder from its saved files")
@@ -247,7 +278,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     for flag, value in (("--lambdas", args.lambdas), ("--checkpoint", args.checkpoint)):
         if value is not None and "lambda-sweep" not in names:
             raise CLIError(f"{flag} applies to the lambda-sweep experiment, not to {names}")
-    out = _writable_dir(args.out)
+    index = _join_processes(args)
+    # every process runs the experiments; processes other than 0 keep their copies apart
+    out = _writable_dir(args.out if index == 0 else args.out / f"process-{index}")
     t0 = time.perf_counter()
     docs, seconds = {}, {}
     for name in names:
@@ -307,6 +340,7 @@ def _train(args: argparse.Namespace) -> int:
         args.variant = {1: "ntk", 2: "ntk+quadntk"}.get(args.order, f"taylor-{args.order}")
 
     out = _writable_dir(args.out)
+    writer = _join_processes(args) == 0
     key = jax.random.PRNGKey(args.seed)
     k_task, k_net = jax.random.split(key)
     try:
@@ -334,16 +368,21 @@ def _train(args: argparse.Namespace) -> int:
                 seeds=[args.seed],
                 eval_every=args.eval_every,
                 init_scale=args.init_scale,
-                progress=not args.quiet,
+                progress=not args.quiet and writer,
                 devices=args.devices,
+                checkpoint=args.checkpoint,
+                resume=args.checkpoint is not None,
             )
         seconds = time.perf_counter() - t0
     except ValueError as err:
         raise CLIError(str(err)) from None
 
+    if not writer:
+        return 0  # process 0 writes the results; every process took part in the run
     hist = {k: v[0, 0] if k != "step" else v for k, v in run.history.items()}
     np.savez(out / "history.npz", **hist)
     config = {**vars(args), "out": str(args.out), "m": args.m, "activation": args.activation}
+    config["checkpoint"] = None if args.checkpoint is None else str(args.checkpoint)
     config.pop("func", None)
     final = {k: _num(hist[k][-1]) for k in ("train_loss", "test_loss")}
     doc = {

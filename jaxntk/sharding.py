@@ -23,6 +23,12 @@ halves split the devices in two groups; each half-sum is reduced within its grou
 they still cancel exactly, provided no shard straddles the halves: the number of neuron shards D
 must divide m and be even (or 1).
 
+A generic model (`jaxntk.TaylorModel`) need not be a sum over neurons: it trains data parallel,
+its samples split over every device and its parameters replicated (a `Layout` with m = None).
+
+Several processes (`initialize`, on `jax.distributed`) change nothing above: the mesh spans the
+devices of every process, each process places the shards it holds, and results are gathered.
+
 Example (on one device here; with N devices `devices=N` or `device_mesh(N, samples=s)` splits
 the run, and the result is the same):
     >>> import jax
@@ -41,6 +47,7 @@ the run, and the result is the same):
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +70,7 @@ __all__ = [
     "Layout",
     "bytes_per_device",
     "device_mesh",
+    "initialize",
     "layout",
 ]
 
@@ -145,13 +153,17 @@ class Layout:
     columns of σ'(X W0ᵀ) and σ''(X W0ᵀ)) are split over "neurons"; sample-indexed axes (inputs,
     labels, target parts, U_k's rows) over "samples"; everything else is replicated.
 
+    A generic model (`jaxntk.TaylorModel`, not a sum over neurons) trains data parallel: m is None,
+    the mesh's "neurons" axis has one device, the samples are split over all devices and the
+    model and the state are replicated.
+
     Attributes:
         mesh: a mesh with axes ("samples", "neurons") (`device_mesh`).
-        m: the network's width.
+        m: the network's width; None for a data-parallel generic model.
     """
 
     mesh: Mesh
-    m: int
+    m: int | None
 
     @property
     def neuron_shards(self) -> int:
@@ -163,15 +175,17 @@ class Layout:
         """Devices along the "samples" axis (blocks of the training and test points)."""
         return self.mesh.shape[SAMPLES]
 
-    def model(self, net: TwoLayer) -> TwoLayer:
-        """The network with W0 (m, d) and a (m,) split along m.
+    def model(self, net: Any) -> Any:
+        """The network with W0 (m, d) and a (m,) split along m; a generic model replicated.
 
         Args:
-            net: the two-layer network.
+            net: the two-layer network, or a generic model (`m` is None: data parallel).
 
         Returns:
-            The same network, its arrays placed on the mesh.
+            The same model, its arrays placed on the mesh.
         """
+        if self.m is None:
+            return jax.tree_util.tree_map(lambda x: self._put(x, P()), net)
         return dataclasses.replace(
             net,
             w0=self._put(net.w0, P(NEURONS, None)),
@@ -209,7 +223,7 @@ class Layout:
             ValueError: for a model other than `TwoLayer`, or a sample count that the sample
                 shards do not divide.
         """
-        if not isinstance(data.model, TwoLayer):
+        if self.m is not None and not isinstance(data.model, TwoLayer):
             raise ValueError(
                 "sharding over several devices supports the closed-form jaxntk.TwoLayer, got "
                 f"{type(data.model).__name__}; train it on one device (devices=1)"
@@ -249,7 +263,7 @@ class Layout:
         """
 
         def place(x):
-            if np.ndim(x) == 4 and np.shape(x)[2] == self.m:
+            if self.m is not None and np.ndim(x) == 4 and np.shape(x)[2] == self.m:
                 return self._put(x, P(None, None, NEURONS))
             return self._put(x, P())
 
@@ -288,8 +302,10 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
     """The `Layout` of a training run of `model` on `devices`; None for a single device.
 
     Args:
-        model: the network; several devices need a `jaxntk.TwoLayer`.
-        devices: None (all available devices, neurons axis only), a count N, a sequence of
+        model: the network: a `jaxntk.TwoLayer` is split over neurons (and samples), any other
+            model (`jaxntk.TaylorModel`) over samples only (data parallel).
+        devices: None (all available devices: neurons axis only for a `TwoLayer`; for another
+            model, one device unless the run spans several processes), a count N, a sequence of
             devices, or a mesh from `device_mesh` (to shard the samples too).
 
     Returns:
@@ -299,9 +315,16 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
         ValueError: `devices` is not available or not understood, or the neuron shards do not
             split m into whole, half-aligned blocks.
     """
-    if devices is None and not isinstance(model, TwoLayer):
-        return None  # the default "all devices" means one device for a model we cannot shard
-    mesh = devices if isinstance(devices, Mesh) else device_mesh(devices)
+    generic = not isinstance(model, TwoLayer)
+    if devices is None and generic and jax.process_count() == 1:
+        return None  # a generic model splits only its samples: on one host, one device is simpler
+    if isinstance(devices, Mesh):
+        mesh = devices
+    elif generic:
+        count = len(jax.devices()) if devices is None else devices
+        mesh = device_mesh(devices, samples=count if isinstance(count, int) else len(count))
+    else:
+        mesh = device_mesh(devices)
     if tuple(mesh.axis_names) != (SAMPLES, NEURONS):
         raise ValueError(
             f"devices: a Mesh must have the axes {(SAMPLES, NEURONS)} (see device_mesh), "
@@ -309,11 +332,14 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
         )
     if mesh.size == 1:
         return None
-    if not isinstance(model, TwoLayer):
-        raise ValueError(
-            f"devices = {mesh.size}: sharding supports the closed-form jaxntk.TwoLayer, got "
-            f"{type(model).__name__}; pass devices=1"
-        )
+    if generic:
+        if mesh.shape[NEURONS] > 1:
+            raise ValueError(
+                f"devices: a {type(model).__name__} is not a sum over neurons; it can only split "
+                f"its samples, but the mesh has {mesh.shape[NEURONS]} neuron shards "
+                "(use device_mesh(devices, samples=len(devices)))"
+            )
+        return Layout(mesh, None)
     shards = mesh.shape[NEURONS]
     if shards > 1 and shards % 2:
         raise ValueError(
@@ -326,6 +352,73 @@ def layout(model: Any, devices: Devices = None) -> Layout | None:
             f"(m/2 = {model.m // 2} must be divisible by {shards // 2}, the shards per half)"
         )
     return Layout(mesh, model.m)
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> int:
+    """Join this process to a multi-process run (`jax.distributed`); returns the process count.
+
+    Call before any other JAX work. With `coordinator` ("HOST:PORT" of process 0, reachable from
+    every process), `num_processes` and `process_id`, the run is started by hand; on CPU the
+    processes talk through JAX's gloo collectives. Without them, JAX's own cluster detection
+    is used when the environment names a multi-process job (Slurm's srun with several tasks,
+    Open MPI, a multi-host TPU slice), and a lone process stays alone. Every process then runs
+    the same program; `device_mesh` and `layout` span the devices of all processes.
+
+    Args:
+        coordinator: "HOST:PORT" of process 0; None to use JAX's cluster detection.
+        num_processes: the number of processes (with `coordinator`).
+        process_id: this process's index in [0, num_processes) (with `coordinator`).
+
+    Returns:
+        The number of processes of the run (1 when alone).
+
+    Raises:
+        ValueError: only some of the three arguments are given, or one is out of range.
+
+    Example:
+        >>> initialize()   # one process, no cluster: nothing to join
+        1
+    """
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError(
+            "coordinator, num_processes and process_id go together (got "
+            f"coordinator={coordinator!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r})"
+        )
+    if all(given):
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"coordinator must be HOST:PORT, got {coordinator!r}")
+        if not (isinstance(num_processes, int) and num_processes >= 1):
+            raise ValueError(f"num_processes must be an int ≥ 1, got {num_processes!r}")
+        if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
+            raise ValueError(
+                f"process_id must be an int in [0, {num_processes}), got {process_id!r}"
+            )
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif _in_a_cluster():
+        jax.distributed.initialize()
+    return jax.process_count()
+
+
+def _in_a_cluster() -> bool:
+    """Whether the environment names a job of several processes that JAX detects by itself."""
+    env = os.environ
+
+    def more_than_one(name: str) -> bool:
+        return env.get(name, "1").isdigit() and int(env.get(name, "1")) > 1
+
+    return (
+        ("SLURM_STEP_ID" in env and more_than_one("SLURM_NTASKS"))
+        or more_than_one("OMPI_COMM_WORLD_SIZE")
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    )
 
 
 def bytes_per_device(tree: Any) -> dict[jax.Device, int]:

@@ -633,7 +633,7 @@ class Task:
         y_test: (n_test,) = f*(x_test), noise-free.
         parts_train: (P, n) each target part on x_train (noise-free).
         parts_test: (P, n_test) each target part on x_test.
-        target: the `Target`.
+        target: the `Target` (None for a task from a user's arrays, `Task.from_arrays`).
         distribution: input law, "gaussian" or "sphere".
         part_names: the target's part names, the order of the rows of parts_train / parts_test.
 
@@ -651,9 +651,33 @@ class Task:
     y_test: Array
     parts_train: Array
     parts_test: Array
-    target: Target
+    target: Target | None
     distribution: str = dataclasses.field(metadata={"static": True})
     part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+
+    @classmethod
+    def from_arrays(
+        cls, x_train, y_train, x_test, y_test, *, distribution: str = "gaussian"
+    ) -> Task:
+        """A checked task from a user's arrays (`jaxntk.data.task_from_arrays`).
+
+        Args:
+            x_train: (n, d) training inputs, float32 or float64, every value finite.
+            y_train: (n,) training labels.
+            x_test: (n_test, d) test inputs.
+            y_test: (n_test,) test labels.
+            distribution: the law R_pop draws fresh inputs from (`DISTRIBUTIONS`).
+
+        Returns:
+            A `Task` with one target part, "y", and no `target`.
+
+        Raises:
+            ValueError, TypeError: a shape, dtype or value does not fit; the message names the
+                array and what was found, e.g. "x_train has 1 non-finite value (row 3)".
+        """
+        from jaxntk.data import task_from_arrays  # data builds on this module
+
+        return task_from_arrays(x_train, y_train, x_test, y_test, distribution=distribution)
 
     @property
     def n(self) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import sys
 import time
@@ -34,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxntk import checkpoint as checkpoints
+from jaxntk import data as task_data
 from jaxntk import network, sharding, spectral
 from jaxntk._checks import check_int
 from jaxntk.objectives import (
@@ -153,7 +154,9 @@ def train(
             regularizer needs them.
         subspace_method: how `jaxntk.spectral.good_directions` finds the top-k subspace.
         progress: print a line per chunk (True), stay silent (False), or call this with a dict.
-        checkpoint: folder to save the state after every chunk; with `resume`, continue from it.
+        checkpoint: folder to save the state and the history after every chunk
+            (`jaxntk.checkpoint`, orbax); with `resume`, continue from its newest complete state,
+            on any devices and processes (a corrupted folder or other settings: ValueError).
         devices: where to train: None (every available device), a count N (the first N), a
             list of devices, or a `jaxntk.sharding.device_mesh` (to split the samples too). On
             several devices the neurons are split among them (`jaxntk.sharding`; `TwoLayer` only);
@@ -193,6 +196,7 @@ def train(
         [0, 20, 40]
     """
     v = get_variant(variant)
+    task_data.check_task(task, model)
     out_train, out_test = _output_shapes(model, task)
     check_targets(loss, task.y_train, out_train, "y_train", "x_train")
     check_targets(loss, task.y_test, out_test, "y_test", "x_test")
@@ -373,16 +377,18 @@ def fit(
     state = _init_state(
         objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, jnp.float32), named
     )
+    if layout is not None:
+        state = layout.state(state)
     history: list[dict[str, np.ndarray]] = []
     step = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and (ckpt / "state.npz").exists():
-        state, step, history = _load_checkpoint(ckpt, state, config)
-    if layout is not None:
-        state = layout.state(state)
+    if ckpt is not None and checkpoints.begin(ckpt, config, resume=resume):
+        state, step, history = checkpoints.restore(ckpt, state)
     if not history:
         history.append(_to_host(_evaluate_jit(state.params, data, hyper_arrays, objective)))
         history[-1]["step"] = np.zeros(1, dtype=np.int64)
+        if ckpt is not None:
+            checkpoints.save_chunk(ckpt, history[-1])
 
     report = _reporter(progress, label, steps)
     warned = np.asarray(state.diverged_at) >= 0
@@ -423,7 +429,8 @@ def fit(
             warned |= fresh
         report(step, chunk, time.perf_counter() - t0)
         if ckpt is not None:
-            _save_checkpoint(ckpt, state, step, history, config)
+            checkpoints.save_chunk(ckpt, chunk)
+            checkpoints.save_state(ckpt, step, state)
         if np.all(warned):
             break
 
@@ -641,34 +648,6 @@ def _finite_mean(x: np.ndarray) -> float:
     """Mean over the runs still finite (NaN when none is): progress of a partly diverged sweep."""
     ok = np.isfinite(x)
     return float(x[ok].mean()) if ok.any() else float("nan")
-
-
-def _save_checkpoint(folder: Path, state: TrainState, step: int, history, config) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    leaves = jax.tree_util.tree_leaves(jax.device_get(state))
-    hist = _concat(history)
-    arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-    arrays.update({f"history_{k}": v for k, v in hist.items()})
-    tmp = folder / "state.tmp.npz"
-    np.savez(tmp, step=np.asarray(step), **arrays)
-    tmp.replace(folder / "state.npz")
-    (folder / "config.json").write_text(json.dumps(config, indent=1, default=str))
-
-
-def _load_checkpoint(folder: Path, fresh: TrainState, config):
-    saved = json.loads((folder / "config.json").read_text())
-    if saved != json.loads(json.dumps(config, default=str)):
-        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        raise ValueError(
-            f"checkpoint in {folder} was made with other settings ({diff}); "
-            "resume needs the same configuration"
-        )
-    with np.load(folder / "state.npz") as z:
-        leaves, treedef = jax.tree_util.tree_flatten(fresh)
-        loaded = [jnp.asarray(z[f"state_{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
-        history = {k[len("history_") :]: z[k] for k in z.files if k.startswith("history_")}
-        step = int(z["step"])
-    return jax.tree_util.tree_unflatten(treedef, loaded), step, [history]
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

@@ -187,7 +187,7 @@ def _errors(task) -> dict:
             "ntk",
             steps=1,
             progress=False,
-            devices=2,
+            devices=sharding.device_mesh(2),
         ),
     }
     messages = {}

@@ -163,3 +163,30 @@ def test_plot_redraws_from_saved_files(tmp_path, capsys):
     assert (tmp_path / "spectrum.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["plot", str(tmp_path / "empty")]) == 1
     assert "no results" in capsys.readouterr().err
+
+
+def test_train_with_a_checkpoint_resumes_when_rerun(tmp_path, capsys):
+    argv = ["train", "--variant", "ntk", *TINY, "--checkpoint", str(tmp_path / "ck")]
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    first, rerun = (json.loads((tmp_path / x / "run.json").read_text()) for x in "ab")
+    assert rerun["history"] == first["history"]
+    assert cli.main([*argv, "--lr", "0.5", "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (['lr'])" in err[0] and str(tmp_path / "ck") in err[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--coordinator", "localhost:1234"], ["go together", "num_processes=None"]),
+        (["--num-processes", "2", "--process-id", "0"], ["go together", "coordinator=None"]),
+        (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], ["HOST:PORT"]),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], ["[0, 2)"]),
+    ],
+)
+def test_bad_process_flags_are_a_one_line_error(tmp_path, capsys, flags, words):
+    argv = ["train", "--variant", "ntk", *TINY, "--out", str(tmp_path), *flags]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err

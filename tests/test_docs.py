@@ -19,6 +19,7 @@ import jaxntk
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = (
     "targets",
+    "data",
     "network",
     "taylor",
     "spectral",
@@ -26,6 +27,7 @@ MODULES = (
     "objectives",
     "training",
     "sharding",
+    "checkpoint",
 )
 
 

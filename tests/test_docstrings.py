@@ -17,6 +17,7 @@ import jaxntk.experiments
 
 MODULES = [
     "jaxntk.targets",
+    "jaxntk.data",
     "jaxntk.network",
     "jaxntk.taylor",
     "jaxntk.spectral",
@@ -24,6 +25,7 @@ MODULES = [
     "jaxntk.objectives",
     "jaxntk.training",
     "jaxntk.sharding",
+    "jaxntk.checkpoint",
     "jaxntk.plots",
     "jaxntk.cli",
 ] + [

@@ -91,7 +91,7 @@ def test_memory_per_device_falls_as_one_over_devices(measured):
         ("samples", ["samples = 3", "(8)"]),
         ("n_test", ["devices", "x_test", "49", "2 sample shards"]),
         ("train", ["devices", "m = 100"]),
-        ("generic model", ["devices = 2", "TaylorModel"]),
+        ("generic model", ["devices", "TaylorModel", "2 neuron shards"]),
     ],
 )
 def test_bad_device_requests_raise_a_value_error_naming_the_argument(measured, case, words):
