@@ -375,7 +375,7 @@ def fit(
     config = dict(config or {})
     config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
     state = _init_state(
-        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, jnp.float32), named
+        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, dtype), named
     )
     if layout is not None:
         state = layout.state(state)
