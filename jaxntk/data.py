@@ -6,7 +6,7 @@ trainer's per-part shares read 1 for the whole target. `check_task(task, model)`
 `jaxntk.train` runs on any task before anything compiles:
 
     shapes   x_train (n, *in), x_test (n_test, *in), y_train (n, *out), y_test (n_test, *out),
-             parts_train (P, n, *out), parts_test (P, n_test, *out); d equal to the model's
+             parts_train (P, n, ...), parts_test (P, n_test, ...); d equal to the model's
              input size where it has one (the labels' shape against the model's output is
              checked with the loss, `jaxntk.objectives.check_targets`);
     dtypes   inputs and parts float32 or float64, all of one dtype, the model's; labels of that
@@ -80,7 +80,7 @@ def task_from_arrays(
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for name, value in arrays.items():
         _check_array(name, value)
-    _check_shapes({k: np.shape(v) for k, v in arrays.items()})
+    _check_shapes({k: np.shape(v) for k, v in arrays.items()}, labels_alike=True)
     x_train, y_train, x_test, y_test = (jnp.asarray(v) for v in arrays.values())
     task = Task(
         x_train=x_train,
@@ -154,7 +154,9 @@ def _check_array(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be float32 or float64, got dtype {np.dtype(dtype)}")
 
 
-def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
+def _check_shapes(shapes: dict[str, tuple[int, ...]], labels_alike: bool = False) -> None:
+    """Rows and input shapes; with `labels_alike`, y_test shaped like y_train after the rows too
+    (`check_task` leaves that to the loss's check, which knows the model's outputs)."""
     for name in ("x_train", "x_test"):
         if len(shapes[name]) < 2:
             raise ValueError(
@@ -173,21 +175,23 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
             f"x_test has shape {shapes['x_test']}, x_train {shapes['x_train']}: the inputs "
             "must have one shape after the rows"
         )
-    if len(shapes["y_train"]) < 1:
-        raise ValueError(f"y_train must have one row per input, got shape {shapes['y_train']}")
-    out = shapes["y_train"][1:]
-    expected = {"y_train": (n, *out), "y_test": (n_test, *out)}
-    if "parts_train" in shapes:
-        parts = shapes["parts_train"][0] if shapes["parts_train"] else 0
-        expected.update(parts_train=(parts, n, *out), parts_test=(parts, n_test, *out))
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            x_name = "x_train" if name.endswith("train") else "x_test"
-            rows = n if name.endswith("train") else n_test
-            raise ValueError(
-                f"{name} has shape {shapes[name]}, expected {shape} to match {x_name}'s "
-                f"{rows} rows and y_train's shape after the rows"
-            )
+    for name, rows, x_name in (("y_train", n, "x_train"), ("y_test", n_test, "x_test")):
+        if len(shapes[name]) < 1 or shapes[name][0] != rows:
+            found = shapes[name][0] if shapes[name] else 0
+            raise ValueError(f"{name} has {found} rows but {x_name} has {rows}")
+    if "parts_train" in shapes:  # (P, n, ...): the shares need (P, n, *out), read only then
+        for name, rows in (("parts_train", n), ("parts_test", n_test)):
+            shape = shapes[name]
+            if len(shape) < 2 or shape[1] != rows or shape[0] != shapes["parts_train"][0]:
+                raise ValueError(
+                    f"{name} has shape {shape}, expected (P, {rows}, ...) with one P for train "
+                    "and test"
+                )
+    if labels_alike and shapes["y_test"][1:] != shapes["y_train"][1:]:
+        raise ValueError(
+            f"y_test has shape {shapes['y_test']}, y_train {shapes['y_train']}: the labels must "
+            "have one shape after the rows"
+        )
 
 
 def _check_finite(name: str, value: np.ndarray, row_axis: int) -> None:
