@@ -1,0 +1,293 @@
+"""Every variant, regularizer and logged metric against its formula, in float64, on a fixed U.
+
+The expected values are computed here in plain numpy from docs/science.md §3 and §5 (the network's
+forward pass, its Taylor terms, the feature matrix J and its SVD), never by the function under
+test, so that a wrong prediction, a missing factor or a dropped setting fails a test.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxntk as jn
+from jaxntk import objectives
+
+D, N, M, N_TEST = 4, 16, 10, 30
+
+
+def _sigma(z, order=0):
+    """shifted_sigmoid σ(z) = 1/(1 + e^{1−z}) and its first two derivatives, in numpy."""
+    s = 1.0 / (1.0 + np.exp(1.0 - z))
+    return (s, s * (1 - s), s * (1 - s) * (1 - 2 * s))[order]
+
+
+def _np_net(net):
+    return np.asarray(net.w0, np.float64), np.asarray(net.a, np.float64)
+
+
+def _np_forward(w, a, x):
+    """f(x; W) = Σ_r a_r σ(w_r · x), a loop over neurons."""
+    return sum(a[r] * _sigma(x @ w[r]) for r in range(w.shape[0]))
+
+
+def _np_terms(w0, a, u, x):
+    """(f_L, f_Q) = (Σ_r a_r σ'(w0_r·x)(u_r·x), ½ Σ_r a_r σ''(w0_r·x)(u_r·x)²)."""
+    fl = sum(a[r] * _sigma(x @ w0[r], 1) * (x @ u[r]) for r in range(w0.shape[0]))
+    fq = sum(0.5 * a[r] * _sigma(x @ w0[r], 2) * (x @ u[r]) ** 2 for r in range(w0.shape[0]))
+    return fl, fq
+
+
+def _np_features(w0, a, x):
+    """J[i, (r, j)] = ∂f_L(x_i; U)/∂U_rj = a_r σ'(w0_r·x_i) x_ij, (n, m·d)."""
+    return (a[None, :, None] * _sigma(x @ w0.T, 1)[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+
+
+def _np_norm24(u):
+    return float(np.sum(np.sum(u**2, axis=1) ** 2) ** 2)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    with jax.enable_x64(True):
+        net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M, dtype=jnp.float64)
+        task = jn.paper_task(jax.random.PRNGKey(0), d=D, n=N, n_test=N_TEST, dtype=jnp.float64)
+        u = 0.4 * jax.random.normal(jax.random.PRNGKey(2), (M, D), jnp.float64)
+    return net, task, u
+
+
+def test_two_layer_forward_pass_at_u_not_zero_matches_numpy(problem, x64):
+    net, task, u = problem
+    w0, a = _np_net(net)
+    x = np.asarray(task.x_train)
+    want = _np_forward(w0 + np.asarray(u), a, x)
+    assert np.abs(want).max() > 0.05  # not the zero output of the symmetric init
+    np.testing.assert_allclose(net.apply(net.w0 + u, task.x_train), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(net.apply(net.w0 + u, task.x_train[3]), want[3], rtol=1e-12)
+    np.testing.assert_allclose(net.full(u, net.prepare(task.x_train)), want, rtol=1e-12)
+    fl, fq = _np_terms(w0, a, np.asarray(u), x)
+    prep = net.prepare(task.x_train)
+    np.testing.assert_allclose(net.linear_term(u, prep), fl, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(net.quadratic_term(u, prep), fq, rtol=1e-12, atol=1e-14)
+
+
+def _expected_prediction(variant, w0, a, u, x):
+    fl, fq = _np_terms(w0, a, u, x)
+    return {
+        "full": _np_forward(w0 + u, a, x),
+        "ntk": fl,
+        "quadntk": fq,
+        "randomized": 0.5 * (_np_forward(w0 + u, a, x) + _np_forward(w0 - u, a, x)),
+        "ntk+quadntk": fl + fq,
+        "regularized": fl + fq,
+    }[variant]
+
+
+@pytest.mark.parametrize("variant", list(objectives.VARIANTS))
+def test_every_variant_predicts_its_formula(problem, x64, variant):
+    """`predict` (evaluation) and `train_predict` (the loss) of each row of the table in
+    docs/science.md §5, on a fixed U; the randomized training prediction is f(W0 + S U) for
+    one of the 2^m sign patterns S, a different one for different keys."""
+    net, task, u = problem
+    w0, a = _np_net(net)
+    un, x = np.asarray(u), np.asarray(task.x_train)
+    v = objectives.VARIANTS[variant]
+    prep = net.prepare(task.x_train)
+    want = _expected_prediction(variant, w0, a, un, x)
+    others = {
+        _expected_prediction(o, w0, a, un, x).tobytes() for o in objectives.VARIANTS if o != variant
+    }
+    np.testing.assert_allclose(v.predict(net, u, prep), want, rtol=1e-12, atol=1e-14)
+    if variant != "randomized":
+        got = v.train_predict(net, u, prep, jax.random.PRNGKey(0))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        return
+    assert want.tobytes() not in others
+    seen = set()
+    for seed in range(8):
+        got = np.asarray(v.train_predict(net, u, prep, jax.random.PRNGKey(seed)))
+        signs = np.asarray(objectives.random_signs(jax.random.PRNGKey(seed), jnp.ones((M, 1))))
+        assert set(np.unique(signs).tolist()) <= {-1.0, 1.0}
+        np.testing.assert_allclose(got, _np_forward(w0 + signs * un, a, x), rtol=1e-12)
+        seen.add(tuple(signs[:, 0]))
+    assert len(seen) > 1
+
+
+def _generic_model():
+    """f(x; p) = tanh(x w) v + b: f(x; p0) ≠ 0, so the variants' f0 term is visible."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(5), 3)
+    p0 = {
+        "w": jax.random.normal(k1, (D, 6), jnp.float64) / np.sqrt(D),
+        "v": jax.random.normal(k2, (6,), jnp.float64) / 2.0,
+        "b": jnp.asarray(0.7, jnp.float64),
+    }
+    du = jax.tree_util.tree_map(
+        lambda leaf: 0.3 * jax.random.normal(k3, leaf.shape, jnp.float64), p0
+    )
+    return lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"] + p["b"], p0, du
+
+
+def _np_generic(p, du, x):
+    """(f0, f_L, f_Q, f(p0 + δ), f(p0 − δ)) of tanh(x w) v + b, by hand."""
+    w, v, b = (np.asarray(p[k]) for k in ("w", "v", "b"))
+    dw, dv, db = (np.asarray(du[k]) for k in ("w", "v", "b"))
+    z, dz = x @ w, x @ dw
+    t = np.tanh(z)
+    t1 = 1 - t**2
+    t2 = -2 * t * t1
+    fl = (t1 * dz) @ v + t @ dv + db
+    fq = 0.5 * ((t2 * dz**2) @ v + 2 * (t1 * dz) @ dv)
+    return (
+        t @ v + b,
+        fl,
+        fq,
+        np.tanh(x @ (w + dw)) @ (v + dv) + b + db,
+        np.tanh(x @ (w - dw)) @ (v - dv) + b - db,
+    )
+
+
+def test_every_variant_keeps_f0_of_a_generic_model(problem, x64):
+    _, task, _ = problem
+    apply_fn, p0, du = _generic_model()
+    model = jn.TaylorModel(apply_fn, p0)
+    x = np.asarray(task.x_train)
+    f0, fl, fq, plus, minus = _np_generic(p0, du, x)
+    assert np.abs(f0).mean() > 0.1
+    want = {
+        "full": plus,
+        "ntk": f0 + fl,
+        "quadntk": f0 + fq,
+        "randomized": 0.5 * (plus + minus),
+        "ntk+quadntk": f0 + fl + fq,
+        "regularized": f0 + fl + fq,
+    }
+    prep = model.prepare(task.x_train)
+    for name, v in objectives.VARIANTS.items():
+        np.testing.assert_allclose(v.predict(model, du, prep), want[name], rtol=1e-12)
+        if name != "randomized":
+            got = v.train_predict(model, du, prep, jax.random.PRNGKey(0))
+            np.testing.assert_allclose(got, want[name], rtol=1e-12, err_msg=name)
+
+
+def _np_top_k(j, k):
+    """Left and right top-k singular vectors of J, from numpy's SVD."""
+    left, _, right_t = np.linalg.svd(j, full_matrices=False)
+    return left[:, :k], right_t[:k].T
+
+
+def _np_bulk_and_pop(net, task, u, k, x_pop):
+    """R_bulk = mean(((I − U_k U_kᵀ) J u)²) and R_pop = mean((J_pop (I − V_k V_kᵀ) u)²)."""
+    w0, a = _np_net(net)
+    un = np.asarray(u).reshape(-1)
+    j = _np_features(w0, a, np.asarray(task.x_train))
+    left, right = _np_top_k(j, k)
+    f = j @ un
+    bulk = np.mean((f - left @ (left.T @ f)) ** 2)
+    good = un - right @ (right.T @ un)
+    pop = np.mean((_np_features(w0, a, np.asarray(x_pop)) @ good) ** 2)
+    return float(bulk), float(pop)
+
+
+@pytest.mark.parametrize("variant", list(objectives.VARIANTS))
+def test_evaluate_logs_every_metric_by_its_formula(problem, x64, variant):
+    """train/test loss, ‖U‖, the f_L and f_Q shares of each target part, R_bulk, R_pop, R_24."""
+    net, task, u = problem
+    w0, a = _np_net(net)
+    un = np.asarray(u)
+    k = 3
+    dirs = jn.spectral.good_directions(net, net.prepare(task.x_train), k)
+    data = objectives.Data(
+        net,
+        task.x_train,
+        task.x_test,
+        task.y_train,
+        task.y_test,
+        task.parts_test,
+        dirs,
+        task.x_test[:20],
+    )
+    obj = objectives.VariantObjective(variant)
+    hyper = {n: jnp.asarray(0.0) for n in ("bulk", "pop", "norm24")}
+    got = obj.evaluate(u, obj.prepare(data), hyper)
+
+    x_tr, x_te = np.asarray(task.x_train), np.asarray(task.x_test)
+    y_tr, y_te = np.asarray(task.y_train), np.asarray(task.y_test)
+    fl, fq = _np_terms(w0, a, un, x_te)
+    parts = np.asarray(task.parts_test)
+    bulk, pop = _np_bulk_and_pop(net, task, u, k, task.x_test[:20])
+    want = {
+        "train_loss": np.mean((y_tr - _expected_prediction(variant, w0, a, un, x_tr)) ** 2),
+        "test_loss": np.mean((y_te - _expected_prediction(variant, w0, a, un, x_te)) ** 2),
+        "u_norm": np.sqrt(np.sum(un**2)),
+        "share_linear": [p @ fl / (p @ p) for p in parts],
+        "share_quadratic": [p @ fq / (p @ p) for p in parts],
+        "bulk": bulk,
+        "pop": pop,
+        "norm24": _np_norm24(un),
+    }
+    assert set(got) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-14, err_msg=name)
+
+
+def test_training_loss_is_mse_plus_weighted_regularizers(problem, x64):
+    net, task, u = problem
+    w0, a = _np_net(net)
+    k = 2
+    dirs = jn.spectral.good_directions(net, net.prepare(task.x_train), k)
+    data = objectives.Data(
+        net, task.x_train, task.x_test, task.y_train, task.y_test, task.parts_test, dirs
+    )
+    obj = objectives.VariantObjective("regularized", use_bulk=True, use_norm24=True)
+    hyper = {"bulk": jnp.asarray(0.7), "pop": jnp.asarray(0.0), "norm24": jnp.asarray(0.3)}
+    total, parts = obj.loss(u, obj.prepare(data), hyper, jax.random.PRNGKey(0))
+    x = np.asarray(task.x_train)
+    mse = np.mean((np.asarray(task.y_train) - _expected_prediction("ntk+quadntk", w0, a, u, x)) ** 2)
+    bulk, _ = _np_bulk_and_pop(net, task, u, k, task.x_test)
+    r24 = _np_norm24(np.asarray(u))
+    np.testing.assert_allclose(parts["mse"], mse, rtol=1e-12)
+    np.testing.assert_allclose(parts["bulk"], bulk, rtol=1e-9)
+    np.testing.assert_allclose(parts["norm24"], r24, rtol=1e-12)
+    np.testing.assert_allclose(total, mse + 0.7 * bulk + 0.3 * r24, rtol=1e-9)
+
+
+def test_norm24_penalty_is_the_square_of_the_sum_of_fourth_powers(x64):
+    u = np.arange(12.0).reshape(4, 3) / 10 - 0.5
+    # rows: |u_r|² = 0.5, 0.05, 0.14, 0.77 → Σ |u_r|⁴ = 0.8650, squared
+    assert _np_norm24(u) == pytest.approx(0.8650**2, rel=1e-12)
+    assert float(objectives.norm24_penalty(jnp.asarray(u))) == pytest.approx(0.8650**2, rel=1e-12)
+    tree = {"w": jnp.asarray(u), "b": jnp.asarray([2.0, 0.0])}  # rows of b: scalars 2 and 0
+    assert float(objectives.norm24_penalty(tree)) == pytest.approx((0.8650 + 16.0) ** 2, rel=1e-12)
+
+
+def test_from_sum_scale_multiplies_the_sum_weight_by_n():
+    reg = jn.Regularizer.from_sum_scale(1e-3, n=1000, k=3, norm24=0.5)
+    assert reg.bulk == pytest.approx(1.0, rel=1e-12)
+    assert (reg.k, reg.norm24, reg.pop) == (3, 0.5, 0.0)
+    sweep = jn.Regularizer.from_sum_scale([0.0, 1e-3, 2e-2], n=50)
+    np.testing.assert_allclose(sweep.bulk, [0.0, 0.05, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(sweep.weights()["bulk"], [0.0, 0.05, 1.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, None])
+def test_k_reaches_training_and_the_logged_penalties(problem, x64, k):
+    """R_bulk and R_pop logged by `train` use the top-k directions of the given k (default d)."""
+    net, task, _ = problem
+    run = jn.train(
+        net,
+        task,
+        "regularized",
+        reg=jn.Regularizer(bulk=1.0, k=k),
+        steps=3,
+        lr=0.5,
+        eval_every=3,
+        init_scale=0.3,
+        progress=False,
+    )
+    u = run.params[0, 0]
+    bulk, pop = _np_bulk_and_pop(net, task, u, D if k is None else k, task.x_test)
+    other_bulk, _ = _np_bulk_and_pop(net, task, u, D if k is not None else 2, task.x_test)
+    assert abs(bulk - other_bulk) > 0.1 * bulk  # the two k tell apart
+    np.testing.assert_allclose(run.final["bulk"][0, 0], bulk, rtol=1e-8)
+    np.testing.assert_allclose(run.final["pop"][0, 0], pop, rtol=1e-8)
+    np.testing.assert_allclose(run.final["norm24"][0, 0], _np_norm24(np.asarray(u)), rtol=1e-10)
