@@ -242,7 +242,8 @@ def test_training_loss_is_mse_plus_weighted_regularizers(problem, x64):
     hyper = {"bulk": jnp.asarray(0.7), "pop": jnp.asarray(0.0), "norm24": jnp.asarray(0.3)}
     total, parts = obj.loss(u, obj.prepare(data), hyper, jax.random.PRNGKey(0))
     x = np.asarray(task.x_train)
-    mse = np.mean((np.asarray(task.y_train) - _expected_prediction("ntk+quadntk", w0, a, u, x)) ** 2)
+    pred = _expected_prediction("ntk+quadntk", w0, a, np.asarray(u), x)
+    mse = np.mean((np.asarray(task.y_train) - pred) ** 2)
     bulk, _ = _np_bulk_and_pop(net, task, u, k, task.x_test)
     r24 = _np_norm24(np.asarray(u))
     np.testing.assert_allclose(parts["mse"], mse, rtol=1e-12)
