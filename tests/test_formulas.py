@@ -5,6 +5,8 @@ forward pass, its Taylor terms, the feature matrix J and its SVD), never by the 
 test, so that a wrong prediction, a missing factor or a dropped setting fails a test.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ import jaxntk as jn
 from jaxntk import objectives
 
 D, N, M, N_TEST = 4, 16, 10, 30
+KEY0 = jax.random.PRNGKey(0)
 
 
 def _sigma(z, order=0):
@@ -292,3 +295,89 @@ def test_k_reaches_training_and_the_logged_penalties(problem, x64, k):
     np.testing.assert_allclose(run.final["bulk"][0, 0], bulk, rtol=1e-8)
     np.testing.assert_allclose(run.final["pop"][0, 0], pop, rtol=1e-8)
     np.testing.assert_allclose(run.final["norm24"][0, 0], _np_norm24(np.asarray(u)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["gram", "matrix_free"])
+def test_track_directions_logs_the_penalties_of_an_unregularized_run(problem, x64, method):
+    net, task, _ = problem
+    kw = dict(steps=2, lr=0.5, eval_every=2, init_scale=0.3, progress=False)
+    plain = jn.train(net, task, "ntk", **kw)
+    assert "bulk" not in plain.history and "pop" not in plain.history
+    run = jn.train(net, task, "ntk", track_directions=True, subspace_method=method, **kw)
+    np.testing.assert_array_equal(run.params, plain.params)  # logging only: same trajectory
+    bulk, pop = _np_bulk_and_pop(net, task, run.params[0, 0], D, task.x_test)
+    np.testing.assert_allclose(run.final["bulk"][0, 0], bulk, rtol=1e-7)
+    np.testing.assert_allclose(run.final["pop"][0, 0], pop, rtol=1e-7)
+
+
+def _np_ntk_gradient(j, y, u):
+    """∇_u (1/n)‖y − J u‖² = −(2/n) Jᵀ(y − J u)."""
+    return -2.0 / len(y) * j.T @ (y - j @ u)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_named_optimizers_follow_their_update_rules(problem, x64, optimizer):
+    """The ntk variant from U = 0, four steps, against each update rule written in numpy:
+    sgd u −= η g; momentum (heavy ball, 0.9) t = g + 0.9 t, u −= η t; adam (0.9, 0.999, 1e-8)
+    with bias correction."""
+    net, task, _ = problem
+    w0, a = _np_net(net)
+    j = _np_features(w0, a, np.asarray(task.x_train))
+    y = np.asarray(task.y_train)
+    lr, steps = 0.25, 4
+    u, t, m1, m2 = (np.zeros(j.shape[1]) for _ in range(4))
+    for i in range(1, steps + 1):
+        g = _np_ntk_gradient(j, y, u)
+        if optimizer == "sgd":
+            u = u - lr * g
+        elif optimizer == "momentum":
+            t = g + 0.9 * t
+            u = u - lr * t
+        else:
+            m1 = 0.9 * m1 + 0.1 * g
+            m2 = 0.999 * m2 + 0.001 * g**2
+            mhat, vhat = m1 / (1 - 0.9**i), m2 / (1 - 0.999**i)
+            u = u - lr * mhat / (np.sqrt(vhat) + 1e-8)
+    # optax's adam raises its decay to an int32 step count: not allowed by the tests' strict
+    # dtype promotion (conftest.py), allowed by JAX's default
+    with jax.numpy_dtype_promotion("standard" if optimizer == "adam" else "strict"):
+        run = jn.train(
+            net,
+            task,
+            "ntk",
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            eval_every=steps,
+            progress=False,
+        )
+    np.testing.assert_allclose(run.params[0, 0].reshape(-1), u, rtol=1e-9, atol=1e-13)
+
+
+def test_initial_u_has_rows_of_norm_init_scale(x64):
+    """Entries N(0, s²/d): E‖u_r‖² = s², so ‖U‖²/(m s²) ~ χ²_{md}/(md), within 5 of its standard
+    deviations √(2/(md)) of 1; 0 gives U = 0, and quadntk's default scale is 0.1."""
+    m, d = 400, 10
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=d, m=m, dtype=jnp.float64)
+    data = objectives.Data(net, *(None,) * 5)
+    for scale in (0.5, 0.05):
+        u = np.asarray(objectives.VariantObjective("ntk", init_scale=scale).init(KEY0, data))
+        ratio = np.sum(u**2) / (m * scale**2)
+        assert abs(ratio - 1) < 5 * math.sqrt(2 / (m * d)), (scale, ratio)
+        assert abs(np.mean(u)) < 5 * scale / math.sqrt(m * d)
+    zero = objectives.VariantObjective("ntk").init(KEY0, data)
+    np.testing.assert_array_equal(zero, np.zeros((m, d)))
+
+
+def test_init_scale_reaches_training(problem, x64):
+    net, task, _ = problem
+    kw = dict(steps=1, lr=0.25, eval_every=1, progress=False)
+    norm0 = {
+        s: jn.train(net, task, "ntk", init_scale=s, **kw).history["u_norm"][0, 0, 0]
+        for s in (0.0, 0.2, 0.4)
+    }
+    assert norm0[0.0] == 0.0 and norm0[0.2] > 0
+    assert norm0[0.4] == pytest.approx(2 * norm0[0.2], rel=1e-12)  # same draw, twice the scale
+    quad = jn.train(net, task, "quadntk", **kw).history["u_norm"][0, 0, 0]
+    quad_01 = jn.train(net, task, "quadntk", init_scale=0.1, **kw).history["u_norm"][0, 0, 0]
+    assert quad == quad_01 > 0
