@@ -1,0 +1,175 @@
+"""Mutation testing of the core modules with mutmut, and line + branch coverage of jaxntk/.
+
+    pip install -e ".[dev,mutation]"
+    python tools/mutation.py --modules objectives network --hours 1 --out tools/mutation-results
+    python tools/mutation.py --coverage-only --out tools/mutation-results
+
+Slow (every mutant re-runs its tests in a fresh process, with JAX's compilations), so it is not
+part of the test command. For each module the script copies jaxntk/, tests/ and pyproject.toml to
+a scratch folder, writes mutmut's configuration there (the module to mutate, the test files that
+exercise it), runs `mutmut run` until done or until its share of the time is spent, and writes
+`<out>/<module>.txt`: the status of every mutant and the diff of every survivor. Statements that
+only raise or warn (their messages) are not mutated. `--coverage` also runs the whole suite under
+pytest-cov and writes `<out>/coverage.txt`.
+
+mutmut runs each mutant in a process forked from a server that has not imported JAX, so no
+program compiled from the unmutated code is reused, and selects per mutated function the tests
+(among the module's test files) that call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The test files that exercise each core module (kept small: every mutant reruns the selection).
+TESTS = {
+    "objectives": ["tests/test_formulas.py"],
+    "network": ["tests/test_network.py", "tests/test_formulas.py"],
+    "taylor": ["tests/test_taylor.py"],
+    "spectral": ["tests/test_spectral.py"],
+    "targets": ["tests/test_targets.py"],
+    "training": ["tests/test_formulas.py", "tests/test_training.py"],
+}
+
+#: Lines whose statement is not mutated: raising or warning with a message.
+SKIP_PATTERNS = [r"^\s*raise ", r"warnings\.warn\("]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modules", nargs="+", default=list(TESTS), choices=list(TESTS))
+    p.add_argument("--hours", type=float, default=6.0, help="wall-time cap for all modules")
+    p.add_argument("--children", type=int, default=2, help="mutants run in parallel")
+    p.add_argument("--out", type=Path, default=ROOT / "tools" / "mutation-results")
+    p.add_argument("--scratch", type=Path, default=Path("/tmp/jaxntk-mutation"))
+    p.add_argument("--coverage", action="store_true", help="also measure coverage")
+    p.add_argument("--coverage-only", action="store_true")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.coverage or args.coverage_only:
+        coverage(args.out)
+    if args.coverage_only:
+        return 0
+    deadline = time.monotonic() + 3600 * args.hours
+    for i, module in enumerate(args.modules):
+        share = (deadline - time.monotonic()) / (len(args.modules) - i)
+        if share <= 60:
+            print(f"{module}: no time left")
+            continue
+        mutate(module, args.scratch / module, args.out, share, args.children)
+    return 0
+
+
+def coverage(out: Path) -> None:
+    """The whole suite under pytest-cov, lines and branches of jaxntk/."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=jaxntk"]
+    cmd += ["--cov-branch", "--cov-report=term-missing"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    report = proc.stdout[proc.stdout.find("---------- coverage") :]
+    took = f"(exit {proc.returncode}, {time.monotonic() - t0:.0f} s)"
+    (out / "coverage.txt").write_text(f"$ {' '.join(cmd[1:])}\n{took}\n\n{report}")
+    print(report.strip().splitlines()[-1] if report else proc.stdout[-2000:])
+
+
+def mutate(module: str, scratch: Path, out: Path, seconds: float, children: int) -> None:
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for part in ("jaxntk", "tests"):
+        shutil.copytree(ROOT / part, scratch / part, ignore=shutil.ignore_patterns("__pycache__"))
+    # the project's pytest settings, without a [tool.mutmut] table so that setup.cfg is read
+    shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    lines = [
+        "[mutmut]",
+        "source_paths = jaxntk/",
+        f"only_mutate = jaxntk/{module}.py",
+        "pytest_add_cli_args_test_selection =",
+        *(f"    {t}" for t in TESTS[module]),
+        "pytest_add_cli_args =",
+        "    -p",
+        "    no:cacheprovider",
+        "do_not_mutate_patterns =",
+        *(f"    {pat}" for pat in SKIP_PATTERNS),
+        "process_isolation = forkserver",
+        "forkserver_warmup = none",
+        "mutate_only_covered_lines = true",
+        # a fresh process imports JAX and compiles before its first test: CPU seconds the
+        # in-process timing of the clean run does not count
+        "timeout_constant = 60",
+        "",
+    ]
+    (scratch / "setup.cfg").write_text("\n".join(lines))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
+    t0 = time.monotonic()
+    print(f"{module}: mutmut run for at most {seconds / 60:.0f} min in {scratch}", flush=True)
+    log = open(out / f"{module}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
+        cwd=scratch,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        proc.wait(timeout=seconds)
+        stopped = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)  # mutmut stops its workers and keeps its results
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stopped = True
+    log.close()
+    write_results(module, scratch, out, time.monotonic() - t0, stopped, env)
+
+
+def write_results(module, scratch, out, seconds, stopped, env) -> None:
+    def mutmut(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "mutmut", *a],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    status = {}
+    for line in mutmut("results", "--all", "true").splitlines():
+        name, _, state = line.strip().rpartition(": ")
+        if name:
+            status[name] = state
+    counts = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    checked = {k: v for k, v in status.items() if v != "not checked"}
+    killed = sum(1 for v in checked.values() if v in ("killed", "timeout"))
+    survivors = [k for k, v in checked.items() if v == "survived"]
+    tested = sum(1 for v in checked.values() if v in ("killed", "timeout", "survived"))
+    head = [
+        f"module: jaxntk/{module}.py    tests: {' '.join(TESTS[module])}",
+        f"time: {seconds / 60:.1f} min{' (stopped at the time cap)' if stopped else ''}",
+        f"mutants: {len(status)}    " + "    ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        f"score (killed + timeout) / (killed + timeout + survived): {killed}/{tested}"
+        + (f" = {100 * killed / tested:.1f}%" if tested else ""),
+        "",
+    ]
+    body = [f"{k}: {v}" for k, v in sorted(status.items())]
+    diffs = ["", "# survivors", ""] + [mutmut("show", name) for name in survivors]
+    (out / f"{module}.txt").write_text("\n".join(head + body + diffs))
+    print("\n".join(head), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
