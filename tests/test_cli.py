@@ -163,3 +163,45 @@ def test_plot_redraws_from_saved_files(tmp_path, capsys):
     assert (tmp_path / "spectrum.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["plot", str(tmp_path / "empty")]) == 1
     assert "no results" in capsys.readouterr().err
+
+
+def test_no_verb_prints_the_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxntk") and "train" in out and "reproduce" in out
+
+
+def _train_history(tmp_path, name, *flags):
+    out = tmp_path / name
+    base = ["train", "--variant", "regularized", *TINY, "--lambda-bulk", "0.5", "--lr", "0.5"]
+    assert cli.main([*base, *flags, "--out", str(out)]) == 0
+    doc = json.loads((out / "run.json").read_text())
+    return doc["config"], {k: np.asarray(v, dtype=float) for k, v in doc["history"].items()}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return _train_history(tmp_path_factory.mktemp("base"), "base")[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "effect"),
+    [
+        (["--target", "mlp"], "loss"),
+        (["--activation", "tanh"], "loss"),
+        (["--optimizer", "momentum"], "loss"),
+        (["--init-scale", "0.5"], "u_norm0"),
+        (["--lambda-pop", "50"], "pop"),
+        (["--lambda-24", "1e4"], "norm24"),
+    ],
+)
+def test_each_train_flag_changes_the_run(tmp_path, baseline, flags, effect):
+    """Not only the saved config: the run itself differs from the same command without it."""
+    config, hist = _train_history(tmp_path, "run", *flags)
+    saved = config[flags[0][2:].replace("-", "_")]
+    assert saved == (flags[1] if isinstance(saved, str) else float(flags[1]))
+    assert not np.allclose(hist["train_loss"], baseline["train_loss"], rtol=1e-3)
+    if effect == "u_norm0":  # the run starts away from U = 0
+        assert baseline["u_norm"][0] == 0.0 and hist["u_norm"][0] > 0.1
+    elif effect in ("pop", "norm24"):  # the penalised quantity ends lower
+        assert hist[effect][-1] < 0.9 * baseline[effect][-1]
