@@ -210,3 +210,96 @@ def test_sweep_only_flags_without_the_sweep_fail_before_any_work(tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and "lambda-sweep" in err[0]
         assert not out.exists()
+
+
+def _tiny_presets(monkeypatch):
+    """Every experiment's cpu preset replaced by a tiny one, as `jaxntk reproduce` reads it."""
+    from jaxntk.experiments import mlp, sample_complexity, spectrum
+
+    tiny = dict(d=6, n=20, m=40, n_test=100)
+    presets = {
+        variants: dataclasses.replace(
+            variants.PRESETS["cpu"], **tiny, steps=20, eval_every=10, seeds=(1,)
+        ),
+        lambda_sweep: _tiny_sweep(steps=40, eval_every=2, seeds=(1,)),
+        spectrum: spectrum.Config(d=8, n=30, m=200),
+        sample_complexity: dataclasses.replace(
+            sample_complexity.PRESETS["cpu"],
+            ds=(4, 6),
+            exponents=(1.0, 1.5),
+            m=20,
+            n_test=50,
+            steps=20,
+            eval_every=20,
+            seeds=(1,),
+            variants=("ntk",),
+        ),
+        mlp: dataclasses.replace(
+            mlp.PRESETS["cpu"], ds=(4,), multipliers=(1,), width=8, n_test=50, steps=10
+        ),
+    }
+    for module, cfg in presets.items():
+        monkeypatch.setitem(module.PRESETS, "cpu", cfg)
+    return presets
+
+
+@pytest.mark.slow
+def test_reproduce_without_only_runs_the_default_set_and_plot_redraws_every_figure(
+    tmp_path, monkeypatch, capsys
+):
+    _tiny_presets(monkeypatch)
+    assert cli.main(["reproduce", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    names = ["variants", "lambda-sweep", "spectrum"]
+    assert [
+        line.split()[1] for line in out.splitlines() if line.startswith("== ") and "->" in line
+    ] == names
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(f"{n}.json" for n in names)
+    # the summary tables: a row per variant and per λ
+    summary = json.loads((tmp_path / "variants.json").read_text())["summary"]
+    for name, row in summary.items():
+        assert f"{name:<16} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}" in out
+    assert cli.main(["reproduce", "--only", "sample-complexity,mlp", "--out", str(tmp_path)]) == 0
+    drawn = ["variants", "lambda-sweep", "spectrum", "sample-complexity", "mlp"]
+    for name in drawn:
+        (tmp_path / f"{name}.png").unlink()
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == drawn
+    for name in drawn:
+        assert _png(tmp_path / f"{name}.png"), name
+
+
+def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Stopped once its first chunk (20 of 40 steps) is saved, a rerun with the same --checkpoint
+    trains only the second chunk and ends where an uninterrupted run ends."""
+    _tiny_presets(monkeypatch)
+    args = ["reproduce", "--only", "lambda-sweep", "--checkpoint", str(tmp_path / "ck")]
+    assert cli.main(["reproduce", "--only", "lambda-sweep", "--out", str(tmp_path / "ref")]) == 0
+
+    def stop_after_first_chunk(progress, label, what="test"):
+        def stop(info):  # the checkpoint of a chunk is saved after its progress report
+            if info["step"] > 20:
+                raise KeyboardInterrupt
+
+        return stop
+
+    with monkeypatch.context() as m:
+        m.setattr(lambda_sweep, "labelled_progress", stop_after_first_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main([*args, "--out", str(tmp_path / "first")])
+    assert (tmp_path / "ck" / "seed1" / "state.npz").exists()
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "resumed")]) == 0
+    steps = [
+        line.split("step ")[1].split()[0]
+        for line in capsys.readouterr().out.splitlines()
+        if "[lambda-sweep seed 1] step" in line
+    ]
+    assert steps == ["40/40"]  # the first chunk was not trained again
+    ref = json.loads((tmp_path / "ref" / "lambda-sweep.json").read_text())["results"]
+    resumed = json.loads((tmp_path / "resumed" / "lambda-sweep.json").read_text())["results"]
+    for a, b in zip(ref, resumed, strict=True):
+        for key in ("test_loss", "train_loss", "bulk_sum"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
