@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +107,8 @@ def test_interpolated_n_star_is_the_crossing_in_log_n():
 
 
 def test_sample_complexity_end_to_end(tmp_path):
+    """Thresholds inside the range of the tiny run's test losses (about 0.94 → 0.54 at d = 4,
+    0.92 → 0.61 at d = 6): n* is a later grid point, and one threshold is reached at one d only."""
     from jaxntk.experiments import sample_complexity as sc
 
     cfg = dataclasses.replace(
@@ -118,37 +121,67 @@ def test_sample_complexity_end_to_end(tmp_path):
         eval_every=20,
         seeds=(1,),
         variants=("ntk",),
-        threshold=2.0,
-        other_thresholds=(3.0,),
+        threshold=0.7,
+        other_thresholds=(0.58,),
     )
     sc.run(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "sample-complexity.json").read_text())
-    assert len(saved["results"]) == 4
-    assert saved["n_star"]["ntk"] == {"4": {"1": 4}, "6": {"1": 6}}  # threshold 2: smallest n
-    assert abs(saved["slopes"]["ntk"]["slope_mean"] - 1.0) < 1e-9
-    assert list(saved["slopes_by_threshold"]) == ["3", "2"]
-    assert saved["slopes_by_threshold"]["2"] == saved["slopes_interpolated"]
+    rows = saved["results"]
+    assert [(r["d"], r["n"]) for r in rows] == [(4, 4), (4, 8), (6, 6), (6, 15)]
+    loss = {(r["d"], r["n"]): r["test_loss"] for r in rows}
+    assert loss[4, 4] > 0.7 >= loss[4, 8] and loss[6, 6] > 0.7 >= loss[6, 15]
+    assert loss[4, 8] <= 0.58 < loss[6, 15]
+    assert saved["n_star"]["ntk"] == {"4": {"1": 8}, "6": {"1": 15}}
+    slope = math.log(15 / 8) / math.log(6 / 4)  # two points: the fitted line is exact
+    assert saved["slopes"]["ntk"]["slope_mean"] == pytest.approx(slope, rel=1e-9)
+    assert saved["slopes"]["ntk"]["seeds_fitted"] == 1
+    # interpolated: where the loss crosses 0.7 between the two grid points, linear in log n
+    crossing = {
+        d: math.exp(
+            math.log(n0) + (loss[d, n0] - 0.7) / (loss[d, n0] - loss[d, n1]) * math.log(n1 / n0)
+        )
+        for d, n0, n1 in ((4, 4, 8), (6, 6, 15))
+    }
+    got = saved["n_star_interpolated"]["ntk"]
+    assert got["4"]["1"] == pytest.approx(crossing[4], rel=1e-9)
+    assert got["6"]["1"] == pytest.approx(crossing[6], rel=1e-9)
+    slope_i = math.log(crossing[6] / crossing[4]) / math.log(6 / 4)
+    assert saved["slopes_interpolated"]["ntk"]["slope_mean"] == pytest.approx(slope_i, rel=1e-9)
+    assert list(saved["slopes_by_threshold"]) == ["0.7", "0.58"]
+    assert saved["slopes_by_threshold"]["0.7"] == saved["slopes_interpolated"]
+    # 0.58 is reached at d = 4 only: no seed has every d, no slope
+    assert saved["slopes_by_threshold"]["0.58"]["ntk"]["slope_mean"] is None
+    assert saved["slopes_by_threshold"]["0.58"]["ntk"]["seeds_fitted"] == 0
     assert _png(tmp_path / "sample-complexity.png")
 
 
 def test_mlp_end_to_end(tmp_path):
+    """Threshold 0.52 inside the tiny run's range (test loss 0.47 at d = 3, n = 9; 0.54, 0.53,
+    0.51 at d = 4, n = 16, 32, 48): d = 3 stops at its first n, d = 4 at its third."""
     from jaxntk.experiments import mlp
 
     cfg = dataclasses.replace(
         mlp.PRESETS["cpu"],
-        ds=(4,),
-        multipliers=(1, 2),
+        ds=(3, 4),
+        multipliers=(1, 2, 3),
         width=8,
         n_test=50,
         steps=10,
         eval_every=10,
-        threshold=1e-6,
+        threshold=0.52,
     )
     doc = mlp.run(cfg, tmp_path, progress=False)
-    assert [r["n"] for r in doc["results"]] == [16, 32]  # threshold not reached: whole grid
-    assert doc["n_star"] == {"4": {"1": None}} and doc["slope"] is None
+    rows = doc["results"]
+    assert [(r["d"], r["n"]) for r in rows] == [(3, 9), (4, 16), (4, 32), (4, 48)]
+    assert rows[0]["test_loss"] < 0.52 < min(rows[1]["test_loss"], rows[2]["test_loss"])
+    assert rows[3]["test_loss"] < 0.52
+    assert doc["n_star"] == {"3": {"1": 9}, "4": {"1": 48}}
+    assert doc["slope"] == pytest.approx(math.log(48 / 9) / math.log(4 / 3), rel=1e-9)
     saved = json.loads((tmp_path / "mlp.json").read_text())
-    assert saved["experiment"] == "mlp" and _png(tmp_path / "mlp.png")
+    assert saved["experiment"] == "mlp" and saved["n_star"] == doc["n_star"]
+    assert _png(tmp_path / "mlp.png")
+    with np.load(tmp_path / "mlp.npz") as z:
+        assert z["d"].tolist() == [3, 4] and z["n_star"].tolist() == [9, 48]
     # the network really is the flax MLP with PyTorch's init: every first-layer weight in ±1/√d
     params = mlp.MLP(8).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
     assert float(np.abs(params["Dense_0"]["kernel"]).max()) <= 0.5
