@@ -1,5 +1,6 @@
 """Tests for jaxntk.spectral (and the spectrum experiment): the NTK feature subspace without J."""
 
+import dataclasses
 import json
 import math
 
@@ -250,7 +251,8 @@ def test_spectrum_experiment_writes_json_and_png(tmp_path):
     config = spectrum.Config(d=8, n=30, m=200)
     doc = spectrum.run(config, tmp_path)
     saved = json.loads((tmp_path / "spectrum.json").read_text())
-    assert saved["config"] == {**doc["config"], "d": 8}
+    assert saved["config"] == dataclasses.asdict(config) == doc["config"]
+    assert (saved["config"]["d"], saved["config"]["n"], saved["config"]["m"]) == (8, 30, 200)
     assert len(saved["eigenvalues"]) == 30
     assert saved["eigenvalues"] == sorted(saved["eigenvalues"], reverse=True)
     assert [b["degree"] for b in saved["predicted"]["blocks"]] == [1, 0]
