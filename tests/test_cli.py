@@ -193,6 +193,7 @@ def baseline(tmp_path_factory):
         (["--init-scale", "0.5"], "u_norm0"),
         (["--lambda-pop", "50"], "pop"),
         (["--lambda-24", "1e4"], "norm24"),
+        (["--k", "2"], "loss"),
     ],
 )
 def test_each_train_flag_changes_the_run(tmp_path, baseline, flags, effect):
