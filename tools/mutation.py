@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--children", type=int, default=2, help="mutants run in parallel")
     p.add_argument("--out", type=Path, default=ROOT / "tools" / "mutation-results")
     p.add_argument("--scratch", type=Path, default=Path("/tmp/jaxntk-mutation"))
+    p.add_argument(
+        "--tests-ref",
+        default=None,
+        help="take tests/ from this git ref (e.g. main: the score before new tests)",
+    )
     p.add_argument("--coverage", action="store_true", help="also measure coverage")
     p.add_argument("--coverage-only", action="store_true")
     args = p.parse_args(argv)
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if share <= 60:
             print(f"{module}: no time left")
             continue
-        mutate(module, args.scratch / module, args.out, share, args.children)
+        mutate(module, args.scratch / module, args.out, share, args.children, args.tests_ref)
     return 0
 
 
@@ -81,11 +86,24 @@ def coverage(out: Path) -> None:
     print(report.strip().splitlines()[-1] if report else proc.stdout[-2000:])
 
 
-def mutate(module: str, scratch: Path, out: Path, seconds: float, children: int) -> None:
+def mutate(
+    module: str, scratch: Path, out: Path, seconds: float, children: int, tests_ref: str | None
+) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    for part in ("jaxntk", "tests"):
-        shutil.copytree(ROOT / part, scratch / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "jaxntk", scratch / "jaxntk", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    if tests_ref is None:
+        shutil.copytree(
+            ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", tests_ref, "tests"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
+    tests = [t for t in TESTS[module] if (scratch / t).exists()]
     # the project's pytest settings, without a [tool.mutmut] table so that setup.cfg is read
     shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
     lines = [
@@ -93,7 +111,7 @@ def mutate(module: str, scratch: Path, out: Path, seconds: float, children: int)
         "source_paths = jaxntk/",
         f"only_mutate = jaxntk/{module}.py",
         "pytest_add_cli_args_test_selection =",
-        *(f"    {t}" for t in TESTS[module]),
+        *(f"    {t}" for t in tests),
         "pytest_add_cli_args =",
         "    -p",
         "    no:cacheprovider",
@@ -132,10 +150,10 @@ def mutate(module: str, scratch: Path, out: Path, seconds: float, children: int)
             proc.wait()
         stopped = True
     log.close()
-    write_results(module, scratch, out, time.monotonic() - t0, stopped, env)
+    write_results(module, tests, scratch, out, time.monotonic() - t0, stopped, env)
 
 
-def write_results(module, scratch, out, seconds, stopped, env) -> None:
+def write_results(module, tests, scratch, out, seconds, stopped, env) -> None:
     def mutmut(*a):
         return subprocess.run(
             [sys.executable, "-m", "mutmut", *a],
@@ -158,7 +176,7 @@ def write_results(module, scratch, out, seconds, stopped, env) -> None:
     survivors = [k for k, v in checked.items() if v == "survived"]
     tested = sum(1 for v in checked.values() if v in ("killed", "timeout", "survived"))
     head = [
-        f"module: jaxntk/{module}.py    tests: {' '.join(TESTS[module])}",
+        f"module: jaxntk/{module}.py    tests: {' '.join(tests)}",
         f"time: {seconds / 60:.1f} min{' (stopped at the time cap)' if stopped else ''}",
         f"mutants: {len(status)}    " + "    ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         f"score (killed + timeout) / (killed + timeout + survived): {killed}/{tested}"
