@@ -381,3 +381,28 @@ def test_init_scale_reaches_training(problem, x64):
     quad = jn.train(net, task, "quadntk", **kw).history["u_norm"][0, 0, 0]
     quad_01 = jn.train(net, task, "quadntk", init_scale=0.1, **kw).history["u_norm"][0, 0, 0]
     assert quad == quad_01 > 0
+
+
+def test_regularizer_weights_broadcast_and_validate():
+    w = jn.Regularizer(bulk=[0.0, 1.0, 2.0], norm24=0.5).weights()
+    assert set(w) == {"bulk", "pop", "norm24"}
+    np.testing.assert_array_equal(w["bulk"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(w["pop"], [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(w["norm24"], [0.5, 0.5, 0.5])
+    assert all(v.dtype == np.float64 for v in w.values())
+    np.testing.assert_array_equal(jn.Regularizer(pop=[0, 3]).weights()["pop"], [0.0, 3.0])
+    np.testing.assert_array_equal(jn.Regularizer().weights()["bulk"], [0.0])
+    for bad in (dict(bulk=[]), dict(pop=[[1.0]]), dict(norm24=-1e-9), dict(bulk=math.inf)):
+        with pytest.raises(ValueError, match="Regularizer"):
+            jn.Regularizer(**bad).weights()
+    with pytest.raises(ValueError, match="common length"):
+        jn.Regularizer(bulk=[0, 1], pop=[0, 1, 2]).weights()
+    for k in (1, 5, None):
+        jn.Regularizer(k=k).validate(5)
+    for k in (0, 6, 2.0):
+        with pytest.raises(ValueError, match=r"Regularizer\.k"):
+            jn.Regularizer(k=k).validate(5)
+    jn.Regularizer(pop_samples=1).validate(5)
+    for samples in (0, 1.5):
+        with pytest.raises(ValueError, match="pop_samples"):
+            jn.Regularizer(pop_samples=samples).validate(5)
