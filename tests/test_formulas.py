@@ -406,3 +406,33 @@ def test_regularizer_weights_broadcast_and_validate():
     for samples in (0, 1.5):
         with pytest.raises(ValueError, match="pop_samples"):
             jn.Regularizer(pop_samples=samples).validate(5)
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "sphere"])
+def test_population_penalty_in_the_loss_estimates_its_expectation(problem, x64, distribution):
+    """R_pop in the training loss is a mean over `pop_samples` fresh inputs of f_L(x; P_⊥U)²:
+    against numpy's Monte-Carlo estimate of E_x on 200 000 inputs of the same law, within five
+    standard errors of the two estimates."""
+    net, task, u = problem
+    w0, a = _np_net(net)
+    k, samples = 2, 20_000
+    dirs = jn.spectral.good_directions(net, net.prepare(task.x_train), k)
+    data = objectives.Data(
+        net, task.x_train, task.x_test, task.y_train, task.y_test, task.parts_test, dirs
+    )
+    obj = objectives.VariantObjective(
+        "regularized", use_pop=True, pop_samples=samples, distribution=distribution, d=D
+    )
+    hyper = {"bulk": jnp.asarray(0.0), "pop": jnp.asarray(2.0), "norm24": jnp.asarray(0.0)}
+    total, parts = obj.loss(u, obj.prepare(data), hyper, jax.random.PRNGKey(3))
+    j = _np_features(w0, a, np.asarray(task.x_train))
+    right = _np_top_k(j, k)[1]
+    un = np.asarray(u).reshape(-1)
+    good = un - right @ (right.T @ un)
+    x = np.random.default_rng(0).standard_normal((200_000, D))
+    if distribution == "sphere":
+        x *= math.sqrt(D) / np.linalg.norm(x, axis=1, keepdims=True)
+    values = (_np_features(w0, a, x) @ good) ** 2
+    se = values.std() * math.sqrt(1 / samples + 1 / len(values))
+    assert abs(float(parts["pop"]) - values.mean()) < 5 * se, (float(parts["pop"]), values.mean())
+    np.testing.assert_allclose(total, parts["mse"] + 2.0 * parts["pop"], rtol=1e-12)
