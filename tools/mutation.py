@@ -58,11 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--coverage", action="store_true", help="also measure coverage")
     p.add_argument("--coverage-only", action="store_true")
+    p.add_argument(
+        "--results-only",
+        action="store_true",
+        help="write the results of the scratch folders' last runs (rechecking survivors)",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.coverage or args.coverage_only:
         coverage(args.out)
     if args.coverage_only:
+        return 0
+    if args.results_only:
+        for module in args.modules:
+            scratch = args.scratch / module
+            tests = [t for t in TESTS[module] if (scratch / t).exists()]
+            env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
+            write_results(module, tests, scratch, args.out, 0.0, True, env)
         return 0
     deadline = time.monotonic() + 3600 * args.hours
     for i, module in enumerate(args.modules):
@@ -154,6 +166,14 @@ def mutate(
 
 
 def write_results(module, tests, scratch, out, seconds, stopped, env) -> None:
+    """`<out>/<module>.txt`: counts, score, every mutant's status and the survivors' diffs.
+
+    mutmut selects the tests of a mutant by the calls it recorded in one clean run, which misses
+    calls made at import time (the variants table is built then) and calls inside a program
+    JAX compiled for an earlier test; so each survivor is run again against every selected test
+    file, and the score is given both ways.
+    """
+
     def mutmut(*a):
         return subprocess.run(
             [sys.executable, "-m", "mutmut", *a],
@@ -171,22 +191,47 @@ def write_results(module, tests, scratch, out, seconds, stopped, env) -> None:
     counts = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
-    checked = {k: v for k, v in status.items() if v != "not checked"}
-    killed = sum(1 for v in checked.values() if v in ("killed", "timeout"))
-    survivors = [k for k, v in checked.items() if v == "survived"]
-    tested = sum(1 for v in checked.values() if v in ("killed", "timeout", "survived"))
+    survivors = [k for k, v in status.items() if v == "survived"]
+    rechecked = {name: recheck(name, tests, scratch, env) for name in survivors}
+    killed = sum(1 for v in status.values() if v in ("killed", "timeout"))
+    tested = killed + len(survivors)
+    killed_after = killed + sum(1 for v in rechecked.values() if v is not None)
+
+    def score(k):
+        return f"{k}/{tested}" + (f" = {100 * k / tested:.1f}%" if tested else "")
+
     head = [
         f"module: jaxntk/{module}.py    tests: {' '.join(tests)}",
         f"time: {seconds / 60:.1f} min{' (stopped at the time cap)' if stopped else ''}",
         f"mutants: {len(status)}    " + "    ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
-        f"score (killed + timeout) / (killed + timeout + survived): {killed}/{tested}"
-        + (f" = {100 * killed / tested:.1f}%" if tested else ""),
+        f"score, mutmut's test selection, (killed + timeout) / tested: {score(killed)}",
+        f"score, survivors rerun against every selected test file: {score(killed_after)}",
         "",
     ]
     body = [f"{k}: {v}" for k, v in sorted(status.items())]
-    diffs = ["", "# survivors", ""] + [mutmut("show", name) for name in survivors]
+    diffs = ["", "# survivors of mutmut's selection", ""]
+    for name in survivors:
+        by = rechecked[name]
+        diffs.append(f"## {name}: " + (f"killed by {by}" if by else "survives every test file"))
+        diffs.append(mutmut("show", name))
     (out / f"{module}.txt").write_text("\n".join(head + body + diffs))
     print("\n".join(head), flush=True)
+
+
+def recheck(name: str, tests: list[str], scratch: Path, env: dict) -> str | None:
+    """The first test of `tests` (whole files) that fails with mutant `name`, or None."""
+    mutants = scratch / "mutants"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=mutants,
+        env={**env, "PYTHONPATH": str(mutants), "MUTANT_UNDER_TEST": name},
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode == 0:
+        return None
+    failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
+    return failed[0] if failed else f"pytest exit {proc.returncode}"
 
 
 if __name__ == "__main__":
