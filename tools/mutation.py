@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--results-only",
         action="store_true",
-        help="write the results of the scratch folders' last runs (rechecking survivors)",
+        help="write the results of the scratch folders' last runs, rerunning the survivors "
+        "against the checkout's tests",
     )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.results_only:
         for module in args.modules:
             scratch = args.scratch / module
+            if args.tests_ref is None:  # survivors meet the checkout's tests as they are now
+                for folder in (scratch / "tests", scratch / "mutants" / "tests"):
+                    shutil.rmtree(folder)
+                    shutil.copytree(ROOT / "tests", folder)
             tests = [t for t in TESTS[module] if (scratch / t).exists()]
             env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
             write_results(module, tests, scratch, args.out, 0.0, True, env)
