@@ -62,6 +62,11 @@ def test_bad_init_raises(kwargs, match):
         init(jax.random.PRNGKey(0), **kwargs)
 
 
+def test_activation_must_be_named_by_a_str():
+    with pytest.raises(TypeError, match="activation must be a str"):
+        TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, activation=None)
+
+
 def test_bad_inputs_raise_naming_the_argument():
     net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
     for x in (jnp.zeros((5, 4)), jnp.zeros((2, 5, 3)), jnp.zeros(())):

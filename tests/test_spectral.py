@@ -243,6 +243,9 @@ def test_bad_inputs_raise_clear_errors():
         predict_degree_blocks("shifted_sigmoid", d=2, n=10)
     with pytest.raises(ValueError, match="activation"):
         predict_degree_blocks("swish", d=10, n=10)
+    with pytest.raises(KeyError, match="degree 2 is not among"):
+        predict_degree_blocks("shifted_sigmoid", d=10, n=30).block(2)
+    assert good_directions(net, prep, 3).k == 3
     with pytest.raises(ValueError, match="eigenvalues"):
         degree_block_report(np.ones(5), predict_degree_blocks("shifted_sigmoid", d=10, n=30))
 

@@ -480,6 +480,21 @@ BAD_INPUTS = {
         TypeError,
         r"must be a TargetPart",
     ),
+    "part name not a str": (
+        lambda: tg.make_target({1: _part(3)}),
+        TypeError,
+        r"^part names must be str",
+    ),
+    "variance a str": (
+        lambda: tg.dense_part(KEY, 3, 2, "1.0"),
+        TypeError,
+        r"^variance must be a real number",
+    ),
+    "integer dtype": (
+        lambda: tg.paper_target(KEY, 3, dtype=jnp.int32),
+        TypeError,
+        r"^dtype must be a float dtype",
+    ),
 }
 
 
