@@ -206,3 +206,24 @@ def test_each_train_flag_changes_the_run(tmp_path, baseline, flags, effect):
         assert baseline["u_norm"][0] == 0.0 and hist["u_norm"][0] > 0.1
     elif effect in ("pop", "norm24"):  # the penalised quantity ends lower
         assert hist[effect][-1] < 0.9 * baseline[effect][-1]
+
+
+def test_reproduce_seeds_reach_the_spectrum_and_its_errors_are_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    from jaxntk.experiments import spectrum
+
+    monkeypatch.setitem(spectrum.PRESETS, "cpu", spectrum.Config(d=8, n=30, m=200))
+    rc = cli.main(["reproduce", "--only", "spectrum", "--seeds", "3,4", "--out", str(tmp_path)])
+    assert rc == 0
+    assert json.loads((tmp_path / "spectrum.json").read_text())["config"]["seed"] == 3
+    monkeypatch.setitem(spectrum.PRESETS, "cpu", spectrum.Config(d=8, n=30, m=201))
+    capsys.readouterr()
+    assert cli.main(["reproduce", "--only", "spectrum", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxntk reproduce: spectrum:") and "even" in err[0]
+    for bad in ("a", "-1", ","):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["reproduce", "--only", "spectrum", "--seeds", bad])
+        assert exc.value.code == 2
+        assert "--seeds" in capsys.readouterr().err
