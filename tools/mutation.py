@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coverage", action="store_true", help="also measure coverage")
     p.add_argument("--coverage-only", action="store_true")
     p.add_argument(
+        "--sample-every",
+        type=int,
+        default=None,
+        help="continue the scratch folder's last run with every K-th mutant not yet checked "
+        "(an unbiased sample of the rest when the time cap stopped it)",
+    )
+    p.add_argument(
         "--results-only",
         action="store_true",
         help="write the results of the scratch folders' last runs, rerunning the survivors "
@@ -87,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         if share <= 60:
             print(f"{module}: no time left")
             continue
-        mutate(module, args.scratch / module, args.out, share, args.children, args.tests_ref)
+        if args.sample_every:
+            sample(module, args.scratch / module, args.out, share, args.children, args.sample_every)
+        else:
+            mutate(module, args.scratch / module, args.out, share, args.children, args.tests_ref)
     return 0
 
 
@@ -143,12 +153,37 @@ def mutate(
         "",
     ]
     (scratch / "setup.cfg").write_text("\n".join(lines))
+    run_mutmut(module, tests, scratch, out, seconds, children, [])
+
+
+def sample(module: str, scratch: Path, out: Path, seconds: float, children: int, k: int) -> None:
+    """Continue the last run in `scratch` with every k-th mutant it has not checked."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
+    listing = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    unchecked = [
+        line.strip().rpartition(": ")[0]
+        for line in listing.splitlines()
+        if line.strip().endswith(": not checked")
+    ]
+    names = unchecked[::k]
+    print(f"{module}: {len(names)} of {len(unchecked)} unchecked mutants (every {k})", flush=True)
+    tests = [t for t in TESTS[module] if (scratch / t).exists()]
+    run_mutmut(module, tests, scratch, out, seconds, children, names)
+
+
+def run_mutmut(module, tests, scratch, out, seconds, children, names) -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
     t0 = time.monotonic()
     print(f"{module}: mutmut run for at most {seconds / 60:.0f} min in {scratch}", flush=True)
-    log = open(out / f"{module}.log", "w")
+    log = open(out / f"{module}.log", "a")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
         cwd=scratch,
         env=env,
         stdout=log,
