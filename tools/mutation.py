@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 def coverage(out: Path) -> None:
     """The whole suite under pytest-cov, lines and branches of jaxntk/."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=jaxntk"]
-    cmd += ["--cov-branch", "--cov-report=term-missing"]
+    cmd += ["--cov-branch", "--cov-report=term-missing", "--durations=30"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    report = proc.stdout[proc.stdout.find("---------- coverage") :]
+    start = proc.stdout.find("slowest 30 durations")
+    report = proc.stdout[max(start, 0) :] if start >= 0 else proc.stdout[-20000:]
     took = f"(exit {proc.returncode}, {time.monotonic() - t0:.0f} s)"
     (out / "coverage.txt").write_text(f"$ {' '.join(cmd[1:])}\n{took}\n\n{report}")
-    print(report.strip().splitlines()[-1] if report else proc.stdout[-2000:])
+    print(took, report.strip().splitlines()[-1:])
 
 
 def mutate(
