@@ -203,10 +203,11 @@ def run_mutmut(module, tests, scratch, out, seconds, children, names) -> None:
             proc.wait()
         stopped = True
     log.close()
-    write_results(module, tests, scratch, out, time.monotonic() - t0, stopped, env)
+    # survivors are rerun by --results-only, once the tests are final
+    write_results(module, tests, scratch, out, time.monotonic() - t0, stopped, env, rerun=False)
 
 
-def write_results(module, tests, scratch, out, seconds, stopped, env) -> None:
+def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True) -> None:
     """`<out>/<module>.txt`: counts, score, every mutant's status and the survivors' diffs.
 
     mutmut selects the tests of a mutant by the calls it recorded in one clean run, which misses
@@ -233,7 +234,7 @@ def write_results(module, tests, scratch, out, seconds, stopped, env) -> None:
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
     survivors = [k for k, v in status.items() if v == "survived"]
-    rechecked = {name: recheck(name, tests, scratch, env) for name in survivors}
+    rechecked = {name: recheck(name, tests, scratch, env) if rerun else None for name in survivors}
     killed = sum(1 for v in status.values() if v in ("killed", "timeout"))
     tested = killed + len(survivors)
     killed_after = killed + sum(1 for v in rechecked.values() if v is not None)
