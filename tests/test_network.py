@@ -87,3 +87,10 @@ def test_apply_accepts_nested_lists(x64):
     assert abs(want) > 0.01
     assert float(net.apply(w, [x.tolist()])[0]) == pytest.approx(want, rel=1e-12)
     assert float(net.apply(w, jnp.asarray(x))) == pytest.approx(want, rel=1e-12)
+
+
+def test_init_keeps_the_activation_and_dtype_it_is_given(x64):
+    net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, activation="tanh", dtype=jnp.float32)
+    assert net.activation == "tanh" and net.sigma.name == "tanh"
+    assert net.w0.dtype == jnp.float32 and net.a.dtype == jnp.float32
+    assert TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4).w0.dtype == jnp.float64
