@@ -107,13 +107,9 @@ def coverage(out: Path) -> None:
     cmd += ["--cov-branch", "--cov-report=term-missing", "--durations=30"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    report = (
-        "\n".join(
-            proc.stdout[i:] if (i := proc.stdout.find(mark)) >= 0 else ""
-            for mark in ("slowest 30 durations", "coverage: platform")
-        )
-        or proc.stdout[-20000:]
-    )
+    # pytest prints the coverage table, then the slowest tests: keep both
+    marks = [i for m in ("coverage: platform", "slowest 30") if (i := proc.stdout.find(m)) >= 0]
+    report = proc.stdout[min(marks) :] if marks else proc.stdout[-20000:]
     took = f"(exit {proc.returncode}, {time.monotonic() - t0:.0f} s)"
     (out / "coverage.txt").write_text(f"$ {' '.join(cmd[1:])}\n{took}\n\n{report}")
     print(took, report.strip().splitlines()[-1:])
