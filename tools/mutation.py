@@ -245,7 +245,9 @@ def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True
 
     head = [
         f"module: jaxntk/{module}.py    tests: {' '.join(tests)}",
-        f"time: {seconds / 60:.1f} min{' (stopped at the time cap)' if stopped else ''}",
+        f"time: {seconds / 60:.1f} min{' (stopped at the time cap)' if stopped else ''}"
+        if seconds
+        else "time: see the run's log",
         f"mutants: {len(status)}    " + "    ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         f"score, mutmut's test selection, (killed + timeout) / tested: {score(killed)}",
         f"score, survivors rerun against every selected test file: {score(killed_after)}",
