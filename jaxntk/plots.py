@@ -122,6 +122,7 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
     d_big = max(ds)
+    reached = False
     for c, v in zip(colors, variants, strict=True):
         sel = [r for r in rows if r["variant"] == v and r["d"] == d_big]
         ns = sorted({r["n"] for r in sel})
@@ -138,13 +139,15 @@ def sample_complexity_figure(json_path: Path, png_path: Path) -> Path:
         if slope is not None:
             label = f"{v}: slope {slope:.2f} ± {spread:.2f}"
         right.plot(ds, mean_n, color=c, marker="o", label=label)
+        reached = reached or bool(np.isfinite(mean_n).any())
     left.axhline(cfg["threshold"], color="gray", ls=":", lw=1)
     left.set_xscale("log")
     left.set_xlabel(f"n (d = {d_big})")
     left.set_ylabel("test loss")
     left.legend(fontsize=7)
     right.set_xscale("log")
-    right.set_yscale("log")
+    if reached:  # a log axis with no finite point fails to draw
+        right.set_yscale("log")
     right.set_xlabel("d")
     right.set_ylabel(f"n* (test loss ≤ {cfg['threshold']:.3g})")
     right.legend(fontsize=7)

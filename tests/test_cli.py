@@ -190,3 +190,67 @@ def test_bad_process_flags_are_a_one_line_error(tmp_path, capsys, flags, words):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+def test_no_verb_prints_the_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxntk") and "train" in out and "reproduce" in out
+
+
+def _train_history(tmp_path, name, *flags):
+    out = tmp_path / name
+    base = ["train", "--variant", "regularized", *TINY, "--lambda-bulk", "0.5", "--lr", "0.5"]
+    assert cli.main([*base, *flags, "--out", str(out)]) == 0
+    doc = json.loads((out / "run.json").read_text())
+    return doc["config"], {k: np.asarray(v, dtype=float) for k, v in doc["history"].items()}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return _train_history(tmp_path_factory.mktemp("base"), "base")[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "effect"),
+    [
+        (["--target", "mlp"], "loss"),
+        (["--activation", "tanh"], "loss"),
+        (["--optimizer", "momentum"], "loss"),
+        (["--init-scale", "0.5"], "u_norm0"),
+        (["--lambda-pop", "50"], "pop"),
+        (["--lambda-24", "1e4"], "norm24"),
+        (["--k", "2"], "loss"),
+    ],
+)
+def test_each_train_flag_changes_the_run(tmp_path, baseline, flags, effect):
+    """Not only the saved config: the run itself differs from the same command without it."""
+    config, hist = _train_history(tmp_path, "run", *flags)
+    saved = config[flags[0][2:].replace("-", "_")]
+    assert saved == (flags[1] if isinstance(saved, str) else float(flags[1]))
+    assert not np.allclose(hist["train_loss"], baseline["train_loss"], rtol=1e-3)
+    if effect == "u_norm0":  # the run starts away from U = 0
+        assert baseline["u_norm"][0] == 0.0 and hist["u_norm"][0] > 0.1
+    elif effect in ("pop", "norm24"):  # the penalised quantity ends lower
+        assert hist[effect][-1] < 0.9 * baseline[effect][-1]
+
+
+def test_reproduce_seeds_reach_the_spectrum_and_its_errors_are_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    from jaxntk.experiments import spectrum
+
+    monkeypatch.setitem(spectrum.PRESETS, "cpu", spectrum.Config(d=8, n=30, m=200))
+    rc = cli.main(["reproduce", "--only", "spectrum", "--seeds", "3,4", "--out", str(tmp_path)])
+    assert rc == 0
+    assert json.loads((tmp_path / "spectrum.json").read_text())["config"]["seed"] == 3
+    monkeypatch.setitem(spectrum.PRESETS, "cpu", spectrum.Config(d=8, n=30, m=201))
+    capsys.readouterr()
+    assert cli.main(["reproduce", "--only", "spectrum", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxntk reproduce: spectrum:") and "even" in err[0]
+    for bad in ("a", "-1", ","):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["reproduce", "--only", "spectrum", "--seeds", bad])
+        assert exc.value.code == 2
+        assert "--seeds" in capsys.readouterr().err

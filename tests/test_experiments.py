@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +23,21 @@ def test_variants_end_to_end(tmp_path):
     )
     doc = variants.run(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "variants.json").read_text())
-    assert saved["experiment"] == "variants" and saved == json.loads(json.dumps(doc))
+    assert saved["experiment"] == "variants" and saved["config"]["steps"] == 40
     assert len(saved["results"]) == 6 * 2
     assert {r["variant"] for r in saved["results"]} == set(cfg.variants)
-    for r in saved["results"]:
-        assert np.isfinite(r["test_loss"]) and np.isfinite(r["train_loss"])
-        assert set(r["share_quadratic"]) == {"linear", "quadratic"}
-    assert _png(tmp_path / "variants.png")
     with np.load(tmp_path / "variants.npz") as z:
-        assert z["ntk/1/test_loss"].shape == (3,)
+        for r in saved["results"]:
+            assert set(r["share_quadratic"]) == {"linear", "quadratic"}
+            curve = z[f"{r['variant']}/{r['seed']}/test_loss"]
+            assert curve.shape == (3,) and r["test_loss"] == pytest.approx(curve[-1], rel=1e-6)
+            assert np.all(np.isfinite(curve))
+    for name, row in saved["summary"].items():
+        losses = [r["test_loss"] for r in saved["results"] if r["variant"] == name]
+        assert row["test_loss_mean"] == pytest.approx(np.mean(losses), rel=1e-9)
+        assert row["test_loss_std"] == pytest.approx(np.std(losses), rel=1e-9, abs=1e-12)
+    assert doc["summary"] == saved["summary"]
+    assert _png(tmp_path / "variants.png")
 
 
 def _tiny_sweep(**kw):
@@ -106,6 +113,8 @@ def test_interpolated_n_star_is_the_crossing_in_log_n():
 
 
 def test_sample_complexity_end_to_end(tmp_path):
+    """Thresholds inside the range of the tiny run's test losses (about 0.94 → 0.54 at d = 4,
+    0.92 → 0.61 at d = 6): n* is a later grid point, and one threshold is reached at one d only."""
     from jaxntk.experiments import sample_complexity as sc
 
     cfg = dataclasses.replace(
@@ -118,37 +127,67 @@ def test_sample_complexity_end_to_end(tmp_path):
         eval_every=20,
         seeds=(1,),
         variants=("ntk",),
-        threshold=2.0,
-        other_thresholds=(3.0,),
+        threshold=0.7,
+        other_thresholds=(0.58,),
     )
     sc.run(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "sample-complexity.json").read_text())
-    assert len(saved["results"]) == 4
-    assert saved["n_star"]["ntk"] == {"4": {"1": 4}, "6": {"1": 6}}  # threshold 2: smallest n
-    assert abs(saved["slopes"]["ntk"]["slope_mean"] - 1.0) < 1e-9
-    assert list(saved["slopes_by_threshold"]) == ["3", "2"]
-    assert saved["slopes_by_threshold"]["2"] == saved["slopes_interpolated"]
+    rows = saved["results"]
+    assert [(r["d"], r["n"]) for r in rows] == [(4, 4), (4, 8), (6, 6), (6, 15)]
+    loss = {(r["d"], r["n"]): r["test_loss"] for r in rows}
+    assert loss[4, 4] > 0.7 >= loss[4, 8] and loss[6, 6] > 0.7 >= loss[6, 15]
+    assert loss[4, 8] <= 0.58 < loss[6, 15]
+    assert saved["n_star"]["ntk"] == {"4": {"1": 8}, "6": {"1": 15}}
+    slope = math.log(15 / 8) / math.log(6 / 4)  # two points: the fitted line is exact
+    assert saved["slopes"]["ntk"]["slope_mean"] == pytest.approx(slope, rel=1e-9)
+    assert saved["slopes"]["ntk"]["seeds_fitted"] == 1
+    # interpolated: where the loss crosses 0.7 between the two grid points, linear in log n
+    crossing = {
+        d: math.exp(
+            math.log(n0) + (loss[d, n0] - 0.7) / (loss[d, n0] - loss[d, n1]) * math.log(n1 / n0)
+        )
+        for d, n0, n1 in ((4, 4, 8), (6, 6, 15))
+    }
+    got = saved["n_star_interpolated"]["ntk"]
+    assert got["4"]["1"] == pytest.approx(crossing[4], rel=1e-9)
+    assert got["6"]["1"] == pytest.approx(crossing[6], rel=1e-9)
+    slope_i = math.log(crossing[6] / crossing[4]) / math.log(6 / 4)
+    assert saved["slopes_interpolated"]["ntk"]["slope_mean"] == pytest.approx(slope_i, rel=1e-9)
+    assert list(saved["slopes_by_threshold"]) == ["0.7", "0.58"]
+    assert saved["slopes_by_threshold"]["0.7"] == saved["slopes_interpolated"]
+    # 0.58 is reached at d = 4 only: no seed has every d, no slope
+    assert saved["slopes_by_threshold"]["0.58"]["ntk"]["slope_mean"] is None
+    assert saved["slopes_by_threshold"]["0.58"]["ntk"]["seeds_fitted"] == 0
     assert _png(tmp_path / "sample-complexity.png")
 
 
 def test_mlp_end_to_end(tmp_path):
+    """Threshold 0.52 inside the tiny run's range (test loss 0.47 at d = 3, n = 9; 0.54, 0.53,
+    0.51 at d = 4, n = 16, 32, 48): d = 3 stops at its first n, d = 4 at its third."""
     from jaxntk.experiments import mlp
 
     cfg = dataclasses.replace(
         mlp.PRESETS["cpu"],
-        ds=(4,),
-        multipliers=(1, 2),
+        ds=(3, 4),
+        multipliers=(1, 2, 3),
         width=8,
         n_test=50,
         steps=10,
         eval_every=10,
-        threshold=1e-6,
+        threshold=0.52,
     )
     doc = mlp.run(cfg, tmp_path, progress=False)
-    assert [r["n"] for r in doc["results"]] == [16, 32]  # threshold not reached: whole grid
-    assert doc["n_star"] == {"4": {"1": None}} and doc["slope"] is None
+    rows = doc["results"]
+    assert [(r["d"], r["n"]) for r in rows] == [(3, 9), (4, 16), (4, 32), (4, 48)]
+    assert rows[0]["test_loss"] < 0.52 < min(rows[1]["test_loss"], rows[2]["test_loss"])
+    assert rows[3]["test_loss"] < 0.52
+    assert doc["n_star"] == {"3": {"1": 9}, "4": {"1": 48}}
+    assert doc["slope"] == pytest.approx(math.log(48 / 9) / math.log(4 / 3), rel=1e-9)
     saved = json.loads((tmp_path / "mlp.json").read_text())
-    assert saved["experiment"] == "mlp" and _png(tmp_path / "mlp.png")
+    assert saved["experiment"] == "mlp" and saved["n_star"] == doc["n_star"]
+    assert _png(tmp_path / "mlp.png")
+    with np.load(tmp_path / "mlp.npz") as z:
+        assert z["d"].tolist() == [3, 4] and z["n_star"].tolist() == [9, 48]
     # the network really is the flax MLP with PyTorch's init: every first-layer weight in ±1/√d
     params = mlp.MLP(8).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"]
     assert float(np.abs(params["Dense_0"]["kernel"]).max()) <= 0.5
@@ -210,3 +249,96 @@ def test_sweep_only_flags_without_the_sweep_fail_before_any_work(tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and "lambda-sweep" in err[0]
         assert not out.exists()
+
+
+def _tiny_presets(monkeypatch):
+    """Every experiment's cpu preset replaced by a tiny one, as `jaxntk reproduce` reads it."""
+    from jaxntk.experiments import mlp, sample_complexity, spectrum
+
+    tiny = dict(d=6, n=20, m=40, n_test=100)
+    presets = {
+        variants: dataclasses.replace(
+            variants.PRESETS["cpu"], **tiny, steps=20, eval_every=10, seeds=(1,)
+        ),
+        lambda_sweep: _tiny_sweep(steps=40, eval_every=2, seeds=(1,)),
+        spectrum: spectrum.Config(d=8, n=30, m=200),
+        sample_complexity: dataclasses.replace(
+            sample_complexity.PRESETS["cpu"],
+            ds=(4, 6),
+            exponents=(1.0, 1.5),
+            m=20,
+            n_test=50,
+            steps=20,
+            eval_every=20,
+            seeds=(1,),
+            variants=("ntk",),
+        ),
+        mlp: dataclasses.replace(
+            mlp.PRESETS["cpu"], ds=(4,), multipliers=(1,), width=8, n_test=50, steps=10
+        ),
+    }
+    for module, cfg in presets.items():
+        monkeypatch.setitem(module.PRESETS, "cpu", cfg)
+    return presets
+
+
+@pytest.mark.slow
+def test_reproduce_without_only_runs_the_default_set_and_plot_redraws_every_figure(
+    tmp_path, monkeypatch, capsys
+):
+    _tiny_presets(monkeypatch)
+    assert cli.main(["reproduce", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    names = ["variants", "lambda-sweep", "spectrum"]
+    assert [
+        line.split()[1] for line in out.splitlines() if line.startswith("== ") and "->" in line
+    ] == names
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(f"{n}.json" for n in names)
+    # the summary tables: a row per variant and per λ
+    summary = json.loads((tmp_path / "variants.json").read_text())["summary"]
+    for name, row in summary.items():
+        assert f"{name:<16} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}" in out
+    assert cli.main(["reproduce", "--only", "sample-complexity,mlp", "--out", str(tmp_path)]) == 0
+    drawn = ["variants", "lambda-sweep", "spectrum", "sample-complexity", "mlp"]
+    for name in drawn:
+        (tmp_path / f"{name}.png").unlink()
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == drawn
+    for name in drawn:
+        assert _png(tmp_path / f"{name}.png"), name
+
+
+def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Stopped once its first chunk (20 of 40 steps) is saved, a rerun with the same --checkpoint
+    trains only the second chunk and ends where an uninterrupted run ends."""
+    _tiny_presets(monkeypatch)
+    args = ["reproduce", "--only", "lambda-sweep", "--checkpoint", str(tmp_path / "ck")]
+    assert cli.main(["reproduce", "--only", "lambda-sweep", "--out", str(tmp_path / "ref")]) == 0
+
+    def stop_after_first_chunk(progress, label, what="test"):
+        def stop(info):  # the checkpoint of a chunk is saved after its progress report
+            if info["step"] > 20:
+                raise KeyboardInterrupt
+
+        return stop
+
+    with monkeypatch.context() as m:
+        m.setattr(lambda_sweep, "labelled_progress", stop_after_first_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main([*args, "--out", str(tmp_path / "first")])
+    assert (tmp_path / "ck" / "seed1" / "state.npz").exists()
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "resumed")]) == 0
+    steps = [
+        line.split("step ")[1].split()[0]
+        for line in capsys.readouterr().out.splitlines()
+        if "[lambda-sweep seed 1] step" in line
+    ]
+    assert steps == ["40/40"]  # the first chunk was not trained again
+    ref = json.loads((tmp_path / "ref" / "lambda-sweep.json").read_text())["results"]
+    resumed = json.loads((tmp_path / "resumed" / "lambda-sweep.json").read_text())["results"]
+    for a, b in zip(ref, resumed, strict=True):
+        for key in ("test_loss", "train_loss", "bulk_sum"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key

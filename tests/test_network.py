@@ -62,6 +62,11 @@ def test_bad_init_raises(kwargs, match):
         init(jax.random.PRNGKey(0), **kwargs)
 
 
+def test_activation_must_be_named_by_a_str():
+    with pytest.raises(TypeError, match="activation must be a str"):
+        TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, activation=None)
+
+
 def test_bad_inputs_raise_naming_the_argument():
     net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
     for x in (jnp.zeros((5, 4)), jnp.zeros((2, 5, 3)), jnp.zeros(())):
@@ -73,8 +78,19 @@ def test_bad_inputs_raise_naming_the_argument():
         net.apply(jnp.zeros((4, 2)), jnp.zeros((5, 3)))
 
 
-def test_apply_accepts_nested_lists():
-    net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
-    assert float(net.apply(net.w0 + 0.1 * jnp.eye(4, 3), [[1.0, 2.0, 3.0]])[0]) == float(
-        net.apply(net.w0 + 0.1 * jnp.eye(4, 3), jnp.asarray([1.0, 2.0, 3.0]))
-    )
+def test_apply_accepts_nested_lists(x64):
+    net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, dtype=jnp.float64)
+    w = net.w0 + 0.1 * jnp.eye(4, 3, dtype=jnp.float64)
+    x = np.array([1.0, 2.0, 3.0])
+    # f(x; W) = Σ_r a_r σ(w_r · x), σ(z) = 1/(1 + e^{1−z}), by hand
+    want = float(np.asarray(net.a) @ (1.0 / (1.0 + np.exp(1.0 - np.asarray(w) @ x))))
+    assert abs(want) > 0.01
+    assert float(net.apply(w, [x.tolist()])[0]) == pytest.approx(want, rel=1e-12)
+    assert float(net.apply(w, jnp.asarray(x))) == pytest.approx(want, rel=1e-12)
+
+
+def test_init_keeps_the_activation_and_dtype_it_is_given(x64):
+    net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, activation="tanh", dtype=jnp.float32)
+    assert net.activation == "tanh" and net.sigma.name == "tanh"
+    assert net.w0.dtype == jnp.float32 and net.a.dtype == jnp.float32
+    assert TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4).w0.dtype == jnp.float64

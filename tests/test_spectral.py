@@ -1,5 +1,6 @@
 """Tests for jaxntk.spectral (and the spectrum experiment): the NTK feature subspace without J."""
 
+import dataclasses
 import json
 import math
 
@@ -103,7 +104,15 @@ def test_projectors_are_complementary_idempotent_and_kill_top_outputs():
     project_top, project_good = jax.jit(spectral.project_top), jax.jit(spectral.project_good)
     top, good = project_top(net, prep, dirs, u), project_good(net, prep, dirs, u)
     scale = float(jnp.max(jnp.abs(u)))
-    np.testing.assert_allclose(top + good, u, atol=1e-6 * scale)
+    # V_k V_kᵀ U from numpy's SVD of J[i, (r, j)] = a_r σ'(w0_r·x_i) x_ij, built by hand
+    xn, w0, a = (np.asarray(t, np.float64) for t in (x, net.w0, net.a))
+    s = 1.0 / (1.0 + np.exp(1.0 - xn @ w0.T))
+    j = (a[None, :, None] * (s * (1 - s))[:, :, None] * xn[:, None, :]).reshape(len(xn), -1)
+    v_k = np.linalg.svd(j, full_matrices=False)[2][:10].T
+    un = np.asarray(u, np.float64).reshape(-1)
+    want_top = (v_k @ (v_k.T @ un)).reshape(u.shape)
+    np.testing.assert_allclose(top, want_top, atol=1e-4 * scale)
+    np.testing.assert_allclose(good, np.asarray(u) - want_top, atol=1e-4 * scale)
     np.testing.assert_allclose(project_top(net, prep, dirs, top), top, atol=1e-4 * scale)
     np.testing.assert_allclose(project_good(net, prep, dirs, good), good, atol=1e-4 * scale)
     np.testing.assert_allclose(project_top(net, prep, dirs, good), 0.0, atol=1e-4 * scale)
@@ -234,6 +243,9 @@ def test_bad_inputs_raise_clear_errors():
         predict_degree_blocks("shifted_sigmoid", d=2, n=10)
     with pytest.raises(ValueError, match="activation"):
         predict_degree_blocks("swish", d=10, n=10)
+    with pytest.raises(KeyError, match="degree 2 is not among"):
+        predict_degree_blocks("shifted_sigmoid", d=10, n=30).block(2)
+    assert good_directions(net, prep, 3).k == 3
     with pytest.raises(ValueError, match="eigenvalues"):
         degree_block_report(np.ones(5), predict_degree_blocks("shifted_sigmoid", d=10, n=30))
 
@@ -242,7 +254,8 @@ def test_spectrum_experiment_writes_json_and_png(tmp_path):
     config = spectrum.Config(d=8, n=30, m=200)
     doc = spectrum.run(config, tmp_path)
     saved = json.loads((tmp_path / "spectrum.json").read_text())
-    assert saved["config"] == {**doc["config"], "d": 8}
+    assert saved["config"] == dataclasses.asdict(config) == doc["config"]
+    assert (saved["config"]["d"], saved["config"]["n"], saved["config"]["m"]) == (8, 30, 200)
     assert len(saved["eigenvalues"]) == 30
     assert saved["eigenvalues"] == sorted(saved["eigenvalues"], reverse=True)
     assert [b["degree"] for b in saved["predicted"]["blocks"]] == [1, 0]
@@ -265,3 +278,77 @@ def test_project_top_ignores_zero_singular_values():
     top = project_top(net, prep, padded, u)
     assert bool(jnp.all(jnp.isfinite(top)))
     np.testing.assert_allclose(top, project_top(net, prep, dirs, u), atol=1e-6)
+
+
+def _np_shifted_sigmoid(z, derivative):
+    s = 1.0 / (1.0 + np.exp(1.0 - z))
+    return (s, s * (1 - s), s * (1 - s) * (1 - 2 * s))[derivative]
+
+
+@pytest.mark.parametrize("derivative", [0, 1, 2])
+def test_hermite_coefficients_of_sigma_and_its_derivatives(derivative):
+    """c_j = E[σ^(derivative)(z) He_j(z)]/√(j!) by numpy's Gauss-Hermite rule; for erf, Stein's
+    identity E[g(z) He_j(z)] = E[g^(j)(z)] with E e^{−z²} = 1/√3, E z² e^{−z²} = 1/(3√3)."""
+    from numpy.polynomial import hermite_e
+
+    z, w = hermite_e.hermegauss(120)
+    w = w / math.sqrt(2 * math.pi)
+    he = np.stack(
+        [hermite_e.hermeval(z, np.eye(5)[j]) / math.sqrt(math.factorial(j)) for j in range(5)]
+    )
+    want = he @ (w * _np_shifted_sigmoid(z, derivative))
+    got = hermite_coefficients("shifted_sigmoid", 4, derivative=derivative)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    c = 2 / math.sqrt(math.pi)
+    third = -2 * c / (3 * math.sqrt(3))  # E erf'''(z)
+    erf = hermite_coefficients("erf", 3, derivative=derivative)
+    want_erf = {
+        0: [0.0, c / math.sqrt(3), 0.0, third / math.sqrt(6)],
+        1: [c / math.sqrt(3), 0.0, third / math.sqrt(2), 0.0],
+        2: [0.0, third, 0.0, None],
+    }[derivative]
+    for j, value in enumerate(want_erf):
+        if value is not None:
+            assert erf[j] == pytest.approx(value, abs=1e-7), j
+
+
+def test_predicted_eigenvalues_of_every_degree_up_to_max_degree():
+    """μ_ℓ = E_t[K(t) P_ℓ(t)], t = cos(angle) on S^{d−1}, with K(t) = d·t·E[σ'(z)σ'(z')] for
+    corr(z, z') = t computed by a 2-D Gauss-Hermite rule (no Hermite series), integrated by
+    scipy's quad against the density ∝ (1 − t²)^{(d−3)/2}."""
+    from numpy.polynomial import hermite_e
+    from scipy import integrate, special
+
+    d, n = 12, 60
+    z, w = hermite_e.hermegauss(60)
+    w = w / math.sqrt(2 * math.pi)
+
+    def kernel(t):
+        z2 = t * z[:, None] + math.sqrt(1 - t**2) * z[None, :]
+        k = w @ (_np_shifted_sigmoid(z, 1)[:, None] * _np_shifted_sigmoid(z2, 1)) @ w
+        return d * t * k
+
+    lam = (d - 2) / 2
+
+    def mu(ell):
+        def p(t):
+            return special.eval_gegenbauer(ell, lam, t) / special.eval_gegenbauer(ell, lam, 1.0)
+
+        def density(t):
+            return (1 - t**2) ** ((d - 3) / 2)
+
+        num = integrate.quad(lambda t: kernel(t) * p(t) * density(t), -1, 1, epsabs=1e-12)[0]
+        return num / integrate.quad(density, -1, 1)[0]
+
+    default = predict_degree_blocks("shifted_sigmoid", d, n)
+    assert default.degrees == (1, 0)  # n = 60 < 2·(1 + 12 + 77): degree 2 is not a spike
+    pred = predict_degree_blocks("shifted_sigmoid", d, n, max_degree=2)
+    assert sorted(pred.degrees) == [0, 1, 2]
+    assert [pred.block(ell).multiplicity for ell in (0, 1, 2)] == [1, 12, 77]
+    for ell in (0, 1, 2):
+        assert pred.block(ell).eigenvalue == pytest.approx(mu(ell), rel=1e-4), ell
+    only0 = predict_degree_blocks("shifted_sigmoid", d, n, max_degree=0)
+    assert only0.degrees == (0,)
+    # γ: what the diagonal E K(x, x) = d E σ'(z)² leaves after the predicted blocks, per sample
+    diag = d * float(np.sum(w * _np_shifted_sigmoid(z, 1) ** 2))
+    assert only0.gamma == pytest.approx((diag - mu(0)) / n, rel=1e-5)

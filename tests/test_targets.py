@@ -141,10 +141,73 @@ def test_parts_have_stated_variance_and_are_orthogonal(distribution):
             "dense_quartic": tg.dense_part(keys[4], d, 4, 0.6, distribution),
         }
     )
-    np.testing.assert_allclose(target.variances, [0.2, 0.3, 0.5, 0.4, 0.6], rtol=1e-5)
+    # E[f_i²] from each part's directions and coefficients, by the formula in numpy (not by the
+    # library's own normalisation, which would agree with any mistake of its own)
+    np.testing.assert_allclose(
+        [_mean_square_by_formula(p) for p in target.components],
+        [0.2, 0.3, 0.5, 0.4, 0.6],
+        rtol=1e-5,
+    )
     np.testing.assert_allclose(target.means, [math.sqrt(0.2), 0, 0, 0, 0], atol=1e-7)
     assert target.degrees == (0, 1, 2, 3, 4)
     _assert_moments(target, jax.random.PRNGKey(1))
+
+
+def _mean_square_by_formula(part: tg.TargetPart) -> float:
+    """E[f²] = b_total² + cᵀ G c with G_jl = ρ_jl^k (Gaussian) or the Legendre polynomial of
+    dimension d, P_k(ρ) = C_k^{(d−2)/2}(ρ)/C_k^{(d−2)/2}(1) from scipy (sphere)."""
+    v = np.asarray(part.directions, np.float64)
+    c = np.asarray(part.coefficients, np.float64)
+    b = float(part.offset)
+    if part.degree == 0:
+        return (b + c.sum()) ** 2
+    rho = np.clip(v @ v.T, -1.0, 1.0)
+    if part.distribution == "gaussian":
+        gram = rho**part.degree
+    else:
+        lam = (part.d - 2) / 2
+        gram = special.eval_gegenbauer(part.degree, lam, rho) / special.eval_gegenbauer(
+            part.degree, lam, 1.0
+        )
+    return b**2 + c @ gram @ c
+
+
+def _quadrature_3d(distribution: str, points: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (Q, 3) and weights (Q,) exact for E[p(x)], p a polynomial of degree < 2·points
+    (Gaussian: tensor Gauss-Hermite; sphere of radius √3: Gauss-Legendre in cos θ times a
+    uniform grid in φ)."""
+    if distribution == "gaussian":
+        z, w = hermite_e.hermegauss(points)
+        w = w / math.sqrt(2 * math.pi)
+        grid = np.stack(np.meshgrid(z, z, z, indexing="ij"), axis=-1).reshape(-1, 3)
+        weights = np.einsum("i,j,k->ijk", w, w, w).reshape(-1)
+        return grid, weights
+    t, wt = np.polynomial.legendre.leggauss(points)
+    phi = 2 * np.pi * np.arange(2 * points) / (2 * points)
+    tt, pp = np.meshgrid(t, phi, indexing="ij")
+    s = np.sqrt(1 - tt**2)
+    grid = math.sqrt(3) * np.stack([s * np.cos(pp), s * np.sin(pp), tt], axis=-1).reshape(-1, 3)
+    weights = np.repeat(wt / 2, 2 * points) / (2 * points)
+    return grid, weights
+
+
+@pytest.mark.parametrize("distribution", tg.DISTRIBUTIONS)
+def test_normalised_parts_have_their_variance_by_quadrature(x64, distribution):
+    """E[f²] of dense and sparse parts of degree 1..4 in d = 3, by a quadrature rule exact for
+    these polynomials, evaluating the part pointwise: the normalisation, checked from outside."""
+    x, w = _quadrature_3d(distribution)
+    assert w.sum() == pytest.approx(1.0, rel=1e-12)
+    xj = jnp.asarray(x)
+    for degree in (1, 2, 3, 4):
+        for part in (
+            tg.dense_part(KEY, 3, degree, 0.7, distribution, dtype=jnp.float64),
+            tg.sparse_part(KEY, 3, degree, 3, 0.7, distribution, dtype=jnp.float64),
+        ):
+            values = np.asarray(part(xj))
+            assert w @ values**2 == pytest.approx(0.7, rel=1e-9), (degree, distribution)
+            assert abs(w @ values) < 1e-9
+    target = tg.paper_target(KEY, 3, distribution, dtype=jnp.float64)
+    np.testing.assert_allclose((np.asarray(target.parts(xj)) ** 2) @ w, [1 / 3, 2 / 3], rtol=1e-9)
 
 
 @pytest.mark.parametrize(("d", "degree"), [(3, 2), (D, 4), (D, 3)])
@@ -152,7 +215,7 @@ def test_sparse_part_on_sphere_accounts_for_correlated_directions(d, degree):
     # r = d orthonormal directions: on the sphere q_p(β_s·x/√d) are correlated for even p.
     part = tg.sparse_part(jax.random.PRNGKey(d), d, degree, d, 1.0, "sphere")
     target = tg.make_target({"sparse": part})
-    assert float(target.variances[0]) == pytest.approx(1.0, rel=1e-5)
+    assert _mean_square_by_formula(part) == pytest.approx(1.0, rel=1e-5)
     _assert_moments(target, jax.random.PRNGKey(2))
 
 
@@ -233,8 +296,14 @@ def test_make_task_shapes_and_labels():
     assert task.x_train.shape == (64, D) and task.x_test.shape == (N_POINTS, D)
     assert task.parts_train.shape == (2, 64) and task.parts_test.shape == (2, N_POINTS)
     assert task.part_names == ("linear", "quadratic") and task.distribution == "gaussian"
-    np.testing.assert_allclose(task.y_train, target(task.x_train), rtol=1e-6)
-    np.testing.assert_allclose(task.y_test, task.parts_test.sum(axis=0), rtol=1e-6)
+    beta = np.asarray(target.components[0].directions[0], np.float64)
+    for x, y, parts in (
+        (task.x_train, task.y_train, task.parts_train),
+        (task.x_test, task.y_test, task.parts_test),
+    ):
+        z = np.asarray(x, np.float64) @ beta
+        np.testing.assert_allclose(y, (z**2 - 1 + z) / math.sqrt(3), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(parts[0], z / math.sqrt(3), rtol=1e-5, atol=1e-5)
     assert not np.allclose(task.x_train, task.x_test[:64])
 
 
@@ -410,6 +479,21 @@ BAD_INPUTS = {
         lambda: tg.make_target({"a": jnp.ones(3)}),
         TypeError,
         r"must be a TargetPart",
+    ),
+    "part name not a str": (
+        lambda: tg.make_target({1: _part(3)}),
+        TypeError,
+        r"^part names must be str",
+    ),
+    "variance a str": (
+        lambda: tg.dense_part(KEY, 3, 2, "1.0"),
+        TypeError,
+        r"^variance must be a real number",
+    ),
+    "integer dtype": (
+        lambda: tg.paper_target(KEY, 3, dtype=jnp.int32),
+        TypeError,
+        r"^dtype must be a float dtype",
     ),
 }
 

@@ -329,3 +329,15 @@ def test_variants_marked_uses_terms_predict_f0_plus_fl_plus_fq(net, task, varian
     np.testing.assert_allclose(v.predict(net, u, prep), want, rtol=1e-6, atol=1e-6)
     got = v.train_predict(net, u, prep, jax.random.PRNGKey(0))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_argument_types_and_a_single_int_seed(net, task):
+    with pytest.raises(TypeError, match=r"reg must be a jaxntk\.Regularizer"):
+        jn.train(net, task, "ntk", steps=2, reg={"bulk": 1.0}, progress=False)
+    with pytest.raises(ValueError, match="optimizer must be a name"):
+        jn.train(net, task, "ntk", steps=2, optimizer=42, progress=False)
+    with pytest.raises(ValueError, match="seeds must be ints ≥ 0"):
+        jn.train(net, task, "ntk", steps=2, seeds=[-1], progress=False)
+    run = jn.train(net, task, "ntk", steps=2, seeds=4, eval_every=2, progress=False)
+    assert run.config["seeds"] == [4] and run.history["train_loss"].shape == (1, 1, 2)
+    assert not run.diverged
