@@ -23,6 +23,10 @@ from jaxntk import checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
 KILLS = 10
+# 150 chunks of 2 steps, each saved and followed by a pause of 30 ms: at least 4.5 s of training.
+# A kill lands a random 0-1 s after the process is up, or at the first save it sees, so the run
+# outlasts 10 kills, on a quiet machine as on a loaded one.
+STEPS = ["--steps", "300", "--chunk-pause", "0.03"]
 
 
 def worker_env(tmp_path: Path) -> dict[str, str]:
@@ -45,20 +49,30 @@ def saving(folder: Path) -> bool:
 def test_killed_at_random_moments_the_resumed_run_equals_the_uninterrupted_one(tmp_path):
     env = worker_env(tmp_path)
     subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path / "full.npz")], env=env, check=True, timeout=300
+        [sys.executable, str(WORKER), str(tmp_path / "full.npz"), *STEPS],
+        env=env,
+        check=True,
+        timeout=300,
     )
     folder, rng = tmp_path / "ck", random.Random(15)
     kills = during_save = 0
     while kills < KILLS:
         with subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp_path / "resumed.npz"), "--checkpoint", folder],
+            [
+                sys.executable,
+                str(WORKER),
+                str(tmp_path / "resumed.npz"),
+                *STEPS,
+                "--checkpoint",
+                folder,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         ) as proc:
             assert proc.stdout.readline().strip() == "ready"
-            deadline = time.monotonic() + (10.0 if kills % 2 else rng.uniform(0.0, 1.5))
+            deadline = time.monotonic() + (10.0 if kills % 2 else rng.uniform(0.0, 1.0))
             while time.monotonic() < deadline and proc.poll() is None:
                 if kills % 2 and saving(folder):
                     break
@@ -70,7 +84,14 @@ def test_killed_at_random_moments_the_resumed_run_equals_the_uninterrupted_one(t
         during_save += saving(folder)
     assert during_save >= 1
     subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path / "resumed.npz"), "--checkpoint", folder],
+        [
+            sys.executable,
+            str(WORKER),
+            str(tmp_path / "resumed.npz"),
+            *STEPS,
+            "--checkpoint",
+            folder,
+        ],
         env=env,
         check=True,
         timeout=300,

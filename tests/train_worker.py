@@ -2,6 +2,7 @@
 tests/test_distributed.py: killed and resumed, or one of several processes on jax.distributed.
 
     python train_worker.py OUT.npz [--models twolayer,taylor] [--checkpoint DIR [--stop-at STEP]]
+        [--steps T] [--chunk-pause SECONDS]
         [--coordinator HOST:PORT --num-processes N --process-id I]
 
 The parent sets XLA_FLAGS=--xla_force_host_platform_device_count=K for K devices per process.
@@ -15,6 +16,7 @@ tests/conftest.py, warnings as errors.
 
 import argparse
 import sys
+import time
 import warnings
 
 import jax
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("--coordinator", default=None)
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--chunk-pause", type=float, default=0.0, help="seconds to sleep after a chunk")
     args = p.parse_args()
     if args.coordinator is not None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,11 +57,12 @@ def main() -> None:
     for i, name in enumerate(names):
         ckpt = args.checkpoint if i == len(names) - 1 else None
         progress = False
-        if ckpt is not None and args.stop_at is not None:
+        if ckpt is not None and (args.stop_at is not None or args.chunk_pause > 0):
 
             def progress(info):
-                if info["step"] >= args.stop_at:
+                if args.stop_at is not None and info["step"] >= args.stop_at:
                     sys.exit(3)
+                time.sleep(args.chunk_pause)  # a run that lasts: the kill test's window
 
         run = jn.train(
             models[name],
