@@ -21,9 +21,25 @@ KEY0 = jax.random.PRNGKey(0)
 
 
 def _sigma(z, order=0):
-    """shifted_sigmoid σ(z) = 1/(1 + e^{1−z}) and its first two derivatives, in numpy."""
+    """shifted_sigmoid σ(z) = 1/(1 + e^{1−z}) and its first four derivatives, in numpy
+    (the logistic function's derivatives as polynomials in s = σ)."""
     s = 1.0 / (1.0 + np.exp(1.0 - z))
-    return (s, s * (1 - s), s * (1 - s) * (1 - 2 * s))[order]
+    return (
+        s,
+        s * (1 - s),
+        s * (1 - s) * (1 - 2 * s),
+        s * (1 - s) * (1 - 6 * s + 6 * s**2),
+        s * (1 - s) * (1 - 2 * s) * (1 - 12 * s + 12 * s**2),
+    )[order]
+
+
+def _np_taylor_sum(w0, a, u, x, k):
+    """f_1 + … + f_k, f_j = (1/j!) Σ_r a_r σ⁽ʲ⁾(w0_r·x)(u_r·x)ʲ."""
+    return sum(
+        a[r] * _sigma(x @ w0[r], j) * (x @ u[r]) ** j / math.factorial(j)
+        for j in range(1, k + 1)
+        for r in range(w0.shape[0])
+    )
 
 
 def _np_net(net):
@@ -84,6 +100,8 @@ def _expected_prediction(variant, w0, a, u, x):
         "randomized": 0.5 * (_np_forward(w0 + u, a, x) + _np_forward(w0 - u, a, x)),
         "ntk+quadntk": fl + fq,
         "regularized": fl + fq,
+        "taylor-3": _np_taylor_sum(w0, a, u, x, 3),
+        "taylor-4": _np_taylor_sum(w0, a, u, x, 4),
     }[variant]
 
 
@@ -166,7 +184,8 @@ def test_every_variant_keeps_f0_of_a_generic_model(problem, x64):
         "regularized": f0 + fl + fq,
     }
     prep = model.prepare(task.x_train)
-    for name, v in objectives.VARIANTS.items():
+    for name in objectives.PAPER_VARIANTS:  # the taylor-k rows: tests/test_taylor_terms.py
+        v = objectives.VARIANTS[name]
         np.testing.assert_allclose(v.predict(model, du, prep), want[name], rtol=1e-12)
         if name != "randomized":
             got = v.train_predict(model, du, prep, jax.random.PRNGKey(0))
