@@ -734,15 +734,8 @@ class VariantObjective:
         v = get_variant(self.variant)
         model = data.model
         k_pred, k_pop = jax.random.split(key)
-        if v.uses_terms:  # keep f_L(X; U): R_bulk reuses it
-            f_linear, f_quad = model.linear_and_quadratic(u, data.prep_train)
-            pred = model.initial_output(data.prep_train) + f_linear + f_quad
-        elif v.order:
-            terms = model.taylor_terms(u, data.prep_train, v.order)
-            f_linear = terms[0]
-            pred = model.initial_output(data.prep_train) + sum(terms)
-        else:
-            f_linear = None
+        pred, f_linear, _ = _prediction_and_terms(v, model, u, data.prep_train)  # R_bulk reuses f_L
+        if pred is None:
             pred = v.train_predict(model, u, data.prep_train, k_pred)
         fit = LOSSES[self.data_loss](pred, data.y_train)
         regs = self._regularizers(u, data, k_pop, f_linear)
@@ -773,26 +766,15 @@ class VariantObjective:
         v = get_variant(self.variant)
         loss = LOSSES[self.data_loss]
         shares = self.data_loss == "mse" and data.parts_test.shape[1:] == data.y_test.shape
-        if v.uses_terms:
-            fl_train, fq_train = model.linear_and_quadratic(u, data.prep_train)
-            train_pred = model.initial_output(data.prep_train) + fl_train + fq_train
-        elif v.order:
-            terms = model.taylor_terms(u, data.prep_train, v.order)
-            fl_train = terms[0]
-            train_pred = model.initial_output(data.prep_train) + sum(terms)
-        else:
+        train_pred, fl_train, _ = _prediction_and_terms(v, model, u, data.prep_train)
+        if train_pred is None:
             train_pred = v.predict(model, u, data.prep_train)
             fl_train = model.linear_term(u, data.prep_train) if data.dirs is not None else None
-        if v.order:
-            terms = model.taylor_terms(u, data.prep_test, v.order)
-            fl, fq = terms[0], terms[1]
-            test_pred = model.initial_output(data.prep_test) + sum(terms)
-        elif v.uses_terms or shares:
-            fl, fq = model.linear_and_quadratic(u, data.prep_test)
-        if v.uses_terms:
-            test_pred = model.initial_output(data.prep_test) + fl + fq
-        elif not v.order:
+        test_pred, fl, fq = _prediction_and_terms(v, model, u, data.prep_test)
+        if test_pred is None:
             test_pred = v.predict(model, u, data.prep_test)
+            if shares:
+                fl, fq = model.linear_and_quadratic(u, data.prep_test)
         out = {
             "train_loss": loss(train_pred, data.y_train),
             "test_loss": loss(test_pred, data.y_test),
@@ -828,6 +810,18 @@ class VariantObjective:
         if self.use_norm24:
             regs["norm24"] = norm24_penalty(u)
         return regs
+
+
+def _prediction_and_terms(v: Variant, model: Any, u: Any, prep: Any):
+    """(f0 + Σ terms, f_L, f_Q) for the variants whose prediction is a sum of Taylor terms, from one
+    pass that the loss and the evaluation then share; (None, None, None) for the others."""
+    if v.uses_terms:
+        f_linear, f_quad = model.linear_and_quadratic(u, prep)
+        return model.initial_output(prep) + f_linear + f_quad, f_linear, f_quad
+    if v.order:
+        terms = model.taylor_terms(u, prep, v.order)
+        return model.initial_output(prep) + sum(terms), terms[0], terms[1]
+    return None, None, None
 
 
 def _shares(f: Array, parts: Array) -> Array:

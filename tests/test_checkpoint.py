@@ -55,17 +55,12 @@ def test_killed_at_random_moments_the_resumed_run_equals_the_uninterrupted_one(t
         timeout=300,
     )
     folder, rng = tmp_path / "ck", random.Random(15)
+    resume = [sys.executable, str(WORKER), str(tmp_path / "resumed.npz"), *STEPS]
+    resume += ["--checkpoint", str(folder)]
     kills = during_save = 0
     while kills < KILLS:
         with subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                str(tmp_path / "resumed.npz"),
-                *STEPS,
-                "--checkpoint",
-                folder,
-            ],
+            resume,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -84,14 +79,7 @@ def test_killed_at_random_moments_the_resumed_run_equals_the_uninterrupted_one(t
         during_save += saving(folder)
     assert during_save >= 1
     subprocess.run(
-        [
-            sys.executable,
-            str(WORKER),
-            str(tmp_path / "resumed.npz"),
-            *STEPS,
-            "--checkpoint",
-            folder,
-        ],
+        resume,
         env=env,
         check=True,
         timeout=300,
