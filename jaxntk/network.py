@@ -322,7 +322,10 @@ class TwoLayer:
         x2 = self._check_inputs(x)
         _check_shape("w", w, (self.m, self.d))
         h = self.m // 2
-        pre = jnp.einsum("nd,khd->knh", x2, w.reshape(2, h, self.d))
+        # a batched product over the halves, so the pre-activations come out as (2, n, m/2) with
+        # no transpose: the Taylor terms of this function (jaxntk.taylor) inherit its layout
+        x_k = jnp.broadcast_to(x2, (2, *x2.shape))
+        pre = jnp.einsum("knd,khd->knh", x_k, w.reshape(2, h, self.d))
         halves = jnp.einsum("knh,kh->kn", self.sigma.fn(pre), self.a.reshape(2, h))
         out = jnp.sum(halves, axis=0)
         return out if np.ndim(x) == 2 else out[0]
@@ -362,11 +365,14 @@ class TwoLayer:
         """
         return self.apply(self.w0 + u, prep.x)
 
-    def prepare(self, x: Array) -> Prepared:
+    def prepare(self, x: Array, order: int | None = None) -> Prepared:
         """σ'(x W0ᵀ), σ''(x W0ᵀ) and f(x; W0) for the inputs x (n, d): constants of training.
 
         Args:
             x: (n, d) inputs.
+            order: the highest Taylor order the caller will ask for (the model protocol's
+                hint, `jaxntk.TaylorModel.prepare`); the closed form keeps the same constants for
+                every order, so it is not read.
 
         Returns:
             The `Prepared` tuple (x, d1, d2, f0) that the Taylor terms read.
@@ -382,6 +388,7 @@ class TwoLayer:
             >>> prep.d1.shape, prep.f0.tolist()
             ((5, 4), [0.0, 0.0, 0.0, 0.0, 0.0])
         """
+        del order
         x2 = self._check_inputs(x, ndim=2)
         pre = x2 @ self.w0.T
         return Prepared(x2, self.sigma.d1(pre), self.sigma.d2(pre), self.apply(self.w0, x2))

@@ -1,9 +1,12 @@
 """The variants as data, the regularizers and the training objective (docs/science.md §5).
 
-A *model* is any pytree with the methods `prepare(x)`, `zeros()`, `initial_output(prep)`,
-`full(u, prep)`, `linear_term(u, prep)`, `quadratic_term(u, prep)` and `linear_and_quadratic(u,
-prep)`, where `u` is the displacement U from the initial parameters: `jaxntk.TwoLayer` (closed
-forms) and `jaxntk.TaylorModel` (any `apply_fn(params, x)`, exact Taylor terms by jvp).
+A *model* is any pytree with the methods `prepare(x, order)`, `zeros()`, `initial_output(prep)`,
+`full(u, prep)`, `linear_term(u, prep)`, `quadratic_term(u, prep)`, `linear_and_quadratic(u,
+prep)` and `taylor_terms(u, prep, order)`, where `u` is the displacement U from the initial
+parameters and `order` in `prepare` the highest Taylor order that will be asked of that prep (a
+hint: what depends on x alone up to that order may be computed there once): `jaxntk.TwoLayer`
+(closed forms) and `jaxntk.TaylorModel` (any `apply_fn(params, x)`, exact Taylor terms by Taylor
+mode, hoisted by partial evaluation).
 
 Variants (prediction used for training → prediction used for evaluation), with f0 = f(x; W0),
 exactly 0 for the two-layer network's symmetric init, kept for models where it is not:
@@ -685,10 +688,13 @@ class VariantObjective:
         """
         model = data.model
         x_pop = data.x_test if data.x_pop is None else data.x_pop
+        train_order = _train_order(get_variant(self.variant))
         return data._replace(
-            prep_train=model.prepare(data.x_train),
-            prep_test=model.prepare(data.x_test),
-            prep_pop=model.prepare(x_pop) if data.dirs is not None else None,
+            prep_train=model.prepare(data.x_train, order=train_order),
+            # the evaluation's f_L / f_Q shares read the quadratic term of every variant
+            prep_test=model.prepare(data.x_test, order=max(2, train_order)),
+            # R_pop reads f_L only
+            prep_pop=model.prepare(x_pop, order=1) if data.dirs is not None else None,
         )
 
     def init(self, key: Array, data: Data) -> Any:
@@ -806,10 +812,19 @@ class VariantObjective:
         if self.use_pop:
             x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
             x = x.astype(data.y_train.dtype)
-            regs["pop"] = population_penalty(model, data.prep_train, data.dirs, u, model.prepare(x))
+            prep_pop = model.prepare(x, order=1)
+            regs["pop"] = population_penalty(model, data.prep_train, data.dirs, u, prep_pop)
         if self.use_norm24:
             regs["norm24"] = norm24_penalty(u)
         return regs
+
+
+def _train_order(v: Variant) -> int:
+    """The highest Taylor order that a variant's training prediction reads (the `order` hint of
+    the model's `prepare`): its k for taylor-k, 2 for the quadratic terms, else 1."""
+    if v.order:
+        return v.order
+    return 2 if v.uses_terms or v.predict is _quadratic else 1
 
 
 def _prediction_and_terms(v: Variant, model: Any, u: Any, prep: Any):

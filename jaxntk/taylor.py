@@ -21,14 +21,16 @@ with the signature of `apply_fn`, as neural-tangents' `linearize` and `taylor_ex
 `linear_term`, `quadratic_term`, `linear_and_quadratic`), the counterpart of `TwoLayer`'s closed
 forms.
 
-What is cached for training (measured in benchmarks/taylor_cache.py, d=50, n=354, m=4000):
-- first order: `prepare` runs `jax.linearize` at params0 once, so a step evaluates only the linear
-  map. Inside a jitted `lax.scan` XLA already hoists the forward pass at params0 out of the loop and
-  a per-step jvp costs the same; in a step jitted on its own the cached map is faster.
-- second and higher order: Taylor mode at params0, recomputed in every step. Its params0-only work
-  (the primal values, and for an elementwise σ the factors σ⁽ʲ⁾(x W0ᵀ)/j!) is loop-invariant and
-  XLA hoists it out of a scan. Caching the nested jvp's pieces explicitly (a second
-  `jax.linearize` of the first linearization's residuals) was slower, in a scan and outside one.
+What is cached for training (`TaylorModel.prepare`, measured in benchmarks/taylor_cache.py and
+the `step/taylor/*` rows of `jaxntk bench`):
+- first order: `jax.linearize` at params0, once, so a step evaluates only the linear map;
+- order k ≥ 2: the Taylor terms δ ↦ (f_1(δ), …, f_k(δ)) split by partial evaluation
+  (`jaxntk._staging`) with params0 and x known: everything they compute from params0 and x alone
+  (the forward pass at params0, and for an elementwise σ the factors σ⁽ʲ⁾(x W0ᵀ)/j!) is computed
+  once and kept as residuals, and a step runs only the δ-dependent rest. For the two-layer network
+  that rest is the closed form's: one product X Uᵀ, then elementwise products with the stored
+  factors. `TaylorModel.residual_bytes` gives the residuals' size; above `max_residual_bytes`
+  `prepare` warns and the steps recompute instead.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from jaxntk import _staging
 from jaxntk._jet import taylor_coefficients
 
 Array = jax.Array
@@ -244,11 +249,16 @@ class TaylorPrepared(NamedTuple):
         f0: f(params0; x), shaped like the model's output.
         linear: the linear map δ ↦ f_L(δ) from `jax.linearize`, a `jax.tree_util.Partial`
             whose residuals are pytree leaves.
+        terms: δ ↦ (f_1(δ), …, f_k(δ)) up to the order asked of `prepare`, split by partial
+            evaluation so that it runs only the δ-dependent part (a `jax.tree_util.Partial`
+            whose residuals are pytree leaves); None for order 1, or when the residuals would
+            exceed `TaylorModel.max_residual_bytes` (the terms are then recomputed in full).
     """
 
     x: PyTree
     f0: PyTree
     linear: Partial
+    terms: Partial | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -268,6 +278,9 @@ class TaylorModel:
     Attributes:
         apply_fn: (params, x) -> f(params; x).
         params0: the expansion point, any pytree of float arrays.
+        max_residual_bytes: the most bytes `prepare` may keep for the terms of order ≥ 2 (a
+            static field); None: a quarter of the device's memory where JAX reports it, else an
+            eighth of the host's. Above it `prepare` warns and the steps recompute the terms.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -284,27 +297,98 @@ class TaylorModel:
 
     apply_fn: Callable[..., PyTree]
     params0: PyTree
+    max_residual_bytes: int | None = dataclasses.field(default=None, metadata={"static": True})
 
     def __post_init__(self):
         # Unflattening passes the Partial back in (or a placeholder while JAX maps over the tree).
         if callable(self.apply_fn) and not isinstance(self.apply_fn, Partial):
             object.__setattr__(self, "apply_fn", Partial(self.apply_fn))
+        budget = self.max_residual_bytes
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0
+        ):
+            raise ValueError(f"max_residual_bytes must be None or an int ≥ 0, got {budget!r}")
 
-    def prepare(self, x: PyTree) -> TaylorPrepared:
-        """Fix the inputs: f(params0; x) and the linear map f_L from one `jax.linearize`.
+    def prepare(self, x: PyTree, order: int = 2) -> TaylorPrepared:
+        """Fix the inputs: f(params0; x), the linear map f_L from one `jax.linearize`, and the
+        terms up to `order` with their δ-independent part computed once.
 
-        The map holds its linearized jaxpr in its tree structure: a jitted function that takes
-        the result as an argument traces once per `prepare` call (reuse the result, or call
-        `prepare` inside the jitted function, to compile once).
+        The maps hold their jaxprs in their tree structure: a jitted function that takes the
+        result as an argument traces once per `prepare` call (reuse the result, or call
+        `prepare` inside the jitted function, as the trainer does, to compile once).
 
         Args:
             x: the inputs, as apply_fn takes them (e.g. (n, d)).
+            order: the highest order of the terms that will be asked for (an int ≥ 1; 1 keeps
+                only the linear map). Higher orders than this are recomputed in every call.
 
         Returns:
-            A `TaylorPrepared` holding x, f0 and the linear map.
+            A `TaylorPrepared` holding x, f0, the linear map and the hoisted terms.
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> import jaxntk as jn
+            >>> net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=5, m=8)
+            >>> model = jn.TaylorModel(net.apply_fn, net.w0)
+            >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+            >>> prep = model.prepare(x, order=3)
+            >>> u = 0.1 * jax.random.normal(jax.random.PRNGKey(2), (8, 5))
+            >>> hoisted = model.taylor_terms(u, prep, 3)
+            >>> direct = jn.taylor_terms(net.apply_fn, net.w0, u, x, order=3)[1:]
+            >>> all(bool(jnp.allclose(a, b, atol=1e-6)) for a, b in zip(hoisted, direct))
+            True
+            >>> model.residual_bytes(x, order=3)  # σ⁽ʲ⁾/j! (3 × 24), a (8), x per half (30): × 4 B
+            440
         """
+        _check_order(order)
         f0, linear = jax.linearize(_at_inputs(self.apply_fn, (x,)), self.params0)
-        return TaylorPrepared(x, f0, linear)
+        terms = self._hoist(x, int(order)) if order >= 2 else None
+        return TaylorPrepared(x, f0, linear, terms)
+
+    def residual_bytes(self, x: PyTree, order: int = 2) -> int:
+        """The bytes that `prepare(x, order)` keeps for the terms of order 2 to `order`,
+        beyond params0 and x themselves (from shapes only: nothing is computed).
+
+        Args:
+            x: the inputs, or a pytree of `jax.ShapeDtypeStruct` like them.
+            order: the highest order (≥ 2; order 1 keeps only `jax.linearize`'s map).
+
+        Returns:
+            The number of bytes.
+        """
+        _check_order(order)
+        if order < 2:
+            raise ValueError(f"order must be ≥ 2 for the hoisted terms, got {order!r}")
+        return _staging.residual_bytes(self._terms_fn(int(order)), (self.params0, x), self.params0)
+
+    def _terms_fn(self, order: int) -> Callable:
+        apply_fn = self.apply_fn
+
+        def terms(known, delta):
+            params0, x = known
+            return tuple(_terms(_at_inputs(apply_fn, (x,)), params0, delta, order)[1:])
+
+        return terms
+
+    def _hoist(self, x: PyTree, order: int) -> Partial | None:
+        """The terms up to `order` split by partial evaluation, or None (with a warning) when
+        the residuals exceed the budget."""
+        fn, known = self._terms_fn(order), (self.params0, x)
+        budget = _residual_budget(self.max_residual_bytes)
+        traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(known))
+        # Eagerly, the residuals are computed as they are found: measure first.
+        size = None if traced else _staging.residual_bytes(fn, known, self.params0)
+        if size is None or size <= budget:
+            residuals, program = _staging.stage(fn, known, self.params0)
+            size = program.residual_bytes
+            if size <= budget:
+                return Partial(_HoistedTerms(program, order), residuals)
+        warnings.warn(
+            f"TaylorModel.prepare: the order-{order} terms' residuals take {size / 2**20:.1f} MiB, "
+            f"more than max_residual_bytes = {budget / 2**20:.1f} MiB; every step recomputes them",
+            stacklevel=3,
+        )
+        return None
 
     def initial_output(self, prep: TaylorPrepared) -> PyTree:
         """f(params0; x), the zeroth-order term, cached by `prepare`.
@@ -362,7 +446,7 @@ class TaylorModel:
             f_Q(U), shaped like the model's output.
         """
         _check_like("u", u, self.params0)
-        return _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)[2]
+        return self._terms_of(u, prep, 2)[1]
 
     def linear_and_quadratic(self, u: PyTree, prep: TaylorPrepared) -> tuple[PyTree, PyTree]:
         """(f_L(U), f_Q(U)) from one Taylor-mode pass, sharing the products with U.
@@ -375,7 +459,7 @@ class TaylorModel:
             The pair (f_L(U), f_Q(U)), each shaped like the model's output.
         """
         _check_like("u", u, self.params0)
-        _, f_lin, f_quad = _expansion(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u)
+        f_lin, f_quad = self._terms_of(u, prep, 2)
         return f_lin, f_quad
 
     def taylor_terms(self, u: PyTree, prep: TaylorPrepared, order: int) -> tuple[PyTree, ...]:
@@ -391,7 +475,40 @@ class TaylorModel:
         """
         _check_like("u", u, self.params0)
         _check_order(order)
+        return self._terms_of(u, prep, int(order))
+
+    def _terms_of(self, u: PyTree, prep: TaylorPrepared, order: int) -> tuple[PyTree, ...]:
+        """(f_1(U), …, f_order(U)): from the hoisted terms when `prepare` kept them to this
+        order (XLA drops the unused higher ones), else by Taylor mode in full."""
+        if prep.terms is not None and prep.terms.func.order >= order:
+            return tuple(prep.terms(u)[:order])
         return tuple(_terms(_at_inputs(self.apply_fn, (prep.x,)), self.params0, u, order)[1:])
+
+
+class _HoistedTerms:
+    """δ ↦ (f_1(δ), …, f_k(δ)) from the residuals of `jaxntk._staging.stage`: the function of a
+    `jax.tree_util.Partial` whose arguments are the residuals."""
+
+    def __init__(self, program: _staging.Program, order: int):
+        self.program = program
+        self.order = order
+
+    def __call__(self, residuals: list, delta: PyTree) -> tuple:
+        return self.program(residuals, delta)
+
+
+def _residual_budget(max_residual_bytes: int | None) -> int:
+    """`max_residual_bytes`, or by default a quarter of the device's memory where JAX reports
+    it, else an eighth of the host's."""
+    if max_residual_bytes is not None:
+        return int(max_residual_bytes)
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) // 4
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (ValueError, OSError, AttributeError):
+        return 2**31
 
 
 def _expansion(fn: Callable[[PyTree], PyTree], params0: PyTree, delta: PyTree):

@@ -268,3 +268,109 @@ def test_a_primitive_without_taylor_rule_falls_back_to_nested_jvps(x64):
         np.testing.assert_allclose(a, np.full(3, w), rtol=1e-12)
     with pytest.raises(NotImplementedError, match="while"):
         taylor_terms(f, w0, delta, x, order=3, method="jet")
+
+
+# ---- hoisting: TaylorModel.prepare splits the terms into a params0/x part and a δ part ----
+
+TRANSCENDENTAL = {"tanh", "erf", "exp", "logistic", "log", "log1p", "expm1", "sin", "cos"}
+
+
+def _recomputing(apply_fn, p0):
+    return jn.TaylorModel(apply_fn, p0, max_residual_bytes=0)
+
+
+@pytest.mark.parametrize("which", ["cnn", "two_layer"])
+def test_hoisted_terms_equal_the_unhoisted_path_and_nested_jvps(which, request):
+    """prepare(x, 4) then the hoisted program: every term of order 1-4 and its gradient equal
+    the terms recomputed in full (≤ 1e-12) and the nested-jvp reference (≤ 1e-10)."""
+    apply_fn, p0, delta, x = request.getfixturevalue(which)
+    model = jn.TaylorModel(apply_fn, p0)
+    prep = model.prepare(x, order=4)
+    assert prep.terms is not None
+    with pytest.warns(UserWarning, match="recomputes"):
+        prep_full = _recomputing(apply_fn, p0).prepare(x, order=4)
+    assert prep_full.terms is None
+    hoisted = model.taylor_terms(delta, prep, 4)
+    full = _recomputing(apply_fn, p0).taylor_terms(delta, prep_full, 4)
+    ref = taylor_terms(apply_fn, p0, delta, x, order=4, method="jvp")[1:]
+    for j in range(4):
+        assert _rel(hoisted[j], full[j]) <= 1e-12
+        assert _rel(hoisted[j], ref[j]) <= 1e-10
+    # lower orders from the same program (its higher outputs unused)
+    f_lin, f_quad = model.linear_and_quadratic(delta, prep)
+    assert _rel(f_lin, ref[0]) <= 1e-10 and _rel(f_quad, ref[1]) <= 1e-10
+
+    def energy(m, p):
+        return lambda d: sum(jnp.sum(t**2) for t in m.taylor_terms(d, p, 4))
+
+    g_hoisted = jax.grad(energy(model, prep))(delta)
+    g_full = jax.grad(energy(_recomputing(apply_fn, p0), prep_full))(delta)
+    for a, b in zip(jax.tree.leaves(g_hoisted), jax.tree.leaves(g_full), strict=True):
+        assert _rel(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize("which", ["cnn", "two_layer"])
+def test_hoisted_program_evaluates_no_activation(which, request):
+    """Everything that depends on params0 and x alone is a residual: the step's program never
+    evaluates an activation (tanh, gelu's erf/tanh), only products with the stored factors."""
+    apply_fn, p0, _, x = request.getfixturevalue(which)
+    prep = jn.TaylorModel(apply_fn, p0).prepare(x, order=3)
+    names = {prim.name for prim, *_ in prep.terms.func.program._instructions}
+    assert "dot_general" in names or "conv_general_dilated" in names
+    assert not names & TRANSCENDENTAL
+
+
+def test_two_layer_residuals_are_the_closed_form_factors(two_layer):
+    """For f = Σ_r a_r σ(w_r·x)/√m the order-k residuals are σ⁽ʲ⁾(X W0ᵀ)/j!, j = 1..k (k arrays of
+    n·m numbers), the m output weights and X broadcast over the two halves of the neurons (2·n·d):
+    (k·n·m + m + 2·n·d) float64 numbers, the closed form's constants; `residual_bytes` says so
+    from shapes, and the prepared residuals hold that much."""
+    apply_fn, w0, _, x = two_layer
+    (n, d), m = x.shape, w0.shape[0]
+    model = jn.TaylorModel(apply_fn, w0)
+    for k in (2, 3, 4):
+        want = (k * n * m + m + 2 * n * d) * 8
+        assert model.residual_bytes(x, order=k) == want
+        prep = model.prepare(x, order=k)
+        inputs = {id(a) for a in jax.tree.leaves((w0, x))}
+        held = sum(a.size * a.dtype.itemsize for a in prep.terms.args[0] if id(a) not in inputs)
+        assert held == want == prep.terms.func.program.residual_bytes
+    # the factors themselves: σ'(X W0ᵀ) among the residuals, checked against numpy
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=5, m=12, dtype=jnp.float64)
+    d1 = np.asarray(net.sigma.d1(np.asarray(x) @ np.asarray(w0).T))
+    stored = [np.asarray(a) for a in model.prepare(x, order=2).terms.args[0] if a.size == n * m]
+    assert any(np.allclose(np.sort(s.ravel()), np.sort(d1.ravel()), rtol=1e-14) for s in stored)
+
+
+def test_residual_budget_falls_back_with_a_warning(two_layer):
+    apply_fn, w0, u, x = two_layer
+    model = jn.TaylorModel(apply_fn, w0, max_residual_bytes=100)
+    with pytest.warns(UserWarning, match=r"order-2 terms' residuals take .* MiB.*recomputes"):
+        prep = model.prepare(x, order=2)
+    assert prep.terms is None
+    ref = taylor_terms(apply_fn, w0, u, x, order=2, method="jvp")
+    assert _rel(model.quadratic_term(u, prep), ref[2]) <= 1e-12
+    # order 1 keeps only the linear map: nothing to warn about
+    assert jn.TaylorModel(apply_fn, w0, max_residual_bytes=0).prepare(x, order=1).terms is None
+    for bad in (-1, 1.5, True, "1GB"):
+        with pytest.raises(ValueError, match="max_residual_bytes"):
+            jn.TaylorModel(apply_fn, w0, max_residual_bytes=bad)
+    with pytest.raises(ValueError, match="order must be ≥ 2"):
+        model.residual_bytes(x, order=1)
+
+
+@pytest.mark.parametrize("variant", ["quadntk", "ntk+quadntk", "taylor-3"])
+def test_training_on_hoisted_terms_equals_recomputing_them(x64, variant):
+    """The trainer's prepare hoists; the run equals the recomputing one to 1e-12 (float64)."""
+    key = jax.random.PRNGKey(5)
+    task = jn.paper_task(key, d=4, n=10, n_test=12, dtype=jnp.float64)
+    net = jn.TwoLayer.init(key, d=4, m=6, dtype=jnp.float64)
+    kw = dict(steps=15, lr=0.5, eval_every=5, progress=False)
+    hoisted = jn.train(jn.TaylorModel(net.apply_fn, net.w0), task, variant, **kw)
+    with pytest.warns(UserWarning, match="recomputes"):
+        full = jn.train(_recomputing(net.apply_fn, net.w0), task, variant, **kw)
+    np.testing.assert_allclose(hoisted.params, full.params, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        hoisted.history["train_loss"], full.history["train_loss"], rtol=1e-12
+    )
+    assert not np.allclose(hoisted.params, 0.0)
