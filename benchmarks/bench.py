@@ -9,9 +9,11 @@ only with `--results`):
    Every step row carries its roofline bound, max(FLOPs / matmul rate, bytes / bandwidth), with
    bytes the least traffic of the step (`least_bytes`: the arrays it must read and write), and
    the fraction of that bound reached ("bound_seconds", "fraction_of_bound").
-2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
-   T2 − T1 steps of one compiled program), path "closed" (`TwoLayer`) or "taylor" (the generic
-   `TaylorModel` on the same apply_fn); the six variants of the paper and the order-3 model.
+2. step/<path>/<variant>: seconds per step through `jaxntk.train` (T2 − T1 steps of one
+   compiled program, the repeats interleaved over the rows), path "closed" (`TwoLayer`),
+   "closed-bfloat16" (`--storage`: σ', σ'' stored in bfloat16, their bytes counted at 2) or
+   "taylor" (the generic `TaylorModel` on the same apply_fn); the six variants of the paper and
+   the order-3 model.
    FLOPs counted per step as 4·n·m·d for every variant: the forward product Z = X Uᵀ (2·n·m·d)
    and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and f_Q share Z, the full network
    replaces U by W0 + U, the bulk penalty adds only n·k work, and XW0ᵀ is computed once per chunk.
@@ -312,6 +314,9 @@ def _setup(d: int, n: int, m: int):
 
 
 def _step_rows(d, n, m, cfg, peak, bandwidth) -> list[dict]:
+    """Seconds per step of every (path, variant), the repeats interleaved: each round times
+    T1 and T2 steps of every row in turn, so that a change in the machine's load falls on all
+    rows alike; per row (min over rounds of T2 − min over rounds of T1) / (T2 − T1)."""
     task, net = _setup(d, n, m)
     paths = {"closed": net}
     for dtype in cfg.get("storage", ()):
@@ -319,30 +324,48 @@ def _step_rows(d, n, m, cfg, peak, bandwidth) -> list[dict]:
             paths[f"closed-{dtype}"] = dataclasses.replace(net, storage=dtype)
     if cfg.get("taylor", True):
         paths["taylor"] = jn.TaylorModel(net.apply_fn, net.w0)
+    variants = tuple(cfg.get("variants", jn.objectives.PAPER_VARIANTS))
+    variants += tuple(cfg.get("order_variants", ORDER_VARIANTS))
+    todo = [
+        (path, model, variant)
+        for path, model in paths.items()
+        for variant in variants
+        if not (path == "taylor" and variant in NOT_ON_TAYLOR)
+    ]
+    t1, t2 = cfg["t1"], cfg["t2"]
+    kw = dict(eval_every=t2 - t1, evals_per_chunk=1, progress=False)
+
+    def timed(model, variant, steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(jn.train(model, task, variant, steps=steps, **kw).params)
+        return time.perf_counter() - t0
+
+    for _, model, variant in todo:  # warm-up: compile (one program serves T1 and T2)
+        timed(model, variant, t1)
+    short = [[] for _ in todo]
+    long = [[] for _ in todo]
+    for _ in range(cfg["repeats"]):
+        for i, (_, model, variant) in enumerate(todo):
+            short[i].append(timed(model, variant, t1))
+            long[i].append(timed(model, variant, t2))
     rows = []
-    for path, model in paths.items():
-        variants = tuple(cfg.get("variants", jn.objectives.PAPER_VARIANTS))
-        variants += cfg.get("order_variants", ORDER_VARIANTS)
-        for variant in variants:
-            if path == "taylor" and variant in NOT_ON_TAYLOR:
-                continue
-            per_step = step_time.seconds_per_step(
-                model, task, variant, t1=cfg["t1"], t2=cfg["t2"], repeats=cfg["repeats"]
+    for i, (path, model, variant) in enumerate(todo):
+        per_step = (min(long[i]) - min(short[i])) / (t2 - t1)
+        flops = (6 if variant == "taylor-3" else 4) * n * m * d
+        nm_bytes = jnp.dtype(getattr(model, "storage", None) or "float32").itemsize
+        nbytes = sum(least_bytes(variant, d, n, m, nm_bytes=nm_bytes).values())
+        conf = {"d": d, "n": n, "m": m, "flops_per_step": flops, "bytes_per_step": nbytes}
+        conf["rounds"] = cfg["repeats"]
+        rows.append(
+            _row(
+                f"step/{path}/{variant}",
+                conf,
+                per_step=per_step,
+                flops=flops,
+                peak=peak,
+                bound=_bound(flops, nbytes, peak, bandwidth),
             )
-            flops = (6 if variant == "taylor-3" else 4) * n * m * d
-            nm_bytes = jnp.dtype(getattr(model, "storage", None) or "float32").itemsize
-            nbytes = sum(least_bytes(variant, d, n, m, nm_bytes=nm_bytes).values())
-            conf = {"d": d, "n": n, "m": m, "flops_per_step": flops, "bytes_per_step": nbytes}
-            rows.append(
-                _row(
-                    f"step/{path}/{variant}",
-                    conf,
-                    per_step=per_step,
-                    flops=flops,
-                    peak=peak,
-                    bound=_bound(flops, nbytes, peak, bandwidth),
-                )
-            )
+        )
     return rows
 
 

@@ -17,6 +17,8 @@ Called by `benchmarks/device_run.sh` (which sets the sizes from environment vari
    each seed's own task and network; lambda-sweep.json, .npz and .png.
 
 Everything is written to `--out` (device_run.json beside the bench's and the sweep's files).
+`--memory-table` only writes the memory table (memory.md; with `--results` also appended to
+benchmarks/RESULTS.md).
 
     python benchmarks/device_run.py --out DIR [--d 100 --n 1000 --m 10000 --n-test 10000
         --steps 20000 --eval-every 250 --bench-variants regularized,ntk+quadntk --check-memory]
@@ -222,6 +224,44 @@ def memory_report(s: Sizes) -> list[str]:
     return lines
 
 
+def memory_markdown(sizes: list[Sizes], checked: list[tuple[Sizes, dict]]) -> str:
+    """A Markdown section: the formula's bytes at each of `sizes` with the device verdicts and
+    the most that fits, and the formula against XLA's buffer assignment for `checked`."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"\n## Memory of the vmapped λ sweep (benchmarks/device_run.py --memory-table, {when})\n",
+        "`vmap_memory_bytes`: float32, R = 2·(n + n_test + n_pop) + max(0, n_test − 2·n_pop) rows "
+        "of m values for σ', σ'' (shared) and R per setting for the evaluation's products, plus "
+        "U of every setting and the inputs. The most that fits varies one size, the others kept.\n",
+        "| d | n | m | n_test | settings | GB | " + " | ".join(DEVICES_GB) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(DEVICES_GB),
+    ]
+    for s in sizes:
+        cells = []
+        for cap in DEVICES_GB.values():
+            fits = "fits" if vmap_memory_bytes(s) <= cap * GB else "**does not fit**"
+            most = ", ".join(f"{f} ≤ {largest(s, f, cap * GB):,}" for f in ("m", "n_test"))
+            cells.append(f"{fits} ({most})")
+        lines.append(
+            f"| {s.d} | {s.n} | {s.m:,} | {s.n_test:,} | {s.settings} | "
+            f"{vmap_memory_bytes(s) / GB:.2f} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        f"Against XLA's buffer assignment of the same chunk (`compiled_memory`, backend "
+        f"{jax.default_backend()}, compiled ahead of time):\n",
+        "| d | n | m | n_test | settings | formula, MB | XLA, MB | formula / XLA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s, got in checked:
+        f = vmap_memory_bytes(s)
+        lines.append(
+            f"| {s.d} | {s.n} | {s.m} | {s.n_test} | {s.settings} | {f / 1e6:.2f} | "
+            f"{got['total'] / 1e6:.2f} | {f / got['total']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -241,7 +281,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--check-memory", action="store_true", help="compile and print XLA's memory")
+    p.add_argument(
+        "--memory-table",
+        action="store_true",
+        help="only write memory.md (the formula at the paper's size and beyond, and against "
+        "XLA at small sizes) to --out; with --results also append it to benchmarks/RESULTS.md",
+    )
+    p.add_argument("--results", action="store_true", help="see --memory-table")
     a = p.parse_args(argv)
+    if a.memory_table:
+        from _machine import write_table
+
+        paper = Sizes()
+        sizes = [dataclasses.replace(paper, settings=6), paper]
+        sizes += [dataclasses.replace(paper, m=m) for m in (20_000, 40_000, 80_000)]
+        sizes += [dataclasses.replace(paper, n_test=nt) for nt in (40_000, 100_000)]
+        small = [
+            Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100),
+            Sizes(d=10, n=100, m=400, n_test=1000, settings=18, n_pop=200),
+            Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50),
+        ]
+        text = memory_markdown(sizes, [(s, compiled_memory(s)) for s in small])
+        print(text)
+        write_table(a.out, "memory", text, a.results)
+        return {"memory_table": text}
 
     import bench
 
