@@ -11,6 +11,9 @@ Each implementation is the closed-form `TwoLayer` with another `prepare` / `line
                   pass over the stored Z = X Uᵀ, σ', σ'' (XLA's own VJP may form more passes)
     preact        only X W0ᵀ stored; σ', σ'' recomputed from it in every pass (half the constant
                   traffic, more arithmetic)
+    reduce        f_L, f_Q as sums over m of σ' ∘ Z ∘ a and σ'' ∘ Z² ∘ a (one reduction pass
+                  each) instead of the products (σ' ∘ Z) a, (σ'' ∘ Z²) a, which XLA's CPU backend
+                  runs as an elementwise pass written out and a matrix-vector product
 
 Every implementation is first checked against the reference (f_L, f_Q and the gradient of a
 regularized-like loss at a random U); then the regularized step is timed through `jaxntk.train`:
@@ -20,7 +23,7 @@ wall clock and the process's CPU time (all threads), the latter less disturbed b
 a shared machine.
 
     python benchmarks/passes.py [--size D N M] [--rounds 5] [--t1 20 --t2 120] [--only NAMES]
-        [--out DIR] [--results]
+        [--traffic] [--out DIR] [--results]
 """
 
 from __future__ import annotations
@@ -123,7 +126,9 @@ def _lq_fwd(x, u, d1, d2, a):
 def _lq_bwd(res, g):
     x, z, d1, d2, a = res
     gl, gq = g
-    big = (gl[:, None] * d1 + gq[:, None] * (d2 * z)) * a  # one pass: the gradient's n × m factor
+    big = (gl[:, None] * d1 + gq[:, None] * (d2 * z)) * a[
+        None, :
+    ]  # one pass: the gradient's n × m factor
     # the constants' cotangents are never used (only U is differentiated): XLA drops them
     zeros = jnp.zeros_like
     return zeros(x), big.T @ x, zeros(d1), zeros(d2), zeros(a)
@@ -137,6 +142,19 @@ _lq.defvjp(_lq_fwd, _lq_bwd)
 class FusedVJP(TwoLayer):
     def linear_and_quadratic(self, u, prep):
         return _lq(prep.x, u, prep.d1, prep.d2, self.a)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Reduce(TwoLayer):
+    """f_L, f_Q as reductions over m (multiply and sum in one fusion) instead of products with
+    a: XLA's CPU backend otherwise writes σ' ∘ Z and σ'' ∘ Z² out and reads them back in a
+    matrix-vector product."""
+
+    def linear_and_quadratic(self, u, prep):
+        z = prep.x @ u.T
+        a = self.a[None, :]
+        return jnp.sum(prep.d1 * z * a, axis=1), 0.5 * jnp.sum(prep.d2 * z * z * a, axis=1)
 
 
 @jax.tree_util.register_dataclass
@@ -163,6 +181,7 @@ IMPLEMENTATIONS = {
     "interleaved": lambda net: Interleaved(net.w0, net.a, net.activation),
     "fused_vjp": lambda net: FusedVJP(net.w0, net.a, net.activation),
     "preact": lambda net: Preact(net.w0, net.a, net.activation),
+    "reduce": lambda net: Reduce(net.w0, net.a, net.activation),
 }
 
 
@@ -184,6 +203,45 @@ def check(model, ref, x, y, u) -> float:
     )
 
 
+def nm_traffic(model, x, y) -> tuple[int, int]:
+    """(reads, writes) of n × m float arrays in the compiled step of f_L + f_Q with a bulk-like
+    penalty (one gradient step), counted on XLA's optimized HLO: each instruction of the entry
+    computation that writes an n × m array counts one write, each n × m operand one read (a
+    (2, n, m) or (n, m, 2) array two); a bfloat16 array counts half."""
+    import re
+
+    n, m = x.shape[0], model.m
+    prep = model.prepare(x)
+
+    def step(u, prep, model, y):
+        def loss(u):
+            fl, fq = model.linear_and_quadratic(u, prep)
+            return jnp.mean((y - fl - fq) ** 2) + jnp.mean(fl**2)
+
+        return u - jax.grad(loss)(u)
+
+    text = jax.jit(step).lower(model.zeros(), prep, model, y).compile().as_text()
+    entry = text[text.index("ENTRY") :].splitlines()[1:]
+    pattern = re.compile(r"%(\S+) = (\w+)\[([\d,]*)\]")
+    sizes, reads, writes = {}, 0.0, 0.0
+    for line in entry:
+        found = pattern.search(line)
+        if not found:
+            continue
+        name, dtype, dims = found.groups()
+        shape = tuple(int(v) for v in dims.split(",") if v)
+        size = int(np.prod(shape))
+        count = size / (n * m) if size in (n * m, 2 * n * m) else 0
+        weight = count * (0.5 if dtype == "bf16" else 1.0)
+        sizes[name] = weight
+        if " parameter(" in line or "bitcast(" in line:
+            continue
+        writes += weight
+        operands = re.findall(r"%(\S+?)[,)]", line.split("=", 1)[1].split("(", 1)[1])
+        reads += sum(sizes.get(op, 0.0) for op in operands)
+    return reads, writes
+
+
 def run(d, n, m, *, names, rounds, t1, t2, variant="regularized") -> list[dict]:
     """Seconds per step of `variant` for each implementation, rounds interleaved."""
     task = jn.paper_task(jax.random.PRNGKey(0), d=d, n=n, n_test=n)
@@ -192,6 +250,9 @@ def run(d, n, m, *, names, rounds, t1, t2, variant="regularized") -> list[dict]:
     u = 0.1 / np.sqrt(d) * jax.random.normal(jax.random.PRNGKey(2), (m, d))
     errors = {
         name: check(model, net, task.x_train, task.y_train, u) for name, model in models.items()
+    }
+    traffic = {
+        name: nm_traffic(model, task.x_train, task.y_train) for name, model in models.items()
     }
     kw = dict(eval_every=t2 - t1, evals_per_chunk=1, progress=False)
 
@@ -227,14 +288,47 @@ def run(d, n, m, *, names, rounds, t1, t2, variant="regularized") -> list[dict]:
                 "cpu_ms_per_step": cpu * 1e3,
                 "cpu_vs_float32": cpu / ref[1],
                 "max_rel_diff_vs_float32": errors[name],
+                "nm_reads": traffic[name][0],
+                "nm_writes": traffic[name][1],
             }
         )
         print(
             f"{name:<12} {wall * 1e3:8.3f} ms/step  {wall / ref[0]:.3f}×   CPU {cpu * 1e3:8.3f} "
-            f"ms/step  {cpu / ref[1]:.3f}×  rel diff {errors[name]:.1e}",
+            f"ms/step  {cpu / ref[1]:.3f}×  rel diff {errors[name]:.1e}  n×m reads "
+            f"{traffic[name][0]:g}, writes {traffic[name][1]:g}",
             flush=True,
         )
     return rows
+
+
+def _traffic_table(args, names) -> dict:
+    d, n, m = args.size
+    task = jn.paper_task(jax.random.PRNGKey(0), d=d, n=n, n_test=n)
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=d, m=m)
+    rows = []
+    for name in names:
+        reads, writes = nm_traffic(IMPLEMENTATIONS[name](net), task.x_train, task.y_train)
+        rows.append({"implementation": name, "nm_reads": reads, "nm_writes": writes})
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"\n## n × m arrays a compiled step moves (benchmarks/passes.py --traffic, {when})\n",
+        f"d={d}, n={n}, m={m}; one step of f_L + f_Q with a bulk-like penalty, XLA's optimized HLO "
+        f"on {jax.default_backend()} (jax {jax.__version__}): n × m arrays read and written by "
+        "the entry computation's instructions (bfloat16 counted as half). The least-bytes model "
+        "of the roofline counts 4 (σ' and σ'' read in the forward and the gradient pass).\n",
+        "| implementation | read | written | total | of the least (4) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        total = r["nm_reads"] + r["nm_writes"]
+        lines.append(
+            f"| {r['implementation']} | {r['nm_reads']:g} | {r['nm_writes']:g} | {total:g} | "
+            f"{total / 4:.2f}× |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_table(args.out, "traffic", text, args.results)
+    return {"rows": rows}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -244,12 +338,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--t1", type=int, default=20)
     p.add_argument("--t2", type=int, default=120)
     p.add_argument("--only", default=",".join(IMPLEMENTATIONS), help="comma-separated names")
+    p.add_argument(
+        "--traffic",
+        action="store_true",
+        help="only count the n × m arrays each compiled step reads and writes (nothing timed)",
+    )
     add_output_arguments(p)
     args = p.parse_args(argv)
     names = [s.strip() for s in args.only.split(",")]
     bad = [s for s in names if s not in IMPLEMENTATIONS]
     if bad or not names:
         p.error(f"--only: unknown {bad}; choose from {list(IMPLEMENTATIONS)}")
+    if args.traffic:
+        return _traffic_table(args, names)
     load_before = os.getloadavg()
     rows = run(*args.size, names=names, rounds=args.rounds, t1=args.t1, t2=args.t2)
     doc = {
@@ -274,14 +375,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{doc['jax']}; load average {load_before[0]:.1f} before, "
         f"{doc['load_average_after'][0]:.1f} after.\n",
         "| implementation | ms / step | vs float32 | CPU ms / step | vs float32 (CPU) "
-        "| max rel. diff (f_L, f_Q, ∇) |",
-        "|---|---|---|---|---|---|",
+        "| max rel. diff (f_L, f_Q, ∇) | n × m arrays read, written (HLO) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['implementation']} | {r['ms_per_step']:.3g} | {r['vs_float32']:.3f} | "
             f"{r['cpu_ms_per_step']:.3g} | {r['cpu_vs_float32']:.3f} | "
-            f"{r['max_rel_diff_vs_float32']:.1e} |"
+            f"{r['max_rel_diff_vs_float32']:.1e} | {r['nm_reads']:g}, {r['nm_writes']:g} |"
         )
     write_table(args.out, "passes", "\n".join(lines) + "\n", args.results)
     return doc
