@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 from jaxntk import cli
 
 KINDS = (
@@ -147,6 +149,8 @@ def test_least_bytes_lists_the_arrays_a_step_reads_and_writes():
     assert sum(bench.least_bytes("full", d, n, m).values()) == 4 * (2 * n * d + 3 * m * d + n + m)
 
 
+# 47 s wall at load average 12 on 2 cores, ~16 s of CPU (a Python process, bench, three runs)
+@pytest.mark.slow
 def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
     """benchmarks/device_run.sh end to end on CPU at a tiny size: the estimate printed first,
     then the bench rows and the λ sweep (6 λ × 2 seeds), everything in OUT and nowhere else."""
@@ -219,6 +223,8 @@ def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
     assert results.read_bytes() == before
 
 
+# 47 s wall at load average 12 on 2 cores, ~16 s of CPU (two training set-ups and compiles)
+@pytest.mark.slow
 def test_vmap_memory_formula_against_xla_buffer_assignment():
     """The λ sweep's vmapped chunk compiled ahead of time (nothing runs): XLA's own buffer
     assignment within 2 % of the formula where the test set dominates (as at the paper's size,
