@@ -9,9 +9,11 @@ only with `--results`):
    Every step row carries its roofline bound, max(FLOPs / matmul rate, bytes / bandwidth), with
    bytes the least traffic of the step (`least_bytes`: the arrays it must read and write), and
    the fraction of that bound reached ("bound_seconds", "fraction_of_bound").
-2. step/<path>/<variant>: seconds per step through `jaxntk.train` (step_time.seconds_per_step:
-   T2 − T1 steps of one compiled program), path "closed" (`TwoLayer`) or "taylor" (the generic
-   `TaylorModel` on the same apply_fn); the six variants of the paper and the order-3 model.
+2. step/<path>/<variant>: seconds per step through `jaxntk.train` (T2 − T1 steps of one
+   compiled program, the repeats interleaved over the rows), path "closed" (`TwoLayer`),
+   "closed-bfloat16" (`--storage`: σ', σ'' stored in bfloat16, their bytes counted at 2) or
+   "taylor" (the generic `TaylorModel` on the same apply_fn); the six variants of the paper and
+   the order-3 model.
    FLOPs counted per step as 4·n·m·d for every variant: the forward product Z = X Uᵀ (2·n·m·d)
    and its transpose in the gradient, Gᵀ X (2·n·m·d); f_L and f_Q share Z, the full network
    replaces U by W0 + U, the bulk penalty adds only n·k work, and XW0ᵀ is computed once per chunk.
@@ -29,11 +31,14 @@ only with `--results`):
    arrays (vmap) or run one after another inside it (lax.map), seconds per step.
 
     python benchmarks/bench.py [--quick | --tiny] [--out DIR] [--results]
+        [--size D N M] [--only step,batching] [--variants regularized] [--storage float32,bfloat16]
+        [--no-taylor] [--steps T1 T2] [--repeats R]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -119,23 +124,42 @@ PRESETS = {
 }
 
 
-def run(preset: str = "full") -> dict:
-    """All rows of the benchmark at one preset; returns the bench.json document."""
-    cfg = PRESETS[preset]
+GROUPS = ("step", "baseline", "compile", "subspace", "scaling", "sweep", "batching")
+"""Row groups after the roofline rows (matmul_peak, memory_bandwidth), which always run."""
+
+
+def run(preset: str = "full", only: tuple[str, ...] = GROUPS, **overrides) -> dict:
+    """The rows of the benchmark at one preset; returns the bench.json document.
+
+    `only` keeps some of `GROUPS`; `overrides` replace preset entries: sizes ([(d, n, m)], the
+    step rows' sizes, the first also the other groups'), variants, t1, t2, repeats, storage
+    (σ', σ'' storage dtypes of the closed form's step rows: float32 is "closed", others
+    "closed-<dtype>").
+    """
+    cfg = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("sizes") is not None:
+        cfg.pop("large", None)  # the sizes asked for get the same steps and repeats
     rows = [_matmul_row(cfg["matmul"]), _bandwidth_row(cfg["triad"])]
     peak = rows[0]["gflops"]
     bandwidth = rows[1]["config"]["gbytes_per_s"]
     for i, (d, n, m) in enumerate(cfg["sizes"]):
         size_cfg = cfg if i == 0 else {**cfg, **cfg.get("large", {})}
-        rows += _step_rows(d, n, m, size_cfg, peak, bandwidth)
-        if size_cfg.get("baseline", True):
-            ours = next(r for r in rows[::-1] if r["name"] == "step/closed/regularized")
-            rows.append(_baseline_row(d, n, m, size_cfg, peak, ours["seconds_per_step"]))
-    rows += _compile_rows(cfg)
-    rows += _subspace_rows(cfg["subspace"], cfg.get("subspace_methods", subspace.METHODS))
-    rows += _scaling_rows(cfg, peak)
-    rows += _sweep_rows(cfg)
-    rows += _batching_rows(cfg, peak)
+        if "step" in only:
+            rows += _step_rows(d, n, m, size_cfg, peak, bandwidth)
+        if "baseline" in only and size_cfg.get("baseline", True):
+            ours = [r for r in rows if r["name"] == "step/closed/regularized"]
+            ours = ours[-1]["seconds_per_step"] if ours else None
+            rows.append(_baseline_row(d, n, m, size_cfg, peak, ours))
+    if "compile" in only:
+        rows += _compile_rows(cfg)
+    if "subspace" in only:
+        rows += _subspace_rows(cfg["subspace"], cfg.get("subspace_methods", subspace.METHODS))
+    if "scaling" in only:
+        rows += _scaling_rows(cfg, peak)
+    if "sweep" in only:
+        rows += _sweep_rows(cfg)
+    if "batching" in only:
+        rows += _batching_rows(cfg, peak)
     return {"preset": preset, "machine": machine(), "versions": versions(), "rows": rows}
 
 
@@ -224,20 +248,23 @@ _NM_ARRAYS = {
 }
 
 
-def least_bytes(variant: str, d: int, n: int, m: int, k: int | None = None) -> dict[str, int]:
+def least_bytes(
+    variant: str, d: int, n: int, m: int, k: int | None = None, nm_bytes: int = 4
+) -> dict[str, int]:
     """The least traffic of one float32 training step of `variant`, array by array (bytes).
 
     A step is two passes over the n × m products: the forward pass (Z = X Uᵀ, then f and the
     residual) and the gradient (G, then Gᵀ X). Each n × m constant it reads (σ', σ'' of the
-    prepared inputs) is read in both passes; Z and G need not be stored (a fused kernel keeps
-    them). X is read in both passes, U and W0 once, U written once; the labels y, the output
-    weights a and, for the regularizer, U_k (n × k) read twice (Pᵀ f_L, then its gradient).
+    prepared inputs, `nm_bytes` per value: 2 when stored in bfloat16) is read in both passes;
+    Z and G need not be stored (a fused kernel keeps them). X is read in both passes, U and W0
+    once, U written once; the labels y, the output weights a and, for the regularizer, U_k
+    (n × k) read twice (Pᵀ f_L, then its gradient).
     """
     four = 4
     out = {"X (n·d, twice)": 2 * n * d * four, "U (m·d, read and write)": 2 * m * d * four}
     out["y, a (n + m)"] = (n + m) * four
     for name in _NM_ARRAYS[variant]:
-        out[f"{name} (n·m, twice)"] = 2 * n * m * four
+        out[f"{name} (n·m, twice)"] = 2 * n * m * nm_bytes
     if variant in ("full", "randomized", "taylor-3"):  # σ of X (W0 + U)ᵀ or of X W0ᵀ
         out["W0 (m·d)"] = m * d * four
     if variant == "regularized":
@@ -287,30 +314,58 @@ def _setup(d: int, n: int, m: int):
 
 
 def _step_rows(d, n, m, cfg, peak, bandwidth) -> list[dict]:
+    """Seconds per step of every (path, variant), the repeats interleaved: each round times
+    T1 and T2 steps of every row in turn, so that a change in the machine's load falls on all
+    rows alike; per row (min over rounds of T2 − min over rounds of T1) / (T2 − T1)."""
     task, net = _setup(d, n, m)
-    paths = {"closed": net, "taylor": jn.TaylorModel(net.apply_fn, net.w0)}
+    paths = {"closed": net}
+    for dtype in cfg.get("storage", ()):
+        if dtype != "float32":
+            paths[f"closed-{dtype}"] = dataclasses.replace(net, storage=dtype)
+    if cfg.get("taylor", True):
+        paths["taylor"] = jn.TaylorModel(net.apply_fn, net.w0)
+    variants = tuple(cfg.get("variants", jn.objectives.PAPER_VARIANTS))
+    variants += tuple(cfg.get("order_variants", ORDER_VARIANTS))
+    todo = [
+        (path, model, variant)
+        for path, model in paths.items()
+        for variant in variants
+        if not (path == "taylor" and variant in NOT_ON_TAYLOR)
+    ]
+    t1, t2 = cfg["t1"], cfg["t2"]
+    kw = dict(eval_every=t2 - t1, evals_per_chunk=1, progress=False)
+
+    def timed(model, variant, steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(jn.train(model, task, variant, steps=steps, **kw).params)
+        return time.perf_counter() - t0
+
+    for _, model, variant in todo:  # warm-up: compile (one program serves T1 and T2)
+        timed(model, variant, t1)
+    short = [[] for _ in todo]
+    long = [[] for _ in todo]
+    for _ in range(cfg["repeats"]):
+        for i, (_, model, variant) in enumerate(todo):
+            short[i].append(timed(model, variant, t1))
+            long[i].append(timed(model, variant, t2))
     rows = []
-    for path, model in paths.items():
-        variants = cfg.get("variants", jn.objectives.PAPER_VARIANTS) + ORDER_VARIANTS
-        for variant in variants:
-            if path == "taylor" and variant in NOT_ON_TAYLOR:
-                continue
-            per_step = step_time.seconds_per_step(
-                model, task, variant, t1=cfg["t1"], t2=cfg["t2"], repeats=cfg["repeats"]
+    for i, (path, model, variant) in enumerate(todo):
+        per_step = (min(long[i]) - min(short[i])) / (t2 - t1)
+        flops = (6 if variant == "taylor-3" else 4) * n * m * d
+        nm_bytes = jnp.dtype(getattr(model, "storage", None) or "float32").itemsize
+        nbytes = sum(least_bytes(variant, d, n, m, nm_bytes=nm_bytes).values())
+        conf = {"d": d, "n": n, "m": m, "flops_per_step": flops, "bytes_per_step": nbytes}
+        conf["rounds"] = cfg["repeats"]
+        rows.append(
+            _row(
+                f"step/{path}/{variant}",
+                conf,
+                per_step=per_step,
+                flops=flops,
+                peak=peak,
+                bound=_bound(flops, nbytes, peak, bandwidth),
             )
-            flops = (6 if variant == "taylor-3" else 4) * n * m * d
-            nbytes = sum(least_bytes(variant, d, n, m).values())
-            conf = {"d": d, "n": n, "m": m, "flops_per_step": flops, "bytes_per_step": nbytes}
-            rows.append(
-                _row(
-                    f"step/{path}/{variant}",
-                    conf,
-                    per_step=per_step,
-                    flops=flops,
-                    peak=peak,
-                    bound=_bound(flops, nbytes, peak, bandwidth),
-                )
-            )
+        )
     return rows
 
 
@@ -323,7 +378,8 @@ def _baseline_row(d, n, m, cfg, peak, ours: float) -> dict:
         step, u0, steps=cfg["baseline_steps"], repeats=cfg["repeats"]
     )
     conf = {"d": d, "n": n, "m": m, "n_test": n, "flops_per_step": "8nmd+2·n_test·md"}
-    conf["slowdown_vs_closed_regularized"] = round(per_step / ours, 2)
+    if ours is not None:
+        conf["slowdown_vs_closed_regularized"] = round(per_step / ours, 2)
     return _row(
         "baseline/authors_step",
         conf,
@@ -511,11 +567,40 @@ def main(argv: list[str] | None = None) -> dict:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes, ≤ 3 min on 2 cores")
     size.add_argument("--tiny", action="store_true", help="smallest sizes (for the tests)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=3,
+        action="append",
+        metavar=("D", "N", "M"),
+        help="step rows at this size instead of the preset's (repeatable)",
+    )
+    p.add_argument("--only", help=f"comma-separated row groups of {list(GROUPS)}")
+    p.add_argument("--variants", help="comma-separated variants of the step rows")
+    p.add_argument("--storage", help="comma-separated σ', σ'' dtypes of the closed-form rows")
+    p.add_argument("--no-taylor", action="store_true", help="no generic-path step rows")
+    p.add_argument("--steps", type=int, nargs=2, metavar=("T1", "T2"), help="step-row T1 T2")
+    p.add_argument("--repeats", type=int, help="timing repeats of the step rows")
     add_output_arguments(p)
     args = p.parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
+    only = GROUPS if args.only is None else tuple(x.strip() for x in args.only.split(","))
+    if set(only) - set(GROUPS):
+        p.error(f"--only: unknown group(s) {sorted(set(only) - set(GROUPS))}; choose from {GROUPS}")
+    overrides = {
+        "sizes": None if args.size is None else [tuple(s) for s in args.size],
+        "t1": args.steps and args.steps[0],
+        "t2": args.steps and args.steps[1],
+        "repeats": args.repeats,
+        "storage": args.storage and tuple(x.strip() for x in args.storage.split(",")),
+        "taylor": False if args.no_taylor else None,
+    }
+    if args.variants is not None:
+        variants = tuple(x.strip() for x in args.variants.split(","))
+        overrides["variants"] = tuple(v for v in variants if v not in ORDER_VARIANTS)
+        overrides["order_variants"] = tuple(v for v in variants if v in ORDER_VARIANTS)
     t0 = time.perf_counter()
-    doc = run(preset)
+    doc = run(preset, only, **overrides)
     doc["total_seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(doc, indent=1))

@@ -152,6 +152,9 @@ Example:
 #: Activations whose second derivative is zero almost everywhere: their quadratic term vanishes.
 ZERO_CURVATURE = frozenset({"relu"})
 
+#: Dtypes in which `TwoLayer.prepare` may store σ' and σ'' (`TwoLayer.storage`).
+STORAGE = ("float32", "bfloat16")
+
 
 def get_activation(name: str) -> Activation:
     """The activation called `name` (one of `ACTIVATIONS`), with its derivatives.
@@ -193,8 +196,8 @@ class Prepared(NamedTuple):
 
     Attributes:
         x: (n, d) inputs.
-        d1: (n, m) σ'(x W0ᵀ).
-        d2: (n, m) σ''(x W0ᵀ).
+        d1: (n, m) σ'(x W0ᵀ), in the network's `storage` dtype.
+        d2: (n, m) σ''(x W0ᵀ), likewise.
         f0: (n,) f(x; W0) (exactly 0 at the symmetric init).
 
     Example:
@@ -224,6 +227,12 @@ class TwoLayer:
         w0: (m, d) first layer at initialization.
         a: (m,) fixed second layer.
         activation: name of σ in `ACTIVATIONS`.
+        storage: the dtype in which `prepare` stores σ'(x W0ᵀ) and σ''(x W0ᵀ), a name in
+            `STORAGE` ("bfloat16" halves the traffic of the n × m constants that every step
+            reads); None (default) keeps w0's dtype. The Taylor terms multiply them by float32
+            values, so the terms upcast them inside the fused products: the products and sums
+            accumulate in w0's dtype, only σ' and σ'' are rounded (relative error
+            ≤ 2⁻⁸ each for bfloat16's 8-bit significand, round to nearest).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -238,9 +247,16 @@ class TwoLayer:
     w0: Array
     a: Array
     activation: str = dataclasses.field(default="shifted_sigmoid", metadata={"static": True})
+    storage: str | None = dataclasses.field(default=None, metadata={"static": True})
 
     rows_are_neurons: ClassVar[bool] = True
     """f is a sum over neurons, the rows of W: per-row signs give Bai & Lee's randomization."""
+
+    def __post_init__(self) -> None:
+        if self.storage is not None and self.storage not in STORAGE:
+            raise ValueError(
+                f"storage must be None or one of {list(STORAGE)}, got {self.storage!r}"
+            )
 
     @classmethod
     def init(
@@ -250,6 +266,7 @@ class TwoLayer:
         m: int,
         activation: str = "shifted_sigmoid",
         dtype: jnp.dtype | None = None,
+        storage: str | None = None,
     ) -> TwoLayer:
         """Symmetric initialization (docs/science.md §2): f(x; W0) = 0 for every x, exactly.
 
@@ -261,6 +278,7 @@ class TwoLayer:
             m: width, even and ≥ 2.
             activation: a name in `ACTIVATIONS`.
             dtype: float dtype of w0 and a (default: JAX's default float).
+            storage: dtype of the prepared σ', σ'' (`TwoLayer.storage`; default: w0's).
 
         Returns:
             The `TwoLayer` network at W0.
@@ -276,7 +294,7 @@ class TwoLayer:
             >>> net.w0.shape, net.a.tolist()  # a_r = ±1/√m
             ((4, 3), [0.5, 0.5, -0.5, -0.5])
         """
-        return init(key, d, m, activation=activation, dtype=dtype)
+        return init(key, d, m, activation=activation, dtype=dtype, storage=storage)
 
     @property
     def m(self) -> int:
@@ -391,7 +409,10 @@ class TwoLayer:
         del order
         x2 = self._check_inputs(x, ndim=2)
         pre = x2 @ self.w0.T
-        return Prepared(x2, self.sigma.d1(pre), self.sigma.d2(pre), self.apply(self.w0, x2))
+        d1, d2 = self.sigma.d1(pre), self.sigma.d2(pre)
+        if self.storage is not None:  # rounded once; the terms upcast them where they are read
+            d1, d2 = d1.astype(self.storage), d2.astype(self.storage)
+        return Prepared(x2, d1, d2, self.apply(self.w0, x2))
 
     def initial_output(self, prep: Prepared) -> Array:
         """f(x; W0), the zeroth-order term (0 at the symmetric init), (n,).
@@ -426,7 +447,7 @@ class TwoLayer:
             >>> bool(jnp.allclose(net.linear_term(2 * u, prep), 2 * net.linear_term(u, prep)))
             True
         """
-        return (prep.d1 * (prep.x @ u.T)) @ self.a
+        return (self._wide(prep.d1) * (prep.x @ u.T)) @ self.a
 
     def quadratic_term(self, u: Array, prep: Prepared) -> Array:
         """f_Q(x; U) = ½ Σ_r a_r σ''(w0_r · x)(u_r · x)², on prepared inputs; (n,).
@@ -453,7 +474,7 @@ class TwoLayer:
             >>> bool(jnp.allclose(net.quadratic_term(-u, prep), fq))
             True
         """
-        return 0.5 * ((prep.d2 * (prep.x @ u.T) ** 2) @ self.a)
+        return 0.5 * ((self._wide(prep.d2) * (prep.x @ u.T) ** 2) @ self.a)
 
     def linear_and_quadratic(self, u: Array, prep: Prepared) -> tuple[Array, Array]:
         """(f_L, f_Q) sharing the one n×m×d product x Uᵀ.
@@ -478,7 +499,8 @@ class TwoLayer:
             True
         """
         z = prep.x @ u.T
-        return (prep.d1 * z) @ self.a, 0.5 * ((prep.d2 * z**2) @ self.a)
+        d1, d2 = self._wide(prep.d1), self._wide(prep.d2)
+        return (d1 * z) @ self.a, 0.5 * ((d2 * z**2) @ self.a)
 
     def taylor_terms(self, u: Array, prep: Prepared, order: int) -> tuple[Array, ...]:
         """(f_1, …, f_k) in closed form: f_j(x; U) = (1/j!) Σ_r a_r σ⁽ʲ⁾(w0_r · x)(u_r · x)ʲ.
@@ -496,7 +518,8 @@ class TwoLayer:
         """
         check_int("order", order, 1)
         z = prep.x @ u.T
-        terms = [(prep.d1 * z) @ self.a, 0.5 * ((prep.d2 * z**2) @ self.a)][:order]
+        d1, d2 = self._wide(prep.d1), self._wide(prep.d2)
+        terms = [(d1 * z) @ self.a, 0.5 * ((d2 * z**2) @ self.a)][:order]
         if order > 2:
             pre = prep.x @ self.w0.T
 
@@ -535,7 +558,7 @@ class TwoLayer:
             True
         """
         prep = self.prepare(x)
-        return (prep.d1 * self.a[None, :])[:, :, None] * prep.x[:, None, :]
+        return (self._wide(prep.d1) * self.a[None, :])[:, :, None] * prep.x[:, None, :]
 
     def ntk_gram(self, x1: Array, x2: Array | None = None) -> Array:
         """Empirical NTK K(x, x') = (x·x') Σ_r a_r² σ'(w0_r·x) σ'(w0_r·x'), (n1, n2) (§4).
@@ -560,7 +583,13 @@ class TwoLayer:
         """
         p1 = self.prepare(x1)
         p2 = p1 if x2 is None else self.prepare(x2)
-        return (p1.x @ p2.x.T) * ((p1.d1 * (self.a**2)[None, :]) @ p2.d1.T)
+        d1, d2 = self._wide(p1.d1), self._wide(p2.d1)
+        return (p1.x @ p2.x.T) * ((d1 * (self.a**2)[None, :]) @ d2.T)
+
+    def _wide(self, v: Array) -> Array:
+        """A prepared σ' or σ'' in w0's dtype (a no-op unless `storage` is narrower): XLA fuses
+        the conversion into the pass that reads it, so the narrow array is what is read."""
+        return v.astype(self.w0.dtype)
 
     def _check_inputs(self, x: Array, ndim: int | None = None) -> Array:
         x = jnp.asarray(x)
@@ -580,6 +609,7 @@ def init(
     m: int,
     activation: str = "shifted_sigmoid",
     dtype: jnp.dtype | None = None,
+    storage: str | None = None,
 ) -> TwoLayer:
     """Symmetric initialization of the two-layer network (docs/science.md §2).
 
@@ -591,13 +621,15 @@ def init(
         m: width, even and ≥ 2.
         activation: a name in `ACTIVATIONS`.
         dtype: float dtype of w0 and a (default: JAX's default float).
+        storage: dtype in which `TwoLayer.prepare` stores σ', σ'' (a name in `STORAGE`, e.g.
+            "bfloat16"; default None: w0's dtype).
 
     Returns:
         The `TwoLayer` network with w0 (m, d) and a (m,); f(x; W0) = 0 for every x.
 
     Raises:
         TypeError: d or m is not an int, or activation is not a str.
-        ValueError: d or m out of range, m odd, or an unknown activation.
+        ValueError: d or m out of range, m odd, an unknown activation or storage.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -621,7 +653,7 @@ def init(
     w0 = jnp.concatenate([g, g], axis=0)
     half = jnp.full((m // 2,), 1.0 / math.sqrt(m), dtype=dtype)
     a = jnp.concatenate([half, -half])
-    return TwoLayer(w0=w0, a=a, activation=activation)
+    return TwoLayer(w0=w0, a=a, activation=activation, storage=storage)
 
 
 def check_curvature(net: TwoLayer, what: str) -> None:

@@ -823,7 +823,7 @@ def _gram_product(model: Any, prep: Any) -> Callable[[Array], Array]:
     if isinstance(model, TwoLayer):
         # Jᵀc = Dᵀ(c ∘ X) and J V = rowsum((D V) ∘ X) with D = σ'(X W0ᵀ) diag(a): batched by
         # vmap, each becomes one GEMM over all columns, with no (columns, n, m) intermediate.
-        scaled = prep.d1 * model.a[None, :]
+        scaled = prep.d1.astype(model.a.dtype) * model.a[None, :]  # bfloat16 storage: upcast
 
         def product(c):
             return jnp.sum((scaled @ (scaled.T @ (c[:, None] * prep.x))) * prep.x, axis=1)
@@ -840,7 +840,8 @@ def _apply_gram(model: Any, prep: Any, q: Array, batch_size: int) -> Array:
 
 def _gram_matrix(model: Any, prep: Any, batch_size: int) -> Array:
     if isinstance(model, TwoLayer):
-        return (prep.x @ prep.x.T) * ((prep.d1 * (model.a**2)[None, :]) @ prep.d1.T)
+        d1 = prep.d1.astype(model.a.dtype)  # σ' stored in bfloat16 (TwoLayer.storage): upcast
+        return (prep.x @ prep.x.T) * ((d1 * (model.a**2)[None, :]) @ d1.T)
     f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
     return _apply_gram(model, prep, jnp.eye(f.shape[0], dtype=f.dtype), batch_size)
 

@@ -1,8 +1,12 @@
 """`jaxntk bench --tiny` runs every benchmark row and writes bench.json in the documented schema."""
 
+import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
+
+import pytest
 
 from jaxntk import cli
 
@@ -143,3 +147,126 @@ def test_least_bytes_lists_the_arrays_a_step_reads_and_writes():
     )
     # the full network reads no n × m constant, only W0 beside U
     assert sum(bench.least_bytes("full", d, n, m).values()) == 4 * (2 * n * d + 3 * m * d + n + m)
+
+
+# 47 s wall at load average 12 on 2 cores, ~16 s of CPU (a Python process, bench, three runs)
+@pytest.mark.slow
+def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
+    """benchmarks/device_run.sh end to end on CPU at a tiny size: the estimate printed first,
+    then the bench rows and the λ sweep (6 λ × 2 seeds), everything in OUT and nowhere else."""
+    import os
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    results = root / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    out = tmp_path / "run"
+    env = dict(
+        os.environ,
+        D="4",
+        N="16",
+        M="24",
+        N_TEST="24",
+        STEPS="6",
+        EVAL_EVERY="3",
+        SEEDS="1,11",
+        BENCH_PRESET="tiny",
+        BENCH_VARIANTS="regularized",
+        BENCH_STORAGE="float32",
+        BENCH_TAYLOR="0",
+        BENCH_T1="2",
+        BENCH_T2="6",
+        BENCH_REPEATS="1",
+        OUT=str(out),
+        PYTHON=sys.executable,
+    )
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "device_run.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert text.index("estimate at") < text.index("step/closed/regularized")
+    assert "memory (vmap path, 6 settings, formula)" in text
+    assert "memory (vmap path, 12 settings, formula)" in text
+    doc = json.loads((out / "device_run.json").read_text())
+    # the estimate, recomputed from the measured rates: steps, then evaluations every 3 steps
+    r, est = doc["rates"], doc["estimate"]
+    d, n, m, nt, pop, settings = 4, 16, 24, 24, 24, 12
+    step = max(
+        4 * n * m * d / (r["matmul_gflops"] * 1e9),
+        4 * 8 * n * m / (r["bandwidth_gbytes_per_s"] * 1e9),
+    )
+    rows = n + nt + pop
+    ev = max(
+        2 * rows * m * d / (r["matmul_gflops"] * 1e9),
+        4 * 4 * rows * m / (r["bandwidth_gbytes_per_s"] * 1e9),
+    )
+    assert math.isclose(est["total_s"], settings * (6 * step + 3 * ev), rel_tol=1e-9)
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    names = [row["name"] for row in bench["rows"]]
+    assert names == [
+        "matmul_peak",
+        "memory_bandwidth",
+        "step/closed/regularized",
+        "batching/vmap",
+        "batching/map",
+    ]
+    assert (bench["rows"][2]["config"]["d"], bench["rows"][2]["config"]["m"]) == (4, 24)
+    sweep = json.loads((out / "lambda-sweep" / "lambda-sweep.json").read_text())
+    assert len(sweep["results"]) == 6 * 2 and len(doc["sweep_summary"]) == 6
+    assert all(math.isfinite(row["test_loss"]) for row in sweep["results"])
+    assert (out / "lambda-sweep" / "lambda-sweep.png").stat().st_size > 0
+    assert results.read_bytes() == before
+
+
+# 47 s wall at load average 12 on 2 cores, ~16 s of CPU (two training set-ups and compiles)
+@pytest.mark.slow
+def test_vmap_memory_formula_against_xla_buffer_assignment():
+    """The λ sweep's vmapped chunk compiled ahead of time (nothing runs): XLA's own buffer
+    assignment within 2 % of the formula where the test set dominates (as at the paper's size,
+    n_test = 10 n), within 10 % where the training set does."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import device_run
+
+    for sizes, tol in (
+        (device_run.Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100), 0.02),
+        (device_run.Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50), 0.10),
+    ):
+        compiled = device_run.compiled_memory(sizes)["total"]
+        formula = device_run.vmap_memory_bytes(sizes)
+        assert abs(formula - compiled) <= tol * compiled, (sizes, formula, compiled)
+    # and where it stops fitting: monotone in m, and the paper's 18 settings fit in 80 GB
+    paper = device_run.Sizes()
+    assert device_run.vmap_memory_bytes(paper) < 80e9
+    m80 = device_run.largest(paper, "m", 80e9)
+    assert device_run.vmap_memory_bytes(dataclasses.replace(paper, m=m80)) <= 80e9
+    assert device_run.vmap_memory_bytes(dataclasses.replace(paper, m=m80 + 2)) > 80e9
+
+
+def test_pass_variants_agree_with_the_closed_form_and_count_their_traffic():
+    """benchmarks/passes.py: every rewritten step gives the library's f_L, f_Q and gradient
+    (bfloat16 storage within its rounding, 2⁻⁸ relative, the others to float32 precision), and
+    the traffic count of the compiled step sees bfloat16 σ', σ'' read at half the bytes."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import jax
+    import jax.numpy as jnp
+    import passes
+
+    import jaxntk as jn
+
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=5, m=24)
+    x = jax.random.normal(jax.random.PRNGKey(0), (12, 5))
+    y = jnp.linspace(-1.0, 1.0, 12)
+    u = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (24, 5))
+    for name, make in passes.IMPLEMENTATIONS.items():
+        err = passes.check(make(net), net, x, y, u)
+        assert err <= (2.0**-7 if name == "bfloat16" else 1e-5), (name, err)
+    r32, w32 = passes.nm_traffic(net, x, y)
+    r16, w16 = passes.nm_traffic(passes.IMPLEMENTATIONS["bfloat16"](net), x, y)
+    # σ' and σ'' read twice each at least; in bfloat16 those four reads cost half
+    assert r32 >= 4 and w32 >= 1
+    assert r16 == r32 - 2 and w16 == w32
