@@ -167,6 +167,10 @@ def test_taylorized_end_to_end(tmp_path, capsys):
             assert np.all(np.isfinite(r["test_loss"])) and 0 <= r["test_accuracy"][-1] <= 1
     for s in saved["summary"]:
         assert s["distance_3"] < s["distance_1"]
+    lines = tz.table(saved).splitlines()
+    assert len(lines) == 2 + len(saved["summary"]) and lines[0].startswith("| model |")
+    first = saved["summary"][0]
+    assert f"| mlp | ntk | MSE | 8 | {first['distance_1']:.3g} |" in lines[2]
     distance_png, accuracy_png = (
         tmp_path / "taylorized-distance.png",
         tmp_path / "taylorized-accuracy.png",
