@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
-        "sample-complexity, mlp",
+        "sample-complexity, mlp, taylorized (needs the digits extra)",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
@@ -225,7 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from jaxntk import plots
-    from jaxntk.experiments import spectrum
+    from jaxntk.experiments import spectrum, taylorized
 
     d = args.dir
     drawers = {
@@ -238,6 +238,7 @@ def _plot(args: argparse.Namespace) -> int:
             d / "sample-complexity.json", d / "sample-complexity.png"
         ),
         "mlp": lambda: plots.mlp_figure(d / "mlp.json", d / "mlp.png"),
+        "taylorized": lambda: taylorized.plot(d / "taylorized.json", d),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -248,12 +249,19 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 #: What `jaxntk reproduce` runs without --only; sample-complexity and mlp (grids of many runs)
-#: are opt-in.
+#: and taylorized (real data, an optional extra) are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
 def _experiments() -> dict:
-    from jaxntk.experiments import lambda_sweep, mlp, sample_complexity, spectrum, variants
+    from jaxntk.experiments import (
+        lambda_sweep,
+        mlp,
+        sample_complexity,
+        spectrum,
+        taylorized,
+        variants,
+    )
 
     return {
         "variants": variants,
@@ -261,6 +269,7 @@ def _experiments() -> dict:
         "spectrum": spectrum,
         "sample-complexity": sample_complexity,
         "mlp": mlp,
+        "taylorized": taylorized,
     }
 
 
@@ -303,7 +312,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         t_exp = time.perf_counter()
         try:
             docs[name] = module.run(config, out, **kwargs)
-        except ValueError as err:
+        except (ValueError, ModuleNotFoundError) as err:
             raise CLIError(f"{name}: {err}") from None
         seconds[name] = time.perf_counter() - t_exp
         print(f"== {name} done in {seconds[name]:.0f} s", flush=True)

@@ -16,6 +16,10 @@ trainer's per-part shares read 1 for the whole target. `check_task(task, model)`
 A failure is a ValueError (TypeError for a dtype) that names the field and what was found, e.g.
 "x_train has 1 non-finite value (row 3)".
 
+One real data set ships as a task: `load_digits` reads scikit-learn's handwritten digits (an
+optional extra, `DIGITS_INSTALL`), split by `stratified_split` and standardized with the training
+set's statistics.
+
 Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -38,13 +42,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxntk._checks import check_int
 from jaxntk.targets import DISTRIBUTIONS, Task
 
-__all__ = ["FLOAT_DTYPES", "check_task", "task_from_arrays"]
+__all__ = [
+    "DIGITS_INSTALL",
+    "FLOAT_DTYPES",
+    "check_task",
+    "load_digits",
+    "stratified_split",
+    "task_from_arrays",
+]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 """The dtypes a task's arrays may have: half precision loses the small gradients of a wide network,
 and integers are no inputs of a smooth model."""
+
+DIGITS_INSTALL = 'pip install -e ".[digits]"'
+"""The install that brings scikit-learn, whose bundled digits `load_digits` reads (an optional
+extra: the core dependencies do not include it)."""
 
 _FIELDS = ("x_train", "y_train", "x_test", "y_test", "parts_train", "parts_test")
 _SHOWN_ROWS = 5
@@ -82,13 +98,14 @@ def task_from_arrays(
         _check_array(name, value)
     _check_shapes({k: np.shape(v) for k, v in arrays.items()}, labels_alike=True)
     x_train, y_train, x_test, y_test = (jnp.asarray(v) for v in arrays.values())
+    # the parts are values of the target: integer class labels become floats of the inputs' dtype
     task = Task(
         x_train=x_train,
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
-        parts_train=y_train[None],
-        parts_test=y_test[None],
+        parts_train=y_train.astype(x_train.dtype)[None],
+        parts_test=y_test.astype(x_test.dtype)[None],
         target=None,
         distribution=distribution,
         part_names=("y",),
@@ -142,6 +159,108 @@ def check_task(task: Any, model: Any = None) -> None:
             )
     for name, value in arrays.items():
         _check_finite(name, np.asarray(value), row_axis=1 if name.startswith("parts") else 0)
+
+
+def stratified_split(
+    labels: Any, *, n_train: int, n_test: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train and test indices whose class proportions follow those of `labels`.
+
+    The rows are shuffled by `seed`, then interleaved class by class: row r of class c (in the
+    shuffled order) gets the position (r + ½)/n_c, n_c the size of class c, and the rows are
+    sorted by position. Every prefix of that order then holds each class within about one row of
+    its share of the prefix; the test set is the first n_test rows, the training set the next
+    n_train. The same seed gives the same split.
+
+    Args:
+        labels: (n,) integer class labels ≥ 0.
+        n_train: training rows ≥ 1.
+        n_test: test rows ≥ 1, with n_train + n_test ≤ n.
+        seed: the shuffle's seed (a `numpy.random.default_rng` seed).
+
+    Returns:
+        (train, test): int64 index arrays of n_train and n_test rows, without a row in common.
+
+    Raises:
+        ValueError: if labels are not a 1-D array of integers ≥ 0 or the sizes do not fit.
+
+    Example:
+        >>> labels = np.array([0] * 6 + [1] * 3)
+        >>> train, test = stratified_split(labels, n_train=6, n_test=3, seed=0)
+        >>> np.bincount(labels[train]).tolist(), np.bincount(labels[test]).tolist()
+        ([4, 2], [2, 1])
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or np.any(labels < 0):
+        raise ValueError(
+            f"labels must be a 1-D array of integer classes ≥ 0, got shape {labels.shape} and "
+            f"dtype {labels.dtype}"
+        )
+    n = labels.shape[0]
+    check_int("n_train", n_train, 1)
+    check_int("n_test", n_test, 1)
+    if n_train + n_test > n:
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {n} rows of labels")
+    shuffled = np.random.default_rng(seed).permutation(n)
+    classes = labels[shuffled]
+    counts = np.bincount(classes)
+    by_class = np.argsort(classes, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_class] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    order = shuffled[np.argsort((rank + 0.5) / counts[classes], kind="stable")]
+    return order[n_test : n_test + n_train].astype(np.int64), order[:n_test].astype(np.int64)
+
+
+def load_digits(
+    *,
+    n_train: int | None = None,
+    n_test: int = 360,
+    seed: int = 0,
+    one_hot: bool = False,
+    dtype: Any = np.float32,
+) -> Task:
+    """scikit-learn's handwritten digits (1797 images of 8 × 8 pixels, 10 classes) as a `Task`.
+
+    The data ship inside scikit-learn (no download). The split is `stratified_split` by `seed`;
+    each pixel is standardized with the training set's mean and standard deviation (a pixel
+    constant on the training set is only centred):
+
+        x ↦ (x − mean_train) / std_train,     x of shape (64,), pixels in row-major order
+
+    Args:
+        n_train: training images; default: all the images the test set leaves.
+        n_test: test images.
+        seed: the split's seed.
+        one_hot: labels as one-hot float rows (n, 10) of `dtype`, for the mean squared error;
+            default: integer classes (n,), for the cross-entropy.
+        dtype: the float dtype of the inputs (and of one-hot labels).
+
+    Returns:
+        A `Task` (`task_from_arrays`): x_train (n_train, 64), x_test (n_test, 64), labels as above.
+
+    Raises:
+        ModuleNotFoundError: without scikit-learn, in one line naming the install
+            (`DIGITS_INSTALL`).
+        ValueError: if the sizes do not fit the 1797 images (`stratified_split`).
+    """
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"the digits data set needs scikit-learn, an optional extra: {DIGITS_INSTALL}"
+        ) from None
+    images, labels = datasets.load_digits(return_X_y=True)
+    labels = labels.astype(np.int32)
+    if n_train is None:
+        check_int("n_test", n_test, 1)
+        n_train = labels.shape[0] - n_test
+    train, test = stratified_split(labels, n_train=n_train, n_test=n_test, seed=seed)
+    mean = images[train].mean(axis=0)
+    std = images[train].std(axis=0)
+    scale = np.where(std > 0, std, 1.0)
+    x = ((images - mean) / scale).astype(dtype)
+    y = np.eye(10, dtype=dtype)[labels] if one_hot else labels
+    return task_from_arrays(x[train], y[train], x[test], y[test])
 
 
 def _check_array(name: str, value: Any) -> None:

@@ -17,7 +17,8 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # Tiny sizes: a notebook's run time is then mostly compilation, one program per variant trained;
-# 01 trains all six variants, 02 and 03 fewer (their code is the same for every variant).
+# 01 trains all six variants, 02 and 03 fewer (their code is the same for every variant); 04 one
+# small MLP and its Taylor models on both losses.
 TRAIN = {"N_TEST": 200, "STEPS": 40, "EVAL_EVERY": 10}
 TINY = {
     "01_quickstart.ipynb": {
@@ -48,6 +49,16 @@ TINY = {
         "LAMBDA_BULK": 1.6,
         "VARIANTS": ("ntk", "ntk+quadntk", "regularized"),
         "SEED": 1,
+    },
+    "04_real_data.ipynb": {
+        "MODELS": ("mlp",),
+        "PARAMETERIZATIONS": ("ntk",),
+        "WIDTHS": (8,),
+        "CHANNELS": (2,),
+        "N_TRAIN": 40,
+        "N_TEST": 30,
+        "STEPS": 20,
+        "EVAL_EVERY": 10,
     },
 }
 
