@@ -387,3 +387,43 @@ def test_degree_block_report_by_hand_for_one_and_three_blocks():
     with pytest.raises(ValueError, match="eigenvalues has 90 values"):
         degree_block_report(np.linspace(2.0, 1.0, 90), three)
     assert degree_block_report(np.linspace(2.0, 1.0, 91), three).bulk_start == 90
+
+
+def test_predicted_eigenvalues_of_a_truncated_series_and_the_defaults():
+    """With terms = 3, K(t) = d·t·(c_0² + c_1² t + c_2² t²): μ_ℓ = E_t[K(t) P_ℓ(t)] by scipy's
+    quad against the density ∝ (1 − t²)^{(d−3)/2}. The default series has 40 terms."""
+    from scipy import integrate, special
+
+    d, n = 12, 60
+    c = hermite_coefficients("shifted_sigmoid", 2)
+    lam = (d - 2) / 2
+
+    def mu(ell):
+        def integrand(t):
+            p = special.eval_gegenbauer(ell, lam, t) / special.eval_gegenbauer(ell, lam, 1.0)
+            return d * t * (c[0] ** 2 + c[1] ** 2 * t + c[2] ** 2 * t**2) * p
+
+        density = lambda t: (1 - t**2) ** ((d - 3) / 2)  # noqa: E731
+        num = integrate.quad(lambda t: integrand(t) * density(t), -1, 1, epsabs=1e-14)[0]
+        return num / integrate.quad(density, -1, 1)[0]
+
+    pred = predict_degree_blocks("shifted_sigmoid", d, n, max_degree=1, terms=3)
+    assert len(pred.hermite) == 3
+    for ell in (0, 1):
+        assert pred.block(ell).eigenvalue == pytest.approx(mu(ell), rel=1e-6), ell  # P_ℓ in f32
+    # γ = (d E σ'(z)² − Σ_ℓ N(d, ℓ) μ_ℓ)/n, and the Marchenko-Pastur edges of each block
+    from numpy.polynomial import hermite_e
+
+    z, w = hermite_e.hermegauss(60)
+    diagonal = d * float(np.sum(w / math.sqrt(2 * math.pi) * _np_shifted_sigmoid(z, 1) ** 2))
+    gamma = (diagonal - mu(0) - d * mu(1)) / n
+    assert pred.gamma == pytest.approx(gamma, rel=1e-6)
+    for ell, mult in ((0, 1), (1, d)):
+        b, r = pred.block(ell), math.sqrt(mult / n)
+        assert b.multiplicity == mult
+        assert b.level == pytest.approx(mu(ell) + gamma, rel=1e-6)
+        assert b.low == pytest.approx(mu(ell) * (1 - r) ** 2 + gamma, rel=1e-6)
+        assert b.high == pytest.approx(mu(ell) * (1 + r) ** 2 + gamma, rel=1e-6)
+    assert len(predict_degree_blocks("shifted_sigmoid", d, n).hermite) == 40
+    with pytest.raises(ValueError, match=r"^n must"):
+        predict_degree_blocks("shifted_sigmoid", d, 0)

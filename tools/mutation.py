@@ -93,15 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="K",
-        help="a fresh run on every K-th mutant in name order (function, then mutant number), "
+        help="a fresh run on every K-th mutant in mutmut's listing order (functions in source "
+        "order, then mutant number), "
         "for a module with too many mutants to finish: a systematic sample of 1/K of them, "
-        "spread over every mutated function, in place of mutmut's fastest-first order",
+        "spread over every mutated function (mutmut still runs the sample fastest first, so "
+        "a time cap leaves its slowest mutants unchecked)",
     )
     p.add_argument(
         "--results-only",
         action="store_true",
         help="write the results of the scratch folders' last runs, rerunning the survivors "
         "against the checkout's tests",
+    )
+    p.add_argument(
+        "--recheck-first",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="with --results-only: run these tests (node ids, e.g. the new ones) on each "
+        "survivor first, and the module's whole selection only if they all pass",
     )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copytree(ROOT / "tests", folder)
             tests = [t for t in TESTS[module] if (scratch / t.partition("::")[0]).exists()]
             env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
-            write_results(module, tests, scratch, args.out, 0.0, True, env)
+            write_results(module, tests, scratch, args.out, 0.0, True, env, args.recheck_first)
         return 0
     deadline = time.monotonic() + 3600 * args.hours
     for i, module in enumerate(args.modules):
@@ -277,7 +287,7 @@ def run_mutmut(module, tests, scratch, out, seconds, children, names) -> None:
     write_results(module, tests, scratch, out, time.monotonic() - t0, stopped, env, rerun=False)
 
 
-def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True) -> None:
+def write_results(module, tests, scratch, out, seconds, stopped, env, first=(), rerun=True):
     """`<out>/<module>.txt`: counts, score, every mutant's status and the survivors' diffs.
 
     mutmut selects the tests of a mutant by the calls it recorded in one clean run, which misses
@@ -304,7 +314,13 @@ def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
     survivors = [k for k, v in status.items() if v == "survived"]
-    rechecked = {name: recheck(name, tests, scratch, env) if rerun else None for name in survivors}
+    rechecked = {
+        name: (recheck(name, first, scratch, env) if first else None)
+        or recheck(name, tests, scratch, env)
+        if rerun
+        else None
+        for name in survivors
+    }
     killed = sum(1 for v in status.values() if v in ("killed", "timeout"))
     tested = killed + len(survivors)
     killed_after = killed + sum(1 for v in rechecked.values() if v is not None)
@@ -333,7 +349,7 @@ def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True
 
 
 def recheck(name: str, tests: list[str], scratch: Path, env: dict) -> str | None:
-    """The first test of `tests` (whole files) that fails with mutant `name`, or None."""
+    """The first test of `tests` (files or node ids) that fails with mutant `name`, or None."""
     mutants = scratch / "mutants"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
