@@ -190,8 +190,9 @@ def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(steps=0), "steps"),
-        (dict(steps=10, eval_every=0), "eval_every"),
+        (dict(steps=0), r"^steps must be ≥ 1"),
+        (dict(steps=10, eval_every=0), r"^eval_every must be ≥ 1"),
+        (dict(steps=10, evals_per_chunk=0), r"^evals_per_chunk must be ≥ 1"),
         (dict(steps=10, seeds=[]), "seeds"),
         (dict(steps=10, variant="lazy"), "unknown variant"),
         (dict(steps=10, optimizer="lbfgs-x"), "unknown optimizer"),
@@ -368,3 +369,13 @@ def test_progress_callback_gets_each_chunks_summary(net, task):
     for i, info in enumerate(infos, start=1):
         for key in ("train_loss", "test_loss"):
             assert info[key] == pytest.approx(float(np.mean(run.history[key][0, :, i])), rel=1e-6)
+
+
+def test_fit_reports_under_the_label_run_by_default(net, task):
+    objective = jn.objectives.VariantObjective("ntk")
+    data = jn.objectives.Data(
+        net, task.x_train, task.x_test, task.y_train, task.y_test, task.parts_test
+    )
+    infos = []
+    jn.fit(objective, data, hyper={}, seeds=[0], steps=2, eval_every=2, progress=infos.append)
+    assert [(i["label"], i["step"]) for i in infos] == [("run", 2)]

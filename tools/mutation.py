@@ -3,6 +3,8 @@
     pip install -e ".[dev,mutation]"
     python tools/mutation.py --modules objectives network --hours 1 --out tools/mutation-results
     python tools/mutation.py --coverage-only --out tools/mutation-results
+    python tools/mutation.py --modules spectral --sample 8 --hours 0.4 --children 1   # 1/8 of them
+    python tools/mutation.py --modules spectral --results-only --recheck-first tests/test_x.py::t
 
 Slow (every mutant re-runs its tests in a fresh process, with JAX's compilations), so it is not
 part of the test command. For each module the script copies jaxntk/, tests/ and pyproject.toml to
