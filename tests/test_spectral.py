@@ -352,3 +352,78 @@ def test_predicted_eigenvalues_of_every_degree_up_to_max_degree():
     # γ: what the diagonal E K(x, x) = d E σ'(z)² leaves after the predicted blocks, per sample
     diag = d * float(np.sum(w * _np_shifted_sigmoid(z, 1) ** 2))
     assert only0.gamma == pytest.approx((diag - mu(0)) / n, rel=1e-5)
+
+
+def test_matrix_free_reports_its_products_and_residual(x64):
+    """Stopped by max_iters: exactly max_iters products with K; the reported residual is
+    max_i ‖K u_i − s_i² u_i‖ / s_i² of the returned pairs, with K = J Jᵀ built in numpy."""
+    net, x = _problem(d=5, n=30, m=40, distribution="gaussian", dtype=jnp.float64)
+    prep = net.prepare(x)
+    dirs, info = good_directions(
+        net, prep, 5, method="matrix_free", max_iters=4, tol=1e-300, return_info=True
+    )
+    assert int(info.iterations) == 4
+    xn, w0, a = (np.asarray(t, np.float64) for t in (x, net.w0, net.a))
+    s = 1.0 / (1.0 + np.exp(1.0 - xn @ w0.T))
+    j = (a[None, :, None] * (s * (1 - s))[:, :, None] * xn[:, None, :]).reshape(len(xn), -1)
+    u, ev = np.asarray(dirs.u_k), np.asarray(dirs.s_k) ** 2
+    resid = np.linalg.norm(j @ (j.T @ u) - u * ev[None, :], axis=0) / ev
+    assert float(info.residual) == pytest.approx(resid.max(), rel=1e-6)
+    _, gram_info = good_directions(net, prep, 5, return_info=True)
+    assert int(gram_info.iterations) == 1
+
+
+def test_degree_block_report_by_hand_for_one_and_three_blocks():
+    """One predicted block (degree 0, one eigenvalue): the report's numbers by hand. Three blocks
+    (1 + 12 + 77 eigenvalues): 90 eigenvalues leave no bulk, 91 do."""
+    one = predict_degree_blocks("shifted_sigmoid", 12, 60, max_degree=0)
+    report = degree_block_report(np.array([0.0, 3.0, 1.0, 4.0, 2.0]), one)
+    (block,) = report.blocks
+    assert (block.degree, block.start, block.stop, report.bulk_start) == (0, 0, 1, 1)
+    assert (block.min, block.max, block.mean, block.gap_ratio) == (4.0, 4.0, 4.0, 4.0 / 3.0)
+    assert (report.bulk_level, report.bulk_max) == (1.5, 3.0)  # median of 3, 2, 1, 0
+    three = predict_degree_blocks("shifted_sigmoid", 12, 60, max_degree=2)
+    assert three.boundaries[-1] == 90
+    with pytest.raises(ValueError, match="eigenvalues has 90 values"):
+        degree_block_report(np.linspace(2.0, 1.0, 90), three)
+    assert degree_block_report(np.linspace(2.0, 1.0, 91), three).bulk_start == 90
+
+
+def test_predicted_eigenvalues_of_a_truncated_series_and_the_defaults():
+    """With terms = 3, K(t) = d·t·(c_0² + c_1² t + c_2² t²): μ_ℓ = E_t[K(t) P_ℓ(t)] by scipy's
+    quad against the density ∝ (1 − t²)^{(d−3)/2}. The default series has 40 terms."""
+    from scipy import integrate, special
+
+    d, n = 12, 60
+    c = hermite_coefficients("shifted_sigmoid", 2)
+    lam = (d - 2) / 2
+
+    def mu(ell):
+        def integrand(t):
+            p = special.eval_gegenbauer(ell, lam, t) / special.eval_gegenbauer(ell, lam, 1.0)
+            return d * t * (c[0] ** 2 + c[1] ** 2 * t + c[2] ** 2 * t**2) * p
+
+        density = lambda t: (1 - t**2) ** ((d - 3) / 2)  # noqa: E731
+        num = integrate.quad(lambda t: integrand(t) * density(t), -1, 1, epsabs=1e-14)[0]
+        return num / integrate.quad(density, -1, 1)[0]
+
+    pred = predict_degree_blocks("shifted_sigmoid", d, n, max_degree=1, terms=3)
+    assert len(pred.hermite) == 3
+    for ell in (0, 1):
+        assert pred.block(ell).eigenvalue == pytest.approx(mu(ell), rel=1e-6), ell  # P_ℓ in f32
+    # γ = (d E σ'(z)² − Σ_ℓ N(d, ℓ) μ_ℓ)/n, and the Marchenko-Pastur edges of each block
+    from numpy.polynomial import hermite_e
+
+    z, w = hermite_e.hermegauss(60)
+    diagonal = d * float(np.sum(w / math.sqrt(2 * math.pi) * _np_shifted_sigmoid(z, 1) ** 2))
+    gamma = (diagonal - mu(0) - d * mu(1)) / n
+    assert pred.gamma == pytest.approx(gamma, rel=1e-6)
+    for ell, mult in ((0, 1), (1, d)):
+        b, r = pred.block(ell), math.sqrt(mult / n)
+        assert b.multiplicity == mult
+        assert b.level == pytest.approx(mu(ell) + gamma, rel=1e-6)
+        assert b.low == pytest.approx(mu(ell) * (1 - r) ** 2 + gamma, rel=1e-6)
+        assert b.high == pytest.approx(mu(ell) * (1 + r) ** 2 + gamma, rel=1e-6)
+    assert len(predict_degree_blocks("shifted_sigmoid", d, n).hermite) == 40
+    with pytest.raises(ValueError, match=r"^n must"):
+        predict_degree_blocks("shifted_sigmoid", d, 0)

@@ -495,6 +495,18 @@ BAD_INPUTS = {
         TypeError,
         r"^dtype must be a float dtype",
     ),
+    "num_harmonics k<0": (lambda: tg.num_harmonics(3, -1), ValueError, r"^k must"),
+    "mlp d<1": (lambda: tg.mlp_target(KEY, 0), ValueError, r"^d must"),
+    "part x wrong d": (
+        lambda: _part(3)(jnp.ones((2, 4))),
+        ValueError,
+        r"with d = 3 \(the target part's input dimension\), got shape \(2, 4\)",
+    ),
+    "target x wrong d": (
+        lambda: _target().parts(jnp.ones((2, 5))),
+        ValueError,
+        r"with d = 4 \(the target's input dimension\)",
+    ),
 }
 
 
@@ -503,3 +515,43 @@ def test_bad_input_raises(case):
     fn, error, match = BAD_INPUTS[case]
     with pytest.raises(error, match=match):
         fn()
+
+
+def test_mlp_target_keeps_the_dtype_it_is_given(x64):
+    """float32 asked for while float64 is the default: every array of both parts is float32."""
+    target = tg.mlp_target(KEY, 6, dtype=jnp.float32)
+    for part in target.components:
+        for array in (part.directions, part.coefficients, part.offset):
+            assert array.dtype == jnp.float32
+
+
+def test_task_from_arrays_defaults_to_gaussian_inputs():
+    x = np.asarray(np.random.default_rng(0).standard_normal((6, 3)), np.float32)
+    task = tg.Task.from_arrays(x, x[:, 0], x[:4], x[:4, 0])
+    assert task.distribution == "gaussian" and task.part_names == ("y",)
+    assert task.target is None and (task.n, task.n_test, task.d) == (6, 4, 3)
+
+
+@pytest.mark.parametrize("builder", [tg.paper_target, tg.mlp_target])
+def test_beta_is_uniform_on_the_unit_sphere(builder):
+    """Over 2000 keys β has mean 0 and second moment I/d (a law, not one draw's formula)."""
+    d, count = 6, 2000
+    beta = jax.vmap(lambda k: builder(k, d).components[-1].directions[0])(
+        jax.random.split(KEY, count)
+    )
+    beta = np.asarray(beta, np.float64)
+    np.testing.assert_allclose(np.linalg.norm(beta, axis=1), 1.0, rtol=1e-5)
+    se = math.sqrt(1 / d / count)  # each coordinate has variance 1/d
+    assert np.all(np.abs(beta.mean(axis=0)) < 5 * se), beta.mean(axis=0)
+    np.testing.assert_allclose(beta.T @ beta / count, np.eye(d) / d, atol=0.03)
+
+
+def test_make_task_keeps_the_targets_dtype_and_law_down_to_one_point(x64):
+    """float32 target while float64 is the default: both input sets float32, on the sphere of
+    radius √d (train and test), and n = n_test = 1 is a valid task."""
+    target = tg.paper_target(KEY, D, "sphere", dtype=jnp.float32)
+    task = tg.make_task(KEY, target, n=1, n_test=1)
+    for x in (task.x_train, task.x_test):
+        assert x.shape == (1, D) and x.dtype == jnp.float32
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(x, np.float64)), math.sqrt(D), 1e-6)
+    assert task.y_train.dtype == task.y_test.dtype == jnp.float32

@@ -190,8 +190,9 @@ def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(steps=0), "steps"),
-        (dict(steps=10, eval_every=0), "eval_every"),
+        (dict(steps=0), r"^steps must be ≥ 1"),
+        (dict(steps=10, eval_every=0), r"^eval_every must be ≥ 1"),
+        (dict(steps=10, evals_per_chunk=0), r"^evals_per_chunk must be ≥ 1"),
         (dict(steps=10, seeds=[]), "seeds"),
         (dict(steps=10, variant="lazy"), "unknown variant"),
         (dict(steps=10, optimizer="lbfgs-x"), "unknown optimizer"),
@@ -341,3 +342,40 @@ def test_bad_argument_types_and_a_single_int_seed(net, task):
     run = jn.train(net, task, "ntk", steps=2, seeds=4, eval_every=2, progress=False)
     assert run.config["seeds"] == [4] and run.history["train_loss"].shape == (1, 1, 2)
     assert not run.diverged
+
+
+def test_progress_callback_gets_each_chunks_summary(net, task):
+    """A callable `progress` gets one dict per chunk: label, step, steps, elapsed seconds and the
+    last evaluation's train/test loss averaged over the seeds."""
+    infos = []
+    run = jn.train(
+        net,
+        task,
+        "ntk",
+        steps=20,
+        eval_every=10,
+        evals_per_chunk=1,
+        seeds=[0, 1],
+        progress=infos.append,
+    )
+    assert [set(i) for i in infos] == [
+        {"label", "step", "steps", "elapsed_s", "train_loss", "test_loss"}
+    ] * 2
+    assert [(i["label"], i["step"], i["steps"]) for i in infos] == [
+        ("ntk", 10, 20),
+        ("ntk", 20, 20),
+    ]
+    assert 0 <= infos[0]["elapsed_s"] <= infos[1]["elapsed_s"]
+    for i, info in enumerate(infos, start=1):
+        for key in ("train_loss", "test_loss"):
+            assert info[key] == pytest.approx(float(np.mean(run.history[key][0, :, i])), rel=1e-6)
+
+
+def test_fit_reports_under_the_label_run_by_default(net, task):
+    objective = jn.objectives.VariantObjective("ntk")
+    data = jn.objectives.Data(
+        net, task.x_train, task.x_test, task.y_train, task.y_test, task.parts_test
+    )
+    infos = []
+    jn.fit(objective, data, hyper={}, seeds=[0], steps=2, eval_every=2, progress=infos.append)
+    assert [(i["label"], i["step"]) for i in infos] == [("run", 2)]

@@ -3,6 +3,8 @@
     pip install -e ".[dev,mutation]"
     python tools/mutation.py --modules objectives network --hours 1 --out tools/mutation-results
     python tools/mutation.py --coverage-only --out tools/mutation-results
+    python tools/mutation.py --modules spectral --sample 8 --hours 0.4 --children 1   # 1/8 of them
+    python tools/mutation.py --modules spectral --results-only --recheck-first tests/test_x.py::t
 
 Slow (every mutant re-runs its tests in a fresh process, with JAX's compilations), so it is not
 part of the test command. For each module the script copies jaxntk/, tests/ and pyproject.toml to
@@ -35,9 +37,32 @@ TESTS = {
     "objectives": ["tests/test_formulas.py"],
     "network": ["tests/test_network.py", "tests/test_formulas.py"],
     "taylor": ["tests/test_taylor.py"],
-    "spectral": ["tests/test_spectral.py"],
+    "spectral": ["tests/test_spectral.py", "tests/test_outputs.py"],
     "targets": ["tests/test_targets.py"],
-    "training": ["tests/test_formulas.py", "tests/test_training.py"],
+    # the whole of these two files takes minutes per mutant of train(): the faster tests that
+    # check values (determinism, resume, divergence, trace, optimizers, k) and bad input
+    "training": [
+        f"tests/test_training.py::test_{t}"
+        for t in (
+            "same_seed_twice_is_bitwise_identical",
+            "resume_after_a_chunk_equals_the_uninterrupted_run",
+            "a_diverging_run_is_stopped_with_its_step_and_keeps_its_history",
+            "only_the_diverging_setting_of_a_sweep_stops",
+            "bad_hyperparameters_raise",
+            "progress_prints_one_line_per_chunk",
+            "steps_not_a_multiple_of_eval_every",
+            "trace_records_the_objective_at_every_step",
+            "a_users_optimizer_keeps_its_own_learning_rate",
+            "fit_names_a_bad_hyper",
+            "bad_argument_types_and_a_single_int_seed",
+        )
+    ]
+    + [
+        "tests/test_formulas.py::test_k_reaches_training_and_the_logged_penalties",
+        "tests/test_formulas.py::test_named_optimizers_follow_their_update_rules",
+        "tests/test_formulas.py::test_init_scale_reaches_training",
+        "tests/test_formulas.py::test_track_directions_logs_the_penalties_of_an_unregularized_run",
+    ],
 }
 
 #: Lines whose statement is not mutated: raising or warning with a message.
@@ -66,10 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         "(an unbiased sample of the rest when the time cap stopped it)",
     )
     p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="K",
+        help="a fresh run on every K-th mutant in mutmut's listing order (functions in source "
+        "order, then mutant number), "
+        "for a module with too many mutants to finish: a systematic sample of 1/K of them, "
+        "spread over every mutated function (mutmut still runs the sample fastest first, so "
+        "a time cap leaves its slowest mutants unchecked)",
+    )
+    p.add_argument(
         "--results-only",
         action="store_true",
         help="write the results of the scratch folders' last runs, rerunning the survivors "
         "against the checkout's tests",
+    )
+    p.add_argument(
+        "--recheck-first",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="with --results-only: run these tests (node ids, e.g. the new ones) on each "
+        "survivor first, and the module's whole selection only if they all pass",
     )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 for folder in (scratch / "tests", scratch / "mutants" / "tests"):
                     shutil.rmtree(folder)
                     shutil.copytree(ROOT / "tests", folder)
-            tests = [t for t in TESTS[module] if (scratch / t).exists()]
+            tests = [t for t in TESTS[module] if (scratch / t.partition("::")[0]).exists()]
             env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
-            write_results(module, tests, scratch, args.out, 0.0, True, env)
+            write_results(module, tests, scratch, args.out, 0.0, True, env, args.recheck_first)
         return 0
     deadline = time.monotonic() + 3600 * args.hours
     for i, module in enumerate(args.modules):
@@ -97,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_every:
             sample(module, args.scratch / module, args.out, share, args.children, args.sample_every)
         else:
-            mutate(module, args.scratch / module, args.out, share, args.children, args.tests_ref)
+            mutate(
+                module,
+                args.scratch / module,
+                args.out,
+                share,
+                args.children,
+                args.tests_ref,
+                args.sample,
+            )
     return 0
 
 
@@ -116,7 +168,13 @@ def coverage(out: Path) -> None:
 
 
 def mutate(
-    module: str, scratch: Path, out: Path, seconds: float, children: int, tests_ref: str | None
+    module: str,
+    scratch: Path,
+    out: Path,
+    seconds: float,
+    children: int,
+    tests_ref: str | None,
+    sample_k: int | None = None,
 ) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -132,7 +190,7 @@ def mutate(
             ["git", "-C", str(ROOT), "archive", tests_ref, "tests"], capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
-    tests = [t for t in TESTS[module] if (scratch / t).exists()]
+    tests = [t for t in TESTS[module] if (scratch / t.partition("::")[0]).exists()]
     # the project's pytest settings, without a [tool.mutmut] table so that setup.cfg is read
     shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
     lines = [
@@ -155,6 +213,29 @@ def mutate(
         "",
     ]
     (scratch / "setup.cfg").write_text("\n".join(lines))
+    if sample_k:
+        # generate the mutants and record which tests call what (the clean runs), then stop:
+        # mutmut refuses a name that matches no mutant after those steps
+        t0 = time.monotonic()
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(scratch)}
+        with open(out / f"{module}.log", "a") as log:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mutmut",
+                    "run",
+                    "--max-children",
+                    str(children),
+                    "no-such-mutant",
+                ],
+                cwd=scratch,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        sample(module, scratch, out, seconds - (time.monotonic() - t0), children, sample_k)
+        return
     run_mutmut(module, tests, scratch, out, seconds, children, [])
 
 
@@ -175,7 +256,7 @@ def sample(module: str, scratch: Path, out: Path, seconds: float, children: int,
     ]
     names = unchecked[::k]
     print(f"{module}: {len(names)} of {len(unchecked)} unchecked mutants (every {k})", flush=True)
-    tests = [t for t in TESTS[module] if (scratch / t).exists()]
+    tests = [t for t in TESTS[module] if (scratch / t.partition("::")[0]).exists()]
     run_mutmut(module, tests, scratch, out, seconds, children, names)
 
 
@@ -208,7 +289,7 @@ def run_mutmut(module, tests, scratch, out, seconds, children, names) -> None:
     write_results(module, tests, scratch, out, time.monotonic() - t0, stopped, env, rerun=False)
 
 
-def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True) -> None:
+def write_results(module, tests, scratch, out, seconds, stopped, env, first=(), rerun=True):
     """`<out>/<module>.txt`: counts, score, every mutant's status and the survivors' diffs.
 
     mutmut selects the tests of a mutant by the calls it recorded in one clean run, which misses
@@ -235,7 +316,13 @@ def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
     survivors = [k for k, v in status.items() if v == "survived"]
-    rechecked = {name: recheck(name, tests, scratch, env) if rerun else None for name in survivors}
+    rechecked = {
+        name: (recheck(name, first, scratch, env) if first else None)
+        or recheck(name, tests, scratch, env)
+        if rerun
+        else None
+        for name in survivors
+    }
     killed = sum(1 for v in status.values() if v in ("killed", "timeout"))
     tested = killed + len(survivors)
     killed_after = killed + sum(1 for v in rechecked.values() if v is not None)
@@ -264,7 +351,7 @@ def write_results(module, tests, scratch, out, seconds, stopped, env, rerun=True
 
 
 def recheck(name: str, tests: list[str], scratch: Path, env: dict) -> str | None:
-    """The first test of `tests` (whole files) that fails with mutant `name`, or None."""
+    """The first test of `tests` (files or node ids) that fails with mutant `name`, or None."""
     mutants = scratch / "mutants"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
