@@ -45,7 +45,14 @@ import numpy as np
 from jaxntk import data as task_data
 from jaxntk import predict, training
 from jaxntk.experiments._common import labelled_progress, write_results
-from jaxntk.objectives import Data, Regularizer, VariantObjective, check_targets, get_variant
+from jaxntk.objectives import (
+    Data,
+    Regularizer,
+    VariantObjective,
+    _train_order,
+    check_targets,
+    get_variant,
+)
 from jaxntk.taylor import TaylorModel
 
 NAME = "taylorized"
@@ -611,7 +618,9 @@ class _SideBySide:
     objectives: tuple[VariantObjective, ...]
 
     def prepare(self, data: Data) -> Data:
-        return self.objectives[0].prepare(data)
+        # by the variant of the highest order, so that every order finds its terms hoisted
+        top = max(self.objectives, key=lambda o: _train_order(get_variant(o.variant)))
+        return top.prepare(data)
 
     def init(self, key: jax.Array, data: Data) -> tuple:
         return tuple(o.init(key, data) for o in self.objectives)
