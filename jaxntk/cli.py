@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
-        "sample-complexity, mlp",
+        "sample-complexity, mlp, dense-plus-sparse",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
@@ -225,7 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from jaxntk import plots
-    from jaxntk.experiments import spectrum
+    from jaxntk.experiments import dense_plus_sparse, spectrum
 
     d = args.dir
     drawers = {
@@ -238,6 +238,9 @@ def _plot(args: argparse.Namespace) -> int:
             d / "sample-complexity.json", d / "sample-complexity.png"
         ),
         "mlp": lambda: plots.mlp_figure(d / "mlp.json", d / "mlp.png"),
+        "dense-plus-sparse": lambda: dense_plus_sparse.plot(
+            d / "dense-plus-sparse.json", d / "dense-plus-sparse.npz", d / "dense-plus-sparse.png"
+        ),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -247,13 +250,20 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What `jaxntk reproduce` runs without --only; sample-complexity and mlp (grids of many runs)
-#: are opt-in.
+#: What `jaxntk reproduce` runs without --only; sample-complexity, mlp and dense-plus-sparse
+#: (grids of many runs) are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
 def _experiments() -> dict:
-    from jaxntk.experiments import lambda_sweep, mlp, sample_complexity, spectrum, variants
+    from jaxntk.experiments import (
+        dense_plus_sparse,
+        lambda_sweep,
+        mlp,
+        sample_complexity,
+        spectrum,
+        variants,
+    )
 
     return {
         "variants": variants,
@@ -261,6 +271,7 @@ def _experiments() -> dict:
         "spectrum": spectrum,
         "sample-complexity": sample_complexity,
         "mlp": mlp,
+        "dense-plus-sparse": dense_plus_sparse,
     }
 
 

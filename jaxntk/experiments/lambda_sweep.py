@@ -43,7 +43,10 @@ class Config:
         lambda_pop: λ_p on R_pop.
         k: top NTK directions kept out of the penalty (default d).
         seeds: one run per seed.
-        eval_every: steps between evaluations.
+        eval_every: steps between evaluations when eval_points is 0.
+        eval_points: evaluations spaced evenly in log t (`jaxntk.training.eval_schedule`), so
+            the test-loss panel against log_d t is drawn from data from t = 1; 0 evaluates
+            every eval_every steps instead.
         distribution: input distribution, "gaussian" or "sphere".
         activation: a name in `jaxntk.ACTIVATIONS`.
     """
@@ -59,6 +62,7 @@ class Config:
     k: int | None = None
     seeds: tuple[int, ...] = (1, 11, 111)
     eval_every: int = 250
+    eval_points: int = 40
     distribution: str = "gaussian"
     activation: str = "shifted_sigmoid"
 
@@ -116,6 +120,8 @@ def run(
             reg=reg,
             seeds=[seed],
             eval_every=config.eval_every,
+            eval_at="log" if config.eval_points else None,
+            eval_points=max(config.eval_points, 2),
             progress=labelled_progress(progress, f"lambda-sweep seed {seed}", "test (mean over λ)"),
             checkpoint=None if checkpoint is None else checkpoint / f"seed{seed}",
             resume=checkpoint is not None,
