@@ -327,6 +327,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if "lambda-sweep" in docs:
         summary = docs["lambda-sweep"]["summary"]
         _print_summary(summary, "λ_1 (sum scale)", "final n·R_bulk", "bulk_sum_mean", ".3g")
+    if "dense-plus-sparse" in docs:
+        print(exps["dense-plus-sparse"].table(docs["dense-plus-sparse"]))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Experiment `dense-plus-sparse`: the theorem's own setting beyond k = 1 (docs/science.md §6, §12).
+"""Experiment `dense-plus-sparse`: the theorem's own setting beyond k = 1 (docs/science.md §6, §8).
 
 The target (`jaxntk.targets.theorem_target`) is f* = Σ_{ℓ≤k} f_ℓ (dense, degree ℓ, random
 directions) + f_sparse (degree k + 1 on r orthonormal directions), each part with a stated
@@ -74,6 +74,8 @@ class Config:
             variance, i.e. dense parts learned and half of the sparse part).
         seeds: one run per seed (task and network drawn from it).
         activation: a name in `jaxntk.ACTIVATIONS`.
+        separate: the variants trained beside the regularized program, a subset of
+            ("ntk", "quadntk").
     """
 
     d: int = 10
@@ -95,6 +97,7 @@ class Config:
     threshold: float = 1 / 3
     seeds: tuple[int, ...] = (1, 11, 111)
     activation: str = "shifted_sigmoid"
+    separate: tuple[str, ...] = ("ntk", "quadntk")
 
     def grid(self, d: int, k: int) -> list[int]:
         """The training-set sizes at (d, k): geometric from N(d, ≤ k) to N(d, ≤ k + 1).
@@ -168,6 +171,8 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
             raise ValueError(f"unknown distribution {dist!r}; expected {targets.DISTRIBUTIONS}")
     if max(config.rs) > min((config.d, *config.ds)):
         raise ValueError(f"rs = {config.rs} must be at most every d")
+    if not set(config.separate) <= {"ntk", "quadntk"}:
+        raise ValueError(f"separate must be a subset of ('ntk', 'quadntk'), got {config.separate}")
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(k, config.d) for k in config.ks]
     jobs += [(config.k_sample, d) for d in sorted(set(config.ds) - {config.d})]
@@ -241,13 +246,10 @@ def _train_all(config, dist, k, d, r, n, seed, curves, progress) -> list[dict]:
     kept = targets.num_harmonics_up_to(d, k)
     labels = config.labels()
     bulk = [0.0, *(n * lam for lam in config.lambdas_sum), *config.lambdas_mean]
-    runs = {
-        "ntk": ("ntk", objectives.Regularizer(k=kept), ["ntk"]),
-        "quadntk": ("quadntk", objectives.Regularizer(k=kept), ["quadntk"]),
-        "regularized": ("regularized", objectives.Regularizer(bulk=bulk, k=kept), labels),
-    }
+    runs = [(v, objectives.Regularizer(k=kept), [v]) for v in config.separate]
+    runs.append(("regularized", objectives.Regularizer(bulk=bulk, k=kept), labels))
     rows = []
-    for variant, reg, names in runs.values():
+    for variant, reg, names in runs:
         t0 = time.perf_counter()
         res = training.train(
             net,
@@ -316,6 +318,38 @@ def _spectrum_check(config: Config, dist: str, k: int, d: int, n: int) -> dict:
         "first_bulk_eigenvalue": float(ev[kept]) if ev.size > kept else None,
         "gap_ratio": float(ev[kept - 1] / ev[kept]) if ev.size > kept else None,
         "top_eigenvalue": float(ev[0]),
+    }
+
+
+def time_scales(activation: str, d: int, n: int, k: int, lr: float) -> dict:
+    """The predicted time scales of gradient descent on f_L at (d, n), from the spectrum of K/n.
+
+    With the mean squared error, GD on the NTK model shrinks the residual along an eigenvector
+    of K/n with eigenvalue λ by (1 − 2·lr·λ) per step: it fits that direction in about
+    t = 1/(2·lr·λ) steps. The kept blocks ℓ ≤ k sit at μ_ℓ + γ; for n < N(d, ≤ k + 1) the
+    degree k + 1 functions (the sparse part) are not resolved and share the bulk level γ, so f_L
+    fits (memorizes) the training set's remainder, the sparse part included, after about
+    1/(2·lr·γ) steps.
+
+    Args:
+        activation: a name in `jaxntk.ACTIVATIONS`.
+        d: input dimension, ≥ 3.
+        n: number of training points.
+        k: the dense degree.
+        lr: the learning rate.
+
+    Returns:
+        {"gamma": γ, "mu": {ℓ: μ_ℓ for ℓ ≤ k + 1}, "t_block": {ℓ: 1/(2·lr·(μ_ℓ + γ)) for ℓ ≤ k},
+        "t_bulk": 1/(2·lr·γ) (None when γ = 0)}.
+    """
+    blocks = spectral.predict_degree_blocks(activation, d, n, max_degree=k)
+    mu = spectral.predict_degree_blocks(activation, d, n, max_degree=k + 1)
+    gamma = blocks.gamma
+    return {
+        "gamma": gamma,
+        "mu": {str(b.degree): b.eigenvalue for b in mu.blocks},
+        "t_block": {str(b.degree): 1 / (2 * lr * b.level) for b in blocks.blocks},
+        "t_bulk": 1 / (2 * lr * gamma) if gamma > 0 else None,
     }
 
 
@@ -404,7 +438,12 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
     race = {}
     for which, n in (("largest_gain", n_gain), ("smallest_gain", n_vanish)):
         best = gains[n][1]
-        item = {"n": n, "best_label": best, "gain": gains[n][0]}
+        item = {
+            "n": n,
+            "best_label": best,
+            "gain": gains[n][0],
+            "time_scales": time_scales(config.activation, config.d, n, ks, config.lr),
+        }
         for label in (BASE, best):
             keys = [curve_key(dist0, ks, config.d, r0, n, s, label) for s in config.seeds]
             bulk = np.mean([curves[f"{k_}/bulk_sum"] for k_ in keys], axis=0)
@@ -436,6 +475,97 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
         },
         "race": race,
     }
+
+
+def table(doc: dict) -> str:
+    """Markdown tables of a saved document: (1) test loss and the sparse part's f_Q share per n
+    for each k (ntk, quadntk, ntk+quadntk and the best λ of the grid, with its gain), (2) the
+    fitted slopes of n*, (3) the race.
+
+    Args:
+        doc: the document `run` writes (dense-plus-sparse.json, loaded).
+
+    Returns:
+        The tables, as one markdown string.
+    """
+    cfg = doc["config"]
+    summary = doc["summary"]
+    dist0, r0 = cfg["distributions"][0], cfg["rs"][0]
+    grid_labels = doc["labels"][1:]
+    out = []
+    for k in cfg["ks"]:
+        out.append(
+            f"\n(1) {dist0}, k = {k}, d = {cfg['d']}, r = {r0}: final test loss (mean ± std over "
+            f"{len(cfg['seeds'])} seeds), f_Q's share of the sparse part in brackets\n"
+        )
+        out.append("| n | ntk | quadntk | ntk+quadntk | best λ | regularized | gain |")
+        out.append("|---|---|---|---|---|---|---|")
+        for key, entry in summary["by_n"].items():
+            if not key.startswith(f"{dist0}/k{k}/r{r0}/"):
+                continue
+            best = min(grid_labels, key=lambda lab: entry[lab]["gain"]["mean"])
+
+            def cell(e):
+                if e is None:
+                    return "—"
+                t, q = e["test_loss"], e["sparse_by_fq"]["mean"]
+                return f"{t['mean']:.3f} ± {t['std']:.3f} ({q:.2f})"
+
+            g = entry[best]["gain"]
+            out.append(
+                f"| {key.rsplit('/n', 1)[1]} | {cell(entry.get('ntk'))} | "
+                f"{cell(entry.get('quadntk'))} | "
+                f"{cell(entry[BASE])} | {best} | {cell(entry[best])} | "
+                f"{g['mean']:.2f} ± {g['std']:.2f} |"
+            )
+    sc = summary["sample_complexity"]
+    out.append(
+        f"\n(2) n* (test loss ≤ {sc['threshold']:.3g}, interpolated in log n) against d at "
+        f"k = {cfg['k_sample']}: slope of log n* on log d, mean ± std over the seeds fitted\n"
+    )
+    out.append("| variant | slope | seeds fitted | n* per d (mean over seeds reaching it) |")
+    out.append("|---|---|---|---|")
+    for label, fit in sc["slopes_interpolated"].items():
+        per_d = ", ".join(
+            f"d={d}: {np.mean(reached):.0f} ({len(reached)}/{len(v)})"
+            if (reached := [x for x in v.values() if x is not None])
+            else f"d={d}: —"
+            for d, v in sorted(sc["n_star_interpolated"][label].items(), key=lambda kv: int(kv[0]))
+        )
+        slope = (
+            f"{fit['slope_mean']:.2f} ± {fit['slope_std']:.2f}"
+            if fit["slope_mean"] is not None
+            else "—"
+        )
+        out.append(f"| {label} | {slope} | {fit['seeds_fitted']} | {per_d} |")
+    race = summary["race"]
+    out.append(f"\n(3) the race at k = {cfg['k_sample']}, d = {cfg['d']} (means over seeds)\n")
+    out.append(
+        "| n | setting | gain | peak n·R_bulk | final n·R_bulk | final train loss | "
+        "f_Q sparse share | first t with share ≥ 0.5 |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|")
+    for which in ("largest_gain", "smallest_gain"):
+        item = race[which]
+        for label in dict.fromkeys((BASE, item["best_label"])):
+            v = item[label]
+            out.append(
+                f"| {item['n']} | {label} | {item['gain']:.2f} | {v['bulk_sum_peak']:.3g} | "
+                f"{v['bulk_sum_final']:.3g} | {v['train_loss_final']:.3g} | "
+                f"{v['sparse_by_fq_final']:.2f} | {v['step_sparse_by_fq_half']} |"
+            )
+    spec = race.get("spectrum")
+    if spec:
+        out.append(
+            f"\nspectrum of K/n at d = {spec['d']}, n = {spec['n']}: kept N(d, ≤ {spec['k']}) = "
+            f"{spec['kept_directions']} (predicted blocks {spec['predicted_block_sizes']}), "
+            f"last kept eigenvalue {spec['last_kept_eigenvalue']:.3g}, next "
+            f"{spec['first_bulk_eigenvalue']:.3g} (ratio {spec['gap_ratio']:.2f}); predicted "
+            f"levels { ({d: round(v, 4) for d, v in spec['predicted_levels'].items()}) }, "
+            f"bulk γ predicted {spec['predicted_gamma']:.2g}, measured median "
+            f"{spec['measured_bulk_median']:.2g}"
+        )
+    return "\n".join(out)
 
 
 def curves_step(config: Config) -> np.ndarray:
