@@ -631,6 +631,8 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
         ax.set_xlabel(f"n (N(d,≤{k}) = {grid[0]} … N(d,≤{k + 1}) = {grid[-1]})")
         ax.set_title(f"test loss, k = {k}, d = {cfg.d}", fontsize=9)
     axes[0, 0].legend(fontsize=6)
+    if len(cfg.ks) < 2:
+        axes[0, 1].set_visible(False)
     # f_Q's share of the sparse part against n
     ax = axes[0, 2]
     grid = cfg.grid(cfg.d, ks)
