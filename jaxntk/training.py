@@ -9,7 +9,10 @@ aux)` and `evaluate(params, data, hyper) -> dict` — with any optax optimizer:
 as a `lax.scan` over steps, `vmap`ped over the L settings of λ and the S seeds, all in one program
 that is compiled once per shape and takes every array (model, data, λ, step counts) as an argument.
 Training runs in chunks of `eval_every × evals_per_chunk` steps: after each chunk the host prints
-progress, checks for divergence and may save a checkpoint to resume from.
+progress, checks for divergence and may save a checkpoint to resume from. With `eval_at` ("log", or
+a list of steps; `eval_schedule`) the evaluations happen at exactly those steps instead, inside the
+compiled loop (`lax.cond` on the step count within a `lax.scan` over a chunk of equal length), so
+curves against log t are measured from t = 1.
 
 `train(model, task, variant, ...)` builds the objective of a named variant (`jaxntk.objectives`).
 It knows the model only through the model protocol, so the closed-form `TwoLayer` and the generic
