@@ -384,3 +384,27 @@ def test_default_schedule_is_unchanged_by_eval_at(net, task):
 def test_bad_eval_schedule_raises(net, task, eval_at, match):
     with pytest.raises(ValueError, match=match):
         jn.train(net, task, "ntk", steps=10, eval_at=eval_at, progress=False)
+
+
+def test_resume_on_a_log_schedule_equals_the_uninterrupted_run(net, task, tmp_path):
+    kw = dict(steps=60, eval_at="log", eval_points=8, evals_per_chunk=3, seeds=[0], progress=False)
+    full = jn.train(net, task, "ntk+quadntk", **kw)
+    seen = []
+
+    def stop_after_first_chunk(info):
+        seen.append(info["step"])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jn.train(
+            net,
+            task,
+            "ntk+quadntk",
+            **{**kw, "progress": stop_after_first_chunk},
+            checkpoint=tmp_path,
+        )
+    resumed = jn.train(net, task, "ntk+quadntk", **kw, checkpoint=tmp_path, resume=True)
+    assert seen == [20]  # 8 evaluation steps, 3 per chunk: three chunks of 20 steps
+    for key in full.history:
+        np.testing.assert_array_equal(full.history[key], resumed.history[key])
+    np.testing.assert_array_equal(full.params, resumed.params)
