@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
-        "sample-complexity, mlp, taylorized (needs the digits extra)",
+        "sample-complexity, mlp, dense-plus-sparse, taylorized (needs the digits extra)",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
@@ -225,7 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from jaxntk import plots
-    from jaxntk.experiments import spectrum, taylorized
+    from jaxntk.experiments import dense_plus_sparse, spectrum, taylorized
 
     d = args.dir
     drawers = {
@@ -239,6 +239,9 @@ def _plot(args: argparse.Namespace) -> int:
         ),
         "mlp": lambda: plots.mlp_figure(d / "mlp.json", d / "mlp.png"),
         "taylorized": lambda: taylorized.plot(d / "taylorized.json", d),
+        "dense-plus-sparse": lambda: dense_plus_sparse.plot(
+            d / "dense-plus-sparse.json", d / "dense-plus-sparse.npz", d / "dense-plus-sparse.png"
+        ),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -248,13 +251,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What `jaxntk reproduce` runs without --only; sample-complexity and mlp (grids of many runs)
-#: and taylorized (real data, an optional extra) are opt-in.
+#: What `jaxntk reproduce` runs without --only; sample-complexity, mlp and dense-plus-sparse
+#: (grids of many runs) and taylorized (real data, an optional extra) are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
 def _experiments() -> dict:
     from jaxntk.experiments import (
+        dense_plus_sparse,
         lambda_sweep,
         mlp,
         sample_complexity,
@@ -270,6 +274,7 @@ def _experiments() -> dict:
         "sample-complexity": sample_complexity,
         "mlp": mlp,
         "taylorized": taylorized,
+        "dense-plus-sparse": dense_plus_sparse,
     }
 
 
@@ -325,6 +330,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if "lambda-sweep" in docs:
         summary = docs["lambda-sweep"]["summary"]
         _print_summary(summary, "λ_1 (sum scale)", "final n·R_bulk", "bulk_sum_mean", ".3g")
+    if "dense-plus-sparse" in docs:
+        print(exps["dense-plus-sparse"].table(docs["dense-plus-sparse"]))
     return 0
 
 

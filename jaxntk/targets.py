@@ -54,10 +54,12 @@ __all__ = [
     "make_task",
     "mlp_target",
     "num_harmonics",
+    "num_harmonics_up_to",
     "paper_target",
     "paper_task",
     "sample_inputs",
     "sparse_part",
+    "theorem_target",
 ]
 
 DISTRIBUTIONS = ("gaussian", "sphere")
@@ -227,6 +229,36 @@ def num_harmonics(d: int, k: int) -> int:
     check_int("d", d, 1)
     check_int("k", k, 0)
     return math.comb(d + k - 1, k) - (math.comb(d + k - 3, k - 2) if k >= 2 else 0)
+
+
+def num_harmonics_up_to(d: int, k: int) -> int:
+    """N(d, ≤ k) = Σ_{ℓ≤k} N(d, ℓ): the number of independent functions of degree ≤ k on the
+    sphere in R^d, the size of the top k + 1 degree blocks of the NTK's spectrum, and so the
+    number of good directions kept out of the bulk penalty for a target of degree ≤ k
+    (docs/science.md §6).
+
+    N(d, ≤ 1) = d + 1, N(d, ≤ 2) = C(d + 2, 2) − 1, and in general N(d, ≤ k) = C(d + k, k) −
+    C(d + k − 2, k − 2): the polynomials of degree ≤ k modulo |x|² times those of degree ≤ k − 2.
+
+    Args:
+        d: dimension, ≥ 1.
+        k: highest degree, ≥ 0.
+
+    Returns:
+        N(d, ≤ k), an exact Python int.
+
+    Raises:
+        TypeError: d or k is not an int.
+        ValueError: d < 1 or k < 0.
+
+    Example:
+        >>> from jaxntk.targets import num_harmonics_up_to
+        >>> num_harmonics_up_to(10, 1), num_harmonics_up_to(10, 2), num_harmonics_up_to(10, 3)
+        (11, 65, 275)
+    """
+    check_int("d", d, 1)
+    check_int("k", k, 0)
+    return sum(num_harmonics(d, ell) for ell in range(k + 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -566,6 +598,74 @@ def paper_target(key: Array, d: int, distribution: str = "gaussian", *, dtype=No
     return make_target(
         {"linear": part(math.sqrt(1 / 3), 1), "quadratic": part(math.sqrt(2 / 3), 2)}
     )
+
+
+def theorem_target(
+    key: Array,
+    d: int,
+    k: int,
+    *,
+    r: int = 1,
+    dense_variances: tuple[float, ...] | None = None,
+    sparse_variance: float = 2 / 3,
+    distribution: str = "sphere",
+    dtype=None,
+) -> Target:
+    """The theorem's target (docs/science.md §6): dense parts of degrees 1..k plus a sparse part of
+    degree k + 1 on r orthonormal directions.
+
+    f* = Σ_{ℓ=1..k} f_ℓ + f_sparse, f_ℓ = `dense_part` of degree ℓ (2d random directions) with
+    E[f_ℓ²] = dense_variances[ℓ − 1], and f_sparse = `sparse_part` of degree k + 1 on r directions
+    with E[f_sparse²] = sparse_variance. Parts of different degrees are orthogonal, so the
+    variances add up to E[f*²]. The defaults spread 1/3 evenly over the dense degrees and give
+    the sparse part 2/3: at k = 1, r = 1 the split of the authors' target (linear 1/3, quadratic
+    2/3), with a dense instead of a single-direction linear part. The NTK+QuadNTK theory learns
+    it from about N(d, ≤ k) ~ d^k samples with the N(d, ≤ k) top directions kept
+    (`num_harmonics_up_to`); the NTK needs about d^{k+1}.
+
+    Args:
+        key: PRNG key (one subkey per part).
+        d: input dimension, ≥ 1 (≥ 2 on the sphere).
+        k: the dense degree, ≥ 1; the sparse part has degree k + 1.
+        r: number of sparse directions, 1 ≤ r ≤ d.
+        dense_variances: E[f_ℓ²] for ℓ = 1..k (k values ≥ 0); default 1/(3k) each.
+        sparse_variance: E[f_sparse²] ≥ 0.
+        distribution: "sphere" (the theory's inputs) or "gaussian".
+        dtype (jnp.dtype | None): float dtype of the target's arrays (default: JAX's default float).
+
+    Returns:
+        The `Target` with parts "dense1", ..., f"dense{k}" and "sparse" (degrees 1..k, k + 1).
+
+    Raises:
+        TypeError: an integer argument is not an int, or a variance is not a real number.
+        ValueError: an argument out of range, dense_variances of the wrong length, or an
+            unknown distribution.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import theorem_target
+        >>> target = theorem_target(jax.random.PRNGKey(0), d=8, k=2, r=3)
+        >>> target.names, target.degrees
+        (('dense1', 'dense2', 'sparse'), (1, 2, 3))
+        >>> [round(float(v), 4) for v in target.variances]
+        [0.1667, 0.1667, 0.6667]
+    """
+    check_int("k", k, 1)
+    if dense_variances is None:
+        dense_variances = (1 / (3 * k),) * k
+    dense_variances = tuple(dense_variances)
+    if len(dense_variances) != k:
+        raise ValueError(
+            f"dense_variances must give one variance per dense degree 1..k = {k}, "
+            f"got {len(dense_variances)}"
+        )
+    keys = jax.random.split(key, k + 1)
+    parts = {
+        f"dense{ell}": dense_part(keys[ell - 1], d, ell, v, distribution, dtype=dtype)
+        for ell, v in zip(range(1, k + 1), dense_variances, strict=True)
+    }
+    parts["sparse"] = sparse_part(keys[k], d, k + 1, r, sparse_variance, distribution, dtype=dtype)
+    return make_target(parts)
 
 
 def mlp_target(key: Array, d: int, *, dtype=None) -> Target:

@@ -9,7 +9,10 @@ aux)` and `evaluate(params, data, hyper) -> dict` — with any optax optimizer:
 as a `lax.scan` over steps, `vmap`ped over the L settings of λ and the S seeds, all in one program
 that is compiled once per shape and takes every array (model, data, λ, step counts) as an argument.
 Training runs in chunks of `eval_every × evals_per_chunk` steps: after each chunk the host prints
-progress, checks for divergence and may save a checkpoint to resume from.
+progress, checks for divergence and may save a checkpoint to resume from. With `eval_at` ("log", or
+a list of steps; `eval_schedule`) the evaluations happen at exactly those steps instead, inside the
+compiled loop (`lax.cond` on the step count within a `lax.scan` over a chunk of equal length), so
+curves against log t are measured from t = 1.
 
 `train(model, task, variant, ...)` builds the objective of a named variant (`jaxntk.objectives`).
 It knows the model only through the model protocol, so the closed-form `TwoLayer` and the generic
@@ -48,7 +51,7 @@ from jaxntk.objectives import (
 
 Array = jax.Array
 
-__all__ = ["OPTIMIZERS", "DivergenceWarning", "Run", "fit", "train"]
+__all__ = ["OPTIMIZERS", "DivergenceWarning", "Run", "eval_schedule", "fit", "train"]
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": optax.sgd,
@@ -123,6 +126,8 @@ def train(
     seeds: Sequence[int] = (0,),
     eval_every: int = 100,
     evals_per_chunk: int = 10,
+    eval_at: str | Sequence[int] | None = None,
+    eval_points: int = 40,
     init_scale: float | None = None,
     track_directions: bool = False,
     subspace_method: str = "gram",
@@ -148,6 +153,11 @@ def train(
         seeds: PRNG seeds (initial U, signs, fresh samples), one run each.
         eval_every: evaluate train/test loss and regularizers every this many steps.
         evals_per_chunk: evaluations per compiled chunk (progress/checkpoint granularity).
+        eval_at: None (every `eval_every` steps), "log" (`eval_points` steps spaced evenly in
+            log t, `eval_schedule`), or an explicit sequence of steps in [1, steps]; the
+            evaluations run inside the compiled loop, and t = 0 and t = steps are always
+            evaluated. Curves drawn against log t need "log".
+        eval_points: the number of log-spaced evaluation steps for eval_at="log".
         init_scale: norm of the rows of a random initial U; default 0.1 for variants whose
             gradient vanishes at U = 0 (quadntk), 0 otherwise.
         track_directions: compute the good directions (and log R_bulk, R_pop) even when no
@@ -282,6 +292,8 @@ def train(
         optimizer=optimizer,
         eval_every=eval_every,
         evals_per_chunk=evals_per_chunk,
+        eval_at=eval_at,
+        eval_points=eval_points,
         progress=progress,
         checkpoint=checkpoint,
         resume=resume,
@@ -303,6 +315,8 @@ def fit(
     optimizer: str | optax.GradientTransformation = "sgd",
     eval_every: int = 100,
     evals_per_chunk: int = 10,
+    eval_at: str | Sequence[int] | None = None,
+    eval_points: int = 40,
     progress: bool | Callable[[dict], None] = True,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -328,6 +342,8 @@ def fit(
         optimizer: a name in `OPTIMIZERS` or an optax GradientTransformation.
         eval_every: call `objective.evaluate` every this many steps.
         evals_per_chunk: evaluations per compiled chunk (progress/checkpoint granularity).
+        eval_at: as in `train`: None (every `eval_every` steps), "log", or a sequence of steps.
+        eval_points: the number of log-spaced evaluation steps for eval_at="log".
         progress: print a line per chunk (True), stay silent (False), or call this with a dict.
         checkpoint: folder to save the state after every chunk; with `resume`, continue from it.
         resume: continue from `checkpoint` if it holds a run with the same settings.
@@ -341,12 +357,14 @@ def fit(
         A `Run` whose params and metrics lead with the axes (L, S).
 
     Raises:
-        ValueError: for a bad step count, seeds, optimizer name or batching mode.
+        ValueError: for a bad step count, seeds, optimizer name, batching mode or evaluation
+            schedule.
     """
     mode = _batching_mode(batching)
     check_int("steps", steps, 1)
     check_int("eval_every", eval_every, 1)
     check_int("evals_per_chunk", evals_per_chunk, 1)
+    schedule = None if eval_at is None else eval_schedule(steps, eval_at, eval_points)
     seeds = _check_seeds(seeds)
     named = isinstance(optimizer, str)
     if named and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
@@ -374,6 +392,9 @@ def fit(
 
     config = dict(config or {})
     config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
+    if schedule is not None:
+        config["eval_at"] = schedule.tolist()
+        chunk_len, max_evals = _schedule_chunks(schedule, steps, evals_per_chunk)
     state = _init_state(
         objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, dtype), named
     )
@@ -391,27 +412,48 @@ def fit(
             checkpoints.save_chunk(ckpt, history[-1])
 
     report = _reporter(progress, label, steps)
+    latest = next(h for h in reversed(history) if h["step"].size)
     warned = np.asarray(state.diverged_at) >= 0
     t0 = time.perf_counter()
     while step < steps:
         start = step
-        state, metrics, at, trace = _run_chunk(
-            state,
-            jnp.asarray(step, jnp.int32),
-            jnp.asarray(steps, jnp.int32),
-            data,
-            hyper_arrays,
-            objective=objective,
-            optimizer=opt,
-            eval_every=eval_every,
-            n_blocks=evals_per_chunk,
-            batching=mode,
-        )
-        metrics, at = _to_host(metrics), np.asarray(at)
-        real = at > step  # blocks past the last step are skipped in the program
-        chunk = {k: v[:, :, real] for k, v in metrics.items()}
-        chunk["step"] = at[real].astype(np.int64)
-        step = int(chunk["step"][-1])
+        if schedule is None:
+            state, metrics, at, trace = _run_chunk(
+                state,
+                jnp.asarray(step, jnp.int32),
+                jnp.asarray(steps, jnp.int32),
+                data,
+                hyper_arrays,
+                objective=objective,
+                optimizer=opt,
+                eval_every=eval_every,
+                n_blocks=evals_per_chunk,
+                batching=mode,
+            )
+            metrics, at = _to_host(metrics), np.asarray(at)
+            real = at > step  # blocks past the last step are skipped in the program
+            chunk = {k: v[:, :, real] for k, v in metrics.items()}
+            chunk["step"] = at[real].astype(np.int64)
+            step = int(chunk["step"][-1])
+        else:
+            mine = schedule[(schedule > start) & (schedule <= start + chunk_len)]
+            wanted = np.full(max_evals, -1, np.int32)
+            wanted[: mine.size] = mine
+            state, metrics, trace = _run_chunk_at(
+                state,
+                jnp.asarray(step, jnp.int32),
+                jnp.asarray(steps, jnp.int32),
+                jnp.asarray(wanted),
+                data,
+                hyper_arrays,
+                objective=objective,
+                optimizer=opt,
+                length=chunk_len,
+                batching=mode,
+            )
+            chunk = {k: v[:, :, : mine.size] for k, v in _to_host(metrics).items()}
+            chunk["step"] = mine.astype(np.int64)
+            step = min(start + chunk_len, steps)
         for k, v in _to_host(trace).items():
             chunk[f"{TRACE}{k}"] = v[:, :, : step - start]
         chunk[f"{TRACE}step"] = np.arange(start, step, dtype=np.int64)
@@ -427,7 +469,9 @@ def fit(
                     stacklevel=2,
                 )
             warned |= fresh
-        report(step, chunk, time.perf_counter() - t0)
+        if chunk["step"].size:  # a chunk of a schedule may hold no evaluation
+            latest = chunk
+        report(step, latest, time.perf_counter() - t0)
         if ckpt is not None:
             checkpoints.save_chunk(ckpt, chunk)
             checkpoints.save_state(ckpt, step, state)
@@ -536,14 +580,9 @@ def _for_each_setting(fn: Callable, mode: str) -> Callable:
     return mapped
 
 
-@functools.partial(
-    jax.jit, static_argnames=("objective", "optimizer", "eval_every", "n_blocks", "batching")
-)
-def _run_chunk(
-    state, step, total, data, hyper, *, objective, optimizer, eval_every, n_blocks, batching
-):
-    """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
-    data = objective.prepare(data)  # once per chunk, outside the scan
+def _step_fn(objective, optimizer, data) -> Callable:
+    """one_step(state, hyper, t) -> (state', trace): one optimizer step of one setting; a run
+    whose loss became non-finite keeps its state and records the step."""
 
     def one_step(s: TrainState, hyp, t):
         key, sub = jax.random.split(s.key)
@@ -561,6 +600,19 @@ def _run_chunk(
             jnp.where((s.diverged_at < 0) & ~jnp.isfinite(loss), t, s.diverged_at),
         )
         return new, {"loss": loss, **aux}
+
+    return one_step
+
+
+@functools.partial(
+    jax.jit, static_argnames=("objective", "optimizer", "eval_every", "n_blocks", "batching")
+)
+def _run_chunk(
+    state, step, total, data, hyper, *, objective, optimizer, eval_every, n_blocks, batching
+):
+    """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
+    data = objective.prepare(data)  # once per chunk, outside the scan
+    one_step = _step_fn(objective, optimizer, data)
 
     def batched_step(s, hyp, t):
         return _for_each_setting(lambda s1, h1: one_step(s1, h1, t), batching)(s, hyp)
@@ -597,6 +649,111 @@ def _run_chunk(
         lambda x: jnp.moveaxis(x.reshape(n_blocks * eval_every, *x.shape[2:]), 0, 2), trace
     )
     return state, metrics, at, trace
+
+
+def eval_schedule(steps: int, eval_at: str | Sequence[int], points: int = 40) -> np.ndarray:
+    """The evaluation steps of a run of `steps` steps: log-spaced, or checked from a list.
+
+    "log" gives the distinct integers round(steps^(i/(points − 1))), i = 0..points − 1, from 1 to
+    `steps`: evenly spaced in log t, so a curve against log t is drawn from data down to t = 1
+    (fewer than `points` when steps is small, since the early ones coincide). A sequence is
+    sorted and its duplicates dropped. `steps` itself is always included (the final evaluation);
+    t = 0 is evaluated before training and is not part of the schedule.
+
+    Args:
+        steps: the number of optimizer steps T ≥ 1.
+        eval_at: "log", or a sequence of ints in [1, steps].
+        points: how many log-spaced steps to ask for ("log" only), ≥ 2.
+
+    Returns:
+        (E,) int64 NumPy array of increasing steps in [1, steps], ending at `steps`.
+
+    Raises:
+        ValueError: eval_at is neither "log" nor a sequence of ints in [1, steps], or points < 2.
+
+    Example:
+        >>> from jaxntk.training import eval_schedule
+        >>> eval_schedule(1000, "log", points=4).tolist()
+        [1, 10, 100, 1000]
+        >>> eval_schedule(50, [30, 5, 5]).tolist()
+        [5, 30, 50]
+    """
+    check_int("steps", steps, 1)
+    if isinstance(eval_at, str):
+        if eval_at != "log":
+            raise ValueError(f'eval_at must be None, "log" or a sequence of steps, got {eval_at!r}')
+        check_int("eval_points", points, 2)
+        at = np.round(np.geomspace(1, steps, points)).astype(np.int64)
+    else:
+        try:
+            at = np.asarray(list(eval_at))
+        except TypeError:
+            raise ValueError(
+                f'eval_at must be None, "log" or a sequence of steps, got {eval_at!r}'
+            ) from None
+        if at.ndim != 1 or (at.size and not np.issubdtype(at.dtype, np.integer)):
+            raise ValueError(f"eval_at must be a 1-D sequence of ints, got {eval_at!r}")
+        if at.size and (at.min() < 1 or at.max() > steps):
+            raise ValueError(
+                f"eval_at steps must lie in [1, steps = {steps}], got {sorted(set(at.tolist()))}"
+            )
+    return np.unique(np.append(at.astype(np.int64), steps))
+
+
+def _schedule_chunks(schedule: np.ndarray, steps: int, evals_per_chunk: int) -> tuple[int, int]:
+    """(steps per chunk, most evaluations in one chunk) for a schedule: about
+    len(schedule)/evals_per_chunk chunks of equal length, so one compiled program serves all."""
+    n_chunks = max(1, math.ceil(schedule.size / evals_per_chunk))
+    length = math.ceil(steps / n_chunks)
+    counts = np.bincount((schedule - 1) // length)
+    return length, int(counts.max())
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "optimizer", "length", "batching"))
+def _run_chunk_at(
+    state, step, total, wanted, data, hyper, *, objective, optimizer, length, batching
+):
+    """`length` steps from `step` (those at or past `total` skipped), evaluating after each step
+    whose count t + 1 is the next entry of `wanted` (increasing, padded with −1); the
+    evaluations are written in order into a buffer of len(wanted) slots."""
+    data = objective.prepare(data)  # once per chunk, outside the scan
+    one_step = _step_fn(objective, optimizer, data)
+    n_wanted = wanted.shape[0]
+
+    def batched_step(s, hyp, t):
+        return _for_each_setting(lambda s1, h1: one_step(s1, h1, t), batching)(s, hyp)
+
+    def batched_eval(p):
+        return _for_each_setting(lambda p1, h1: objective.evaluate(p1, data, h1), batching)(
+            p, hyper
+        )
+
+    shapes = jax.eval_shape(batched_eval, state.params)
+    buffer = jax.tree_util.tree_map(lambda a: jnp.zeros((n_wanted, *a.shape), a.dtype), shapes)
+
+    def inner(carry, _):
+        s, t, buf, i = carry
+        trace_shape = jax.eval_shape(batched_step, s, hyper, t)[1]
+
+        def skip(s):
+            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), trace_shape)
+
+        s, trace = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), skip, s)
+        t = t + 1
+        hit = (i < n_wanted) & (wanted[jnp.minimum(i, n_wanted - 1)] == t) & (t <= total)
+
+        def write(buf):
+            m = batched_eval(s.params)
+            return jax.tree_util.tree_map(lambda b, x: b.at[i].set(x), buf, m)
+
+        buf = jax.lax.cond(hit, write, lambda b: b, buf)
+        return (s, t, buf, i + hit.astype(i.dtype)), trace
+
+    init = (state, step, buffer, jnp.zeros((), jnp.int32))
+    (state, _, buffer, _), trace = jax.lax.scan(inner, init, None, length=length)
+    metrics = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), buffer)
+    trace = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), trace)
+    return state, metrics, trace
 
 
 def _to_host(tree) -> dict[str, np.ndarray]:

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxntk import checkpoint, cli
-from jaxntk.experiments import lambda_sweep, variants
+from jaxntk import checkpoint, cli, targets, training
+from jaxntk.experiments import dense_plus_sparse, lambda_sweep, variants
 
 
 def _png(path):
@@ -60,6 +60,10 @@ def test_lambda_sweep_end_to_end(tmp_path):
     assert _png(tmp_path / "lambda-sweep.png")
     with np.load(tmp_path / "lambda-sweep.npz") as z:
         assert z["1/trace_bulk"].shape == (2, 40) and z["trace_step"].tolist() == list(range(40))
+        # the test loss is evaluated on the log-spaced schedule: a curve against log t from t = 1
+        log = training.eval_schedule(40, "log", cfg.eval_points).tolist()
+        assert z["step"].tolist() == [0, *sorted({*log, 20, 40})]
+        assert z["1/test_loss"].shape == (2, z["step"].size)
 
 
 def test_reproduce_cli_with_overrides(tmp_path, capsys):
@@ -260,7 +264,8 @@ def _tiny_presets(monkeypatch):
         variants: dataclasses.replace(
             variants.PRESETS["cpu"], **tiny, steps=20, eval_every=10, seeds=(1,)
         ),
-        lambda_sweep: _tiny_sweep(steps=40, eval_every=2, seeds=(1,)),
+        # every 2 steps, 10 per chunk (chunks of 20 steps; eval_points=0: no log schedule)
+        lambda_sweep: _tiny_sweep(steps=40, eval_every=2, eval_points=0, seeds=(1,)),
         spectrum: spectrum.Config(d=8, n=30, m=200),
         sample_complexity: dataclasses.replace(
             sample_complexity.PRESETS["cpu"],
@@ -342,3 +347,68 @@ def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkey
     for a, b in zip(ref, resumed, strict=True):
         for key in ("test_loss", "train_loss", "bulk_sum"):
             assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+
+@pytest.mark.slow  # ~25 s of CPU: six compiled programs (three variants at two n) and a figure
+def test_dense_plus_sparse_end_to_end(tmp_path):
+    cfg = dataclasses.replace(
+        dense_plus_sparse.PRESETS["cpu"],
+        d=3,
+        ks=(1,),
+        k_sample=1,
+        ds=(),
+        n_points=2,
+        m=20,
+        n_test=100,
+        steps=8,
+        eval_points=4,
+        seeds=(1, 2),
+        lambdas_sum=(0.05,),
+        lambdas_mean=(1.0,),
+    )
+    doc = dense_plus_sparse.run(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "dense-plus-sparse.json").read_text())
+    rows = saved["results"]
+    labels = ["ntk", "quadntk", "ntk+quadntk", "sum:0.05", "mean:1"]
+    # grids from N(d, ≤ 1) = d + 1 to N(d, ≤ 2) = C(d + 2, 2) − 1
+    assert cfg.grid(3, 1) == [4, 9] and cfg.grid(4, 1) == [5, 14]
+    assert len(rows) == 2 * 2 * len(labels)  # two n, two seeds
+    for r in rows:
+        assert r["kept_directions"] == r["d"] + 1
+        if r["variant"] == "sum:0.05":
+            assert r["lambda_bulk_mean"] == pytest.approx(0.05 * r["n"])
+    steps = [0, *training.eval_schedule(8, "log", 4)]
+    with np.load(tmp_path / "dense-plus-sparse.npz") as z:
+        assert z["eval_step"].tolist() == steps
+        for r in rows:
+            key = dense_plus_sparse.curve_key(
+                "sphere", 1, r["d"], 1, r["n"], r["seed"], r["variant"]
+            )
+            assert z[f"{key}/test_loss"][-1] == pytest.approx(r["test_loss"], rel=1e-6)
+            assert z[f"{key}/share_fq"].shape == (len(steps), 2)
+    # the gain, recomputed from the rows
+    sel = [r for r in rows if r["d"] == 3 and r["n"] == 9]
+    base = {r["seed"]: r["test_loss"] for r in sel if r["variant"] == "ntk+quadntk"}
+    gain = [r["test_loss"] / base[r["seed"]] for r in sel if r["variant"] == "mean:1"]
+    got = saved["summary"]["by_n"]["sphere/k1/r1/n9"]["mean:1"]["gain"]
+    assert got["mean"] == pytest.approx(np.mean(gain)) and got["std"] == pytest.approx(np.std(gain))
+    # n*: the smallest n whose final test loss is at most the threshold, checked by hand
+    ns = saved["summary"]["sample_complexity"]["n_star"]
+    for r in rows:
+        own = sorted(
+            (q["n"], q["test_loss"])
+            for q in rows
+            if (q["variant"], q["d"], q["seed"]) == (r["variant"], r["d"], r["seed"])
+        )
+        first = next((n for n, loss in own if loss <= cfg.threshold), None)
+        assert ns[r["variant"]][str(r["d"])][str(r["seed"])] == first
+    # the spectrum checks: predicted blocks of degree ≤ k fill the kept directions
+    for s in saved["spectra"]:
+        assert sum(s["predicted_block_sizes"].values()) == targets.num_harmonics_up_to(s["d"], 1)
+    race = saved["summary"]["race"]
+    assert {race["largest_gain"]["n"], race["smallest_gain"]["n"]} <= {4, 9}
+    assert doc["summary"]["by_n"] == saved["summary"]["by_n"]
+    assert _png(tmp_path / "dense-plus-sparse.png")
+    (tmp_path / "dense-plus-sparse.png").unlink()
+    assert cli.main(["plot", str(tmp_path)]) == 0
+    assert _png(tmp_path / "dense-plus-sparse.png")

@@ -555,3 +555,71 @@ def test_make_task_keeps_the_targets_dtype_and_law_down_to_one_point(x64):
         assert x.shape == (1, D) and x.dtype == jnp.float32
         np.testing.assert_allclose(np.linalg.norm(np.asarray(x, np.float64)), math.sqrt(D), 1e-6)
     assert task.y_train.dtype == task.y_test.dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------------------------------
+# The theorem's target: dense degree ≤ k plus sparse degree k + 1
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "sphere"])
+@pytest.mark.parametrize("r", [1, 3])
+def test_theorem_target_parts_have_their_stated_variances_by_monte_carlo(distribution, r):
+    target = tg.theorem_target(
+        jax.random.PRNGKey(r),
+        D,
+        2,
+        r=r,
+        dense_variances=(0.2, 0.3),
+        sparse_variance=0.5,
+        distribution=distribution,
+    )
+    assert target.names == ("dense1", "dense2", "sparse") and target.degrees == (1, 2, 3)
+    assert target.components[2].directions.shape == (r, D)
+    # the stated variances, by the numpy formula and by Monte Carlo (5 standard errors of the
+    # sample), and the parts orthogonal to each other
+    np.testing.assert_allclose(
+        [_mean_square_by_formula(p) for p in target.components], [0.2, 0.3, 0.5], rtol=1e-5
+    )
+    _assert_moments(target, jax.random.PRNGKey(10 + r))
+
+
+def test_theorem_target_defaults_and_bad_arguments():
+    target = tg.theorem_target(KEY, D, 3)
+    np.testing.assert_allclose(target.variances, [1 / 9, 1 / 9, 1 / 9, 2 / 3], rtol=1e-5)
+    with pytest.raises(ValueError, match="dense_variances"):
+        tg.theorem_target(KEY, D, 2, dense_variances=(0.5,))
+    with pytest.raises(ValueError, match="k"):
+        tg.theorem_target(KEY, D, 0)
+    with pytest.raises(ValueError, match="r"):
+        tg.theorem_target(KEY, D, 1, r=D + 1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("d", [5, 8, 12])
+def test_kept_directions_equal_the_predicted_degree_blocks(d, k):
+    from jaxntk import spectral
+
+    kept = tg.num_harmonics_up_to(d, k)
+    # polynomials of degree ≤ k modulo |x|² times those of degree ≤ k − 2, counted by monomials
+    by_monomials = math.comb(d + k, k) - (math.comb(d + k - 2, k - 2) if k >= 2 else 0)
+    assert kept == by_monomials
+    predicted = spectral.predict_degree_blocks("shifted_sigmoid", d, 10 * kept, max_degree=k)
+    assert sorted(predicted.degrees) == list(range(k + 1))
+    assert sum(b.multiplicity for b in predicted.blocks) == kept
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_kept_directions_are_where_the_measured_spectrum_drops(k):
+    from jaxntk import network, spectral
+
+    d, n = 5, 150
+    net = network.init(jax.random.PRNGKey(0), d=d, m=2000)
+    x = tg.sample_inputs(jax.random.PRNGKey(1), n, d, "sphere")
+    ev = np.sort(np.linalg.eigvalsh(np.asarray(net.ntk_gram(x), np.float64) / n))[::-1]
+    kept = tg.num_harmonics_up_to(d, k)
+    # the N(d, ≤ k) top eigenvalues stand apart from what follows (degree k + 1 and the bulk)
+    assert ev[kept - 1] / ev[kept] > 2.0
+    # and the degree-k block sits at its predicted level (within a factor 2)
+    level = spectral.predict_degree_blocks("shifted_sigmoid", d, n, max_degree=k).block(k).level
+    block = ev[kept - tg.num_harmonics(d, k) : kept]
+    assert level / 2 < block.mean() < 2 * level

@@ -379,3 +379,70 @@ def test_fit_reports_under_the_label_run_by_default(net, task):
     infos = []
     jn.fit(objective, data, hyper={}, seeds=[0], steps=2, eval_every=2, progress=infos.append)
     assert [(i["label"], i["step"]) for i in infos] == [("run", 2)]
+
+
+@pytest.mark.parametrize("batching", ["map", "vmap"])
+def test_eval_at_evaluates_exactly_at_the_requested_steps(net, task, batching):
+    # an independent per-step run (eval_every=1, the default path) gives the curve at every step
+    kw = dict(steps=23, seeds=[0, 1], progress=False, batching=batching)
+    reg = jn.Regularizer(bulk=[0.0, 1.0])
+    every = jn.train(net, task, "regularized", reg=reg, eval_every=1, **kw)
+    wanted = [1, 2, 5, 6, 17]
+    run = jn.train(net, task, "regularized", reg=reg, eval_at=wanted, evals_per_chunk=2, **kw)
+    assert run.history["step"].tolist() == [0, 1, 2, 5, 6, 17, 23]
+    for key, val in run.history.items():
+        if key != "step":
+            np.testing.assert_allclose(
+                val, every.history[key][:, :, run.history["step"]], rtol=1e-5, atol=1e-7
+            )
+    np.testing.assert_allclose(run.trace["loss"], every.trace["loss"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(run.trace["step"], np.arange(23))
+    np.testing.assert_allclose(run.params, every.params, rtol=1e-5, atol=1e-7)
+
+
+def test_log_schedule_is_evenly_spaced_in_log_t(net, task):
+    at = training.eval_schedule(10_000, "log", points=9)
+    assert at.tolist() == [1, 3, 10, 32, 100, 316, 1000, 3162, 10_000]
+    run = jn.train(net, task, "ntk", steps=40, eval_at="log", eval_points=6, progress=False)
+    expected = np.unique(np.round(40.0 ** (np.arange(6) / 5))).astype(int).tolist()
+    assert run.history["step"].tolist() == [0, *expected]
+    assert run.config["eval_at"] == expected
+
+
+def test_default_schedule_is_unchanged_by_eval_at(net, task):
+    run = jn.train(net, task, "ntk", steps=25, eval_every=10, evals_per_chunk=2, progress=False)
+    assert run.history["step"].tolist() == [0, 10, 20, 25]
+    assert "eval_at" not in run.config
+
+
+@pytest.mark.parametrize(
+    "eval_at, match",
+    [("linear", "eval_at"), ([0, 5], r"\[1, steps"), ([3, 11], r"\[1, steps"), ([1.5], "ints")],
+)
+def test_bad_eval_schedule_raises(net, task, eval_at, match):
+    with pytest.raises(ValueError, match=match):
+        jn.train(net, task, "ntk", steps=10, eval_at=eval_at, progress=False)
+
+
+def test_resume_on_a_log_schedule_equals_the_uninterrupted_run(net, task, tmp_path):
+    kw = dict(steps=60, eval_at="log", eval_points=8, evals_per_chunk=3, seeds=[0], progress=False)
+    full = jn.train(net, task, "ntk+quadntk", **kw)
+    seen = []
+
+    def stop_after_first_chunk(info):
+        seen.append(info["step"])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jn.train(
+            net,
+            task,
+            "ntk+quadntk",
+            **{**kw, "progress": stop_after_first_chunk},
+            checkpoint=tmp_path,
+        )
+    resumed = jn.train(net, task, "ntk+quadntk", **kw, checkpoint=tmp_path, resume=True)
+    assert seen == [20]  # 8 evaluation steps, 3 per chunk: three chunks of 20 steps
+    for key in full.history:
+        np.testing.assert_array_equal(full.history[key], resumed.history[key])
+    np.testing.assert_array_equal(full.params, resumed.params)

@@ -44,6 +44,9 @@ class Config:
         k: top NTK directions kept out of the penalty (default d).
         seeds: one run per seed.
         eval_every: steps between evaluations.
+        eval_points: evaluations spaced evenly in log t (`jaxntk.training.eval_schedule`), added
+            to those every eval_every steps, so the test-loss panel against log_d t is drawn
+            from data from t = 1; 0 adds none.
         distribution: input distribution, "gaussian" or "sphere".
         activation: a name in `jaxntk.ACTIVATIONS`.
     """
@@ -59,6 +62,7 @@ class Config:
     k: int | None = None
     seeds: tuple[int, ...] = (1, 11, 111)
     eval_every: int = 250
+    eval_points: int = 40
     distribution: str = "gaussian"
     activation: str = "shifted_sigmoid"
 
@@ -116,6 +120,7 @@ def run(
             reg=reg,
             seeds=[seed],
             eval_every=config.eval_every,
+            eval_at=evaluation_steps(config),
             progress=labelled_progress(progress, f"lambda-sweep seed {seed}", "test (mean over λ)"),
             checkpoint=None if checkpoint is None else checkpoint / f"seed{seed}",
             resume=checkpoint is not None,
@@ -159,6 +164,29 @@ def run(
 
     plots.lambda_sweep_figure(out / f"{NAME}.json", out / f"{NAME}.npz", out / f"{NAME}.png")
     return doc
+
+
+def evaluation_steps(config: Config) -> list[int] | None:
+    """The steps at which the sweep evaluates: every `eval_every` steps and, unless eval_points is
+    0, the log-spaced schedule as well (`jaxntk.training.eval_schedule`); None for every
+    eval_every steps alone (the trainer's default schedule).
+
+    Args:
+        config: the settings.
+
+    Returns:
+        The increasing steps in [1, steps], or None when eval_points is 0.
+
+    Example:
+        >>> from jaxntk.experiments.lambda_sweep import Config, evaluation_steps
+        >>> evaluation_steps(Config(steps=1000, eval_every=250, eval_points=4))
+        [1, 10, 100, 250, 500, 750, 1000]
+    """
+    if not config.eval_points:
+        return None
+    log = training.eval_schedule(config.steps, "log", config.eval_points)
+    every = np.arange(config.eval_every, config.steps + 1, config.eval_every)
+    return np.union1d(log, every).astype(int).tolist()
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
