@@ -502,7 +502,10 @@ def _residual_budget(max_residual_bytes: int | None) -> int:
     it, else an eighth of the host's."""
     if max_residual_bytes is not None:
         return int(max_residual_bytes)
-    stats = jax.devices()[0].memory_stats() or {}
+    try:  # this process's own device: another process's cannot report its memory
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except RuntimeError:
+        stats = {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"]) // 4
     try:

@@ -124,8 +124,8 @@ PRESETS = {
 }
 """cpu: 300 of the 1437 training images, widths 16/64/256 (MLP) and 4/8/16 channels (CNN), 200
 steps, one seed, the closed-form check at the MLP's smallest width (minutes on 2 cores); paper:
-every training image, widths 64/256/1024 and 16/64/256 channels, 2000 steps, 3 seeds, the check at every
-width, for a GPU."""
+every training image, widths 64/256/1024 and 16/64/256 channels, 2000 steps, 3 seeds, the check
+at every width, for a GPU."""
 
 
 class Dense(nn.Module):
