@@ -120,7 +120,7 @@ def quadratic_term(
         Array([0.5], dtype=float32)
     """
     _check_like("delta", delta, params0)
-    return _expansion(_at_inputs(apply_fn, inputs), params0, delta)[2]
+    return _terms(_at_inputs(apply_fn, inputs), params0, delta, 2)[2]
 
 
 def taylor_terms(
@@ -512,12 +512,6 @@ def _residual_budget(max_residual_bytes: int | None) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
     except (ValueError, OSError, AttributeError):
         return 2**31
-
-
-def _expansion(fn: Callable[[PyTree], PyTree], params0: PyTree, delta: PyTree):
-    """(f(params0), f_L(δ), f_Q(δ)) in one Taylor-mode pass."""
-    f0, f_lin, f_quad = _terms(fn, params0, delta, 2)
-    return f0, f_lin, f_quad
 
 
 def _terms(fn, params0, delta, order: int) -> list:

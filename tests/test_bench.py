@@ -265,6 +265,16 @@ def test_pass_variants_agree_with_the_closed_form_and_count_their_traffic():
     for name, make in passes.IMPLEMENTATIONS.items():
         err = passes.check(make(net), net, x, y, u)
         assert err <= (2.0**-7 if name == "bfloat16" else 1e-5), (name, err)
+    # neurons in 4 blocks of 6 (12 × 6 float32 = 288 bytes each): the scan over blocks gives
+    # the same terms and gradient, and its σ' reassembles to the library's exactly
+    assert passes.blocks_for(12, 24, 288) == 4
+    for remat in (False, True):
+        blocked = passes.Blocked(net.w0, net.a, net.activation, remat=remat, block_bytes=288)
+        assert blocked.prepare(x).d1b.shape == (4, 12, 6)
+        assert passes.check(blocked, net, x, y, u) <= 1e-5
+        assert jnp.array_equal(blocked.prepare(x).d1, net.prepare(x).d1)
+    cols = passes.BlockedCols(net.w0, net.a, net.activation, block_bytes=288)
+    assert passes.check(cols, net, x, y, u) <= 1e-5
     r32, w32 = passes.nm_traffic(net, x, y)
     r16, w16 = passes.nm_traffic(passes.IMPLEMENTATIONS["bfloat16"](net), x, y)
     # σ' and σ'' read twice each at least; in bfloat16 those four reads cost half

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxntk import network, targets
+from jaxntk import network, targets, training
 
 
 def labelled_progress(progress: bool | Callable[[dict], None], label: str, what: str = "test"):
@@ -26,6 +26,30 @@ def labelled_progress(progress: bool | Callable[[dict], None], label: str, what:
         )
 
     return show
+
+
+def train_seed(
+    model,
+    task: targets.Task,
+    variant: str,
+    config,
+    seed: int,
+    progress: bool | Callable[[dict], None],
+    label: str,
+    **kwargs,
+) -> training.Run:
+    """One seed's `jaxntk.training.train` run with the experiment config's `steps` and `lr`,
+    and its progress lines tagged with `label`; `kwargs` go to `train` (reg, eval_every, ...)."""
+    return training.train(
+        model,
+        task,
+        variant,
+        steps=config.steps,
+        lr=config.lr,
+        seeds=[seed],
+        progress=labelled_progress(progress, label),
+        **kwargs,
+    )
 
 
 def mean_std_by(

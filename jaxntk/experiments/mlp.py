@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxntk import targets, training
-from jaxntk.experiments._common import labelled_progress, write_results
+from jaxntk import targets
+from jaxntk.experiments._common import train_seed, write_results
 from jaxntk.taylor import TaylorModel
 
 NAME = "mlp"
@@ -114,16 +114,16 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                 n = k * d * d
                 task = targets.make_task(k_data, target, n=n, n_test=config.n_test)
                 t0 = time.perf_counter()
-                r = training.train(
+                r = train_seed(
                     model,
                     task,
                     "full",
-                    steps=config.steps,
-                    lr=config.lr,
-                    seeds=[seed],
+                    config,
+                    seed,
+                    progress,
+                    f"mlp d={d} n={n} seed {seed}",
                     eval_every=config.eval_every,
                     devices=1,
-                    progress=labelled_progress(progress, f"mlp d={d} n={n} seed {seed}"),
                 )
                 test = float(r.final["test_loss"][0, 0])
                 rows.append(

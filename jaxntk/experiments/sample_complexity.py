@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxntk import objectives, training
-from jaxntk.experiments._common import labelled_progress, paper_setup, write_results
+from jaxntk import objectives
+from jaxntk.experiments._common import paper_setup, train_seed, write_results
 
 NAME = "sample-complexity"
 
@@ -129,16 +129,16 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                         else None
                     )
                     t0 = time.perf_counter()
-                    r = training.train(
+                    r = train_seed(
                         net,
                         task,
                         variant,
-                        steps=config.steps,
-                        lr=config.lr,
+                        config,
+                        seed,
+                        progress,
+                        f"{variant} d={d} n={n} seed {seed}",
                         reg=reg,
-                        seeds=[seed],
                         eval_every=config.eval_every,
-                        progress=labelled_progress(progress, f"{variant} d={d} n={n} seed {seed}"),
                     )
                     rows.append(
                         {

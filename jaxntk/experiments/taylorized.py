@@ -332,25 +332,17 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                         outputs = np.moveaxis(r.history["test_output"][0, 0], 1, 0).reshape(
                             -1, len(steps), config.n_test, CLASSES
                         )
+                        setting = {
+                            "model": name,
+                            "parameterization": parameterization,
+                            "width": width,
+                            "seed": seed,
+                            "loss": loss,
+                            "lr": lr,
+                            "seconds": seconds,
+                        }
                         for i, order in enumerate((0, *config.orders)):
-                            rows.append(
-                                _row(
-                                    name,
-                                    parameterization,
-                                    width,
-                                    seed,
-                                    loss,
-                                    order,
-                                    lr,
-                                    steps,
-                                    r,
-                                    i,
-                                    outputs,
-                                    theta0,
-                                    task,
-                                    seconds,
-                                )
-                            )
+                            rows.append(_row(setting, order, i, r, outputs, theta0, task))
                         checked = (
                             name in config.check_models
                             and width in sorted(widths)[: config.check_ntk_predict]
@@ -645,22 +637,9 @@ class _SideBySide:
         return {k: jnp.stack([m[k] for m in each]) for k in each[0]}
 
 
-def _row(
-    name,
-    parameterization,
-    width,
-    seed,
-    loss,
-    order,
-    lr,
-    steps,
-    r,
-    i,
-    outputs,
-    theta0,
-    task,
-    seconds,
-) -> dict:
+def _row(setting: dict, order: int, i: int, r, outputs, theta0: float, task) -> dict:
+    """One result row: `setting` (model, parameterization, width, seed, loss, lr, seconds) with
+    the order-`order` model's curves; `outputs[i]` is its test output at each evaluation."""
     f = outputs[i]
     full = outputs[0]
     labels = np.asarray(task.y_test)
@@ -668,22 +647,17 @@ def _row(
     moved = np.linalg.norm((full - full[0]).reshape(full.shape[0], -1), axis=1)
     gap = np.linalg.norm((f - full).reshape(f.shape[0], -1), axis=1)
     distance = np.divide(gap, moved, out=np.full_like(gap, np.nan), where=moved > 0)
+    steps = r.history["step"]
     return {
-        "model": name,
-        "parameterization": parameterization,
-        "width": width,
-        "seed": seed,
-        "loss": loss,
+        **setting,
         "order": order,
         "variant": _variant(order),
-        "lr": lr,
         "step": [int(s) for s in steps],
         "distance": [None if not np.isfinite(x) else float(x) for x in distance],
         "test_accuracy": (f.argmax(-1) == classes).mean(axis=1).tolist(),
         "test_loss": np.asarray(r.history["test_loss"][0, 0, :, i], dtype=float).tolist(),
         "movement": (np.asarray(r.history["u_norm"][0, 0, :, i], dtype=float) / theta0).tolist(),
         "diverged": bool(r.diverged),
-        "seconds": seconds,
     }
 
 
