@@ -349,6 +349,23 @@ def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkey
             assert b[key] == pytest.approx(a[key], rel=1e-6), key
 
 
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"threshold": 0.0}, "threshold must be > 0"),
+        ({"k_sample": 3}, "k_sample = 3 must be one of ks"),
+        ({"distributions": ("cube",)}, "unknown distribution 'cube'"),
+        ({"rs": (7,)}, r"rs = \(7,\) must be at most every d"),
+        ({"separate": ("full",)}, "separate must be a subset"),
+    ],
+)
+def test_dense_plus_sparse_rejects_bad_settings_before_any_work(tmp_path, change, words):
+    cfg = dataclasses.replace(dense_plus_sparse.PRESETS["cpu"], d=6, ds=(), **change)
+    with pytest.raises(ValueError, match=words):
+        dense_plus_sparse.run(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # ~25 s of CPU: six compiled programs (three variants at two n) and a figure
 def test_dense_plus_sparse_end_to_end(tmp_path):
     cfg = dataclasses.replace(
@@ -408,6 +425,13 @@ def test_dense_plus_sparse_end_to_end(tmp_path):
     race = saved["summary"]["race"]
     assert {race["largest_gain"]["n"], race["smallest_gain"]["n"]} <= {4, 9}
     assert doc["summary"]["by_n"] == saved["summary"]["by_n"]
+    # the printed tables: (1) per n, (2) n* and its slope, (3) the race, with the values above
+    text = dense_plus_sparse.table(saved)
+    for head in ("(1) sphere, k = 1, d = 3, r = 1", "(2) n*", "(3) the race"):
+        assert head in text
+    base = [r["test_loss"] for r in sel if r["variant"] == "ntk+quadntk"]
+    assert f"{np.mean(base):.3f} ± {np.std(base):.3f}" in text
+    assert f"{np.mean(gain):.2f} ± {np.std(gain):.2f}" in text
     assert _png(tmp_path / "dense-plus-sparse.png")
     (tmp_path / "dense-plus-sparse.png").unlink()
     assert cli.main(["plot", str(tmp_path)]) == 0

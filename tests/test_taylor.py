@@ -318,14 +318,16 @@ def test_bad_delta_raises(mlp):
                 fn(mlp_apply, p0, bad, x)
     with pytest.raises(ValueError, match=r"delta\['w2'\] must have shape \(7, 7\)"):
         linear_term(mlp_apply, p0, wrong_shape, x)
-    with pytest.raises(ValueError, match="params"):
-        taylor(mlp_apply, p0, 2)(wrong_shape, x)
+    for order in (1, 2, 3):  # the first-order model and the order-k one name their argument
+        with pytest.raises(ValueError, match=r"^params\['w2'\] must have shape \(7, 7\)"):
+            taylor(mlp_apply, p0, order)(wrong_shape, x)
     model = TaylorModel(mlp_apply, p0)
     prep = model.prepare(x)
-    for method in (model.full, model.linear_term, model.quadratic_term, model.linear_and_quadratic):
-        with pytest.raises(ValueError, match="u must have the tree structure"):
+    methods = (model.full, model.linear_term, model.quadratic_term, model.linear_and_quadratic)
+    for method in (*methods, lambda v, p: model.taylor_terms(v, p, 3)):
+        with pytest.raises(ValueError, match=r"^u must have the tree structure"):
             method(missing, prep)
-        with pytest.raises(ValueError, match=r"u\['b1'\] must have shape"):
+        with pytest.raises(ValueError, match=r"^u\['b1'\] must have shape"):
             method(wrong_dtype, prep)
 
 

@@ -320,6 +320,76 @@ def test_hoisted_program_evaluates_no_activation(which, request):
     assert not names & TRANSCENDENTAL
 
 
+def _primitives(jaxpr) -> set[str]:
+    """Every primitive of a jaxpr, sub-jaxprs (pjit, custom rules, ...) included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= _primitives(sub)
+    return names
+
+
+def test_prepared_terms_are_read_where_they_reach_the_order_asked(two_layer):
+    """f_Q, f_L + f_Q and the terms up to the prepared order read the hoisted factors: no
+    activation is evaluated; asking for a higher order than prepared recomputes (and does
+    evaluate it), with the same values."""
+    apply_fn, w0, u, x = two_layer
+    model = jn.TaylorModel(apply_fn, w0)
+    prep = model.prepare(x, order=2)
+
+    def used(fn, *args):
+        return _primitives(jax.make_jaxpr(fn)(u, prep, *args).jaxpr)
+
+    assert not used(model.quadratic_term) & TRANSCENDENTAL
+    assert not used(model.linear_and_quadratic) & TRANSCENDENTAL
+    assert not used(lambda v, p: model.taylor_terms(v, p, 2)) & TRANSCENDENTAL
+    assert used(lambda v, p: model.taylor_terms(v, p, 3)) & TRANSCENDENTAL
+    ref = taylor_terms(apply_fn, w0, u, x, order=3, method="jvp")
+    got = model.taylor_terms(u, prep, 3)
+    for k in (1, 2, 3):
+        assert _rel(got[k - 1], ref[k]) <= 1e-12
+
+
+def test_an_oversized_budget_is_refused_before_the_residuals_are_computed(two_layer, monkeypatch):
+    """Outside jit `prepare` sizes the residuals from shapes first: over the budget it never runs
+    the partial evaluation that would allocate them."""
+    from jaxntk import _staging
+
+    apply_fn, w0, _, x = two_layer
+
+    stage, calls = _staging.stage, []
+
+    def recorded(fn, known, unknown):
+        calls.append(any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(known)))
+        return stage(fn, known, unknown)
+
+    monkeypatch.setattr(_staging, "stage", recorded)
+    with pytest.warns(UserWarning, match="recomputes"):
+        assert jn.TaylorModel(apply_fn, w0, max_residual_bytes=100).prepare(x).terms is None
+    assert calls == [True]  # sized on abstract values (`residual_bytes`), never run on x
+    calls.clear()
+    assert jn.TaylorModel(apply_fn, w0).prepare(x).terms is not None
+    assert calls == [True, False]  # within the budget: sized, then run on the arrays
+
+
+def test_a_partial_apply_fn_is_kept_as_given(two_layer):
+    """A `jax.tree_util.Partial` is the model's apply_fn as it is (a plain function is wrapped
+    once), so models built from one Partial share its identity and their compilations."""
+    apply_fn, w0, _, _ = two_layer
+
+    def plain(w, x):
+        return apply_fn(w, x)
+
+    partial = jax.tree_util.Partial(plain)
+    assert jn.TaylorModel(partial, w0).apply_fn is partial
+    wrapped = jn.TaylorModel(plain, w0).apply_fn
+    assert isinstance(wrapped, jax.tree_util.Partial) and wrapped.func is plain
+
+
 def test_two_layer_residuals_are_the_closed_form_factors(two_layer):
     """For f = Σ_r a_r σ(w_r·x)/√m the order-k residuals are σ⁽ʲ⁾(X W0ᵀ)/j!, j = 1..k (k arrays of
     n·m numbers), the m output weights and X broadcast over the two halves of the neurons (2·n·d):
