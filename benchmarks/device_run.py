@@ -13,8 +13,8 @@ Called by `benchmarks/device_run.sh` (which sets the sizes from environment vari
 3. `jaxntk bench` at the given size: the roofline rows, the step rows of the chosen variants and
    the batching rows (vmap and lax.map over 3 λ).
 4. The authors' λ sweep (`jaxntk.experiments.lambda_sweep`, 6 λ × 3 seeds, "regularized", plain GD)
-   with `batching="vmap"`: the 6 λ of a seed are one vmapped program, compiled once and run for
-   each seed's own task and network; lambda-sweep.json, .npz and .png.
+   as one program: `jaxntk.train` given one network and task per seed vmaps the 18 settings
+   ("auto" batching: vmap on a GPU); lambda-sweep.json, .npz and .png.
 
 Everything is written to `--out` (device_run.json beside the bench's and the sweep's files).
 `--memory-table` only writes the memory table (memory.md; with `--results` also appended to
@@ -45,7 +45,8 @@ DEVICES_GB = {"80 GB (A100/H100)": 80, "141 GB (H200)": 141}
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """The sizes of one λ-sweep program: L λ × S seeds vmapped, "regularized" on f_L + f_Q."""
+    """The sizes of one λ-sweep program: `settings` = L λ × S seeds vmapped, "regularized" on
+    f_L + f_Q, each of the S seeds with its own task and network (`seeds` = S)."""
 
     d: int = 100
     n: int = 1000
@@ -55,6 +56,7 @@ class Sizes:
     k: int | None = None  # good directions kept; default d
     n_pop: int = 2000  # evaluation inputs of R_pop (training.POP_EVAL_SAMPLES, ≤ n_test)
     parts: int = 2  # target parts of the paper's task (linear, quadratic)
+    seeds: int = 3  # tasks and networks in the program, one per seed (settings = λ × seeds)
 
 
 def vmap_memory_terms(s: Sizes) -> dict[str, int]:
@@ -66,11 +68,18 @@ def vmap_memory_terms(s: Sizes) -> dict[str, int]:
     # array where n_test exceeds 2·n_pop (read off XLA's buffer assignment, `compiled_memory`)
     rows = 2 * (s.n + s.n_test + n_pop) + max(0, s.n_test - 2 * n_pop)
     return {
-        "arguments: inputs, labels, parts, U_k, W0, a": F32
-        * ((s.n + s.n_test + n_pop) * s.d + s.n + (1 + s.parts) * s.n_test + s.n * k + k)
-        + F32 * s.m * (s.d + 1),
+        "arguments: inputs, labels, parts, U_k, W0, a (per seed)": F32
+        * s.seeds
+        * (
+            (s.n + s.n_test + n_pop) * s.d
+            + s.n
+            + (1 + s.parts) * s.n_test
+            + s.n * k
+            + k
+            + s.m * (s.d + 1)
+        ),
         "arguments and outputs: U of every setting": F32 * 2 * s.settings * s.m * s.d,
-        "σ', σ'' of the train, test, R_pop inputs": F32 * rows * s.m,
+        "σ', σ'' of the train, test, R_pop inputs (per seed)": F32 * s.seeds * rows * s.m,
         "per setting: the evaluation's products": F32 * s.settings * rows * s.m,
     }
 
@@ -79,8 +88,8 @@ def vmap_memory_bytes(s: Sizes) -> int:
     """Bytes of device memory one vmapped chunk of the λ sweep needs, from its arrays' sizes.
 
     With R = 2·(n + n_test + n_pop) + max(0, n_test − 2·n_pop) rows of m float32 values:
-    R·m for the prepared σ', σ'' on the training, test and R_pop inputs (shared by every
-    setting), R·m per setting for the evaluation's products (Z = X Uᵀ and the term products on
+    R·m per seed for the prepared σ', σ'' on its training, test and R_pop inputs (shared by
+    that seed's λ), R·m per setting for the evaluation's products (Z = X Uᵀ and the term products on
     the same inputs: the evaluation, not the step, sets the peak, since n_test ≫ n), U of every
     setting in and out, and the inputs, labels, target parts, U_k, W0 and a. Checked against
     XLA's buffer assignment (`compiled_memory`) in tests/test_bench.py.
@@ -92,9 +101,9 @@ def vmap_memory_bytes(s: Sizes) -> int:
         The bytes, an int.
 
     Example:
-        >>> paper = Sizes()  # d=100, n=1000, m=10 000, n_test=10 000, 18 settings
+        >>> paper = Sizes()  # d=100, n=1000, m=10 000, n_test=10 000, 6 λ × 3 seeds
         >>> round(vmap_memory_bytes(paper) / 1e9, 1)
-        24.5
+        27.1
     """
     return sum(vmap_memory_terms(s).values())
 
@@ -117,9 +126,10 @@ def largest(s: Sizes, field: str, limit_bytes: float) -> int:
 def compiled_memory(s: Sizes, *, eval_every: int = 5, evals_per_chunk: int = 2) -> dict[str, int]:
     """XLA's buffer assignment for the vmapped training chunk at sizes `s`, on the default backend.
 
-    Builds the λ sweep's chunk exactly as `jaxntk.train` does (L = settings λ, one seed, batching
-    "vmap"), intercepts its arguments at the first chunk call and compiles it ahead of time:
-    `jax.jit(...).lower(...).compile().memory_analysis()`. Nothing of the chunk itself runs.
+    Builds the λ sweep's chunk exactly as `jaxntk.train` does (settings / seeds λ, and seeds
+    tasks and networks, one per seed, batching "vmap"), intercepts its arguments at the first
+    chunk call and compiles it ahead of time: `jax.jit(...).lower(...).compile()
+    .memory_analysis()`. Nothing of the chunk itself runs.
 
     Args:
         s: the sizes (s.settings λ in one program).
@@ -143,15 +153,21 @@ def compiled_memory(s: Sizes, *, eval_every: int = 5, evals_per_chunk: int = 2) 
         got["args"], got["kwargs"] = args, kwargs
         raise _Got
 
-    task = jn.paper_task(jax.random.PRNGKey(0), d=s.d, n=s.n, n_test=s.n_test)
-    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=s.d, m=s.m)
-    reg = jn.Regularizer(bulk=list(np.linspace(0.0, 1.0, s.settings)), k=s.k)
+    if s.settings % s.seeds:
+        raise ValueError(f"settings = {s.settings} must be a multiple of seeds = {s.seeds}")
+    tasks = [
+        jn.paper_task(jax.random.PRNGKey(i), d=s.d, n=s.n, n_test=s.n_test) for i in range(s.seeds)
+    ]
+    nets = [jn.TwoLayer.init(jax.random.PRNGKey(100 + i), d=s.d, m=s.m) for i in range(s.seeds)]
+    lambdas = s.settings // s.seeds
+    reg = jn.Regularizer(bulk=list(np.linspace(0.0, 1.0, lambdas)), k=s.k)
     training._run_chunk = intercept
     try:
         jn.train(
-            net,
-            task,
+            nets if s.seeds > 1 else nets[0],
+            tasks if s.seeds > 1 else tasks[0],
             "regularized",
+            seeds=list(range(s.seeds)),
             steps=eval_every * evals_per_chunk,
             reg=reg,
             eval_every=eval_every,
@@ -231,9 +247,10 @@ def memory_markdown(sizes: list[Sizes], checked: list[tuple[Sizes, dict]]) -> st
     lines = [
         f"\n## Memory of the vmapped λ sweep (benchmarks/device_run.py --memory-table, {when})\n",
         "`vmap_memory_bytes`: float32, R = 2·(n + n_test + n_pop) + max(0, n_test − 2·n_pop) rows "
-        "of m values for σ', σ'' (shared) and R per setting for the evaluation's products, plus "
-        "U of every setting and the inputs. The most that fits varies one size, the others kept.\n",
-        "| d | n | m | n_test | settings | GB | " + " | ".join(DEVICES_GB) + " |",
+        "of m values for σ', σ'' (per seed: each seed has its own task and network) and R per "
+        "setting for the evaluation's products, plus U of every setting and the inputs. The most "
+        "that fits varies one size, the others kept.\n",
+        "| d | n | m | n_test | settings (λ × seeds) | GB | " + " | ".join(DEVICES_GB) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(DEVICES_GB),
     ]
     for s in sizes:
@@ -243,20 +260,21 @@ def memory_markdown(sizes: list[Sizes], checked: list[tuple[Sizes, dict]]) -> st
             most = ", ".join(f"{f} ≤ {largest(s, f, cap * GB):,}" for f in ("m", "n_test"))
             cells.append(f"{fits} ({most})")
         lines.append(
-            f"| {s.d} | {s.n} | {s.m:,} | {s.n_test:,} | {s.settings} | "
+            f"| {s.d} | {s.n} | {s.m:,} | {s.n_test:,} | {s.settings // s.seeds} × {s.seeds} | "
             f"{vmap_memory_bytes(s) / GB:.2f} | " + " | ".join(cells) + " |"
         )
     lines += [
         "",
         f"Against XLA's buffer assignment of the same chunk (`compiled_memory`, backend "
         f"{jax.default_backend()}, compiled ahead of time):\n",
-        "| d | n | m | n_test | settings | formula, MB | XLA, MB | formula / XLA |",
+        "| d | n | m | n_test | settings (λ × seeds) | formula, MB | XLA, MB | formula / XLA |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s, got in checked:
         f = vmap_memory_bytes(s)
         lines.append(
-            f"| {s.d} | {s.n} | {s.m} | {s.n_test} | {s.settings} | {f / 1e6:.2f} | "
+            f"| {s.d} | {s.n} | {s.m} | {s.n_test} | {s.settings // s.seeds} × {s.seeds} | "
+            f"{f / 1e6:.2f} | "
             f"{got['total'] / 1e6:.2f} | {f / got['total']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -293,13 +311,14 @@ def main(argv: list[str] | None = None) -> dict:
         from _machine import write_table
 
         paper = Sizes()
-        sizes = [dataclasses.replace(paper, settings=6), paper]
+        sizes = [dataclasses.replace(paper, settings=6, seeds=1), paper]
         sizes += [dataclasses.replace(paper, m=m) for m in (20_000, 40_000, 80_000)]
         sizes += [dataclasses.replace(paper, n_test=nt) for nt in (40_000, 100_000)]
         small = [
-            Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100),
-            Sizes(d=10, n=100, m=400, n_test=1000, settings=18, n_pop=200),
-            Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50),
+            Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100, seeds=1),
+            Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100, seeds=3),
+            Sizes(d=10, n=100, m=400, n_test=1000, settings=18, n_pop=200, seeds=3),
+            Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50, seeds=1),
         ]
         text = memory_markdown(sizes, [(s, compiled_memory(s)) for s in small])
         print(text)
@@ -322,8 +341,10 @@ def main(argv: list[str] | None = None) -> dict:
         seeds=seeds,
     )
     lambdas = len(cfg.lambdas)
-    per_program = Sizes(d=a.d, n=a.n, m=a.m, n_test=a.n_test, settings=lambdas)
-    all_settings = dataclasses.replace(per_program, settings=lambdas * len(seeds))
+    # the whole sweep is one program: every λ, and every seed with its own task and network
+    per_program = Sizes(
+        d=a.d, n=a.n, m=a.m, n_test=a.n_test, settings=lambdas * len(seeds), seeds=len(seeds)
+    )
     a.out.mkdir(parents=True, exist_ok=True)
     doc = {
         "backend": jax.default_backend(),
@@ -336,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     matmul = bench._matmul_row(4096 if jax.default_backend() != "cpu" else 1024)
     triad = bench._bandwidth_row(2**28 if jax.default_backend() != "cpu" else 2**24)
     gflops, gbs = matmul["gflops"], triad["config"]["gbytes_per_s"]
-    est = estimate(all_settings, a.steps, a.eval_every, gflops, gbs)
+    est = estimate(per_program, a.steps, a.eval_every, gflops, gbs)
     doc["rates"] = {"matmul_gflops": gflops, "bandwidth_gbytes_per_s": gbs}
     doc["estimate"] = est
     print(
@@ -349,17 +370,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # 2. memory
-    doc["memory_formula_bytes"] = {
-        "per_program": vmap_memory_bytes(per_program),
-        "all_settings_in_one_program": vmap_memory_bytes(all_settings),
-    }
-    for line in memory_report(per_program) + memory_report(all_settings):
+    doc["memory_formula_bytes"] = {"one_program": vmap_memory_bytes(per_program)}
+    for line in memory_report(per_program):
         print(line)
     if a.check_memory:
         compiled = compiled_memory(per_program)
         doc["memory_compiled_bytes"] = compiled
         print(
-            f"XLA buffer assignment, {lambdas} settings: {compiled['total'] / GB:.2f} GB "
+            f"XLA buffer assignment, {per_program.settings} settings: "
+            f"{compiled['total'] / GB:.2f} GB "
             f"(formula {vmap_memory_bytes(per_program) / GB:.2f} GB)",
             flush=True,
         )

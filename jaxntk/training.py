@@ -142,7 +142,11 @@ def train(
 
     Args:
         model: a model (`jaxntk.TwoLayer`, `jaxntk.TaylorModel`, ...); U is its displacement.
-        task: a `jaxntk.targets.Task` (x/y train and test, target parts, distribution).
+            Or a list of models, one per seed, with `task` a list of tasks: seed s trains
+            model[s] on task[s], every seed and λ in one compiled program (the models alike in
+            structure and shapes, the tasks too; on one device).
+        task: a `jaxntk.targets.Task` (x/y train and test, target parts, distribution), or a
+            list of them, one per seed (see `model`).
         variant: a name in `jaxntk.objectives.VARIANTS`.
         steps: number of optimizer steps T ≥ 1.
         lr: learning rate of a named optimizer.
@@ -189,8 +193,9 @@ def train(
             step count, devices that do not fit the model, task labels that do not fit the
             model's outputs and the loss (naming y_train or y_test), or the good-direction
             regularizers (R_bulk, R_pop, "regularized", track_directions) on a model with
-            other outputs than one per input.
-        TypeError: if `reg` is not a `Regularizer`.
+            other outputs than one per input; for lists of models and tasks, not one of each
+            per seed, models or tasks that differ in structure or shapes, or several devices.
+        TypeError: if `reg` is not a `Regularizer`, or only one of model and task is a list.
 
     Example:
         >>> import jax
@@ -204,12 +209,23 @@ def train(
         (2, 3, 3)
         >>> run.history["step"].tolist()
         [0, 20, 40]
+
+        Each seed with its own task and network, still one program:
+
+        >>> tasks = [jn.paper_task(jax.random.PRNGKey(s), d=8, n=20, n_test=50) for s in (1, 2)]
+        >>> nets = [jn.TwoLayer.init(jax.random.PRNGKey(10 + s), d=8, m=16) for s in (1, 2)]
+        >>> run = jn.train(nets, tasks, steps=40, eval_every=20, seeds=[1, 2], progress=False)
+        >>> run.history["test_loss"].shape, run.config["data_per_seed"]
+        ((1, 2, 3), True)
     """
     v = get_variant(variant)
-    task_data.check_task(task, model)
-    out_train, out_test = _output_shapes(model, task)
-    check_targets(loss, task.y_train, out_train, "y_train", "x_train")
-    check_targets(loss, task.y_test, out_test, "y_test", "x_test")
+    pairs = _pairs(model, task, seeds)
+    model, task = pairs[0]
+    for m_s, t_s in pairs:
+        task_data.check_task(t_s, m_s)
+        out_train, out_test = _output_shapes(m_s, t_s)
+        check_targets(loss, t_s.y_train, out_train, "y_train", "x_train")
+        check_targets(loss, t_s.y_test, out_test, "y_test", "x_test")
     if reg is None:
         reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
     if not isinstance(reg, Regularizer):
@@ -231,8 +247,14 @@ def train(
 
     _batching_mode(batching)  # a bad value fails before any work
     layout = sharding.layout(model, devices)
+    if layout is not None and len(pairs) > 1:
+        raise ValueError(
+            "devices: one model and task per seed trains on one device; pass devices=1, "
+            f"got {devices!r}"
+        )
     if layout is not None:
         model = layout.model(model)  # so that everything computed from W0 is split as well
+        pairs = [(model, task)]
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
@@ -243,7 +265,7 @@ def train(
                 f"{out_train}: train another variant, with at most Regularizer(norm24=...)"
             )
         k = task.d if reg.k is None else reg.k
-        dirs = _good_directions(model, task.x_train, k, subspace_method)
+        dirs = [_good_directions(m_s, t_s.x_train, k, subspace_method) for m_s, t_s in pairs]
     objective = VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
@@ -256,16 +278,21 @@ def train(
         data_loss=loss,
     )
     # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
-    data = Data(
-        model,
-        task.x_train,
-        task.x_test,
-        task.y_train,
-        task.y_test,
-        task.parts_test,
-        dirs,
-        task.x_test[:POP_EVAL_SAMPLES],
-    )
+    data = [
+        Data(
+            m_s,
+            t_s.x_train,
+            t_s.x_test,
+            t_s.y_train,
+            t_s.y_test,
+            t_s.parts_test,
+            None if dirs is None else dirs[i],
+            t_s.x_test[:POP_EVAL_SAMPLES],
+        )
+        for i, (m_s, t_s) in enumerate(pairs)
+    ]
+    per_seed = len(data) > 1
+    data = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *data) if per_seed else data[0]
     config = {
         "variant": variant,
         "steps": steps,
@@ -282,6 +309,8 @@ def train(
         "distribution": task.distribution,
         "loss": loss,
     }
+    if per_seed:
+        config["data_per_seed"] = True
     return fit(
         objective,
         data,
@@ -301,6 +330,7 @@ def train(
         config=config,
         layout=layout,
         batching=batching,
+        per_seed=per_seed,
     )
 
 
@@ -324,6 +354,7 @@ def fit(
     config: dict[str, Any] | None = None,
     layout: sharding.Layout | None = None,
     batching: str = "auto",
+    per_seed: bool = False,
 ) -> Run:
     """Train `objective` on `data` for every setting in `hyper` (each a (L,) array) and seed.
 
@@ -352,6 +383,8 @@ def fit(
         layout: a `jaxntk.sharding.layout` placing the data and the state on a device mesh; the
             compiled program is the same, partitioned by XLA.
         batching: as in `train`.
+        per_seed: `data`'s leaves lead with the seed axis S: seed s trains on data[s] (its
+            own task and model), all S in the one compiled program.
 
     Returns:
         A `Run` whose params and metrics lead with the axes (L, S).
@@ -366,6 +399,15 @@ def fit(
     check_int("evals_per_chunk", evals_per_chunk, 1)
     schedule = None if eval_at is None else eval_schedule(steps, eval_at, eval_points)
     seeds = _check_seeds(seeds)
+    if per_seed:
+        if layout is not None:
+            raise ValueError("per_seed data trains on one device: layout must be None")
+        lead = {int(np.shape(a)[0]) for a in jax.tree_util.tree_leaves(data)}
+        if lead != {len(seeds)}:
+            raise ValueError(
+                f"per_seed: every leaf of data must lead with the {len(seeds)} seeds, "
+                f"got leading sizes {sorted(lead)}"
+            )
     named = isinstance(optimizer, str)
     if named and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
@@ -396,7 +438,7 @@ def fit(
         config["eval_at"] = schedule.tolist()
         chunk_len, max_evals = _schedule_chunks(schedule, steps, evals_per_chunk)
     state = _init_state(
-        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, dtype), named
+        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, dtype), named, per_seed
     )
     if layout is not None:
         state = layout.state(state)
@@ -406,7 +448,9 @@ def fit(
     if ckpt is not None and checkpoints.begin(ckpt, config, resume=resume):
         state, step, history = checkpoints.restore(ckpt, state)
     if not history:
-        history.append(_to_host(_evaluate_jit(state.params, data, hyper_arrays, objective)))
+        history.append(
+            _to_host(_evaluate_jit(state.params, data, hyper_arrays, objective, per_seed))
+        )
         history[-1]["step"] = np.zeros(1, dtype=np.int64)
         if ckpt is not None:
             checkpoints.save_chunk(ckpt, history[-1])
@@ -429,6 +473,7 @@ def fit(
                 eval_every=eval_every,
                 n_blocks=evals_per_chunk,
                 batching=mode,
+                per_seed=per_seed,
             )
             metrics, at = _to_host(metrics), np.asarray(at)
             real = at > step  # blocks past the last step are skipped in the program
@@ -450,6 +495,7 @@ def fit(
                 optimizer=opt,
                 length=chunk_len,
                 batching=mode,
+                per_seed=per_seed,
             )
             chunk = {k: v[:, :, : mine.size] for k, v in _to_host(metrics).items()}
             chunk["step"] = mine.astype(np.int64)
@@ -488,6 +534,37 @@ def fit(
     return Run(fetch(state.params), hist, config, bad, trace)
 
 
+def _pairs(model: Any, task: Any, seeds: Sequence[int]) -> list[tuple[Any, Any]]:
+    """[(model, task)], or for sequences of models and tasks one pair per seed, checked to have
+    the same structure and shapes (they are stacked into one program)."""
+    if not isinstance(model, list | tuple) and not isinstance(task, list | tuple):
+        return [(model, task)]
+    if not (isinstance(model, list | tuple) and isinstance(task, list | tuple)):
+        raise TypeError(
+            "model and task: pass one of each, or a list of each (one per seed), got "
+            f"{type(model).__name__} and {type(task).__name__}"
+        )
+    n_seeds = len(seeds) if isinstance(seeds, Sequence) else 1
+    if not len(model) == len(task) == n_seeds or n_seeds == 0:
+        raise ValueError(
+            f"model and task: one of each per seed, got {len(model)} models and {len(task)} "
+            f"tasks for {n_seeds} seeds"
+        )
+    pairs = list(zip(model, task, strict=True))
+    for what, items in (("model", model), ("task", task)):
+        shapes = [
+            (jax.tree_util.tree_structure(x), [jnp.shape(a) for a in jax.tree_util.tree_leaves(x)])
+            for x in items
+        ]
+        for i, shape in enumerate(shapes[1:], 1):
+            if shape != shapes[0]:
+                raise ValueError(
+                    f"{what}[{i}] differs in structure or shapes from {what}[0]: the models "
+                    "and tasks of one run are stacked into one program"
+                )
+    return pairs
+
+
 def _output_shapes(model: Any, task: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shapes of the model's outputs on the task's training and test inputs (traced, not run)."""
 
@@ -524,9 +601,9 @@ def _named_optimizer(name: str) -> optax.GradientTransformation:
     return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 6))
-def _init_state(objective, opt, data, seeds, n_lambda, lr, set_lr: bool):
-    def one(seed):
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 6, 7))
+def _init_state(objective, opt, data, seeds, n_lambda, lr, set_lr: bool, per_seed: bool = False):
+    def one(seed, data):
         key = jax.random.PRNGKey(seed)
         k_init, k_run = jax.random.split(key)
         params = objective.init(k_init, data)
@@ -537,15 +614,25 @@ def _init_state(objective, opt, data, seeds, n_lambda, lr, set_lr: bool):
             opt_state = opt_state._replace(hyperparams=hp)
         return TrainState(params, opt_state, k_run, jnp.asarray(-1, jnp.int32))
 
-    per_seed = jax.vmap(one)(seeds)
-    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_lambda, *x.shape)), per_seed)
+    states = jax.vmap(one, in_axes=(0, 0 if per_seed else None))(seeds, data)
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_lambda, *x.shape)), states)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _evaluate_jit(params, data, hyper, objective):
-    data = objective.prepare(data)
-    per_seed = jax.vmap(objective.evaluate, in_axes=(0, None, None))
-    per_setting = jax.vmap(per_seed, in_axes=(0, None, 0))
+def _evaluate_at(objective):
+    """objective.evaluate with _for_each_setting's argument order (params, hyper, data)."""
+    return lambda p, h, d: objective.evaluate(p, d, h)
+
+
+def _prepare(objective, data, per_seed: bool):
+    """`objective.prepare(data)`, for each seed's own data when per_seed."""
+    return jax.vmap(objective.prepare)(data) if per_seed else objective.prepare(data)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _evaluate_jit(params, data, hyper, objective, per_seed=False):
+    data = _prepare(objective, data, per_seed)
+    each_seed = jax.vmap(objective.evaluate, in_axes=(0, 0 if per_seed else None, None))
+    per_setting = jax.vmap(each_seed, in_axes=(0, None, 0))
     return jax.tree_util.tree_map(lambda x: x[:, :, None], per_setting(params, data, hyper))
 
 
@@ -557,34 +644,41 @@ def _batching_mode(batching: str) -> str:
     return batching
 
 
-def _for_each_setting(fn: Callable, mode: str) -> Callable:
-    """fn(x, h) applied to every (λ, seed): x's leaves lead with (L, S), h's with (L,).
+def _for_each_setting(fn: Callable, mode: str, data: Any, per_seed: bool = False) -> Callable:
+    """fn(x, h, data) applied to every (λ, seed): x's leaves lead with (L, S), h's with (L,);
+    `data` is shared, or with per_seed its leaves lead with (S,) and seed s reads data[s].
 
     "vmap" batches the arrays; "map" runs the L·S settings one after another with `lax.map`
     (no batched products), and a single setting is called directly.
     """
     if mode == "vmap":
-        return jax.vmap(jax.vmap(fn, in_axes=(0, None)), in_axes=(0, 0))
+        each_seed = jax.vmap(fn, in_axes=(0, None, 0 if per_seed else None))
+        return lambda x, h: jax.vmap(each_seed, in_axes=(0, 0, None))(x, h, data)
+
+    def one(x, h, s):
+        own = jax.tree_util.tree_map(lambda a: a[s], data) if per_seed else data
+        return fn(x, h, own)
 
     def mapped(x, h):
         n_l, n_s = jax.tree_util.tree_leaves(x)[0].shape[:2]
         flat_x = jax.tree_util.tree_map(lambda a: a.reshape(n_l * n_s, *a.shape[2:]), x)
         flat_h = jax.tree_util.tree_map(lambda a: jnp.repeat(a, n_s, axis=0), h)
+        seed = jnp.arange(n_l * n_s) % n_s
         if n_l * n_s == 1:
-            one = fn(*jax.tree_util.tree_map(lambda a: a[0], (flat_x, flat_h)))
-            out = jax.tree_util.tree_map(lambda a: a[None], one)
+            out = one(*jax.tree_util.tree_map(lambda a: a[0], (flat_x, flat_h, seed)))
+            out = jax.tree_util.tree_map(lambda a: a[None], out)
         else:
-            out = jax.lax.map(lambda xh: fn(*xh), (flat_x, flat_h))
+            out = jax.lax.map(lambda xhs: one(*xhs), (flat_x, flat_h, seed))
         return jax.tree_util.tree_map(lambda a: a.reshape(n_l, n_s, *a.shape[1:]), out)
 
     return mapped
 
 
-def _step_fn(objective, optimizer, data) -> Callable:
-    """one_step(state, hyper, t) -> (state', trace): one optimizer step of one setting; a run
-    whose loss became non-finite keeps its state and records the step."""
+def _step_fn(objective, optimizer) -> Callable:
+    """one_step(state, hyper, t, data) -> (state', trace): one optimizer step of one setting; a
+    run whose loss became non-finite keeps its state and records the step."""
 
-    def one_step(s: TrainState, hyp, t):
+    def one_step(s: TrainState, hyp, t, data):
         key, sub = jax.random.split(s.key)
         (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
             s.params, data, hyp, sub
@@ -605,20 +699,33 @@ def _step_fn(objective, optimizer, data) -> Callable:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("objective", "optimizer", "eval_every", "n_blocks", "batching")
+    jax.jit,
+    static_argnames=("objective", "optimizer", "eval_every", "n_blocks", "batching", "per_seed"),
 )
 def _run_chunk(
-    state, step, total, data, hyper, *, objective, optimizer, eval_every, n_blocks, batching
+    state,
+    step,
+    total,
+    data,
+    hyper,
+    *,
+    objective,
+    optimizer,
+    eval_every,
+    n_blocks,
+    batching,
+    per_seed=False,
 ):
     """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
-    data = objective.prepare(data)  # once per chunk, outside the scan
-    one_step = _step_fn(objective, optimizer, data)
+    data = _prepare(objective, data, per_seed)  # once per chunk, outside the scan
+    one_step = _step_fn(objective, optimizer)
 
     def batched_step(s, hyp, t):
-        return _for_each_setting(lambda s1, h1: one_step(s1, h1, t), batching)(s, hyp)
+        step_one = lambda s1, h1, d1: one_step(s1, h1, t, d1)  # noqa: E731
+        return _for_each_setting(step_one, batching, data, per_seed)(s, hyp)
 
     def batched_eval(p, data, hyp):
-        return _for_each_setting(lambda p1, h1: objective.evaluate(p1, data, h1), batching)(p, hyp)
+        return _for_each_setting(_evaluate_at(objective), batching, data, per_seed)(p, hyp)
 
     def inner(carry, _):
         s, t = carry
@@ -709,24 +816,36 @@ def _schedule_chunks(schedule: np.ndarray, steps: int, evals_per_chunk: int) -> 
     return length, int(counts.max())
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "optimizer", "length", "batching"))
+@functools.partial(
+    jax.jit, static_argnames=("objective", "optimizer", "length", "batching", "per_seed")
+)
 def _run_chunk_at(
-    state, step, total, wanted, data, hyper, *, objective, optimizer, length, batching
+    state,
+    step,
+    total,
+    wanted,
+    data,
+    hyper,
+    *,
+    objective,
+    optimizer,
+    length,
+    batching,
+    per_seed=False,
 ):
     """`length` steps from `step` (those at or past `total` skipped), evaluating after each step
     whose count t + 1 is the next entry of `wanted` (increasing, padded with −1); the
     evaluations are written in order into a buffer of len(wanted) slots."""
-    data = objective.prepare(data)  # once per chunk, outside the scan
-    one_step = _step_fn(objective, optimizer, data)
+    data = _prepare(objective, data, per_seed)  # once per chunk, outside the scan
+    one_step = _step_fn(objective, optimizer)
     n_wanted = wanted.shape[0]
 
     def batched_step(s, hyp, t):
-        return _for_each_setting(lambda s1, h1: one_step(s1, h1, t), batching)(s, hyp)
+        step_one = lambda s1, h1, d1: one_step(s1, h1, t, d1)  # noqa: E731
+        return _for_each_setting(step_one, batching, data, per_seed)(s, hyp)
 
     def batched_eval(p):
-        return _for_each_setting(lambda p1, h1: objective.evaluate(p1, data, h1), batching)(
-            p, hyper
-        )
+        return _for_each_setting(_evaluate_at(objective), batching, data, per_seed)(p, hyper)
 
     shapes = jax.eval_shape(batched_eval, state.params)
     buffer = jax.tree_util.tree_map(lambda a: jnp.zeros((n_wanted, *a.shape), a.dtype), shapes)

@@ -153,7 +153,8 @@ def test_least_bytes_lists_the_arrays_a_step_reads_and_writes():
 @pytest.mark.slow
 def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
     """benchmarks/device_run.sh end to end on CPU at a tiny size: the estimate printed first,
-    then the bench rows and the λ sweep (6 λ × 2 seeds), everything in OUT and nowhere else."""
+    then the bench rows and the λ sweep (6 λ × 2 seeds in one program), everything in OUT and
+    nowhere else."""
     import os
     import subprocess
 
@@ -190,8 +191,9 @@ def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     assert text.index("estimate at") < text.index("step/closed/regularized")
-    assert "memory (vmap path, 6 settings, formula)" in text
+    # the whole sweep, 6 λ × 2 seeds (each with its own task and network), is one program
     assert "memory (vmap path, 12 settings, formula)" in text
+    assert "memory (vmap path, 6 settings, formula)" not in text
     doc = json.loads((out / "device_run.json").read_text())
     # the estimate, recomputed from the measured rates: steps, then evaluations every 3 steps
     r, est = doc["rates"], doc["estimate"]
@@ -218,6 +220,7 @@ def test_device_run_script_at_a_tiny_size_writes_everything_to_out(tmp_path):
     assert (bench["rows"][2]["config"]["d"], bench["rows"][2]["config"]["m"]) == (4, 24)
     sweep = json.loads((out / "lambda-sweep" / "lambda-sweep.json").read_text())
     assert len(sweep["results"]) == 6 * 2 and len(doc["sweep_summary"]) == 6
+    assert len({row["seconds_all_settings"] for row in sweep["results"]}) == 1  # one run
     assert all(math.isfinite(row["test_loss"]) for row in sweep["results"])
     assert (out / "lambda-sweep" / "lambda-sweep.png").stat().st_size > 0
     assert results.read_bytes() == before
@@ -233,13 +236,15 @@ def test_vmap_memory_formula_against_xla_buffer_assignment():
     import device_run
 
     for sizes, tol in (
-        (device_run.Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100), 0.02),
-        (device_run.Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50), 0.10),
+        (device_run.Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100, seeds=1), 0.02),
+        # 2 λ × 3 seeds, each seed with its own task and network: σ', σ'' once per seed
+        (device_run.Sizes(d=10, n=50, m=200, n_test=500, settings=6, n_pop=100, seeds=3), 0.02),
+        (device_run.Sizes(d=4, n=200, m=200, n_test=50, settings=3, n_pop=50, seeds=1), 0.10),
     ):
         compiled = device_run.compiled_memory(sizes)["total"]
         formula = device_run.vmap_memory_bytes(sizes)
         assert abs(formula - compiled) <= tol * compiled, (sizes, formula, compiled)
-    # and where it stops fitting: monotone in m, and the paper's 18 settings fit in 80 GB
+    # and where it stops fitting: monotone in m, and the paper's 6 λ × 3 seeds fit in 80 GB
     paper = device_run.Sizes()
     assert device_run.vmap_memory_bytes(paper) < 80e9
     m80 = device_run.largest(paper, "m", 80e9)

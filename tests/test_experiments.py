@@ -333,13 +333,13 @@ def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkey
         m.setattr(lambda_sweep, "labelled_progress", stop_after_first_chunk)
         with pytest.raises(KeyboardInterrupt):
             cli.main([*args, "--out", str(tmp_path / "first")])
-    assert checkpoint.latest_step(tmp_path / "ck" / "seed1") == 20  # the first chunk is saved
+    assert checkpoint.latest_step(tmp_path / "ck") == 20  # the first chunk is saved
     capsys.readouterr()
     assert cli.main([*args, "--out", str(tmp_path / "resumed")]) == 0
     steps = [
         line.split("step ")[1].split()[0]
         for line in capsys.readouterr().out.splitlines()
-        if "[lambda-sweep seed 1] step" in line
+        if "[lambda-sweep] step" in line
     ]
     assert steps == ["40/40"]  # the first chunk was not trained again
     ref = json.loads((tmp_path / "ref" / "lambda-sweep.json").read_text())["results"]

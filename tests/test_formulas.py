@@ -467,3 +467,24 @@ def test_population_penalty_in_the_loss_estimates_its_expectation(problem, x64, 
     se = values.std() * math.sqrt(1 / samples + 1 / len(values))
     assert abs(float(parts["pop"]) - values.mean()) < 5 * se, (float(parts["pop"]), values.mean())
     np.testing.assert_allclose(total, parts["mse"] + 2.0 * parts["pop"], rtol=1e-12)
+
+
+def test_each_variant_prepares_the_taylor_order_its_training_reads():
+    """The `order` hint the trainer gives `prepare` for a variant's training terms: 2 where f_Q
+    enters (quadntk, ntk+quadntk, regularized), k for taylor-k, 1 where only the network or
+    f_L is evaluated (a hoisting `TaylorModel` then keeps just the linearization)."""
+    want = {
+        "full": 1,
+        "ntk": 1,
+        "quadntk": 2,
+        "randomized": 1,
+        "ntk+quadntk": 2,
+        "regularized": 2,
+        "taylor-3": 3,
+        "taylor-4": 4,
+    }
+    assert {name: objectives._train_order(v) for name, v in objectives.VARIANTS.items()} == want
+    assert {name: v.order for name, v in objectives.VARIANTS.items() if v.order} == {
+        "taylor-3": 3,
+        "taylor-4": 4,
+    }

@@ -1,12 +1,14 @@
 """The trainer and the variants table: every variant learns, kernel regression, vmap equivalence,
 determinism, resume, compilation count, divergence and bad input."""
 
+import dataclasses
 import itertools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxntk as jn
@@ -105,6 +107,45 @@ def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task, batching):
                 )
 
 
+@pytest.mark.parametrize("batching, eval_at", [("vmap", None), ("map", "log")])
+def test_one_model_and_task_per_seed_in_one_program_equal_separate_runs(batching, eval_at):
+    """A list of models and tasks, one per seed: every seed trains its own network on its own
+    task inside one compiled program, exactly as its separate run (each λ too)."""
+    seeds = [3, 5]
+    tasks = [jn.paper_task(jax.random.PRNGKey(s), d=4, n=14, n_test=30) for s in seeds]
+    nets = [jn.TwoLayer.init(jax.random.PRNGKey(10 + s), d=4, m=16) for s in seeds]
+    reg = jn.Regularizer(bulk=[0.0, 0.5], pop=[0.0, 0.1], k=3, pop_samples=8)
+    common = dict(steps=12, eval_every=4, eval_at=eval_at, eval_points=4, progress=False)
+    grid = jn.train(nets, tasks, "regularized", reg=reg, seeds=seeds, batching=batching, **common)
+    assert grid.config["data_per_seed"] is True
+    for j, (net_s, task_s, seed) in enumerate(zip(nets, tasks, seeds, strict=True)):
+        single = jn.train(net_s, task_s, "regularized", reg=reg, seeds=[seed], **common)
+        np.testing.assert_array_equal(grid.history["step"], single.history["step"])
+        for key in ("train_loss", "test_loss", "bulk", "pop"):
+            np.testing.assert_allclose(
+                grid.history[key][:, j], single.history[key][:, 0], rtol=2e-5, atol=1e-7
+            )
+        np.testing.assert_allclose(grid.params[:, j], single.params[:, 0], rtol=2e-5, atol=1e-7)
+    # the two seeds really trained on different data
+    assert not np.allclose(grid.history["test_loss"][:, 0], grid.history["test_loss"][:, 1])
+
+
+def test_one_model_and_task_per_seed_rejects_what_cannot_be_stacked():
+    tasks = [jn.paper_task(jax.random.PRNGKey(s), d=4, n=14, n_test=30) for s in (1, 2)]
+    nets = [jn.TwoLayer.init(jax.random.PRNGKey(s), d=4, m=16) for s in (1, 2)]
+    kw = dict(steps=2, progress=False)
+    with pytest.raises(ValueError, match="one of each per seed, got 2 models and 2 tasks for 3"):
+        jn.train(nets, tasks, seeds=[1, 2, 3], **kw)
+    with pytest.raises(TypeError, match="a list of each"):
+        jn.train(nets, tasks[0], seeds=[1, 2], **kw)
+    wide = [nets[0], jn.TwoLayer.init(jax.random.PRNGKey(2), d=4, m=20)]
+    with pytest.raises(ValueError, match=r"model\[1\] differs in structure or shapes"):
+        jn.train(wide, tasks, seeds=[1, 2], **kw)
+    bigger = [tasks[0], jn.paper_task(jax.random.PRNGKey(2), d=4, n=15, n_test=30)]
+    with pytest.raises(ValueError, match=r"task\[1\] differs"):
+        jn.train(nets, bigger, seeds=[1, 2], **kw)
+
+
 def test_same_seed_twice_is_bitwise_identical(net, task):
     kw = dict(steps=50, eval_every=10, seeds=[7], progress=False, init_scale=0.05)
     a = jn.train(net, task, "randomized", **kw)
@@ -168,6 +209,10 @@ def test_a_diverging_run_is_stopped_with_its_step_and_keeps_its_history(net, tas
     assert np.all(np.isnan(loss[steps > step]))
     assert steps[-1] < 500  # stopped early
     assert run.config["diverged_at_step"] == [[step]]
+    # the state is the last finite one: the update from the non-finite loss at `step` was not
+    # applied, so U is that of a run stopped after `step` steps
+    before = jn.train(net, task, "ntk", steps=step, lr=1e4, eval_every=step, progress=False)
+    np.testing.assert_allclose(run.params, before.params, rtol=1e-6, atol=1e-9)
 
 
 def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
@@ -342,6 +387,48 @@ def test_bad_argument_types_and_a_single_int_seed(net, task):
     run = jn.train(net, task, "ntk", steps=2, seeds=4, eval_every=2, progress=False)
     assert run.config["seeds"] == [4] and run.history["train_loss"].shape == (1, 1, 2)
     assert not run.diverged
+
+
+def test_run_config_records_the_defaults_and_settings(net, task):
+    """Run.config holds what the run used: the default variant and optimizer, the sizes, the
+    caller's own optimizer by its repr; the trace's steps are int64."""
+    run = jn.train(net, task, steps=3, eval_every=3, progress=False)
+    cfg = run.config
+    assert (cfg["variant"], cfg["optimizer"], cfg["lr"]) == ("ntk+quadntk", "sgd", 1.0)
+    assert (cfg["n"], cfg["d"], cfg["distribution"]) == (task.n, task.d, task.distribution)
+    assert cfg["seeds"] == [0] and cfg["steps"] == 3
+    assert run.trace["step"].dtype == np.int64 and run.trace["step"].tolist() == [0, 1, 2]
+    opt = optax.sgd(0.01)
+    assert jn.train(net, task, steps=1, optimizer=opt, progress=False).config["optimizer"] == repr(
+        opt
+    )
+
+
+def test_labels_that_do_not_fit_are_named(net, task):
+    short = dataclasses.replace(task, y_test=task.y_test[:-1])
+    with pytest.raises(ValueError, match=r"^y_test has 399 rows but x_test has 400"):
+        jn.train(net, short, "ntk", steps=1, progress=False)
+    column = dataclasses.replace(task, y_test=task.y_test[:, None])
+    with pytest.raises(ValueError, match=r"^y_test has shape \(400, 1\) but the model's outputs"):
+        jn.train(net, column, "ntk", steps=1, progress=False)
+
+
+def test_auto_batching_is_lax_map_on_cpu_and_vmap_stays_vmap():
+    assert training._batching_mode("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert training._batching_mode("vmap") == "vmap"
+    assert training._batching_mode("map") == "map"
+
+
+def test_norm24_penalty_reaches_training(net, task):
+    """λ_4 > 0 adds λ_4·R_24(U) to the objective at every step (the trace) and changes U."""
+    reg = jn.Regularizer(norm24=[0.0, 0.5])
+    run = jn.train(net, task, "ntk", reg=reg, steps=4, eval_every=4, init_scale=0.1, progress=False)
+    tr = run.trace
+    np.testing.assert_allclose(
+        tr["loss"][1, 0], tr["mse"][1, 0] + 0.5 * tr["norm24"][1, 0], rtol=1e-5
+    )
+    np.testing.assert_allclose(tr["loss"][0, 0], tr["mse"][0, 0], rtol=1e-6)
+    assert not np.allclose(run.params[0, 0], run.params[1, 0])
 
 
 def test_progress_callback_gets_each_chunks_summary(net, task):

@@ -88,7 +88,7 @@ def run(
         out: the folder to write lambda-sweep.json, .npz and .png into (created if missing).
         progress: print a line per training chunk (True), stay silent (False), or call this with
             each progress dict.
-        checkpoint: a folder where each seed saves its state after every chunk; a rerun with
+        checkpoint: a folder where the run saves its state after every chunk; a rerun with
             the same settings resumes from it.
 
     Returns:
@@ -100,8 +100,8 @@ def run(
         list(config.lambdas), config.n, pop=config.lambda_pop, k=config.k
     )
     rows, curves = [], {}
-    for seed in config.seeds:
-        task, net = paper_setup(
+    setups = [
+        paper_setup(
             seed,
             d=config.d,
             n=config.n,
@@ -110,47 +110,53 @@ def run(
             distribution=config.distribution,
             activation=config.activation,
         )
-        t0 = time.perf_counter()
-        r = training.train(
-            net,
-            task,
-            "regularized",
-            steps=config.steps,
-            lr=config.lr,
-            reg=reg,
-            seeds=[seed],
-            eval_every=config.eval_every,
-            eval_at=evaluation_steps(config),
-            progress=labelled_progress(progress, f"lambda-sweep seed {seed}", "test (mean over λ)"),
-            checkpoint=None if checkpoint is None else checkpoint / f"seed{seed}",
-            resume=checkpoint is not None,
-        )
-        seconds = time.perf_counter() - t0
-        h, tr = r.history, r.trace
-        quad = task.part_names.index("quadratic")
+        for seed in config.seeds
+    ]
+    tasks, nets = [t for t, _ in setups], [net for _, net in setups]
+    one = len(setups) == 1
+    # every λ and every seed (each with its own task and network) in one compiled program
+    t0 = time.perf_counter()
+    r = training.train(
+        nets[0] if one else nets,
+        tasks[0] if one else tasks,
+        "regularized",
+        steps=config.steps,
+        lr=config.lr,
+        reg=reg,
+        seeds=list(config.seeds),
+        eval_every=config.eval_every,
+        eval_at=evaluation_steps(config),
+        progress=labelled_progress(progress, "lambda-sweep", "test (mean over λ, seeds)"),
+        checkpoint=checkpoint,
+        resume=checkpoint is not None,
+    )
+    seconds = time.perf_counter() - t0
+    h, tr = r.history, r.trace
+    quad = tasks[0].part_names.index("quadratic")
+    for j, seed in enumerate(config.seeds):
         for i, lam in enumerate(config.lambdas):
             rows.append(
                 {
                     "lambda_sum": lam,
                     "lambda_bulk_mean": lam * config.n,
                     "seed": seed,
-                    "test_loss": float(h["test_loss"][i, 0, -1]),
-                    "train_loss": float(h["train_loss"][i, 0, -1]),
-                    "bulk_sum": float(config.n * h["bulk"][i, 0, -1]),
-                    "bulk_sum_peak": float(config.n * np.nanmax(h["bulk"][i, 0])),
-                    "share_quadratic_by_fq": float(h["share_quadratic"][i, 0, -1, quad]),
-                    "share_quadratic_by_fl": float(h["share_linear"][i, 0, -1, quad]),
-                    "diverged_at_step": int(r.diverged_at_step[i, 0]),
-                    "seconds_all_lambdas": seconds,
+                    "test_loss": float(h["test_loss"][i, j, -1]),
+                    "train_loss": float(h["train_loss"][i, j, -1]),
+                    "bulk_sum": float(config.n * h["bulk"][i, j, -1]),
+                    "bulk_sum_peak": float(config.n * np.nanmax(h["bulk"][i, j])),
+                    "share_quadratic_by_fq": float(h["share_quadratic"][i, j, -1, quad]),
+                    "share_quadratic_by_fl": float(h["share_linear"][i, j, -1, quad]),
+                    "diverged_at_step": int(r.diverged_at_step[i, j]),
+                    "seconds_all_settings": seconds,
                 }
             )
         for name in ("test_loss", "train_loss", "bulk", "pop", "u_norm"):
-            curves[f"{seed}/{name}"] = h[name][:, 0]
+            curves[f"{seed}/{name}"] = h[name][:, j]
         for name in ("share_linear", "share_quadratic"):
-            curves[f"{seed}/{name}"] = h[name][:, 0]
-        curves[f"{seed}/trace_mse"] = tr["mse"][:, 0]
-        curves[f"{seed}/trace_bulk"] = tr["bulk"][:, 0]
-        curves["step"], curves["trace_step"] = h["step"], tr["step"]
+            curves[f"{seed}/{name}"] = h[name][:, j]
+        curves[f"{seed}/trace_mse"] = tr["mse"][:, j]
+        curves[f"{seed}/trace_bulk"] = tr["bulk"][:, j]
+    curves["step"], curves["trace_step"] = h["step"], tr["step"]
     doc = {
         "experiment": NAME,
         "config": dataclasses.asdict(config),
