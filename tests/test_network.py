@@ -70,9 +70,10 @@ def test_activation_must_be_named_by_a_str():
 def test_bad_inputs_raise_naming_the_argument():
     net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
     for x in (jnp.zeros((5, 4)), jnp.zeros((2, 5, 3)), jnp.zeros(())):
-        with pytest.raises(ValueError, match=r"^x must have shape .* d = 3"):
+        with pytest.raises(ValueError, match=r"^x must have shape \(n, d\) or \(d,\) with d = 3"):
             net.apply(net.w0, x)
-    with pytest.raises(ValueError, match=r"^x must have shape \(n, d\)"):
+    # prepare takes a batch only
+    with pytest.raises(ValueError, match=r"^x must have shape \(n, d\) with d = 3 \(the network"):
         net.prepare(jnp.zeros(3))
     with pytest.raises(ValueError, match=r"^w must have shape \(4, 3\)"):
         net.apply(jnp.zeros((4, 2)), jnp.zeros((5, 3)))

@@ -89,6 +89,19 @@ def test_unknown_storage_is_a_value_error():
         jn.TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4, storage="int8")
 
 
+def test_storage_is_passed_on_by_every_constructor():
+    key = jax.random.PRNGKey(0)
+    for net in (
+        jn.TwoLayer.init(key, d=3, m=4, storage="bfloat16"),
+        jn.network.init(key, d=3, m=4, storage="bfloat16"),
+    ):
+        assert net.storage == "bfloat16"
+        assert net.prepare(jnp.ones((2, 3))).d1.dtype == jnp.bfloat16
+    net = jn.TwoLayer.init(key, d=3, m=4)
+    assert jn.TwoLayer(net.w0, net.a, storage="bfloat16").storage == "bfloat16"
+    assert net.storage is None and net.prepare(jnp.ones((2, 3))).d1.dtype == net.w0.dtype
+
+
 def test_small_sweep_final_test_losses_stay_within_the_spread_over_seeds():
     """A tiny cpu-preset-like λ sweep (regularized, f_L + f_Q, plain GD, 3 seeds, each with its
     own task and network): with bfloat16 storage each (λ, seed)'s final test loss moves by less
