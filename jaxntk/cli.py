@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -449,7 +450,8 @@ def _num(x) -> float | None:
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".jaxntk-write-test"
+        # one probe per process: the processes of a multi-process run check the same folder
+        probe = path / f".jaxntk-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
