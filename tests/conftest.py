@@ -3,6 +3,8 @@
 Tests that need float64 enable it locally with `with jax.enable_x64(True):`.
 """
 
+import gc
+
 import jax
 import pytest
 
@@ -15,6 +17,19 @@ def x64():
     """Run the test body with 64-bit floats enabled."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Each compiled CPU program holds about 8 memory mappings until it is released, and a process
+    may hold at most vm.max_map_count (65 530) of them: a few thousand programs in one pytest
+    process end in a segfault. Clearing per module keeps every process far below that.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 # Scripts run in subprocesses by the tests, not test modules: `--doctest-modules` must not import

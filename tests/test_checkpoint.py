@@ -22,10 +22,10 @@ import jaxntk as jn
 from jaxntk import checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
-KILLS = 10
+KILLS = 6
 # 150 chunks of 2 steps, each saved and followed by a pause of 30 ms: at least 4.5 s of training.
 # A kill lands a random 0-1 s after the process is up, or at the first save it sees, so the run
-# outlasts 10 kills, on a quiet machine as on a loaded one.
+# outlasts the 6 kills, on a quiet machine as on a loaded one.
 STEPS = ["--steps", "300", "--chunk-pause", "0.03"]
 
 

@@ -41,11 +41,31 @@ def launch(
     command = [sys.executable, str(WORKER), str(out), "--steps", STEPS, *args]
     if cli:
         command = [sys.executable, "-c", CLI, "train", "--out", str(out), *args]
+    for attempt in range(2):
+        codes, errors = _run_processes(command, processes, env)
+        # A known abort of the coordinator's gRPC server as it shuts down at exit, after the
+        # run has finished and written its results (grpc RealRequestMatcher, "Check failed:
+        # queue.Pop() == nullptr"): not this library's work, so the launch is run once more.
+        teardown = [
+            c == -6 and "DistributedRuntimeService::Shutdown" in e
+            for c, e in zip(codes, errors, strict=True)
+        ]
+        if attempt == 0 and any(teardown) and expect == 0:
+            continue
+        break
+    for i, (code, err) in enumerate(zip(codes, errors, strict=True)):
+        if code != expect:
+            pytest.fail(f"process {i} of {processes} exited with {code}:\n{err[-3000:]}")
+
+
+def _run_processes(command: list[str], processes: int, env: dict) -> tuple[list, list]:
+    """Start the processes (on a fresh coordinator port); their exit codes and stderr."""
     if processes > 1:
         with socket.socket() as s:
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
-        command += ["--coordinator", f"localhost:{port}", "--num-processes", str(processes)]
+        command = [*command, "--coordinator", f"localhost:{port}"]
+        command += ["--num-processes", str(processes)]
     procs = [
         subprocess.Popen(
             command + (["--process-id", str(i)] if processes > 1 else []),
@@ -57,9 +77,7 @@ def launch(
         for i in range(processes)
     ]
     errors = [p.communicate(timeout=600)[1] for p in procs]
-    for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
-        if p.returncode != expect:
-            pytest.fail(f"process {i} of {processes} exited with {p.returncode}:\n{err[-3000:]}")
+    return [p.returncode for p in procs], errors
 
 
 def load(path: Path) -> dict[str, np.ndarray]:

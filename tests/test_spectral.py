@@ -234,6 +234,9 @@ def test_bad_inputs_raise_clear_errors():
         empirical_ntk(net.apply_fn, net.w0, jnp.ones((12, 4)))
     with pytest.raises(ValueError, match="x2"):
         empirical_ntk(net.apply_fn, net.w0, x, jnp.ones((3, 4)))
+    # a scalar x1 is not a batch, even beside an x2 whose trailing shape () it matches
+    with pytest.raises(ValueError, match=r"^x1 and x2 must be batches .* x1 of shape \(\)"):
+        empirical_ntk(net.apply_fn, net.w0, jnp.ones(()), jnp.ones(3))
     dirs = good_directions(net, prep, 3)
     with pytest.raises(ValueError, match="f_train"):
         bulk_residual(dirs, jnp.ones(11))
@@ -427,3 +430,5 @@ def test_predicted_eigenvalues_of_a_truncated_series_and_the_defaults():
     assert len(predict_degree_blocks("shifted_sigmoid", d, n).hermite) == 40
     with pytest.raises(ValueError, match=r"^n must"):
         predict_degree_blocks("shifted_sigmoid", d, 0)
+    with pytest.raises(ValueError, match=r"^terms must be ≥ 1, got 0"):
+        predict_degree_blocks("shifted_sigmoid", d, n, terms=0)

@@ -497,6 +497,13 @@ BAD_INPUTS = {
     ),
     "num_harmonics k<0": (lambda: tg.num_harmonics(3, -1), ValueError, r"^k must"),
     "mlp d<1": (lambda: tg.mlp_target(KEY, 0), ValueError, r"^d must"),
+    "legendre d<2": (lambda: tg.legendre(1, jnp.zeros(2), 1), ValueError, r"^d must be ≥ 2, got 1"),
+    "harmonics up to d<1": (
+        lambda: tg.num_harmonics_up_to(0, 2),
+        ValueError,
+        r"^d must be ≥ 1, got 0",
+    ),
+    "theorem k<1": (lambda: tg.theorem_target(KEY, 4, 0), ValueError, r"^k must be ≥ 1, got 0"),
     "part x wrong d": (
         lambda: _part(3)(jnp.ones((2, 4))),
         ValueError,
