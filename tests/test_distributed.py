@@ -143,3 +143,23 @@ def test_jaxntk_train_on_two_processes_equals_one(tmp_path):
     assert not (tmp_path / "two" / "process-1").exists()  # only process 0 writes
     for key in ("train_loss", "test_loss", "bulk"):
         np.testing.assert_allclose(two["history"][key], one["history"][key], rtol=1e-5, atol=0)
+
+
+def test_launch_reruns_only_the_known_grpc_teardown_abort(tmp_path, monkeypatch):
+    """The coordinator's gRPC abort at exit gets one more launch; any other failure fails."""
+    abort = "Check failed: queue.Pop() == nullptr\n@ xla::DistributedRuntimeService::Shutdown()"
+    outcomes = iter([([-6, 0], [abort, ""]), ([0, 0], ["", ""])])
+    calls = []
+
+    def run(command, processes, env):
+        calls.append(command)
+        return next(outcomes)
+
+    monkeypatch.setattr(sys.modules[__name__], "_run_processes", run)
+    launch(tmp_path / "x.npz", 2, 2)
+    assert len(calls) == 2
+    for codes, errors in ([[-6, 0], ["other abort", ""]], [[1, 0], [abort, ""]]):
+        outcomes, calls = iter([(codes, errors), ([0, 0], ["", ""])]), []
+        with pytest.raises(pytest.fail.Exception, match="process 0 of 2 exited"):
+            launch(tmp_path / "x.npz", 2, 2)
+        assert len(calls) == 1
