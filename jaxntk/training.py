@@ -630,10 +630,8 @@ def _prepare(objective, data, per_seed: bool):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _evaluate_jit(params, data, hyper, objective, per_seed=False):
-    data = _prepare(objective, data, per_seed)
-    each_seed = jax.vmap(objective.evaluate, in_axes=(0, 0 if per_seed else None, None))
-    per_setting = jax.vmap(each_seed, in_axes=(0, None, 0))
-    return jax.tree_util.tree_map(lambda x: x[:, :, None], per_setting(params, data, hyper))
+    evaluate = _chunk_fns(objective, None, data, "vmap", per_seed)[1]
+    return jax.tree_util.tree_map(lambda x: x[:, :, None], evaluate(params, hyper))
 
 
 def _batching_mode(batching: str) -> str:
@@ -672,6 +670,31 @@ def _for_each_setting(fn: Callable, mode: str, data: Any, per_seed: bool = False
         return jax.tree_util.tree_map(lambda a: a.reshape(n_l, n_s, *a.shape[1:]), out)
 
     return mapped
+
+
+def _chunk_fns(objective, optimizer, data, batching: str, per_seed: bool):
+    """(step, evaluate) of every (λ, seed) setting on `data`, prepared here once (outside any
+    scan): step(state, hyper, t, total) -> (state', trace) runs step t, or skips it with a zero
+    trace when t ≥ total; evaluate(params, hyper) -> metrics."""
+    data = _prepare(objective, data, per_seed)
+    one_step = _step_fn(objective, optimizer)
+
+    def batched_step(s, hyp, t):
+        step_one = lambda s1, h1, d1: one_step(s1, h1, t, d1)  # noqa: E731
+        return _for_each_setting(step_one, batching, data, per_seed)(s, hyp)
+
+    def step(s, hyp, t, total):
+        trace_shape = jax.eval_shape(batched_step, s, hyp, t)[1]
+
+        def skip(s):
+            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), trace_shape)
+
+        return jax.lax.cond(t < total, lambda s: batched_step(s, hyp, t), skip, s)
+
+    def evaluate(p, hyp):
+        return _for_each_setting(_evaluate_at(objective), batching, data, per_seed)(p, hyp)
+
+    return step, evaluate
 
 
 def _step_fn(objective, optimizer) -> Callable:
@@ -717,24 +740,11 @@ def _run_chunk(
     per_seed=False,
 ):
     """n_blocks × (eval_every steps, then evaluate); steps at or past `total` are skipped."""
-    data = _prepare(objective, data, per_seed)  # once per chunk, outside the scan
-    one_step = _step_fn(objective, optimizer)
-
-    def batched_step(s, hyp, t):
-        step_one = lambda s1, h1, d1: one_step(s1, h1, t, d1)  # noqa: E731
-        return _for_each_setting(step_one, batching, data, per_seed)(s, hyp)
-
-    def batched_eval(p, data, hyp):
-        return _for_each_setting(_evaluate_at(objective), batching, data, per_seed)(p, hyp)
+    batched_step, batched_eval = _chunk_fns(objective, optimizer, data, batching, per_seed)
 
     def inner(carry, _):
         s, t = carry
-        trace_shape = jax.eval_shape(batched_step, s, hyper, t)[1]
-
-        def skip(s):
-            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), trace_shape)
-
-        s, trace = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), skip, s)
+        s, trace = batched_step(s, hyper, t, total)
         return (s, t + 1), trace
 
     def block(carry, _):
@@ -743,8 +753,8 @@ def _run_chunk(
         (s, t), trace = jax.lax.scan(inner, (s, t), None, length=eval_every)
         metrics = jax.lax.cond(
             active,
-            lambda p: batched_eval(p, data, hyper),
-            lambda p: jax.tree_util.tree_map(jnp.zeros_like, batched_eval(p, data, hyper)),
+            lambda p: batched_eval(p, hyper),
+            lambda p: jax.tree_util.tree_map(jnp.zeros_like, batched_eval(p, hyper)),
             s.params,
         )
         return (s, t), (metrics, jnp.where(active, jnp.minimum(t, total), 0), trace)
@@ -836,33 +846,19 @@ def _run_chunk_at(
     """`length` steps from `step` (those at or past `total` skipped), evaluating after each step
     whose count t + 1 is the next entry of `wanted` (increasing, padded with −1); the
     evaluations are written in order into a buffer of len(wanted) slots."""
-    data = _prepare(objective, data, per_seed)  # once per chunk, outside the scan
-    one_step = _step_fn(objective, optimizer)
+    batched_step, batched_eval = _chunk_fns(objective, optimizer, data, batching, per_seed)
     n_wanted = wanted.shape[0]
-
-    def batched_step(s, hyp, t):
-        step_one = lambda s1, h1, d1: one_step(s1, h1, t, d1)  # noqa: E731
-        return _for_each_setting(step_one, batching, data, per_seed)(s, hyp)
-
-    def batched_eval(p):
-        return _for_each_setting(_evaluate_at(objective), batching, data, per_seed)(p, hyper)
-
-    shapes = jax.eval_shape(batched_eval, state.params)
+    shapes = jax.eval_shape(batched_eval, state.params, hyper)
     buffer = jax.tree_util.tree_map(lambda a: jnp.zeros((n_wanted, *a.shape), a.dtype), shapes)
 
     def inner(carry, _):
         s, t, buf, i = carry
-        trace_shape = jax.eval_shape(batched_step, s, hyper, t)[1]
-
-        def skip(s):
-            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), trace_shape)
-
-        s, trace = jax.lax.cond(t < total, lambda s: batched_step(s, hyper, t), skip, s)
+        s, trace = batched_step(s, hyper, t, total)
         t = t + 1
         hit = (i < n_wanted) & (wanted[jnp.minimum(i, n_wanted - 1)] == t) & (t <= total)
 
         def write(buf):
-            m = batched_eval(s.params)
+            m = batched_eval(s.params, hyper)
             return jax.tree_util.tree_map(lambda b, x: b.at[i].set(x), buf, m)
 
         buf = jax.lax.cond(hit, write, lambda b: b, buf)
