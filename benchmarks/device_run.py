@@ -164,8 +164,8 @@ def compiled_memory(s: Sizes, *, eval_every: int = 5, evals_per_chunk: int = 2) 
     training._run_chunk = intercept
     try:
         jn.train(
-            nets if s.seeds > 1 else nets[0],
-            tasks if s.seeds > 1 else tasks[0],
+            nets,
+            tasks,
             "regularized",
             seeds=list(range(s.seeds)),
             steps=eval_every * evals_per_chunk,

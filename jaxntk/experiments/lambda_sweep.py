@@ -6,7 +6,7 @@ points — the scale of the authors' figure — so the per-sample-mean weight us
 `jaxntk.Regularizer` is λ_b = n·λ_1 (`Regularizer.from_sum_scale`). The figure's three panels are
 drawn against log_d t: the regularizer value n·R_bulk = ‖(I − U_k U_kᵀ) f_L(X; U)‖² (summed over
 the training points, as the authors plot it), the training loss, and the test loss, mean ± std over
-seeds. All λ of one seed train in one vmapped program.
+seeds. Every λ and seed, each seed with its own task and network, trains in one compiled program.
 
 Writes `lambda-sweep.json` (config, final values per λ and seed), `lambda-sweep.npz` (curves) and
 `lambda-sweep.png`.
@@ -81,7 +81,7 @@ def run(
     progress: bool | Callable[[dict], None] = True,
     checkpoint: Path | None = None,
 ) -> dict:
-    """Train NTK+QuadNTK for every λ (one program) and seed; write JSON, NPZ and PNG to `out`.
+    """Train NTK+QuadNTK for every λ and seed (one program); write JSON, NPZ and PNG to `out`.
 
     Args:
         config: the settings (`PRESETS["cpu"]` or `PRESETS["paper"]`, or your own).
@@ -113,12 +113,11 @@ def run(
         for seed in config.seeds
     ]
     tasks, nets = [t for t, _ in setups], [net for _, net in setups]
-    one = len(setups) == 1
     # every λ and every seed (each with its own task and network) in one compiled program
     t0 = time.perf_counter()
     r = training.train(
-        nets[0] if one else nets,
-        tasks[0] if one else tasks,
+        nets,
+        tasks,
         "regularized",
         steps=config.steps,
         lr=config.lr,
