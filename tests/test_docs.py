@@ -18,6 +18,7 @@ import jaxntk
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = (
+    "polynomials",
     "targets",
     "data",
     "network",
