@@ -63,4 +63,4 @@ def pytest_collection_modifyitems(config, items):
         if name.rsplit(".", 1)[0] in modules
     }
     if lost:
-        raise pytest.UsageError(f"SLOW_DOCTESTS names examples that no longer exist: {sorted(lost)}")
+        raise pytest.UsageError(f"SLOW_DOCTESTS names examples that are gone: {sorted(lost)}")
