@@ -280,7 +280,7 @@ def choose_method(
     return _choose(apply_fn, params0, x1, spec, "auto", batch_size, memory_budget)[0]
 
 
-def kernel(
+def _kernel(
     apply_fn: Callable,
     params0: PyTree,
     x1: Array,
@@ -322,7 +322,7 @@ def _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes):
             f"apply_fn(params0, x) must return one array with the batch axis first, (b, *out) for "
             f"b inputs; for {b} inputs it returned {f}"
         )
-    trace, diagonal = ntk_axes(trace_axes, diagonal_axes, len(f.shape))
+    trace, diagonal = _ntk_axes(trace_axes, diagonal_axes, len(f.shape))
     if 0 in diagonal and n1 != n2:
         raise ValueError(
             f"diagonal_axes with the batch axis 0 needs as many x2 as x1 inputs, got n1 = "
@@ -344,7 +344,7 @@ def _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes):
     return spec, apply_fn, x1, None if symmetric else x2
 
 
-def ntk_axes(
+def _ntk_axes(
     trace_axes: Sequence[int], diagonal_axes: Sequence[int], ndim: int
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Both axis arguments as sorted non-negative axes of an ndim output; ValueError if bad."""

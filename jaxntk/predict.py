@@ -184,7 +184,7 @@ def _check_steps(steps: Any, flow: bool) -> np.ndarray:
 @partial(jax.jit, static_argnums=(7, 8, 9))
 def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, flow, b_train, b_test):
     def kernel(x1, x2, b):  # x2 None: the symmetric kernel, half the block pairs
-        return _as_matrix(ntk.kernel(apply_fn, params0, x1, x2, (), (), batch_size=b))
+        return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, (), (), batch_size=b))
 
     n_out = y.size
     k_train = kernel(x_train, None, b_train)

@@ -42,7 +42,7 @@ import numpy as np
 from jaxntk import ntk
 from jaxntk._checks import check_int
 from jaxntk.network import TwoLayer, get_activation
-from jaxntk.ntk import empirical_ntk
+from jaxntk.ntk import empirical_ntk  # noqa: F401  (its old home: spectral.empirical_ntk works on)
 from jaxntk.targets import legendre, num_harmonics
 from jaxntk.taylor import TaylorModel
 
@@ -59,7 +59,6 @@ __all__ = [
     "SubspaceInfo",
     "bulk_residual",
     "degree_block_report",
-    "empirical_ntk",
     "good_directions",
     "gram_matrix",
     "hermite_coefficients",
@@ -741,7 +740,7 @@ def _gram_matrix(model: Any, prep: Any, batch_size: int) -> Array:
     f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
     if isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array) and len(f.shape) == 1:
         # K of f(params0; x) itself, from the kernel engine (features once per block)
-        return ntk.kernel(model.apply_fn, model.params0, prep.x, None, (), ())
+        return ntk._kernel(model.apply_fn, model.params0, prep.x, None, (), ())
     return _apply_gram(model, prep, jnp.eye(f.shape[0], dtype=f.dtype), batch_size)
 
 
