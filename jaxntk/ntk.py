@@ -247,20 +247,22 @@ def choose_method(
     *,
     trace_axes: Sequence[int] = (-1,),
     diagonal_axes: Sequence[int] = (),
+    method: str = "auto",
     batch_size: int | None = None,
     memory_budget: int | None = None,
 ) -> Choice:
-    """What `empirical_ntk(..., method="auto")` runs on these shapes, with its estimates and why.
+    """What `empirical_ntk` runs with these arguments, with its estimates and why.
 
     Each implementation's cost is n_f·f + n_p·p FLOPs: f the FLOPs of one example's features and
     p of one pair of examples' contraction (XLA's cost analysis of the lowered one-example
     functions, or the structured plan's count), n_f the examples whose features are computed
     (each once when all fit the budget) and n_p the pairs contracted (half for x2 = None).
-    The cheapest among those whose features fit `memory_budget` wins.
+    With method "auto", the cheapest among those whose features fit `memory_budget` wins (the
+    FLOPs are estimated only then: for a named method they are reported as 0).
 
     Args:
-        apply_fn, params0, x1, x2, trace_axes, diagonal_axes, batch_size, memory_budget: as
-            `empirical_ntk`.
+        apply_fn, params0, x1, x2, trace_axes, diagonal_axes, method, batch_size,
+            memory_budget: as `empirical_ntk`.
 
     Returns:
         A `Choice`: the method, the estimates of every implementation, a one-line reason, the
@@ -277,7 +279,7 @@ def choose_method(
         (True, 8)
     """
     spec, apply_fn, x1, _ = _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes)
-    return _choose(apply_fn, params0, x1, spec, "auto", batch_size, memory_budget)[0]
+    return _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)[0]
 
 
 def _kernel(
