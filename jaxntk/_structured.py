@@ -321,10 +321,12 @@ def _evaluate(graph: _Graph, inputs: list[Any], eps: dict[int, Array]):
 def _fold_constants(graph: _Graph) -> dict[int, Any]:
     """Concrete values of everything that depends on neither the parameters nor x."""
     known = dict(graph.consts)
-    for eqn in graph.eqns:
-        if eqn.ins and all(i in known for i in eqn.ins) and not eqn.prim.multiple_results:
-            params = eqn.prim.get_bind_params(eqn.params)
-            known[eqn.outs[0]] = np.asarray(eqn.prim.bind(*(known[i] for i in eqn.ins), **params))
+    with jax.ensure_compile_time_eval():  # concrete values even when the plan is made under jit
+        for eqn in graph.eqns:
+            if eqn.ins and all(i in known for i in eqn.ins) and not eqn.prim.multiple_results:
+                params = eqn.prim.get_bind_params(eqn.params)
+                value = eqn.prim.bind(*(known[i] for i in eqn.ins), **params)
+                known[eqn.outs[0]] = np.asarray(value)
     return known
 
 

@@ -44,6 +44,17 @@ def mlp_two_axes(params, x):
     return mlp(params, x, out=(2, 5))
 
 
+@jax.jit
+def _dense_layer(w, h):
+    return jnp.tanh(h @ w)
+
+
+def jitted_mlp(params, x):
+    """Layers inside jit (a sub-jaxpr the plan inlines); one output per input, outputs (b,)."""
+    h = _dense_layer(params["w1"], x)
+    return jax.jit(lambda w, h: (h @ w.T)[:, 0])(params["w2"], h)
+
+
 def conv(x, w, layout, **kwargs):
     lhs, rhs = layout
     return jax.lax.conv_general_dilated(x, w, dimension_numbers=(lhs, rhs, lhs), **kwargs)
@@ -136,6 +147,8 @@ def _model(name):
         return mlp, mlp_params(), (4,)
     if name == "mlp_two_axes":
         return mlp_two_axes, mlp_params(), (4,)
+    if name == "jitted":
+        return jitted_mlp, {"w1": _normal(5, (4, 6)), "w2": _normal(6, (2, 6))}, (4,)
     if name in ("NHWC", "NCHW"):
         shape = (11, 6, 3) if name == "NHWC" else (3, 11, 6)
         return make_cnn(name), cnn_params(name), shape
@@ -189,7 +202,7 @@ def _axis_choices(ndim):
 
 _features = jax.jit(st.features, static_argnums=(0, 1))
 _contract = jax.jit(st.contract, static_argnums=(0, 3, 4))
-MODELS = ["mlp", "mlp_two_axes", "NHWC", "NCHW", "lhs_dilated", "flax", "fallback"]
+MODELS = ["mlp", "mlp_two_axes", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax", "fallback"]
 
 
 def _check_kernels(name, force, choices):
@@ -210,14 +223,15 @@ def _check_kernels(name, force, choices):
         assert err < 1e-10, (trace, diagonal, err)
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_two_axes", "NHWC", "flax", "fallback"])
+@pytest.mark.parametrize("name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback"])
 def test_kernel_matches_explicit_jacobians(x64, name):
     _check_kernels(name, None, _axis_choices)
 
 
 def _some_axis_choices(ndim):
     """Nothing traced; the kernel's diagonal; the last axis traced; the last axis diagonal."""
-    return [((), ()), ((), (0,)), ((ndim - 1,), ()), ((), (ndim - 1,))]
+    last = [((ndim - 1,), ()), ((), (ndim - 1,))] if ndim > 1 else []
+    return [((), ()), ((), (0,)), *last]
 
 
 @pytest.mark.parametrize("force", [None, "structured", "jacobian"])
@@ -242,6 +256,11 @@ def test_plan_classifies_leaves(x64):
     assert scales[idx["['w2']"]] == pytest.approx(1 / math.sqrt(6))
     assert [r.position for r in plan.rules if r.leaf == idx["['w3']"]] == [0]
     assert all(r.form == "structured" for r in plan.rules)
+
+    apply_fn, params, shape = _model("jitted")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    assert [r.leaf for r in plan.rules] == [0, 1] and plan.out_shape == ()
+    assert [r.position for r in plan.rules] == [1, 1]  # h @ w.T: the transpose is a layout op
 
     apply_fn, params, shape = _model("NHWC")
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1, 2), ())
@@ -301,3 +320,17 @@ def test_bad_arguments(x64):
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
     with pytest.raises(ValueError, match="differs"):
         st.features(plan, fallback_net, fallback_params(), jnp.zeros((2, 4), F64))
+
+
+def test_plan_made_under_jit(x64):
+    """Inside jit the constants (here 1/√4 computed by jnp) still fold to a concrete scale."""
+    params = _normal(80, (4, 3))
+
+    def apply_fn(w, x):
+        return x @ (w / jnp.sqrt(jnp.asarray(4.0, F64)))
+
+    x = jnp.zeros((1, 4), F64)
+    plans = []
+    jax.jit(lambda w, x: plans.append(st.make_plan(apply_fn, w, x, (1,), ())) or x)(params, x)
+    assert plans == [st.make_plan(apply_fn, params, x, (1,), ())]
+    assert [r.scale for r in plans[0].rules] == [0.5]
