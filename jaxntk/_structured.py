@@ -50,7 +50,7 @@ from jax.extend import core as jcore
 Array = jax.Array
 
 # Sub-jaxprs that are plain function calls: inlined so that the weights inside them are seen.
-_INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "checkpoint", "remat"})
+_INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "checkpoint", "remat", "remat2"})
 # x-independent ops that only move, relabel or re-type a weight's entries.
 _LAYOUT = frozenset(
     {"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze", "expand_dims"}

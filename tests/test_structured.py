@@ -50,8 +50,8 @@ def _dense_layer(w, h):
 
 
 def jitted_mlp(params, x):
-    """Layers inside jit (a sub-jaxpr the plan inlines); one output per input, outputs (b,)."""
-    h = _dense_layer(params["w1"], x)
+    """Layers inside jit and checkpoint (sub-jaxprs the plan inlines); one output per input (b,)."""
+    h = jax.checkpoint(_dense_layer)(params["w1"], x)
     return jax.jit(lambda w, h: (h @ w.T)[:, 0])(params["w2"], h)
 
 
@@ -122,10 +122,11 @@ class FlaxNet(nn.Module):
 
 
 def fallback_net(params, x):
-    """A weight used twice (tied), one through sin, an elementwise scale, a softplus (custom_jvp)
-    scale and one plain weight: only the plain weight has a rule."""
+    """A weight used twice (tied), one inside a scan, one through sin, an elementwise scale, a
+    softplus (custom_jvp) scale and one plain weight: only the plain weight has a rule."""
     h = jnp.tanh(x @ params["tied"])
     h = jnp.tanh(h @ params["tied"]) * params["scale"][None, :]
+    h = jax.lax.scan(lambda c, _: (jnp.tanh(c @ params["scanned"]), None), h, None, length=2)[0]
     h = h @ jnp.sin(params["sined"])
     h = h * jax.nn.softplus(params["soft"])[None, :]
     return h @ params["plain"]
@@ -135,6 +136,7 @@ def fallback_params():
     return {
         "tied": _normal(30, (4, 4)),
         "scale": _normal(31, (4,)),
+        "scanned": _normal(35, (4, 4)),
         "sined": _normal(32, (4, 5)),
         "soft": _normal(33, (5,)),
         "plain": _normal(34, (5, 3)),
