@@ -67,7 +67,7 @@ METHODS = ("auto", "jacobian", "products", "structured")
 (per-example Jacobians, contracted), "products" (J(Jᵀv), no stored Jacobian), "structured"
 (structured derivatives of dot_general and convolutions)."""
 
-_AUTO = ("jacobian", "products")  # the implementations "auto" chooses from
+_AUTO = ("jacobian", "products", "structured")  # the implementations "auto" chooses from
 _DEFAULT_BLOCK = 128  # rows per block when the budget allows: large enough for efficient GEMMs
 _PRODUCT_COLUMNS = 64  # most J(Jᵀv) columns in flight at once
 
@@ -396,7 +396,16 @@ def _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget):
     if method == "structured" and structured is None:
         raise ValueError("method 'structured' needs jaxntk._structured, which is not available")
     names = [method] if method != "auto" else [m for m in _AUTO if m != "structured" or structured]
-    extras = {name: _extra(name, apply_fn, params0, x1, spec, budget) for name in names}
+    extras = {}
+    for name in names:
+        try:
+            extras[name] = _extra(name, apply_fn, params0, x1, spec, budget)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            if method != "auto":
+                raise
+            # the structured plan folds the model's constants: traced ones (apply_fn's arrays
+            # inside a jit) leave it to the other implementations
+    names = list(extras)
     estimates = {
         name: _estimate(name, extras[name], apply_fn, params0, x1, spec, budget, method == "auto")
         for name in names
