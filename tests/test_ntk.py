@@ -261,3 +261,42 @@ def test_bad_arguments_raise_before_anything_compiles(x64):
         jn.empirical_ntk(apply_fn, params, x, progress=1)
     with pytest.raises(TypeError, match="batch_size must be an int"):
         jn.empirical_ntk(apply_fn, params, x, batch_size=2.0)
+
+
+class OneOutputCNN(nn.Module):
+    """8 × 8 × 1 images ↦ one output: a strided convolution with a bias, tanh, a dense readout."""
+
+    @nn.compact
+    def __call__(self, x):
+        f64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
+        h = jnp.tanh(nn.Conv(3, (3, 3), strides=2, **f64)(x.reshape(-1, 8, 8, 1)))
+        return nn.Dense(1, **f64)(h.reshape(h.shape[0], -1))[:, 0]
+
+
+def test_a_taylor_models_gram_matrix_and_good_directions_come_from_the_engine(x64):
+    module = OneOutputCNN()
+    x = _normal(32, (9, 64))
+    params = module.init(jax.random.PRNGKey(1), x[:1])
+    model = jn.TaylorModel(module.apply, params)
+    prep = model.prepare(x)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    j = np.asarray(jax.jacfwd(lambda q: module.apply(unravel(q), x))(flat))  # (n, P)
+    assert_close(jn.gram_matrix(model, prep), j @ j.T)
+    dirs = jn.good_directions(model, prep, k=3)
+    u, s, _ = np.linalg.svd(j, full_matrices=False)
+    np.testing.assert_allclose(dirs.s_k, s[:3], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(u[:, :3].T @ np.asarray(dirs.u_k)), np.eye(3), atol=1e-6)
+
+
+def test_regularized_training_of_a_one_output_flax_cnn_runs_and_learns(x64):
+    module = OneOutputCNN()
+    x, x_test = _normal(33, (12, 64)), _normal(34, (6, 64))
+    y, y_test = jnp.sign(x[:, 0]), jnp.sign(x_test[:, 0])
+    task = jn.data.task_from_arrays(x, y, x_test, y_test)
+    model = jn.TaylorModel(module.apply, module.init(jax.random.PRNGKey(2), x[:1]))
+    reg = jn.Regularizer(bulk=1.0, k=3)
+    run = jn.train(
+        model, task, "regularized", steps=40, eval_every=20, lr=0.05, reg=reg, progress=False
+    )
+    loss = np.asarray(run.history["train_loss"]).ravel()
+    assert np.all(np.isfinite(loss)) and loss[-1] < 0.5 * loss[0]
