@@ -8,7 +8,8 @@ per-example Jacobian without any weight-gradient op,
     ∂f_o/∂W'[g, c, f] = Σ_p A[p, g, c] · G_o[p, g, f],
 
 with A (p, g, c) the op's input (patches for a convolution) over its free positions p (the size-1
-batch axis and, for a convolution, the output pixels), feature groups g and contracted entries c,
+batch axis and, for a convolution, the output pixels), groups g (a convolution's feature groups, a
+`dot_general`'s batch dimensions) and contracted entries c,
 and G_o = ∂f_o/∂y (p, g, f) the cotangent of the op's output for output entry o. Two examples x, x'
 then contribute
 
@@ -376,9 +377,8 @@ def _uniform(known: dict[int, Any], var: int) -> float | None:
 
 
 def _has_rule(eqn: _Eqn, pos: int) -> bool:
-    if eqn.prim.name == "dot_general":
-        (_, _), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
-        return not (lhs_batch or rhs_batch)
+    if eqn.prim.name == "dot_general":  # batch dimensions become the groups g
+        return True
     if eqn.prim.name == "conv_general_dilated":
         return pos == 1 and eqn.params["batch_group_count"] == 1
     return False
@@ -389,11 +389,11 @@ def _rule(graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, 
     w_shape = tuple(eqn.in_avals[pos].shape)
     out_shape = tuple(eqn.out_avals[0].shape)
     if eqn.prim.name == "dot_general":
-        contracting, _ = eqn.params["dimension_numbers"]
-        w_contracting = contracting[pos]
-        c = math.prod(w_shape[d] for d in w_contracting)
-        f = math.prod(w_shape) // c
-        p, g = math.prod(out_shape) // f, 1
+        contracting, batch = eqn.params["dimension_numbers"]
+        c = math.prod(w_shape[d] for d in contracting[pos])
+        g = math.prod(w_shape[d] for d in batch[pos])
+        f = math.prod(w_shape) // (c * g)
+        p = math.prod(out_shape) // (g * f)
     else:
         rhs_spec = eqn.params["dimension_numbers"].rhs_spec
         g = eqn.params["feature_group_count"]
@@ -487,13 +487,14 @@ def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array
         a = patches.transpose(order).reshape(rule.p, rule.g, rule.c)
         gy = gy.transpose(0, *(1 + d for d in order))
         return a, gy.reshape(n_out, rule.p, rule.g, rule.f)
-    contracting, _ = eqn.params["dimension_numbers"]
-    a_contracting = contracting[1 - rule.position]
-    a_free = [d for d in range(a.ndim) if d not in a_contracting]
-    a = a.transpose(*a_free, *a_contracting).reshape(rule.p, 1, rule.c)
-    if rule.position == 0:  # W'·a: the output's weight axes come first
-        gy = gy.reshape(n_out, rule.f, rule.p).transpose(0, 2, 1)
-    return a, gy.reshape(n_out, rule.p, 1, rule.f)
+    contracting, batch = eqn.params["dimension_numbers"]
+    a_contracting, a_batch = contracting[1 - rule.position], batch[1 - rule.position]
+    a_free = [d for d in range(a.ndim) if d not in a_contracting and d not in a_batch]
+    a = a.transpose(*a_free, *a_batch, *a_contracting).reshape(rule.p, rule.g, rule.c)
+    # the output's axes: batch (the groups), then lhs free, then rhs free
+    if rule.position == 0:
+        return a, gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
+    return a, gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
 
 
 def _pair_subscripts(ndim: int, trace, diagonal) -> tuple[str, str, str]:

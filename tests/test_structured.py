@@ -10,6 +10,7 @@ no rule.
 
 import itertools
 import math
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -53,6 +54,14 @@ def jitted_mlp(params, x):
     """Layers inside jit and checkpoint (sub-jaxprs the plan inlines); one output per input (b,)."""
     h = jax.checkpoint(_dense_layer)(params["w1"], x)
     return jax.jit(lambda w, h: (h @ w.T)[:, 0])(params["w2"], h)
+
+
+def heads(params, x):
+    """Per-head weights: einsum over a head axis shared by activation and weight (dot_general
+    batch dimensions, the weight first in one layer), outputs (b, 3, 2)."""
+    h = jnp.tanh(jnp.einsum("bi,hij->bhj", x, params["in"]))
+    y = jax.lax.dot_general(params["out"], h, (((2,), (2,)), ((0,), (1,))))  # (h, k, b)
+    return y.transpose(2, 0, 1)
 
 
 def conv(x, w, layout, **kwargs):
@@ -149,6 +158,8 @@ def _model(name):
         return mlp, mlp_params(), (4,)
     if name == "mlp_two_axes":
         return mlp_two_axes, mlp_params(), (4,)
+    if name == "heads":
+        return heads, {"in": _normal(7, (3, 4, 5)), "out": _normal(8, (3, 2, 5))}, (4,)
     if name == "jitted":
         return jitted_mlp, {"w1": _normal(5, (4, 6)), "w2": _normal(6, (2, 6))}, (4,)
     if name in ("NHWC", "NCHW"):
@@ -162,11 +173,11 @@ def _model(name):
         )
     if name == "flax":
         model = FlaxNet()
-        return (
-            model.apply,
-            model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 2), F64)),
-            (6, 6, 2),
-        )
+        # random values in every leaf (biases and LayerNorm's scale too), without compiling init
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 2), F64))
+        leaves, treedef = jax.tree_util.tree_flatten(shapes)
+        params = treedef.unflatten([_normal(70 + i, s.shape) for i, s in enumerate(leaves)])
+        return model.apply, params, (6, 6, 2)
     return fallback_net, fallback_params(), (4,)
 
 
@@ -202,24 +213,40 @@ def _axis_choices(ndim):
         yield trace, tuple(a for a, r in enumerate(roles) if r == "diag")
 
 
-_features = jax.jit(st.features, static_argnums=(0, 1))
-_contract = jax.jit(st.contract, static_argnums=(0, 3, 4))
-MODELS = ["mlp", "mlp_two_axes", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax", "fallback"]
+MODELS = ["mlp", "mlp_two_axes", "heads", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax"]
+MODELS += ["fallback"]
+
+
+def _blocks(diagonal):
+    """x1 = x[:3]; x2 = x[2:5] on the kernel's diagonal (same size), else x[3:5] (a rectangle)."""
+    return slice(0, 3), slice(2, 5) if 0 in diagonal else slice(3, 5)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _kernels(apply_fn, cases, params, x):
+    """contract(features(x1), features(x2)) for each (trace, diagonal, plan): one program."""
+    features, kernels = {}, []
+    for trace, diagonal, plan in cases:
+        if plan not in features:
+            features[plan] = st.features(plan, apply_fn, params, x)
+        first, second = _blocks(diagonal)
+        feat1, feat2 = (jax.tree.map(lambda a, s=s: a[s], features[plan]) for s in (first, second))
+        kernels.append(st.contract(plan, feat1, feat2, trace, diagonal))
+    return kernels
 
 
 def _check_kernels(name, force, choices):
-    """contract(features(x1), features(x2)) against the reference for each (trace, diagonal)."""
+    """The kernels of `_kernels` against the reference for each (trace, diagonal)."""
     apply_fn, params, shape = _model(name)
-    x1, x2 = _normal(50, (3, *shape)), _normal(51, (3, *shape))
-    jac1, jac2 = _jacobians(apply_fn, params, x1), _jacobians(apply_fn, params, x2)
-    for trace, diagonal in choices(jac1.ndim - 1):
-        plan = st.make_plan(apply_fn, params, x1[:1], trace, diagonal, force=force)
-        feat1 = _features(plan, apply_fn, params, x1)
-        feat2 = _features(plan, apply_fn, params, x2)
-        n2 = 3 if 0 in diagonal else 2  # off the kernel's diagonal: a rectangular block
-        feat2 = jax.tree.map(lambda a: a[:n2], feat2)  # noqa: B023 (used at once)
-        got = _contract(plan, feat1, feat2, trace, diagonal)
-        want = _reference(jac1, jac2[:n2], trace, diagonal)
+    x = _normal(50, (5, *shape))
+    jac = _jacobians(apply_fn, params, x)
+    cases = tuple(
+        (trace, diagonal, st.make_plan(apply_fn, params, x[:1], trace, diagonal, force=force))
+        for trace, diagonal in choices(jac.ndim - 1)
+    )
+    for (trace, diagonal, _), got in zip(cases, _kernels(apply_fn, cases, params, x), strict=True):
+        first, second = _blocks(diagonal)
+        want = _reference(jac[first], jac[second], trace, diagonal)
         assert got.shape == want.shape, (trace, diagonal)
         err = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
         assert err < 1e-10, (trace, diagonal, err)
@@ -236,11 +263,14 @@ def _some_axis_choices(ndim):
     return [((), ()), ((), (0,)), *last]
 
 
-@pytest.mark.parametrize("force", [None, "structured", "jacobian"])
+@pytest.mark.parametrize("name", ["heads", "NCHW", "lhs_dilated"])
+def test_kernel_matches_explicit_jacobians_on_some_axes(x64, name):
+    _check_kernels(name, None, _some_axis_choices)
+
+
+@pytest.mark.parametrize("force", ["structured", "jacobian"])
 @pytest.mark.parametrize("name", MODELS)
 def test_both_forms_match_explicit_jacobians(x64, name, force):
-    if force is None and name not in ("NCHW", "lhs_dilated"):
-        pytest.skip("every axis combination is checked by test_kernel_matches_explicit_jacobians")
     _check_kernels(name, force, _some_axis_choices)
 
 
@@ -263,6 +293,10 @@ def test_plan_classifies_leaves(x64):
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
     assert [r.leaf for r in plan.rules] == [0, 1] and plan.out_shape == ()
     assert [r.position for r in plan.rules] == [1, 1]  # h @ w.T: the transpose is a layout op
+
+    apply_fn, params, shape = _model("heads")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    assert [(r.g, r.c, r.f, r.position) for r in plan.rules] == [(1, 4, 15, 1), (3, 5, 2, 0)]
 
     apply_fn, params, shape = _model("NHWC")
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1, 2), ())
