@@ -321,7 +321,8 @@ def _evaluate(graph: _Graph, inputs: list[Any], eps: dict[int, Array]):
 
 def _fold_constants(graph: _Graph) -> dict[int, Any]:
     """Concrete values of everything that depends on neither the parameters nor x."""
-    known = dict(graph.consts)
+    # arrays apply_fn closes over inside an outer jit are tracers there: not known
+    known = {k: v for k, v in graph.consts.items() if not isinstance(v, jax.core.Tracer)}
     with jax.ensure_compile_time_eval():  # concrete values even when the plan is made under jit
         for eqn in graph.eqns:
             if eqn.ins and all(i in known for i in eqn.ins) and not eqn.prim.multiple_results:

@@ -370,3 +370,21 @@ def test_plan_made_under_jit(x64):
     jax.jit(lambda w, x: plans.append(st.make_plan(apply_fn, w, x, (1,), ())) or x)(params, x)
     assert plans == [st.make_plan(apply_fn, params, x, (1,), ())]
     assert [r.scale for r in plans[0].rules] == [0.5]
+
+
+def test_scale_traced_by_an_outer_jit_falls_back(x64):
+    """A scale apply_fn closes over inside jit is unknown to the plan: the weight falls back."""
+    w, x = _normal(81, (4, 3)), _normal(82, (2, 4))
+
+    @jax.jit
+    def kernel(w, x, s):
+        def apply_fn(w, x):
+            return x @ (w * s)
+
+        plan = st.make_plan(apply_fn, w, x[:1], (1,), ())
+        assert plan.rules == () and plan.fallback == (0,)
+        feat = st.features(plan, apply_fn, w, x)
+        return st.contract(plan, feat, feat, (1,), ())
+
+    # f_o(x) = s Σ_i x_i w_io: ∂f_o/∂w_io' = s x_i δ_oo', so K(x, x') = s² x·x' (every o alike)
+    np.testing.assert_allclose(kernel(w, x, jnp.asarray(0.5, F64)), 0.25 * np.asarray(x @ x.T))
