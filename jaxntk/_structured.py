@@ -190,11 +190,17 @@ def contract(
     Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q); traced output axes are summed and the sum divided by their
     total size. With 0 in diagonal, b1 = b2 and only the pairs (i, i) are formed.
     """
-    first, second, result = _pair_subscripts(1 + len(plan.out_shape), trace, diagonal)
-    total = jnp.einsum(f"{first}Z,{second}Z->{result}", feat1["jacobian"], feat2["jacobian"])
+    total = _gram(feat1["jacobian"], feat2["jacobian"], trace, diagonal)
     for (a1, g1), (a2, g2) in zip(feat1["structured"], feat2["structured"], strict=True):
-        spec = f"{first[0]}PGC,{second[0]}QGC,{first}PGF,{second}QGF->{result}"
-        total = total + jnp.einsum(spec, a1, a2, g1, g2, optimize="optimal")
+        if a1.shape[1:3] == (1, 1):  # a dense layer: (A1 A2ᵀ) ∘ (G1 G2ᵀ)
+            inputs = _gram(a1[:, 0, 0], a2[:, 0, 0], (), tuple(a for a in diagonal if a == 0))
+            cotangents = _gram(g1[..., 0, 0, :], g2[..., 0, 0, :], trace, diagonal)
+            inputs = inputs.reshape(inputs.shape + (1,) * (cotangents.ndim - inputs.ndim))
+            total = total + inputs * cotangents
+        else:
+            first, second, result = _pair_subscripts(1 + len(plan.out_shape), trace, diagonal)
+            spec = f"{first[0]}PGC,{second[0]}QGC,{first}PGF,{second}QGF->{result}"
+            total = total + jnp.einsum(spec, a1, a2, g1, g2, optimize="optimal")
     traced = math.prod(plan.out_shape[axis - 1] for axis in trace)
     return total / traced if trace else total
 
@@ -496,6 +502,32 @@ def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array
     if rule.position == 0:
         return a, gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
     return a, gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
+
+
+def _gram(j1: Array, j2: Array, trace, diagonal) -> Array:
+    """Σ_Z j1[..., Z] j2[..., Z] in the kernel layout, as one batched GEMM.
+
+    j1 (b1, *O, Z) and j2 (b2, *O, Z); diagonal axes become the GEMM's batch, traced axes and Z
+    its single contracted axis (XLA's CPU GEMM with several contracted axes is a few times slower).
+    """
+    ndim = j1.ndim - 1
+    diag = [a for a in range(ndim) if a in diagonal]
+    free = [a for a in range(ndim) if a not in diagonal and a not in trace]
+    summed = [*trace, ndim]
+
+    def matrix(j):
+        sizes = [math.prod(j.shape[a] for a in axes) for axes in (diag, free, summed)]
+        return j.transpose(*diag, *free, *summed).reshape(sizes)
+
+    k = jax.lax.dot_general(matrix(j1), matrix(j2), (((2,), (2,)), ((0,), (0,))))
+    k = k.reshape(*(j1.shape[a] for a in diag + free), *(j2.shape[a] for a in free))
+    order = []
+    for a in range(ndim):
+        if a in diagonal:
+            order.append(diag.index(a))
+        elif a not in trace:
+            order += [len(diag) + free.index(a), len(diag) + len(free) + free.index(a)]
+    return k.transpose(order)
 
 
 def _pair_subscripts(ndim: int, trace, diagonal) -> tuple[str, str, str]:
