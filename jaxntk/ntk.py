@@ -54,6 +54,7 @@ Array = jax.Array
 PyTree = Any
 
 __all__ = [
+    "CONV_JACOBIAN_SLOWDOWN",
     "METHODS",
     "Choice",
     "Estimate",
@@ -67,6 +68,10 @@ METHODS = ("auto", "jacobian", "products", "structured")
 (per-example Jacobians, contracted), "products" (J(Jᵀv), no stored Jacobian), "structured"
 (structured derivatives of dot_general and convolutions)."""
 
+CONV_JACOBIAN_SLOWDOWN = 4.0
+"""How much slower per FLOP "jacobian" runs on a model with convolutions than the dense GEMMs of
+"structured" (measured: the 3-layer CNN of benchmarks/ntk_speed.py at n = 128, float32, 2 cores:
+jacobian 25.9 s, structured 14.2 s for 0.67× its FLOPs)."""
 _AUTO = ("jacobian", "products", "structured")  # the implementations "auto" chooses from
 _DEFAULT_BLOCK = 128  # rows per block when the budget allows: large enough for efficient GEMMs
 _PRODUCT_COLUMNS = 64  # most J(Jᵀv) columns in flight at once
@@ -79,11 +84,15 @@ class Estimate(NamedTuple):
         flops: estimated floating-point operations of the whole kernel.
         feature_bytes: bytes of the features of one example.
         fits: whether one block's features fit the memory budget.
+        cost: flops weighted by how fast they run: "jacobian" of a model with convolutions
+            counts `CONV_JACOBIAN_SLOWDOWN` times its FLOPs (the vmapped weight gradients
+            become grouped convolutions, slow on XLA's CPU backend), the rest their FLOPs.
     """
 
     flops: float
     feature_bytes: int
     fits: bool
+    cost: float
 
 
 class Choice(NamedTuple):
@@ -417,13 +426,13 @@ def _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget):
             f"memory_budget = {budget} bytes is too small for one example's features: "
             f"{' or '.join(names)} need at least {need} bytes"
         )
-    chosen = min(fitting, key=lambda name: estimates[name].flops)
+    chosen = min(fitting, key=lambda name: estimates[name].cost)
     b, resident = _block_size(estimates[chosen].feature_bytes, spec, batch_size, budget)
     if method == "auto":
-        others = ", ".join(f"{n} {estimates[n].flops:.3g}" for n in names if n != chosen)
+        others = ", ".join(f"{n} {estimates[n].cost:.3g}" for n in names if n != chosen)
         unfit = [n for n in names if not estimates[n].fits]
         reason = (
-            f"{chosen}: fewest estimated FLOPs, {estimates[chosen].flops:.3g} (vs {others})"
+            f"{chosen}: least estimated cost, {estimates[chosen].cost:.3g} FLOPs (vs {others})"
             + (f"; {', '.join(unfit)} over the budget of {budget} bytes" if unfit else "")
         )
     else:
@@ -485,7 +494,15 @@ def _estimate(name, extra, apply_fn, params0, x1, spec, budget, with_flops) -> E
         pairs = spec.n1 * (spec.n1 + b) / 2
     else:
         pairs = spec.n1 * spec.n2
-    return Estimate(float(featured * feature + pairs * pair), int(fb), bool(fits))
+    flops = float(featured * feature + pairs * pair)
+    slow = name == "jacobian" and with_flops and _has_convolution(apply_fn, params0, x1[:1])
+    return Estimate(flops, int(fb), bool(fits), flops * (CONV_JACOBIAN_SLOWDOWN if slow else 1.0))
+
+
+def _has_convolution(apply_fn, params0, xb) -> bool:
+    """Whether the model's jaxpr (sub-jaxprs included) holds a convolution."""
+    jaxpr = jax.make_jaxpr(apply_fn)(params0, xb)
+    return "conv_general_dilated" in str(jaxpr)
 
 
 def _bytes_needed(name, estimate, spec) -> int:

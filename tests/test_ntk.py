@@ -230,9 +230,12 @@ def test_auto_records_its_choice_and_leaves_out_what_does_not_fit(x64):
     x = _normal(28, (N1, *shape))
     choice = jn.choose_method(apply_fn, params, x)
     assert choice.method in choice.estimates and choice.method != "auto"
-    assert all(e.flops > 0 and e.fits for e in choice.estimates.values())
-    best = min(choice.estimates, key=lambda m: choice.estimates[m].flops)
-    assert choice.method == best and choice.reason.startswith(f"{best}: fewest estimated FLOPs")
+    assert all(e.flops > 0 and e.fits and e.cost == e.flops for e in choice.estimates.values())
+    best = min(choice.estimates, key=lambda m: choice.estimates[m].cost)
+    assert choice.method == best and choice.reason.startswith(f"{best}: least estimated cost")
+    conv = jn.choose_method(*cnn()[:2], _normal(28, (N1, *cnn()[2])))
+    jacobian_cost = conv.estimates["jacobian"]
+    assert jacobian_cost.cost == ntk.CONV_JACOBIAN_SLOWDOWN * jacobian_cost.flops
     size = jax.flatten_util.ravel_pytree(params)[0].size
     # the Jacobian of one example (C·P·8 bytes) over the budget, one parameter vector under it
     tight = jn.choose_method(apply_fn, params, x, memory_budget=2 * size * 8)
