@@ -465,7 +465,10 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
         a, g = _canonical(rule, eqn, operands[rule.eqn][1 - rule.position], g_eps[rule.eqn])
         a = rule.scale * a
         if rule.form == "jacobian":
-            jacobians.append(jnp.einsum("pgc,opgf->ogcf", a, g).reshape(out.size, -1))
+            # o in the middle of the GEMM's output, then moved: XLA CPU's GEMM writing o first
+            # is slower than this copy
+            jacobian = jnp.einsum("pgc,opgf->gcof", a, g).transpose(2, 0, 1, 3)
+            jacobians.append(jacobian.reshape(out.size, -1))
         else:
             structured.append((a, g.reshape(*plan.out_shape, *g.shape[1:])))
     jacobian = (
