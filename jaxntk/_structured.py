@@ -106,6 +106,15 @@ class Plan:
     itemsize: int
     signature: tuple[str, ...]
 
+    def summary(self) -> str:
+        """One line: how many leaves take each route, e.g. for a report of the method chosen."""
+        forms = [r.form for r in self.rules]
+        return (
+            f"{len(self.rules)} structured leaves ({forms.count('structured')} from input and "
+            f"cotangent products, {forms.count('jacobian')} from per-example Jacobians formed "
+            f"as matmuls), {len(self.fallback)} fallback, {len(self.unused)} unused"
+        )
+
 
 def make_plan(
     apply_fn: Any,

@@ -307,6 +307,7 @@ def test_plan_classifies_leaves(x64):
         idx["['dense']"]: "structured",
     }
     assert [r.g for r in plan.rules if r.leaf == idx["['c1']"]] == [2]
+    assert plan.summary().startswith("4 structured leaves (1 from input and cotangent products, 3 ")
 
     apply_fn, params, shape = _model("flax")
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
