@@ -219,8 +219,9 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
 
     With |O| outputs, m = Π_{traced or diagonal} d · Π_{other} d² (o, o') pairs per example pair and
     P_J Jacobian entries: pair FLOPs = 2·m·P_J + Σ_structured 2·p²·g·(c + m·f); feature FLOPs =
-    (1 + 2|O|)·forward + Σ_jacobian-form 2·|O|·p·g·c·f; bytes = itemsize·(stored features + the
-    |O|·p·g·f output cotangents and p·g·c inputs of every structured op), a bound of the peak.
+    (1 + 2|O|)·forward + Σ_jacobian-form 2·|O|·p·g·c·f; bytes = itemsize·(|O|·P_J + Σ_structured
+    (p·g·c + |O|·p·g·f)): the stored features and, for "jacobian"-form ops, the transient A and
+    G they are formed from (the forward pass's own activations are not counted).
     """
     n_out = math.prod(plan.out_shape)
     pairs = _out_pairs(plan.out_shape, trace, diagonal)
@@ -233,7 +234,7 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     for r in plan.rules:
         pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
         feature_flops += 2.0 * n_out * r.p * r.g * r.c * r.f if r.form == "jacobian" else 0.0
-        stored += (r.p * r.g * r.c + n_out * r.p * r.g * r.f) * (2 if r.form == "jacobian" else 1)
+        stored += r.p * r.g * r.c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
     return Cost(feature_flops, pair_flops, float(plan.itemsize * stored))
 
 

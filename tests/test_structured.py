@@ -341,9 +341,12 @@ def test_cost_formulas(x64):
         assert got.feature_flops_per_example >= 21 * sum(2 * i * o for i, o in layers)
         jac = st.cost(st.make_plan(apply_fn, params, x, trace, (), force="jacobian"), trace, ())
         assert jac.pair_flops == 2 * pairs * sum(i * o for i, o in layers)
-        assert jac.feature_bytes_per_example >= 8 * 10 * sum(i * o for i, o in layers)
+        inputs_and_cotangents = sum(i + 10 * o for i, o in layers)
+        assert got.feature_bytes_per_example == 8 * inputs_and_cotangents
+        assert jac.feature_bytes_per_example == 8 * (
+            10 * sum(i * o for i, o in layers) + inputs_and_cotangents
+        )
         assert jac.feature_flops_per_example > got.feature_flops_per_example > 0
-        assert got.feature_bytes_per_example > 0
         # method "auto" of make_plan keeps the cheaper form per op: structured for dense layers
         assert st.cost(st.make_plan(apply_fn, params, x, trace, ()), trace, ()) == got
 
