@@ -392,3 +392,19 @@ def test_scale_traced_by_an_outer_jit_falls_back(x64):
 
     # f_o(x) = s Σ_i x_i w_io: ∂f_o/∂w_io' = s x_i δ_oo', so K(x, x') = s² x·x' (every o alike)
     np.testing.assert_allclose(kernel(w, x, jnp.asarray(0.5, F64)), 0.25 * np.asarray(x @ x.T))
+
+
+def test_features_trace_once_per_plan(x64):
+    """Equal plans hash alike: a second plan and new inputs of the same shape reuse the program."""
+    traces = []
+
+    def apply_fn(params, x):
+        traces.append(x.shape)
+        return mlp(params, x)
+
+    params, x = mlp_params(), _normal(90, (3, 4))
+    features = jax.jit(st.features, static_argnums=(0, 1))
+    features(st.make_plan(apply_fn, params, x[:1], (1,), ()), apply_fn, params, x)
+    before = len(traces)
+    features(st.make_plan(apply_fn, params, x[:1], (1,), ()), apply_fn, params, x + 1.0)
+    assert len(traces) == before + 1  # the new plan's own trace only
