@@ -93,7 +93,9 @@ class Plan:
     """How each parameter leaf's kernel contribution is computed (hashable: a static jit argument).
 
     `rules` are the structured leaves, `fallback` the leaves whose Jacobians are taken, `unused` the
-    leaves the output does not depend on; `out_shape` is O of one example's output (1, *O).
+    leaves the output does not depend on; `out_shape` is O of one example's output (1, *O);
+    `forward_flops` estimates one example's forward pass, `fallback_flops` its ops that take a
+    fallback leaf (for `cost`).
     `signature` (the inlined equations' primitive names) checks that `features` sees the same model.
     """
 
@@ -103,6 +105,7 @@ class Plan:
     out_shape: tuple[int, ...]
     fallback_sizes: tuple[int, ...]
     forward_flops: float
+    fallback_flops: float
     itemsize: int
     signature: tuple[str, ...]
 
@@ -157,6 +160,7 @@ def make_plan(
             unused.append(leaf)
         else:
             rules.append(_rule(graph, leaf, *found, pairs, force))
+    fallback_ids = {graph.invars[leaf] for leaf in fallback}
     return Plan(
         rules=tuple(rules),
         fallback=tuple(fallback),
@@ -164,6 +168,7 @@ def make_plan(
         out_shape=out_shape,
         fallback_sizes=tuple(math.prod(graph.invar_shapes[i]) for i in fallback),
         forward_flops=float(sum(_eqn_flops(e) for e in graph.eqns)),
+        fallback_flops=float(sum(_eqn_flops(e) for e in graph.eqns if set(e.ins) & fallback_ids)),
         itemsize=np.dtype(graph.out_aval.dtype).itemsize,
         signature=graph.signature,
     )
@@ -219,7 +224,9 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
 
     With |O| outputs, m = Π_{traced or diagonal} d · Π_{other} d² (o, o') pairs per example pair and
     P_J Jacobian entries: pair FLOPs = 2·m·P_J + Σ_structured 2·p²·g·(c + m·f); feature FLOPs =
-    (1 + 2|O|)·forward + Σ_jacobian-form 2·|O|·p·g·c·f; bytes = itemsize·(|O|·P_J + Σ_structured
+    (1 + |O|)·forward + |O|·fallback + Σ_jacobian-form 2·|O|·p·g·c·f (each output's backward pass
+    forms input cotangents, about one forward, and weight gradients only for the ops that take a
+    fallback leaf, `fallback` their forward FLOPs); bytes = itemsize·(|O|·P_J + Σ_structured
     (p·g·c + |O|·p·g·f)): the stored features and, for "jacobian"-form ops, the transient A and
     G they are formed from (the forward pass's own activations are not counted).
     """
@@ -229,7 +236,7 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
         r.g * r.c * r.f for r in plan.rules if r.form == "jacobian"
     )
     pair_flops = 2.0 * pairs * width
-    feature_flops = (1.0 + 2.0 * n_out) * plan.forward_flops
+    feature_flops = (1.0 + n_out) * plan.forward_flops + n_out * plan.fallback_flops
     stored = n_out * width
     for r in plan.rules:
         pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
