@@ -644,9 +644,26 @@ def _mirror(spec: _Spec) -> str:
 
 
 def _device_kernel(apply_fn, params0, x1, x2, spec, choice, extra) -> Array:
-    b1, b2 = min(choice.batch_size, spec.n1), min(choice.batch_size, spec.n2)
-    program = _resident_kernel if choice.resident or 0 in spec.diagonal else _streamed_kernel
-    return program(apply_fn, params0, x1, x2, spec, choice.method, extra, b1, b2)
+    """The kernel as a device array, from one compiled program per block shape (features of a
+    block, contraction of a pair) called block by block: traceable, so inside a jit the blocks
+    unroll into the caller's program. XLA's CPU backend runs a convolution inside a loop body
+    (`lax.map`) an order of magnitude slower than outside one (measured: 10.2 s against 0.64 s
+    for the features of 128 inputs of benchmarks/ntk_speed.py's CNN), hence no loop program."""
+    blocks1, blocks2, pairs, b1, b2 = _blocks(x1, x2, spec, choice.batch_size)
+    rows = list(range(blocks1.shape[0]))
+    groups = _row_groups(
+        [(apply_fn, params0)], [None], blocks1, blocks2, rows, pairs, choice, extra, spec
+    )
+    computed = [block for group in groups for _, _, block in group]
+    return _assemble(jnp.stack(computed), pairs, spec, b1, b2)
+
+
+def _blocks(x1, x2, spec, b):
+    """Both inputs cut into blocks, the block pairs to contract, and the two block sizes."""
+    b1, b2 = min(b, spec.n1), min(b, spec.n2)
+    blocks1 = _split(x1, b1)
+    blocks2 = blocks1 if x2 is None else _split(x2, b2)
+    return blocks1, blocks2, _pairs(blocks1.shape[0], blocks2.shape[0], spec), b1, b2
 
 
 def _split(x: Array, b: int) -> Array:
@@ -658,8 +675,8 @@ def _split(x: Array, b: int) -> Array:
 
 
 def _pairs(blocks1: int, blocks2: int, spec: _Spec) -> np.ndarray:
-    """The (i, j) block pairs to contract: the diagonal for a diagonal batch axis, j ≥ i for a
-    symmetric kernel, else all."""
+    """The (i, j) block pairs to contract, row by row: the diagonal for a diagonal batch axis,
+    j ≥ i for a symmetric kernel, else all."""
     if 0 in spec.diagonal:
         return np.stack([np.arange(blocks1)] * 2, axis=1)
     i, j = np.meshgrid(np.arange(blocks1), np.arange(blocks2), indexing="ij")
@@ -667,48 +684,36 @@ def _pairs(blocks1: int, blocks2: int, spec: _Spec) -> np.ndarray:
     return np.stack([i[keep], j[keep]], axis=1)
 
 
-@partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
-def _resident_kernel(apply_fn, params0, x1, x2, spec, method, extra, b1, b2):
-    """Every block's features once, then every needed pair (one program)."""
+def _row_groups(placed, devices, blocks1, blocks2, rows, pairs, choice, extra, spec):
+    """Per group of len(placed) block rows (row k of a group with placed[k], (apply_fn, params0)
+    on devices[k], or None: where JAX puts it), the list of (i, j, K block) of their pairs, all
+    dispatched before the group is handed over. Each block's features are computed once when
+    they stay resident, else each block row's once and the column blocks' once per row."""
+    kept = {}
 
-    def features(xb):
-        return _features(method, extra, apply_fn, params0, xb)
+    def features(blocks, j, k, keep):
+        key = (blocks is blocks1, j, k)
+        if key in kept:
+            return kept[key]
+        xb = blocks[j] if devices[k] is None else jax.device_put(blocks[j], devices[k])
+        f = _block_features(*placed[k], xb, choice.method, extra)
+        if keep:
+            kept[key] = f
+        return f
 
-    f1 = jax.lax.map(features, _split(x1, b1))
-    f2 = f1 if x2 is None else jax.lax.map(features, _split(x2, b2))
-    pairs = _pairs(-(-spec.n1 // b1), -(-spec.n2 // b2), spec)
-
-    def pair(ij):
-        g1 = jax.tree.map(lambda f: f[ij[0]], f1)
-        g2 = jax.tree.map(lambda f: f[ij[1]], f2)
-        return _contract(method, extra, apply_fn, params0, g1, g2, spec.trace, spec.diagonal)
-
-    blocks = jax.lax.map(pair, jnp.asarray(pairs))
-    return _assemble(blocks, pairs, spec, b1, b2)
-
-
-@partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
-def _streamed_kernel(apply_fn, params0, x1, x2, spec, method, extra, b1, b2):
-    """Each block row's features once, the column blocks' recomputed per row (one program)."""
-
-    def features(xb):
-        return _features(method, extra, apply_fn, params0, xb)
-
-    blocks2 = _split(x1 if x2 is None else x2, b2)
-
-    def row(xb1):
-        g1 = features(xb1)
-
-        def pair(xb2):
-            g2 = features(xb2)
-            return _contract(method, extra, apply_fn, params0, g1, g2, spec.trace, spec.diagonal)
-
-        return jax.lax.map(pair, blocks2)
-
-    blocks = jax.lax.map(row, _split(x1, b1))  # (B1, B2, b1, b2, ...)
-    blocks = blocks.reshape(-1, *blocks.shape[2:])
-    every = dataclasses.replace(spec, symmetric=False)  # no pair skipped: nothing to mirror
-    return _assemble(blocks, _pairs(-(-spec.n1 // b1), -(-spec.n2 // b2), every), every, b1, b2)
+    for start in range(0, len(rows), len(placed)):
+        group = []
+        for k, i in enumerate(rows[start : start + len(placed)]):
+            g1 = features(blocks1, i, k, keep=True)
+            for j in pairs[pairs[:, 0] == i, 1]:
+                g2 = features(blocks2, int(j), k, keep=choice.resident)
+                block = _block_pair(
+                    *placed[k], g1, g2, choice.method, extra, spec.trace, spec.diagonal
+                )
+                group.append((i, int(j), block))
+            if not choice.resident:  # the row is done: hold one row and one column block only
+                kept.pop((True, i, k))
+        yield group
 
 
 def _assemble(blocks: Array, pairs: np.ndarray, spec: _Spec, b1: int, b2: int) -> Array:
@@ -739,13 +744,9 @@ def _block_pair(apply_fn, params0, f1, f2, method, extra, trace, diagonal):
 def _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progress):
     """Block row by block row into a host array or a memmap; the rows spread over the local
     devices (round robin) and over the processes (row i on process i mod count)."""
-    b = choice.batch_size
-    b1, b2 = min(b, spec.n1), min(b, spec.n2)
-    blocks1 = _split(x1, b1)
-    blocks2 = blocks1 if x2 is None else _split(x2, b2)
+    blocks1, blocks2, pairs, b1, b2 = _blocks(x1, x2, spec, choice.batch_size)
     devices = jax.local_devices()
     placed = [jax.device_put((apply_fn, params0), d) for d in devices]
-    pairs = _pairs(blocks1.shape[0], blocks2.shape[0], spec)
     rows = list(range(jax.process_index(), blocks1.shape[0], jax.process_count()))
     shape = _kernel_shape(spec)
     several = jax.process_count() > 1
@@ -753,34 +754,11 @@ def _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progres
         out = np.lib.format.open_memmap(Path(output), mode="w+", dtype=spec.dtype, shape=shape)
     else:
         out = np.zeros(shape, spec.dtype)
-    cached = {}
-
-    def features(j, blocks, k):
-        if not choice.resident:
-            return _block_features(
-                *placed[k], jax.device_put(blocks[j], devices[k]), *_m(choice, extra)
-            )
-        key = (id(blocks), j, k)
-        if key not in cached:
-            cached[key] = _block_features(
-                *placed[k], jax.device_put(blocks[j], devices[k]), *_m(choice, extra)
-            )
-        return cached[key]
-
-    start = time.perf_counter()
-    for group in range(0, len(rows), len(devices)):
-        pending = []
-        for k, i in enumerate(rows[group : group + len(devices)]):
-            g1 = features(i, blocks1, k)
-            for j in pairs[pairs[:, 0] == i, 1]:
-                g2 = features(int(j), blocks2, k)
-                block = _block_pair(
-                    *placed[k], g1, g2, *_m(choice, extra), spec.trace, spec.diagonal
-                )
-                pending.append((i, int(j), block))
-        for i, j, block in pending:
+    start, done = time.perf_counter(), 0
+    for group in _row_groups(placed, devices, blocks1, blocks2, rows, pairs, choice, extra, spec):
+        for i, j, block in group:
             _write(out, np.asarray(block), i, j, b1, b2, spec)
-        done = min(group + len(devices), len(rows))
+        done = min(done + len(placed), len(rows))
         if progress:
             print(
                 f"[empirical_ntk] block row {done}/{len(rows)}  {choice.method}  "
@@ -789,15 +767,11 @@ def _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progres
                 flush=True,
             )
     if several:
-        out = _gather(out, output, spec)
+        out = _gather(out, output)
     if isinstance(out, np.memmap):
         out.flush()
         return out
     return out if output is not None else jnp.asarray(out)
-
-
-def _m(choice, extra):
-    return choice.method, extra
 
 
 def _kernel_shape(spec: _Spec) -> tuple[int, ...]:
@@ -821,7 +795,7 @@ def _write(out, block, i, j, b1, b2, spec) -> None:
         out[cols, rows] = mirrored[: cols.stop - cols.start, : rows.stop - rows.start]
 
 
-def _gather(local: np.ndarray, output, spec):
+def _gather(local: np.ndarray, output):
     """The whole kernel on every process from each process's block rows (the others' entries
     are zero in `local`); a path is written by process 0."""
     from jax.experimental import multihost_utils
