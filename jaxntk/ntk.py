@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from jaxntk._checks import check_int
+from jaxntk.taylor import _memory_bytes
 
 Array = jax.Array
 PyTree = Any
@@ -141,16 +141,7 @@ def default_memory_budget() -> int:
         >>> default_memory_budget() > 0
         True
     """
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except RuntimeError:
-        stats = {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) // 4
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 2**31
+    return _memory_bytes()[0] // 4
 
 
 def empirical_ntk(

@@ -5,8 +5,6 @@ directions, regularized training of a one-output CNN)."""
 
 import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_distributed import _run_processes  # one process per --process-id, a fresh port
 
 import jaxntk as jn
 from jaxntk import ntk
@@ -326,25 +325,7 @@ def run_workers(out, processes: int, devices: int) -> list[dict]:
     }
     command = [sys.executable, str(WORKER), str(out)]
     for attempt in range(2):
-        if processes > 1:
-            with socket.socket() as s:
-                s.bind(("localhost", 0))
-                port = s.getsockname()[1]
-            extra = ["--coordinator", f"localhost:{port}", "--num-processes", str(processes)]
-        else:
-            extra = []
-        procs = [
-            subprocess.Popen(
-                command + extra + (["--process-id", str(i)] if processes > 1 else []),
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(processes)
-        ]
-        errors = [proc.communicate(timeout=600)[1] for proc in procs]
-        codes = [proc.returncode for proc in procs]
+        codes, errors = _run_processes(command, processes, env)
         # the coordinator's known gRPC abort at exit, after the results are written
         # (tests/test_distributed.py): run once more
         if attempt == 0 and any(
