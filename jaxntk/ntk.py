@@ -22,12 +22,19 @@ x2 = None the kernel is symmetric and only the pairs j ≥ i are contracted (the
   convolutions the layer's contribution from its input and output cotangents, without the
   weight Jacobian.
 - ``"auto"``: the cheapest by an estimate of FLOPs (features n·f plus contraction n1·n2·p,
-  from XLA's cost analysis of the lowered functions) among those whose features fit the memory
-  budget (`choose_method` says what it chose and why).
+  from XLA's cost analysis of the lowered functions and the structured plan's count, jacobian's
+  on convolutions weighted by `CONV_JACOBIAN_SLOWDOWN`) among those whose features fit the
+  memory budget (`choose_method` says what it chose and why).
 
 Blocks are sized from `memory_budget` (bytes; default a quarter of the device's memory, or of
 the host's): when every block's features fit, they are all computed once and kept; otherwise
-each block row's features are computed once and the column blocks' streamed.
+each block row's features are computed once and the column blocks' streamed. One compiled
+program per block shape computes a block's features, another contracts a pair; they are called
+block by block (inside a caller's `jit` the calls unroll into its program), not looped over
+with `lax.map`, whose loop body XLA's CPU backend runs an order of magnitude slower for
+convolutions. With several local devices the block rows go round robin over them; with several
+processes (`jax.distributed`) process p computes the block rows i ≡ p (mod process count) and
+the whole kernel is gathered (`multihost_utils.process_allgather`) and returned on every process.
 """
 
 from __future__ import annotations
