@@ -289,88 +289,27 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     """
     _check_config(config)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = jnp.dtype(config.dtype)
-    tasks = {
-        loss: task_data.load_digits(
-            n_train=config.n_train,
-            n_test=config.n_test,
-            seed=config.split_seed,
-            one_hot=loss == "mse",
-            dtype=dtype,
-        )
-        for loss in config.losses
-    }
+    tasks = _load_tasks(config)
     rows, checks = [], []
     for name in config.models:
         widths = config.widths if name == "mlp" else config.channels
         for parameterization in config.parameterizations:
             for width in widths:
-                module = make_model(name, width, parameterization, dtype)
+                module = make_model(name, width, parameterization, jnp.dtype(config.dtype))
                 lr = config.lr / (1 if parameterization == "ntk" else readout_fan_in(name, width))
+                checked = (
+                    name in config.check_models
+                    and width in sorted(widths)[: config.check_ntk_predict]
+                )
                 for seed in config.seeds:
-                    x0 = next(iter(tasks.values())).x_train[:1]
-                    params0 = module.init(jax.random.PRNGKey(seed), x0)
-                    model = TaylorModel(module.apply, params0)
-                    theta0 = math.sqrt(
-                        sum(float(jnp.sum(p**2)) for p in jax.tree_util.tree_leaves(params0))
-                    )
-                    for loss, task in tasks.items():
-                        label = f"{name} {parameterization} width {width} seed {seed} {loss}"
-                        t0 = time.perf_counter()
-                        r = train_taylorized(
-                            model,
-                            task,
-                            config.orders,
-                            loss=loss,
-                            steps=config.steps,
-                            lr=lr,
-                            eval_every=config.eval_every,
-                            progress=labelled_progress(progress, label),
-                        )
-                        seconds = time.perf_counter() - t0
-                        steps = r.history["step"]
-                        # (models, evaluations, n_test, classes)
-                        outputs = np.moveaxis(r.history["test_output"][0, 0], 1, 0).reshape(
-                            -1, len(steps), config.n_test, CLASSES
-                        )
-                        setting = {
-                            "model": name,
-                            "parameterization": parameterization,
-                            "width": width,
-                            "seed": seed,
-                            "loss": loss,
-                            "lr": lr,
-                            "seconds": seconds,
-                        }
-                        for i, order in enumerate((0, *config.orders)):
-                            rows.append(_row(setting, order, i, r, outputs, theta0, task))
-                        checked = (
-                            name in config.check_models
-                            and width in sorted(widths)[: config.check_ntk_predict]
-                        )
-                        if loss == "mse" and 1 in config.orders and checked:
-                            closed = predict.ntk_predict(
-                                module.apply,
-                                params0,
-                                task.x_train,
-                                task.y_train,
-                                task.x_test,
-                                steps=[int(s) for s in steps],
-                                lr=lr,
-                            ).test
-                            checks.append(
-                                {
-                                    "model": name,
-                                    "parameterization": parameterization,
-                                    "width": width,
-                                    "seed": seed,
-                                    "max_relative_deviation": _max_relative_deviation(
-                                        outputs[1 + config.orders.index(1)],
-                                        np.asarray(closed),
-                                        outputs[0, 0],
-                                    ),
-                                }
-                            )
+                    setting = {
+                        "model": name,
+                        "parameterization": parameterization,
+                        "width": width,
+                        "seed": seed,
+                        "lr": lr,
+                    }
+                    _train_seed(config, module, setting, tasks, checked, progress, rows, checks)
     doc = {
         "experiment": NAME,
         "config": dataclasses.asdict(config),
@@ -387,6 +326,71 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     write_results(out, NAME, doc, curves)
     plot(out / f"{NAME}.json", out)
     return doc
+
+
+def _load_tasks(config: Config) -> dict[str, Any]:
+    """The digits split once per loss: one-hot float labels for "mse", classes otherwise."""
+    return {
+        loss: task_data.load_digits(
+            n_train=config.n_train,
+            n_test=config.n_test,
+            seed=config.split_seed,
+            one_hot=loss == "mse",
+            dtype=jnp.dtype(config.dtype),
+        )
+        for loss in config.losses
+    }
+
+
+def _train_seed(config, module, setting, tasks, checked, progress, rows, checks) -> None:
+    """One initialization of `module` trained on every loss, in full and at every order: its rows
+    (one per model) appended to `rows`, and the `ntk_predict` check of order 1 to `checks` where
+    `checked` (MSE only)."""
+    x0 = next(iter(tasks.values())).x_train[:1]
+    params0 = module.init(jax.random.PRNGKey(setting["seed"]), x0)
+    model = TaylorModel(module.apply, params0)
+    theta0 = math.sqrt(sum(float(jnp.sum(p**2)) for p in jax.tree_util.tree_leaves(params0)))
+    for loss, task in tasks.items():
+        label = (
+            f"{setting['model']} {setting['parameterization']} width {setting['width']} "
+            f"seed {setting['seed']} {loss}"
+        )
+        t0 = time.perf_counter()
+        r = train_taylorized(
+            model,
+            task,
+            config.orders,
+            loss=loss,
+            steps=config.steps,
+            lr=setting["lr"],
+            eval_every=config.eval_every,
+            progress=labelled_progress(progress, label),
+        )
+        seconds = time.perf_counter() - t0
+        steps = r.history["step"]
+        # (models, evaluations, n_test, classes)
+        outputs = np.moveaxis(r.history["test_output"][0, 0], 1, 0).reshape(
+            -1, len(steps), config.n_test, CLASSES
+        )
+        keys = ("model", "parameterization", "width", "seed")
+        done = {k: setting[k] for k in keys} | {"loss": loss, "lr": setting["lr"]}
+        done["seconds"] = seconds
+        for i, order in enumerate((0, *config.orders)):
+            rows.append(_row(done, order, i, r, outputs, theta0, task))
+        if loss == "mse" and 1 in config.orders and checked:
+            closed = predict.ntk_predict(
+                module.apply,
+                params0,
+                task.x_train,
+                task.y_train,
+                task.x_test,
+                steps=[int(s) for s in steps],
+                lr=setting["lr"],
+            ).test
+            deviation = _max_relative_deviation(
+                outputs[1 + config.orders.index(1)], np.asarray(closed), outputs[0, 0]
+            )
+            checks.append({k: setting[k] for k in keys} | {"max_relative_deviation": deviation})
 
 
 def train_taylorized(
