@@ -206,8 +206,9 @@ def jaxntk_kernels(model: str, params, x_all):
                 lambda: hand(params, x), {"api": "hand-written (jitted)"}, (hand, params, x)
             )
         info = {"api": api}
-        if impl == "auto" and hasattr(ntk, "choose_method"):
-            info["auto"] = _describe(ntk.choose_method(apply_fn, params, x, trace_axes=(-1,)))
+        if hasattr(ntk, "choose_method"):  # what the engine runs for this method, and why
+            choice = ntk.choose_method(apply_fn, params, x, trace_axes=(-1,), method=impl)
+            info["choice"] = _jsonable(choice)
 
         def call():
             return ntk.empirical_ntk(apply_fn, params, x, method=impl, trace_axes=(-1,))
@@ -256,24 +257,18 @@ def flax_cnn_module_of(params):
     return flax_cnn_module(p["Conv_0"]["kernel"].shape[-1], p["Dense_0"]["kernel"].shape[-1])
 
 
-def _describe(choice) -> dict:
-    """A JSON-able account of what `choose_method` returned (a dataclass, a mapping or a value)."""
-    if hasattr(choice, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(choice, k)) for k in choice.__dataclass_fields__}
-    if isinstance(choice, dict):
-        return {str(k): _jsonable(v) for k, v in choice.items()}
-    if isinstance(choice, tuple):
-        return {f"item_{i}": _jsonable(v) for i, v in enumerate(choice)}
-    return {"value": _jsonable(choice)}
-
-
 def _jsonable(value):
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
+    """JSON-able form of what `choose_method` returns (named tuples, dicts, numbers, strings)."""
+    if hasattr(value, "_asdict"):
+        value = value._asdict()
+    if hasattr(value, "__dataclass_fields__"):
+        value = {k: getattr(value, k) for k in value.__dataclass_fields__}
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
     return repr(value)
 
 

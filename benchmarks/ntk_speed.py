@@ -376,15 +376,24 @@ def markdown(doc: dict) -> str:
                 continue
             cells = [_memory(here.get(n)) for n in sizes]
             lines.append(f"| {model} | {impl} | " + " | ".join(cells) + " |")
-    autos = [r for r in rows if "auto" in r]
+    autos = [r for r in rows if r["impl"] == "auto" and "choice" in r]
     if autos:
-        lines += ["", "What auto picked:", ""]
-        lines += [f"- {r['model']}, n={r['n']}: {json.dumps(r['auto'])}" for r in autos]
+        lines += ["", "What auto picked (method, examples per block, features resident; why):", ""]
+        lines += [f"- {r['model']}, n={r['n']}: {_choice(r['choice'])}" for r in autos]
     notes = [r for r in rows if r["status"] in ("failed", "killed", "skipped") and r.get("note")]
     if notes:
         lines += ["", "Not measured:", ""]
         lines += [f"- {r['model']} {label(r)} n={r['n']}: {r['note']}" for r in notes]
     return "\n".join(lines) + "\n"
+
+
+def _choice(choice: dict) -> str:
+    budget = choice.get("memory_budget")
+    text = f"{choice.get('method')}, {choice.get('batch_size')} per block"
+    if budget:
+        text += f" (budget {budget / 2**30:.1f} GiB)"
+    text += ", resident" if choice.get("resident") else ", recomputed"
+    return text + f"; {choice.get('reason')}"
 
 
 def machine() -> dict:

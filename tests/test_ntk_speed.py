@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory):
 def test_every_kernel_equals_the_explicit_jacobian_contraction(tiny_run):
     out, doc = tiny_run
     assert doc["dtype"] == "float64" and doc["models"] == list(_ntk_runs.MODELS)
-    methods = ntk_speed.METHODS if "jaxntk.ntk" == doc["engine"] else ntk_speed.BEFORE_METHODS
+    methods = ntk_speed.METHODS if doc["engine"] == "jaxntk.ntk" else ntk_speed.BEFORE_METHODS
     with jax.enable_x64(True):
         for model in _ntk_runs.MODELS:
             params, x = _ntk_runs.load_inputs(out / "inputs" / f"{model}.npz", np.float64)
@@ -68,6 +68,11 @@ def test_every_kernel_equals_the_explicit_jacobian_contraction(tiny_run):
                 assert row["kernel_trace"] == pytest.approx(np.trace(want), rel=1e-10)
                 assert row["seconds"] > 0 and row["repeats"] == 1
                 assert row["rss_increase_bytes"] is None or row["rss_increase_bytes"] >= 0
+                if impl in ntk_speed.METHODS and doc["engine"] == "jaxntk.ntk":
+                    # what the engine runs for each method: the method itself, auto's pick
+                    ran = row["choice"]["method"]
+                    assert ran == impl or (impl == "auto" and ran in ntk_speed.METHODS[1:])
+                    assert row["choice"]["reason"] and row["choice"]["memory_budget"] > 0
     assert doc["flax_vs_plain_max_abs_diff"] < 1e-12
 
 
