@@ -288,10 +288,10 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
                     label=impl,
                 )
             stopped = [r for r in mine if r["status"] in ("skipped", "killed")]
-            if stopped and ok:  # where the line would go on: an x at the last time reached
+            if stopped and ok:  # at the projected time where there is one, else the last reached
                 ax.plot(
                     [r["n"] for r in stopped],
-                    [ok[-1]["seconds"]] * len(stopped),
+                    [r.get("projected_seconds", ok[-1]["seconds"]) for r in stopped],
                     "x",
                     color=colors[impl],
                 )
@@ -299,7 +299,9 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds (best of repeats)")
     axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Traced empirical NTK K(x, x), float32; x: skipped or stopped", fontsize=9)
+    fig.suptitle(
+        "Traced empirical NTK K(x, x); x: skipped (at its projected time) or stopped", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
