@@ -287,11 +287,16 @@ def run_tasks(args) -> None:
         print(f"START {impl} {n}", flush=True)
         row = {"model": args.model, "side": args.side, "impl": impl, "n": n, "repeats": 0}
         row["jax"] = jax.__version__
-        skip = _skip_note(times_of.get(impl, []), n, args.max_seconds)
+        projected = _projected(times_of.get(impl, []), n)
+        skip = None
         if impl in failed:
-            skip = f"failed at n={failed[impl]}"
+            skip = {"note": f"failed at n={failed[impl]}"}
+        elif projected is not None and projected[0] > args.max_seconds:
+            seconds, n0, slope = projected
+            note = f"projected {seconds:.0f} s from n={n0} (growth n^{slope:.2f}) > --max-seconds"
+            skip = {"note": f"{note} {args.max_seconds:g}", "projected_seconds": seconds}
         if skip:
-            print("ROW " + json.dumps(row | {"status": "skipped", "note": skip}), flush=True)
+            print("ROW " + json.dumps(row | skip | {"status": "skipped"}), flush=True)
             continue
         try:
             kernel = kernel_of(impl, n)
@@ -325,9 +330,9 @@ def run_tasks(args) -> None:
         print("ROW " + json.dumps(row), flush=True)
 
 
-def _skip_note(done: list[tuple[int, float]], n: int, max_seconds: float) -> str | None:
-    """Why size n is skipped: its time projected from the sizes done (growth n^slope, slope from
-    the last two sizes, at least 2) exceeds max_seconds; None when it is not."""
+def _projected(done: list[tuple[int, float]], n: int) -> tuple[float, int, float] | None:
+    """(seconds, from which n, growth exponent): the time at size n projected from the sizes
+    done, growing as n^slope with slope from the last two sizes, at least 2; None before any."""
     if not done:
         return None
     n0, t0 = done[-1]
@@ -335,13 +340,7 @@ def _skip_note(done: list[tuple[int, float]], n: int, max_seconds: float) -> str
     if len(done) > 1:
         (na, ta), (nb, tb) = done[-2:]
         slope = max(slope, math.log(tb / ta) / math.log(nb / na))
-    projected = t0 * (n / n0) ** slope
-    if projected <= max_seconds:
-        return None
-    return (
-        f"projected {projected:.0f} s from n={n0} (growth n^{slope:.2f}) > --max-seconds "
-        f"{max_seconds:g}"
-    )
+    return t0 * (n / n0) ** slope, n0, slope
 
 
 def main(argv=None) -> None:

@@ -296,6 +296,9 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
                     color=colors[impl],
                 )
         ax.set(xscale="log", yscale="log", xlabel="n", title=model)
+        sizes = sorted({r["n"] for r in rows if r["model"] == model})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds (best of repeats)")
     axes[0][-1].legend(fontsize=7, loc="upper left")

@@ -117,13 +117,13 @@ def test_growth_exponents_and_the_table_of_synthetic_rows(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0
 
 
-def test_skip_projects_from_the_growth_of_the_last_two_sizes():
+def test_the_time_of_a_size_is_projected_from_the_growth_of_the_last_two():
     # t grows as n³ from n = 4 to 8: n = 16 projects to 8 · 2³ = 64 s
-    assert "projected 64 s" in _ntk_runs._skip_note([(4, 1.0), (8, 8.0)], 16, 50.0)
-    assert _ntk_runs._skip_note([(4, 1.0), (8, 8.0)], 16, 65.0) is None
-    # slower than n² is assumed at least: one size of 1 s at n = 4 projects to 16 s at n = 16
-    assert "n^2.00" in _ntk_runs._skip_note([(4, 1.0)], 16, 15.0)
-    assert _ntk_runs._skip_note([], 16, 1e-9) is None
+    assert _ntk_runs._projected([(2, 0.5), (4, 1.0), (8, 8.0)], 16) == pytest.approx((64, 8, 3))
+    # at least n²: one size of 1 s at n = 4 projects to 16 s at n = 16, as does a flat time
+    assert _ntk_runs._projected([(4, 1.0)], 16) == (16.0, 4, 2.0)
+    assert _ntk_runs._projected([(2, 1.0), (4, 1.0)], 16) == (16.0, 4, 2.0)
+    assert _ntk_runs._projected([], 16) is None
 
 
 def test_a_call_that_overruns_is_stopped_and_the_others_go_on(tmp_path):
