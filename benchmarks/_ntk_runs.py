@@ -293,7 +293,7 @@ def run_tasks(args) -> None:
             skip = {"note": f"failed at n={failed[impl]}"}
         elif projected is not None and projected[0] > args.max_seconds:
             seconds, n0, slope = projected
-            note = f"projected {seconds:.0f} s from n={n0} (growth n^{slope:.2f}) > --max-seconds"
+            note = f"projected {seconds:.3g} s from n={n0} (growth n^{slope:.2f}) > --max-seconds"
             skip = {"note": f"{note} {args.max_seconds:g}", "projected_seconds": seconds}
         if skip:
             print("ROW " + json.dumps(row | skip | {"status": "skipped"}), flush=True)
