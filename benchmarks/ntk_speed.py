@@ -168,7 +168,7 @@ def run_child(cmd: list[str], tasks: list[str], hard_cap: float, log: Path, env)
         if not remaining:
             break
         if killed:
-            note = f"stopped after {hard_cap:.0f} s (3 × --max-seconds + 60 s)"
+            note = f"stopped: no result after {hard_cap:.0f} s"
         else:  # the child died: its log has why
             current = current or remaining[0].split(":")
             note = f"the child exited ({proc.returncode}) during this kernel; see {log}"
@@ -270,12 +270,18 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    cols = min(2, len(models))
+    lines = -(-len(models) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(5 * cols, 3.8 * lines), squeeze=False)
     impls = sorted({label(r) for r in rows}, key=lambda s: (s.startswith("nt"), s))
     colors = dict(zip(impls, plt.cm.tab10.colors, strict=False))
-    for ax, model in zip(axes[0], models, strict=True):
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models, strict=False):
         for impl in impls:
-            mine = sorted((r for r in rows if r["model"] == model and label(r) == impl), key=n_of)
+            mine = sorted(
+                (r for r in rows if r["model"] == model and label(r) == impl), key=lambda r: r["n"]
+            )
             ok = [r for r in mine if r["status"] == "ok"]
             style = "--" if impl.startswith("nt") else "-"
             if ok:
@@ -300,18 +306,17 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("seconds (best of repeats)")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+        ax.set_ylabel("seconds (best of repeats)")
+    handles = {}
+    for ax in axes.flat:
+        handles |= dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(
         "Traced empirical NTK K(x, x); x: skipped (at its projected time) or stopped", fontsize=9
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def n_of(row: dict) -> int:
-    return row["n"]
 
 
 def _cell(row: dict | None) -> str:
