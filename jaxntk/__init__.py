@@ -1,20 +1,20 @@
 """jaxntk: exact Taylor models of wide networks and good directions to escape the NTK regime.
 
 The public API, re-exported from the modules (see DESIGN.md for the one-way data flow
-targets → network → taylor → spectral → predict → objectives → train → experiments →
+targets → network → taylor → ntk → spectral → predict → objectives → train → experiments →
 plots/cli).
 """
 
-from jaxntk import data, network, objectives, predict, sharding, targets, training
+from jaxntk import data, network, ntk, objectives, predict, sharding, targets, training
 from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
+from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.predict import NTKPrediction, ntk_predict
 from jaxntk.spectral import (
     GoodDirections,
     bulk_residual,
     degree_block_report,
-    empirical_ntk,
     good_directions,
     gram_matrix,
     hermite_coefficients,
@@ -70,6 +70,7 @@ __all__ = [
     "TwoLayer",
     "bulk_residual",
     "check_task",
+    "choose_method",
     "data",
     "degree_block_report",
     "dense_part",
@@ -87,6 +88,7 @@ __all__ = [
     "make_task",
     "mlp_target",
     "network",
+    "ntk",
     "ntk_predict",
     "num_harmonics",
     "objectives",

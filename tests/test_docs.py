@@ -22,6 +22,7 @@ MODULES = (
     "data",
     "network",
     "taylor",
+    "ntk",
     "spectral",
     "predict",
     "objectives",
