@@ -1,0 +1,166 @@
+"""Laziness diagnostics (jaxntk/diagnostics.py) against NumPy from explicit Jacobians, float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxntk import diagnostics
+from jaxntk.network import TwoLayer
+from jaxntk.scaling import Scaled
+from jaxntk.taylor import TaylorModel
+
+D, M, P = 4, 6, 7
+
+
+def _sig(z):
+    return 1.0 / (1.0 + np.exp(-(z - 1.0)))
+
+
+def _d1(z):
+    s = _sig(z)
+    return s * (1 - s)
+
+
+def _d2(z):
+    s = _sig(z)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def _jacobian(variant, w0, a, u, x):
+    """(P, m, d) ∂g(x_i)/∂U by hand for the shifted-sigmoid two-layer network."""
+    pre, z = x @ w0.T, x @ u.T
+    factor = {
+        "full": _d1(x @ (w0 + u).T),
+        "ntk": _d1(pre),
+        "quadntk": _d2(pre) * z,
+        "ntk+quadntk": _d1(pre) + _d2(pre) * z,
+        "randomized": 0.5 * (_d1(x @ (w0 + u).T) - _d1(x @ (w0 - u).T)),
+    }[variant]
+    return (factor * a[None, :])[:, :, None] * x[:, None, :]
+
+
+@pytest.fixture
+def setup(x64):
+    rng = np.random.default_rng(0)
+    net = TwoLayer.init(jax.random.PRNGKey(0), d=D, m=M, dtype=jnp.float64)
+    x = rng.standard_normal((P, D))
+    u = 0.3 * rng.standard_normal((M, D))
+    y = rng.standard_normal(P)
+    return net, x, u, y
+
+
+def _gram(j):
+    flat = j.reshape(j.shape[0], -1)
+    return flat @ flat.T
+
+
+@pytest.mark.parametrize("variant", ["full", "ntk", "quadntk", "ntk+quadntk", "randomized"])
+def test_two_layer_kernel_is_the_gram_matrix_of_the_explicit_jacobian(setup, variant):
+    net, x, u, _ = setup
+    expected = _gram(_jacobian(variant, np.asarray(net.w0), np.asarray(net.a), u, x))
+    k = jax.jit(diagnostics.tangent_kernel, static_argnums=0)(
+        variant, net, jnp.asarray(u), net.prepare(jnp.asarray(x))
+    )
+    np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", ["full", "ntk+quadntk"])
+def test_generic_path_matches_the_explicit_jacobian(setup, variant):
+    """A TaylorModel of the same network takes the reverse-mode Jacobian path."""
+    net, x, u, _ = setup
+    model = TaylorModel(net.apply_fn, net.w0)
+    expected = _gram(_jacobian(variant, np.asarray(net.w0), np.asarray(net.a), u, x))
+    k = diagnostics.tangent_kernel(variant, model, jnp.asarray(u), model.prepare(jnp.asarray(x)))
+    np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-11, atol=1e-13)
+
+
+def test_generic_path_on_a_pytree_model_with_two_outputs(x64):
+    """g(x) = tanh(x W) V ∈ R², params {W, V}: the kernel traced over the two outputs."""
+    rng = np.random.default_rng(1)
+    w, v = rng.standard_normal((D, 5)), rng.standard_normal((5, 2))
+    x = rng.standard_normal((P, D))
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["w"]) @ p["v"]
+
+    model = TaylorModel(apply, {"w": jnp.asarray(w), "v": jnp.asarray(v)})
+    u = {"w": jnp.zeros((D, 5)), "v": jnp.zeros((5, 2))}
+    k = diagnostics.tangent_kernel("full", model, u, model.prepare(jnp.asarray(x)))
+    h = np.tanh(x @ w)  # (P, 5)
+    # ∂g_o/∂W_kj = v_jo (1 − h_j²) x_k and ∂g_o/∂V_jo' = h_j δ_oo'
+    jw = np.einsum("jo,ij,ik->iokj", v, 1 - h**2, x).reshape(P, 2, -1)
+    jv = np.einsum("ij,oq->iojq", h, np.eye(2)).reshape(P, 2, -1)
+    jac = np.concatenate([jw, jv], axis=2)
+    expected = np.einsum("iaz,jaz->ij", jac, jac) / 2
+    np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-12)
+
+
+def test_alignment_change_and_displacement_against_numpy(setup):
+    net, _, u, y = setup
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((P, P))
+    k0, kt = a @ a.T, a @ a.T + 0.1 * np.eye(P)
+    h = np.eye(P) - np.ones((P, P)) / P
+    kc, yc = h @ kt @ h, h @ y
+    t = np.outer(yc, yc)
+    expected = np.sum(kc * t) / (np.linalg.norm(kc) * np.linalg.norm(t))
+    got = diagnostics.centered_alignment(jnp.asarray(kt), jnp.asarray(y))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+    change = diagnostics.kernel_change(jnp.asarray(kt), jnp.asarray(k0))
+    np.testing.assert_allclose(float(change), 0.1 * np.sqrt(P) / np.linalg.norm(k0), rtol=1e-12)
+    disp = diagnostics.displacement(jnp.asarray(u), net.w0)
+    np.testing.assert_allclose(float(disp), np.linalg.norm(u) / np.sqrt(M), rtol=1e-12)
+
+
+def test_taylor_distances_against_the_closed_forms(setup):
+    net, x, u, _ = setup
+    w0, a = np.asarray(net.w0), np.asarray(net.a)
+    f = _sig(x @ (w0 + u).T) @ a
+    z = x @ u.T
+    fl = (_d1(x @ w0.T) * z) @ a
+    fq = 0.5 * (_d2(x @ w0.T) * z**2) @ a
+    d = diagnostics.network_taylor_distances(net, jnp.asarray(u), net.prepare(jnp.asarray(x)))
+    np.testing.assert_allclose(float(d["linear"]), np.linalg.norm(f - fl) / np.linalg.norm(f))
+    np.testing.assert_allclose(
+        float(d["quadratic"]), np.linalg.norm(f - fl - fq) / np.linalg.norm(f), rtol=1e-10
+    )
+    zero = diagnostics.network_taylor_distances(net, net.zeros(), net.prepare(jnp.asarray(x)))
+    assert float(zero["linear"]) == 0.0 and float(zero["quadratic"]) == 0.0
+
+
+def test_ntk_kernel_change_is_exactly_zero_inside_a_compiled_loop(setup):
+    net, x, u, y = setup
+    ref = diagnostics.reference("ntk", net, net.zeros(), jnp.asarray(x), jnp.asarray(y))
+
+    @jax.jit
+    def along(net, ref, u):
+        def step(c, t):
+            return c, diagnostics.measure("ntk", net, t * u, ref)["kernel_change"]
+
+        return jax.lax.scan(step, 0, jnp.linspace(0.0, 3.0, 4))[1]
+
+    assert np.asarray(along(net, ref, jnp.asarray(u))).tolist() == [0.0] * 4
+    # the kernel it stands for does not move: recomputed at U it is K(U_0) up to rounding
+    k_u = diagnostics.tangent_kernel("ntk", net, jnp.asarray(u), ref.prep)
+    np.testing.assert_allclose(np.asarray(k_u), np.asarray(ref.kernel0), rtol=1e-14)
+    full = diagnostics.reference("full", net, net.zeros(), jnp.asarray(x), jnp.asarray(y))
+    moved = diagnostics.measure("full", net, jnp.asarray(u), full)
+    assert float(moved["kernel_change"]) > 1e-3
+
+
+def test_scaled_model_kernel_is_alpha_squared_times(setup):
+    net, x, u, _ = setup
+    prep = net.prepare(jnp.asarray(x))
+    k = diagnostics.tangent_kernel("full", net, jnp.asarray(u), prep)
+    k3 = diagnostics.tangent_kernel("full", Scaled(net, 3.0), jnp.asarray(u), prep)
+    np.testing.assert_allclose(np.asarray(k3), 9.0 * np.asarray(k), rtol=1e-12)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="y must have shape"):
+        diagnostics.centered_alignment(jnp.eye(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="k_t must be a square"):
+        diagnostics.kernel_change(jnp.ones((2, 3)), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="unknown variant"):
+        diagnostics.tangent_kernel("lazy", None, None, None)
