@@ -15,11 +15,13 @@ twice, output signs s_r = sign(a_r) = ±1 opposite in each pair, so f(x; W0) = 0
               in closed form: a = Φᵀ (Φ Φᵀ + nλ I)⁻¹ y (n ≤ m) or (ΦᵀΦ + nλ I)⁻¹ Φᵀ y (n > m),
               one eigendecomposition per η serving every λ.
 
-The step size η and the ridge λ are chosen on a validation split of the training set (its last
-`val_fraction`), never on the test set: every (η, λ) of the grid is fitted on the rest and scored
-by its validation loss, in one compiled program (vmap over η, then over λ); the best pair is then
-refitted, both stages, on the whole training set. With keep_init=True stage 1 is the plain step
-W1 = W0 − η ∇_W L(W0) (no weight decay).
+The step size η and the ridge λ are chosen on validation splits of the training set, never on the
+test set: k-fold cross-validation (k = `folds`), every (η, λ) of the grid fitted on k − 1 folds and
+scored by its loss on the k-th, averaged over the folds, in one compiled program (vmap over folds,
+η and λ); the best pair is then refitted, both stages, on the whole training set. (One split of
+a quarter of a small training set chose badly in our trials: at d = 10, n = 56 its 14 points
+picked a pair of test loss 1.37, worse than predicting 0.) With keep_init=True stage 1 is the
+plain step W1 = W0 − η ∇_W L(W0) (no weight decay).
 
 Taken from the paper: the symmetric initialization, one full-batch gradient step on W alone
 from it with the weight decay that cancels W0, fresh biases, then a convex problem in a (their
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxntk import network
+from jaxntk._checks import check_int
 
 Array = jax.Array
 
@@ -148,20 +151,37 @@ def _ridge_basis(phi: Array, y: Array):
 
 
 @functools.partial(jax.jit, static_argnames=("keep_init",))
-def _validation_grid(net, x_fit, y_fit, x_val, y_val, bias, etas, ridges, keep_init: bool):
-    n = x_fit.shape[0]
+def _validation_grid(net, x, y, fit_idx, val_idx, bias, etas, ridges, keep_init: bool):
+    """(E, R) validation loss of every (η, λ), averaged over the folds (rows of the index
+    arrays): every fold, η and λ in one program."""
 
-    def per_eta(eta):
-        w1 = first_step(net, x_fit, y_fit, eta, keep_init)
-        basis, coef, lam = _ridge_basis(_features(w1, bias, x_fit, net.activation), y_fit)
-        scores = _features(w1, bias, x_val, net.activation) @ basis
+    def per_fold(fit, val):
+        x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
+        n = x_fit.shape[0]
 
-        def per_ridge(r):
-            return jnp.mean((scores @ (coef / (lam + n * r)) - y_val) ** 2)
+        def per_eta(eta):
+            w1 = first_step(net, x_fit, y_fit, eta, keep_init)
+            basis, coef, lam = _ridge_basis(_features(w1, bias, x_fit, net.activation), y_fit)
+            scores = _features(w1, bias, x_val, net.activation) @ basis
 
-        return jax.vmap(per_ridge)(ridges)
+            def per_ridge(r):
+                return jnp.mean((scores @ (coef / (lam + n * r)) - y_val) ** 2)
 
-    return jax.vmap(per_eta)(etas)
+            return jax.vmap(per_ridge)(ridges)
+
+        return jax.vmap(per_eta)(etas)
+
+    return jnp.mean(jax.vmap(per_fold)(fit_idx, val_idx), axis=0)
+
+
+def _folds(n: int, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, val) index arrays (folds, n − n//folds) and (folds, n//folds): fold f validates on
+    points [f·n//folds, (f+1)·n//folds) and fits on the others."""
+    size = n // folds
+    every = np.arange(n)
+    val = np.stack([every[f * size : (f + 1) * size] for f in range(folds)])
+    fit = np.stack([np.setdiff1d(every, v) for v in val])
+    return fit, val
 
 
 @functools.partial(jax.jit, static_argnames=("keep_init",))
@@ -179,14 +199,15 @@ def one_step(
     *,
     etas: Sequence[float],
     ridges: Sequence[float],
-    val_fraction: float = 0.25,
+    folds: int = 4,
     bias_scale: float = 1.0,
     keep_init: bool = False,
 ) -> OneStepFit:
     """Damian, Lee & Soltanolkotabi's two stages with (η, λ) chosen on a validation split.
 
-    See the module docstring for the equations. The last round(val_fraction·n) training points
-    are the validation split; the chosen pair is refitted on all n.
+    See the module docstring for the equations. The training set is cut into k folds of n // k
+    consecutive points; each (η, λ) is scored by its validation loss on every fold when fitted on
+    the rest, averaged over the folds; the best pair is refitted on all n.
 
     Args:
         key: PRNG key of the fresh biases.
@@ -195,7 +216,7 @@ def one_step(
         y_train: (n,) float training targets.
         etas: the step sizes η > 0 to try.
         ridges: the ridges λ > 0 to try.
-        val_fraction: the share of the training set held out for validation, in (0, 1).
+        folds: the number k of validation folds, 2 ≤ k ≤ n.
         bias_scale: the standard deviation of the fresh biases (0: no biases).
         keep_init: stage 1 without the weight decay that removes W0.
 
@@ -204,8 +225,8 @@ def one_step(
 
     Raises:
         TypeError: net is not a `jaxntk.TwoLayer`.
-        ValueError: inputs or targets of the wrong shape, an empty or non-positive grid, a
-            val_fraction that leaves no point on either side, or a negative bias_scale.
+        ValueError: inputs or targets of the wrong shape, an empty or non-positive grid, folds
+            out of [2, n], or a negative bias_scale.
     """
     if not isinstance(net, network.TwoLayer):
         raise TypeError(f"net must be a jaxntk.TwoLayer, got {type(net).__name__}")
@@ -221,18 +242,13 @@ def one_step(
             raise ValueError(f"{name} must be a non-empty 1-D sequence of floats > 0, got {values}")
         grids[name] = jnp.asarray(arr, dtype=x.dtype)
     n = x.shape[0]
-    n_val = round(val_fraction * n) if 0 < val_fraction < 1 else 0
-    if not 1 <= n_val < n:
-        raise ValueError(
-            f"val_fraction must leave at least one point to fit and one to validate on "
-            f"(n = {n}), got {val_fraction!r}"
-        )
+    check_int("folds", folds, 2, n, "the number of training points")
     if not (math.isfinite(bias_scale) and bias_scale >= 0):
         raise ValueError(f"bias_scale must be a finite float ≥ 0, got {bias_scale!r}")
     bias = bias_scale * jax.random.normal(key, (net.m,), x.dtype)
-    fit_x, fit_y, val_x, val_y = x[: n - n_val], y[: n - n_val], x[n - n_val :], y[n - n_val :]
+    fit_idx, val_idx = _folds(n, folds)
     val_loss = _validation_grid(
-        net, fit_x, fit_y, val_x, val_y, bias, grids["etas"], grids["ridges"], keep_init
+        net, x, y, fit_idx, val_idx, bias, grids["etas"], grids["ridges"], keep_init
     )
     scores = np.where(np.isfinite(np.asarray(val_loss)), np.asarray(val_loss), np.inf)
     i, j = np.unravel_index(np.argmin(scores), scores.shape)

@@ -24,7 +24,7 @@ def _numpy_two_stages(w0, s, x, y, bias, eta, ridge):
     return w1, a
 
 
-@pytest.mark.parametrize("n, m", [(24, 40), (40, 12)])  # dual (n ≤ m) and primal (n > m) paths
+@pytest.mark.parametrize("n, m", [(26, 40), (42, 12)])  # dual (n ≤ m) and primal (n > m) paths
 def test_grid_choice_and_fit_match_numpy(x64, n, m):
     d = 4
     task = jn.paper_task(jax.random.PRNGKey(0), d=d, n=n, n_test=30)
@@ -38,13 +38,16 @@ def test_grid_choice_and_fit_match_numpy(x64, n, m):
     )
     bias = np.asarray(fit.bias)
     assert abs(bias.std() - 1.0) < 0.5 and np.all(bias != 0)
-    n_val = round(0.25 * n)
-    xf, yf, xv, yv = x[: n - n_val], y[: n - n_val], x[n - n_val :], y[n - n_val :]
-    grid = np.empty((3, 3))
-    for i, eta in enumerate(etas):
-        for j, ridge in enumerate(ridges):
-            w1, a = _numpy_two_stages(w0, s, xf, yf, bias, eta, ridge)
-            grid[i, j] = np.mean((_sig(xv @ w1.T + bias) @ a - yv) ** 2)
+    size = n // 4
+    grid = np.zeros((3, 3))
+    for f in range(4):
+        val = np.arange(f * size, (f + 1) * size)
+        fit_ = np.setdiff1d(np.arange(n), val)
+        for i, eta in enumerate(etas):
+            for j, ridge in enumerate(ridges):
+                w1, a = _numpy_two_stages(w0, s, x[fit_], y[fit_], bias, eta, ridge)
+                pred = _sig(x[val] @ w1.T + bias) @ a
+                grid[i, j] += np.mean((pred - y[val]) ** 2) / 4
     np.testing.assert_allclose(np.asarray(fit.val_loss), grid, rtol=1e-7)
     i, j = np.unravel_index(np.argmin(grid), grid.shape)
     assert (float(fit.eta), float(fit.ridge)) == (etas[i], ridges[j])
@@ -78,7 +81,7 @@ def test_bad_input_is_named():
         one_step(key, net, x, y, etas=[1.0], ridges=[-1.0])
     with pytest.raises(ValueError, match="x_train must have shape"):
         one_step(key, net, jnp.ones((8, 2)), y, etas=[1.0], ridges=[1.0])
-    with pytest.raises(ValueError, match="val_fraction"):
-        one_step(key, net, x, y, etas=[1.0], ridges=[1.0], val_fraction=1.0)
+    with pytest.raises(ValueError, match="folds must be between 2 and 8"):
+        one_step(key, net, x, y, etas=[1.0], ridges=[1.0], folds=9)
     with pytest.raises(TypeError, match="net must be"):
         one_step(key, "net", x, y, etas=[1.0], ridges=[1.0])
