@@ -15,8 +15,9 @@ trained predictor g(U) of a variant (`Variant.predict`: f(θ0 + U) for "full", f
                          on the test inputs: the share of the network's own movement that its
                          order-k Taylor model at the same U misses (0 when U = 0).
 
-For "full" K(U) is the empirical NTK of the network at θ0 + U; for "ntk" it is K(0) at every U
-(g is linear in U, so its kernel change is exactly 0); for "ntk+quadntk" the Jacobian is
+The kernel change is measured from K_0 = J_0 J_0ᵀ, the network's empirical NTK at θ0, for every
+variant. For "full" K(U) is the empirical NTK of the network at θ0 + U; for "ntk" it is K_0 at
+every U (g is linear in U, so its kernel change is exactly 0); for "ntk+quadntk" the Jacobian is
 J_0 + ∂f_Q/∂U = J_0 + (a_r σ''(w0_r·x)(u_r·x) x)_r for the two-layer network. For multi-output
 models the kernel is the mean over the output entries of the per-entry kernels (the trace over the
 output axes divided by their size) and Y holds the targets as rows.
@@ -31,19 +32,18 @@ backward passes) and its Gram matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxntk import network
-from jaxntk.objectives import Variant, get_variant
 
 Array = jax.Array
 PyTree = Any
 
 __all__ = [
-    "LINEAR_VARIANTS",
     "Reference",
     "centered_alignment",
     "displacement",
@@ -55,16 +55,6 @@ __all__ = [
     "tangent_kernel",
     "taylor_distances",
 ]
-
-
-LINEAR_VARIANTS = frozenset({"ntk"})
-"""The variants whose prediction f0 + f_L(U) is linear in U, so that K(U) = K(U_0) for every U."""
-
-
-def _variant(variant: str | Variant) -> Variant:
-    if isinstance(variant, Variant):
-        return variant
-    return get_variant(variant)
 
 
 def initial_params(model: Any) -> PyTree:
@@ -93,38 +83,29 @@ def initial_params(model: Any) -> PyTree:
     raise TypeError(f"model must have `w0` or `params0`, got {type(model).__name__}")
 
 
-def tangent_kernel(variant: str | Variant, model: Any, u: PyTree, prep: Any) -> Array:
-    """K(U): the Gram matrix of the Jacobian of U ↦ g(x; U) on the prepared probe, at U.
+def tangent_kernel(predict: Callable[[PyTree, Any], Array], u: PyTree, prep: Any) -> Array:
+    """K(U): the Gram matrix of the Jacobian of U ↦ predict(U, prep) on the prepared probe, at U.
 
-    g is the variant's evaluation prediction (`Variant.predict`); see the module docstring for
-    what K is for each variant and how it is computed.
+    `predict` is a variant's prediction of a model (`jaxntk.objectives.Variant.predict` with the
+    model bound); see the module docstring for what K is for each variant and how it is computed.
 
     Args:
-        variant: a name in `jaxntk.objectives.VARIANTS` (or "taylor-k"), or a `Variant`.
-        model: a model of the protocol.
+        predict: (U, prep) -> (P, ...) outputs on the prepared probe.
         u: the current displacement U.
         prep: `model.prepare(x_probe)` of the P probe inputs.
 
     Returns:
         (P, P) K(U), symmetric positive semi-definite.
 
-    Raises:
-        ValueError: an unknown variant.
-
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from jaxntk.network import TwoLayer
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
         >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (5, 3)))
-        >>> k = tangent_kernel("ntk", net, net.zeros(), prep)   # the empirical NTK at W0
+        >>> k = tangent_kernel(net.linear_term, net.zeros(), prep)   # the empirical NTK at W0
         >>> bool(jnp.allclose(k, net.ntk_gram(prep.x), atol=1e-6))
         True
     """
-    v = _variant(variant)
-
-    def predict(w, p):
-        return v.predict(model, w, p)
-
     if isinstance(prep, network.Prepared):
         return _neuron_rows_kernel(predict, u, prep)
     return _jacobian_kernel(predict, u, prep)
@@ -304,7 +285,7 @@ class Reference(NamedTuple):
     Attributes:
         prep: `model.prepare(x_probe)` of the P probe inputs.
         y: (P, ...) the targets on the probe.
-        kernel0: (P, P) K(U_0), the tangent kernel at the start.
+        kernel0: (P, P) K_0 = J_0 J_0ᵀ, the network's empirical NTK at θ0 on the probe.
         params0_norm: () ‖θ0‖.
     """
 
@@ -314,63 +295,65 @@ class Reference(NamedTuple):
     params0_norm: Array
 
 
-def reference(
-    variant: str | Variant, model: Any, u0: PyTree, x_probe: Array, y_probe: Array
-) -> Reference:
-    """The `Reference` of a run: the probe prepared, its kernel at U_0 and ‖θ0‖.
+def reference(model: Any, x_probe: Array, y_probe: Array, order: int = 2) -> Reference:
+    """The `Reference` of a run: the probe prepared, the network's NTK K_0 on it and ‖θ0‖.
+
+    Every variant's kernel is compared with the same K_0, the Gram matrix of ∇f(θ0) (the kernel
+    of f_L): 0 change at U = 0 for "full", "ntk" and "ntk+quadntk"; for "quadntk", whose
+    f_Q has a zero Jacobian at U = 0, a change near 1 from the start (its kernel is not the NTK).
 
     Args:
-        variant: the variant trained (name or `Variant`).
         model: the model trained.
-        u0: the displacement at step 0 (zeros, or the small random start of quadntk).
         x_probe: (P, d) probe inputs, e.g. the first P training inputs.
         y_probe: (P, ...) their targets.
+        order: the highest Taylor order the predictions on the probe will read (`prepare`'s
+            hint).
 
     Returns:
         The `Reference`.
 
     Raises:
-        ValueError: an unknown variant, or y_probe without P rows.
+        ValueError: y_probe without P rows.
     """
-    v = _variant(variant)
     if y_probe.shape[:1] != x_probe.shape[:1]:
         raise ValueError(
             f"y_probe must have {x_probe.shape[0]} rows (one per probe input), got {y_probe.shape}"
         )
-    prep = model.prepare(x_probe, order=max(2, v.order))
-    return Reference(
-        prep, y_probe, tangent_kernel(v, model, u0, prep), _norm(initial_params(model))
-    )
+    prep = model.prepare(x_probe, order=order)
+    kernel0 = tangent_kernel(model.linear_term, model.zeros(), prep)
+    return Reference(prep, y_probe, kernel0, _norm(initial_params(model)))
 
 
-def measure(variant: str | Variant, model: Any, u: PyTree, ref: Reference) -> dict[str, Array]:
+def measure(
+    predict: Callable[[PyTree, Any], Array], u: PyTree, ref: Reference, *, linear: bool = False
+) -> dict[str, Array]:
     """The kernel diagnostics at U against the run's `Reference`.
 
     Args:
-        variant: the variant trained (name or `Variant`).
-        model: the model trained.
+        predict: (U, prep) -> outputs, the trained prediction (as for `tangent_kernel`).
         u: the current displacement U.
         ref: `reference(...)` of the run.
+        linear: predict is f0 + f_L (the "ntk" variant): its kernel is K_0 at every U by
+            linearity and is not recomputed (another program would only measure the rounding of
+            two compilations, ~1e-16), so its kernel change is exactly 0.
 
     Returns:
-        {"kernel_change": ‖K(U) − K(U_0)‖_F/‖K(U_0)‖_F, "alignment": A(K(U), y),
-        "displacement": ‖U‖/‖θ0‖}, () each. For the variants in `LINEAR_VARIANTS` K(U) is
-        K(U_0) by linearity, and is not recomputed: their kernel change is exactly 0.
+        {"kernel_change": ‖K(U) − K_0‖_F/‖K_0‖_F, "alignment": A(K(U), y),
+        "displacement": ‖U‖/‖θ0‖}, () each.
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from jaxntk.network import TwoLayer
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=3, m=4)
         >>> x = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
-        >>> ref = reference("ntk", net, net.zeros(), x, x[:, 0])
-        >>> out = measure("ntk", net, 0.3 * jnp.ones((4, 3)), ref)
-        >>> float(out["kernel_change"])   # the NTK model's kernel never moves
+        >>> ref = reference(net, x, x[:, 0])
+        >>> u = 0.3 * jnp.ones((4, 3))
+        >>> float(measure(net.linear_term, u, ref, linear=True)["kernel_change"])
         0.0
+        >>> bool(measure(net.full, u, ref)["kernel_change"] > 0.01)   # the network's does move
+        True
     """
-    v = _variant(variant)
-    # a prediction linear in U has the kernel K(U_0) at every U: recomputing it in another
-    # program would only measure the rounding of two compilations (~1e-16), not a change
-    k = ref.kernel0 if v.name in LINEAR_VARIANTS else tangent_kernel(v, model, u, ref.prep)
+    k = ref.kernel0 if linear else tangent_kernel(predict, u, ref.prep)
     return {
         "kernel_change": kernel_change(k, ref.kernel0),
         "alignment": centered_alignment(k, ref.y),

@@ -12,14 +12,17 @@ variant of the scaled model, whose output trajectory under GD does not depend on
 α lets the features move. Geiger, Spigler, Jacot & Wyart (2020) put the crossover between the
 regimes of the NTK-parameterized two-layer network at α√m of order 1.
 
-The 1/α² on the objective, for the optimizers that are linear in the gradient: for plain gradient
-descent (and heavy-ball momentum),
+The 1/α² on the objective is `Scaled.loss_weight`, which the training objective
+(`jaxntk.objectives.VariantObjective.loss`) multiplies into the whole objective, so every optimizer
+sees F_α itself. For plain gradient descent (and heavy-ball momentum) that is the same as a
+learning rate η/α² on the unweighted loss,
 
     U_{t+1} = U_t − η ∇_U [(1/α²) L(U_t)] = U_t − (η/α²) ∇_U L(U_t),
 
-so training F_α at learning rate η is training L = R(h_α) at learning rate η/α² — the same iterates
-up to the rounding of η/α² (`lazy_lr`). Adam is invariant to a constant factor on the loss (up to
-its ε), so there the two differ and the 1/α² must not be moved into the learning rate.
+up to rounding; Adam is invariant to a constant factor on the loss (up to its ε), so for it the
+weight changes nothing while a learning rate η/α² would. The scale is a leaf of the model, and so
+is the weight: runs that differ only in α share one compiled program, and `jaxntk.train` with a
+list of scaled models (one per "seed") trains several α in one program.
 
 **Mean-field two-layer network** (Mei, Montanari & Nguyen, *A mean field view of the landscape of
 two-layer neural networks*, PNAS 2018): f(x) = (1/m) Σ_j a_j σ(w_j · x), trained by (S)GD whose step
@@ -30,7 +33,8 @@ parameterization f(x) = Σ_j (±1/√m) σ(w_j · x) with learning rate η stays
 (`mean_field`): the symmetric initialization of `jaxntk.network.init` with a_r = ±1/m instead of
 ±1/√m, trained at learning rate η·m (`mean_field_lr`). Since f(x; W0) = 0 at this initialization,
 the mean-field network is exactly the laziness scale α = 1/√m of the NTK network,
-f_MF = (1/√m)·f_NTK, with 1/α² = m on the objective: α√m = 1, Geiger et al.'s crossover.
+f_MF = (1/√m)·f_NTK, with 1/α² = m on the objective: α√m = 1, Geiger et al.'s crossover. So
+`Scaled(ntk_net, 1/√m)` trained at η is the same run as `mean_field(...)` trained at η·m.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from jaxntk._checks import check_int
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["Scaled", "lazy_lr", "mean_field", "mean_field_lr"]
+__all__ = ["Scaled", "mean_field", "mean_field_lr"]
 
 
 def _check_alpha(alpha: object) -> None:
@@ -75,8 +79,8 @@ class Scaled:
         initial_output     = 0
         linear_term(U)     = α·f_L(U),   quadratic_term(U) = α·f_Q(U),   taylor_terms: α·f_k(U)
 
-    Train it on the objective divided by α² — for plain GD, at learning rate `lazy_lr(lr, alpha)`
-    (the module docstring). α = 1 is the model itself (for the symmetric two-layer network, where
+    The objective reads `loss_weight` = 1/α² and multiplies it into the training loss (the
+    module docstring). α = 1 is the model itself (for the symmetric two-layer network, where
     f(θ0) = 0 exactly, the same numbers).
 
     A pytree: the model's leaves and α (a leaf, so models that differ only in α share one compiled
@@ -105,7 +109,7 @@ class Scaled:
 
     def __post_init__(self) -> None:
         # unflattening passes tracers or placeholders: only concrete numbers are checked
-        if isinstance(self.alpha, numbers.Number | bool):
+        if isinstance(self.alpha, numbers.Number | str | bytes):
             _check_alpha(self.alpha)
 
     @property
@@ -121,7 +125,8 @@ class Scaled:
 
     @property
     def loss_weight(self) -> float | Array:
-        """1/α², the factor on the objective F_α = (1/α²) R(h_α)."""
+        """1/α², the factor that `jaxntk.objectives.VariantObjective.loss` puts on the objective:
+        F_α = (1/α²) R(h_α)."""
         return 1.0 / self.alpha**2
 
     def prepare(self, x: PyTree, order: int | None = None) -> Any:
@@ -213,32 +218,6 @@ class Scaled:
             A tuple of k scaled terms.
         """
         return tuple(_scale(self.alpha, t) for t in self.model.taylor_terms(u, prep, order))
-
-
-def lazy_lr(lr: float, alpha: float) -> float:
-    """η/α²: the learning rate at which plain GD on L(h_α) makes the iterates of GD at rate η on
-    Chizat et al.'s objective F_α = (1/α²) L(h_α) (exact for SGD and momentum, not for Adam).
-
-    Args:
-        lr: the learning rate η on F_α, > 0.
-        alpha: the scale α > 0.
-
-    Returns:
-        η / α².
-
-    Raises:
-        TypeError: alpha is not a real number.
-        ValueError: alpha or lr is not finite and > 0.
-
-    Example:
-        >>> from jaxntk.scaling import lazy_lr
-        >>> lazy_lr(1.0, 10.0), lazy_lr(1.0, 0.5)
-        (0.01, 4.0)
-    """
-    _check_alpha(alpha)
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
-    return float(lr) / float(alpha) ** 2
 
 
 def mean_field(

@@ -7,6 +7,7 @@ import pytest
 
 from jaxntk import diagnostics
 from jaxntk.network import TwoLayer
+from jaxntk.objectives import get_variant
 from jaxntk.scaling import Scaled
 from jaxntk.taylor import TaylorModel
 
@@ -50,6 +51,11 @@ def setup(x64):
     return net, x, u, y
 
 
+def _predict(variant, model):
+    v = get_variant(variant)
+    return lambda u, prep: v.predict(model, u, prep)
+
+
 def _gram(j):
     flat = j.reshape(j.shape[0], -1)
     return flat @ flat.T
@@ -59,9 +65,8 @@ def _gram(j):
 def test_two_layer_kernel_is_the_gram_matrix_of_the_explicit_jacobian(setup, variant):
     net, x, u, _ = setup
     expected = _gram(_jacobian(variant, np.asarray(net.w0), np.asarray(net.a), u, x))
-    k = jax.jit(diagnostics.tangent_kernel, static_argnums=0)(
-        variant, net, jnp.asarray(u), net.prepare(jnp.asarray(x))
-    )
+    kernel = jax.jit(lambda net, u, p: diagnostics.tangent_kernel(_predict(variant, net), u, p))
+    k = kernel(net, jnp.asarray(u), net.prepare(jnp.asarray(x)))
     np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-12, atol=1e-14)
 
 
@@ -71,7 +76,8 @@ def test_generic_path_matches_the_explicit_jacobian(setup, variant):
     net, x, u, _ = setup
     model = TaylorModel(net.apply_fn, net.w0)
     expected = _gram(_jacobian(variant, np.asarray(net.w0), np.asarray(net.a), u, x))
-    k = diagnostics.tangent_kernel(variant, model, jnp.asarray(u), model.prepare(jnp.asarray(x)))
+    prep = model.prepare(jnp.asarray(x))
+    k = diagnostics.tangent_kernel(_predict(variant, model), jnp.asarray(u), prep)
     np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-11, atol=1e-13)
 
 
@@ -86,7 +92,7 @@ def test_generic_path_on_a_pytree_model_with_two_outputs(x64):
 
     model = TaylorModel(apply, {"w": jnp.asarray(w), "v": jnp.asarray(v)})
     u = {"w": jnp.zeros((D, 5)), "v": jnp.zeros((5, 2))}
-    k = diagnostics.tangent_kernel("full", model, u, model.prepare(jnp.asarray(x)))
+    k = diagnostics.tangent_kernel(model.full, u, model.prepare(jnp.asarray(x)))
     h = np.tanh(x @ w)  # (P, 5)
     # ∂g_o/∂W_kj = v_jo (1 − h_j²) x_k and ∂g_o/∂V_jo' = h_j δ_oo'
     jw = np.einsum("jo,ij,ik->iokj", v, 1 - h**2, x).reshape(P, 2, -1)
@@ -129,31 +135,51 @@ def test_taylor_distances_against_the_closed_forms(setup):
     assert float(zero["linear"]) == 0.0 and float(zero["quadratic"]) == 0.0
 
 
-def test_ntk_kernel_change_is_exactly_zero_inside_a_compiled_loop(setup):
+def test_kernel_change_from_the_ntk_and_exactly_zero_for_ntk_in_a_compiled_loop(setup):
     net, x, u, y = setup
-    ref = diagnostics.reference("ntk", net, net.zeros(), jnp.asarray(x), jnp.asarray(y))
+    ref = diagnostics.reference(net, jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_allclose(
+        np.asarray(ref.kernel0),
+        _gram(_jacobian("ntk", np.asarray(net.w0), np.asarray(net.a), 0 * u, x)),
+    )
 
     @jax.jit
     def along(net, ref, u):
         def step(c, t):
-            return c, diagnostics.measure("ntk", net, t * u, ref)["kernel_change"]
+            out = diagnostics.measure(_predict("ntk", net), t * u, ref, linear=True)
+            return c, out["kernel_change"]
 
         return jax.lax.scan(step, 0, jnp.linspace(0.0, 3.0, 4))[1]
 
     assert np.asarray(along(net, ref, jnp.asarray(u))).tolist() == [0.0] * 4
-    # the kernel it stands for does not move: recomputed at U it is K(U_0) up to rounding
-    k_u = diagnostics.tangent_kernel("ntk", net, jnp.asarray(u), ref.prep)
+    # the kernel it stands for does not move: recomputed at U it is K_0 up to rounding
+    k_u = diagnostics.tangent_kernel(_predict("ntk", net), jnp.asarray(u), ref.prep)
     np.testing.assert_allclose(np.asarray(k_u), np.asarray(ref.kernel0), rtol=1e-14)
-    full = diagnostics.reference("full", net, net.zeros(), jnp.asarray(x), jnp.asarray(y))
-    moved = diagnostics.measure("full", net, jnp.asarray(u), full)
-    assert float(moved["kernel_change"]) > 1e-3
+    w0, a = np.asarray(net.w0), np.asarray(net.a)
+    for variant in ("full", "quadntk"):
+        k = _gram(_jacobian(variant, w0, a, u, x))
+        k0 = np.asarray(ref.kernel0)
+        out = diagnostics.measure(_predict(variant, net), jnp.asarray(u), ref)
+        np.testing.assert_allclose(
+            float(out["kernel_change"]), np.linalg.norm(k - k0) / np.linalg.norm(k0), rtol=1e-10
+        )
+        h = np.eye(P) - 1 / P
+        kc, t = h @ k @ h, np.outer(h @ y, h @ y)
+        np.testing.assert_allclose(
+            float(out["alignment"]),
+            np.sum(kc * t) / np.linalg.norm(kc) / np.linalg.norm(t),
+            rtol=1e-10,
+        )
+        np.testing.assert_allclose(
+            float(out["displacement"]), np.linalg.norm(u) / np.linalg.norm(w0), rtol=1e-12
+        )
 
 
 def test_scaled_model_kernel_is_alpha_squared_times(setup):
     net, x, u, _ = setup
     prep = net.prepare(jnp.asarray(x))
-    k = diagnostics.tangent_kernel("full", net, jnp.asarray(u), prep)
-    k3 = diagnostics.tangent_kernel("full", Scaled(net, 3.0), jnp.asarray(u), prep)
+    k = diagnostics.tangent_kernel(net.full, jnp.asarray(u), prep)
+    k3 = diagnostics.tangent_kernel(Scaled(net, 3.0).full, jnp.asarray(u), prep)
     np.testing.assert_allclose(np.asarray(k3), 9.0 * np.asarray(k), rtol=1e-12)
 
 
@@ -162,5 +188,5 @@ def test_bad_input_is_named():
         diagnostics.centered_alignment(jnp.eye(3), jnp.ones(4))
     with pytest.raises(ValueError, match="k_t must be a square"):
         diagnostics.kernel_change(jnp.ones((2, 3)), jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="unknown variant"):
-        diagnostics.tangent_kernel("lazy", None, None, None)
+    with pytest.raises(ValueError, match="y_probe must have 3 rows"):
+        diagnostics.reference(None, jnp.ones((3, 2)), jnp.ones(4))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxntk as jn
-from jaxntk.scaling import Scaled, lazy_lr, mean_field, mean_field_lr
+from jaxntk.scaling import Scaled, mean_field, mean_field_lr
 from jaxntk.taylor import TaylorModel
 
 D, N, M = 5, 20, 40
@@ -34,7 +34,6 @@ def test_alpha_one_is_the_full_variant_exactly(task):
         task,
         "full",
         steps=300,
-        lr=lazy_lr(1.0, 1.0),
         eval_every=100,
         progress=False,
     )
@@ -42,6 +41,24 @@ def test_alpha_one_is_the_full_variant_exactly(task):
     for key in ("train_loss", "test_loss"):
         np.testing.assert_array_equal(scaled.history[key], plain.history[key])
     np.testing.assert_array_equal(scaled.trace["loss"], plain.trace["loss"])
+
+
+def test_gd_on_the_scaled_model_is_gd_on_chizats_objective(task, x64):
+    """Three GD steps on (1/α²)(1/n) Σ (y − α f(W0 + U))², by hand in NumPy."""
+    task = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, task)
+    net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M, dtype=jnp.float64)
+    alpha, lr = 7.0, 0.8
+    run = jn.train(Scaled(net, alpha), task, "full", steps=3, lr=lr, eval_every=3, progress=False)
+    x, y = np.asarray(task.x_train), np.asarray(task.y_train)
+    w0, a = np.asarray(net.w0), np.asarray(net.a)
+    u = np.zeros_like(w0)
+    for _ in range(3):
+        pre = x @ (w0 + u).T
+        s = 1 / (1 + np.exp(-(pre - 1)))
+        resid = y - alpha * (s @ a)
+        grad = -(2 / N) * alpha * ((resid[:, None] * s * (1 - s) * a[None, :]).T @ x) / alpha**2
+        u = u - lr * grad
+    np.testing.assert_allclose(np.asarray(run.params)[0, 0], u, rtol=1e-12, atol=1e-15)
 
 
 def test_outputs_and_terms_are_alpha_times_the_centered_model(x64):
@@ -76,7 +93,7 @@ def test_outputs_and_terms_are_alpha_times_the_centered_model(x64):
 def test_the_scaled_ntk_does_not_depend_on_alpha_and_the_network_approaches_it(
     task, x64, paired, rate
 ):
-    """GD at η/α² on α f_L moves the outputs by η J Jᵀ(...): the same for every α; the network's
+    """GD on (1/α²) L(α f_L) moves the outputs by η J Jᵀ(...): the same for every α; the network's
     outputs approach them as α grows (Chizat, Oyallon & Bach 2019). With a generic initialization
     the gap is α f_Q(U) with U = O(1/α): O(1/α). With the symmetric one the NTK's iterates are odd
     in each pair (u_{r+m/2} = −u_r, a_{r+m/2} = −a_r, same w0_r), so f_Q(U) = 0 on them and the
@@ -91,11 +108,11 @@ def test_the_scaled_ntk_does_not_depend_on_alpha_and_the_network_approaches_it(
             jnp.asarray(w0 / np.linalg.norm(w0, axis=1, keepdims=True)), jnp.asarray(a)
         )
     alphas = (10.0, 100.0, 1000.0)
-    lin = [_final_test_outputs(Scaled(net, a), task, "ntk", lazy_lr(1.0, a))[0] for a in alphas]
+    lin = [_final_test_outputs(Scaled(net, a), task, "ntk", 1.0)[0] for a in alphas]
     for other in lin[1:]:
         np.testing.assert_allclose(other, lin[0], rtol=1e-9, atol=1e-12)
     gaps = [
-        np.linalg.norm(_final_test_outputs(Scaled(net, a), task, "full", lazy_lr(1.0, a))[0] - g)
+        np.linalg.norm(_final_test_outputs(Scaled(net, a), task, "full", 1.0)[0] - g)
         for a, g in zip(alphas, lin, strict=True)
     ]
     slope = np.polyfit(np.log(alphas), np.log(gaps), 1)[0]
@@ -111,7 +128,7 @@ def test_mean_field_is_the_scale_one_over_root_m(task, x64):
     np.testing.assert_allclose(np.abs(np.asarray(mf.a)), 1.0 / M, rtol=1e-15)
     out_mf, run_mf = _final_test_outputs(mf, task, "full", mean_field_lr(0.5, M))
     scaled = Scaled(ntk, 1.0 / np.sqrt(M))
-    out_s, run_s = _final_test_outputs(scaled, task, "full", lazy_lr(0.5, 1.0 / np.sqrt(M)))
+    out_s, run_s = _final_test_outputs(scaled, task, "full", 0.5)
     np.testing.assert_allclose(out_mf, out_s, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.asarray(run_mf.params), np.asarray(run_s.params), rtol=1e-9)
     # and the features do move: the first layer travels O(1) per neuron, the NTK one O(1/√m)
@@ -123,6 +140,6 @@ def test_bad_scales_are_named():
     with pytest.raises(ValueError, match="alpha must be a finite float > 0"):
         Scaled(net, 0.0)
     with pytest.raises(TypeError, match="alpha must be a float"):
-        lazy_lr(1.0, "big")
+        Scaled(net, "big")
     with pytest.raises(ValueError, match="lr must be"):
         mean_field_lr(-1.0, 10)
