@@ -229,7 +229,7 @@ def lazy_rich_figure(json_path: Path, png_path: Path) -> Path:
         start = dist[alphas >= 1][0] * lazy[0]
         dist_ax.plot(lazy, start / lazy, "--", color="gray", lw=1, label="∝ 1/α")
         dist_ax.plot(lazy, start * lazy[0] / lazy**2, ":", color="gray", lw=1, label="∝ 1/α²")
-    widest = str(max(cfg["widths"]))
+    widest = str(cfg.get("variant_width") or max(cfg["widths"]))
     colors = colormaps["tab10"](np.arange(len(doc["variant_summary"])))
     for c, (variant, by_width) in zip(colors, doc["variant_summary"].items(), strict=True):
         if widest in by_width:
@@ -248,7 +248,8 @@ def lazy_rich_figure(json_path: Path, png_path: Path) -> Path:
     dist_ax.legend(fontsize=7)
     ds = cfg["slope_ds"]
     reached = False
-    for c, (variant, fit) in zip(("#4c72b0", "#dd8452"), doc["slopes"].items(), strict=False):
+    slope_colors = colormaps["tab10"](np.arange(len(doc["slopes"])))
+    for c, (variant, fit) in zip(slope_colors, doc["slopes"].items(), strict=True):
         nstar = doc["n_star"][variant]
         mean_n = [
             np.mean([x for x in nstar[str(d)].values() if x is not None] or [np.nan]) for d in ds

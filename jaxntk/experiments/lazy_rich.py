@@ -13,13 +13,19 @@ On the paper's target ((β·x)² − 1 + β·x)/√3 at the variants experiment'
    the probe and ‖h_α(T) − h_ntk(T)‖ / ‖h_ntk(T)‖ on the test inputs, is fitted against α over
    α ≥ 1: its rate (theory: O(1/α); O(1/α²) from the symmetric initialization, whose
    pairs cancel f_Q on the NTK's iterates — see `tests/test_scaling.py`).
-2. **The variants and one-step** at α = 1 on the same data, with the same diagnostics, and
-   Damian, Lee & Soltanolkotabi's one-step network (`jaxntk.onestep`, η and λ by cross-validation
-   on the training set).
-3. **Sample-complexity slopes** of the rich network (the mean-field point α = 1/√m) and of
-   one-step: n*(d), the smallest n on the grid n = d^p whose final test loss is ≤ `threshold`
-   (interpolated in log n), fitted as log n* against log d per seed (as
-   `jaxntk.experiments.sample_complexity` does), for d in `slope_ds`.
+2. **The variants and one-step** at α = 1 on the same data and width (`variant_width`), with the
+   same diagnostics, and Damian, Lee & Soltanolkotabi's one-step network (`jaxntk.onestep`, η
+   and λ by cross-validation on the training set).
+3. **Sample-complexity slopes** of the network at the scales `slope_alphas` (α = 0.5: features
+   move, α√m ≈ 11 at m = 500; α = 1: the `full` variant) and of one-step: n*(d), the smallest n
+   on the grid n = d^p whose final test loss is ≤ `threshold` (interpolated in log n), fitted as
+   log n* against log d per seed (`jaxntk.experiments.sample_complexity.n_star`, `fit_slopes`),
+   for d in `slope_ds`.
+
+The rich end of the sweep is limited by capacity with a bounded σ: |h_α(x)| < α Σ_r |a_r| = α√m
+(σ(z) = sigmoid(z − 1) ∈ (0, 1)), so for α√m below the targets' scale (≈ 1) the scaled network
+cannot fit the data at all (α = 0.01 at m = 500: |h| < 0.22); its losses there measure that, not
+feature learning. The mean-field point α = 1/√m is such a point.
 
 Writes `lazy-rich.json` (config, rows, summary, slopes), `lazy-rich.npz` (curves) and
 `lazy-rich.png`.
@@ -63,12 +69,16 @@ class Config:
         probe: P, the training inputs on which the kernel diagnostics are measured.
         lambda_bulk: λ_b of the regularized variant (per-sample mean).
         seeds: seeds of the α sweep, the variants and one-step (each its own data and network).
+        variant_width: the width at which the variants and one-step are trained (None: the
+            largest of `widths`).
         etas: one-step's step sizes η.
         ridges: one-step's ridges λ.
         folds: one-step's cross-validation folds.
         slope_ds: the input dimensions of the slopes.
         slope_exponents: the training-set sizes n = round(d^p) of the slopes.
-        slope_width: the width of the rich network in the slopes (at α = 1/√m).
+        slope_width: the width of the network in the slopes.
+        slope_alphas: the scales α of the network in the slopes, one curve each (all in one
+            program per (d, n)).
         slope_steps: GD steps of the rich network in the slopes.
         slope_seeds: seeds of the slopes.
         threshold: n* is where the final test loss crosses this value.
@@ -87,12 +97,14 @@ class Config:
     probe: int = 64
     lambda_bulk: float = 1.6
     seeds: tuple[int, ...] = (1, 11)
+    variant_width: int | None = None
     etas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     folds: int = 4
     slope_ds: tuple[int, ...] = (10, 14, 20, 28)
     slope_exponents: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
     slope_width: int = 500
+    slope_alphas: tuple[float, ...] = (0.5, 1.0)
     slope_steps: int = 1000
     slope_seeds: tuple[int, ...] = (1, 11, 111)
     threshold: float = 1 / 3
@@ -329,6 +341,8 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
             curves[f"full/{m}/{seed}/{alpha:g}/{key}"] = sweep.history[key][0, i]
     curves["step"] = sweep.history["step"]
     v_rows = [_variant_row("ntk", m, seed, ntk, ntk_seconds)]
+    if m != (config.variant_width or max(config.widths)):
+        return rows, v_rows
     for variant in COMPARED[1:]:
         reg = objectives.Regularizer(bulk=config.lambda_bulk) if variant == "regularized" else None
         t0 = time.perf_counter()
@@ -358,8 +372,8 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
             "variant": "one-step",
             "width": m,
             "seed": seed,
-            "train_loss": float(jnp.mean((fit.predict(task.x_train) - task.y_train) ** 2)),
-            "test_loss": float(jnp.mean((fit.predict(task.x_test) - task.y_test) ** 2)),
+            "train_loss": _mse(fit.predict(task.x_train), task.y_train),
+            "test_loss": _mse(fit.predict(task.x_test), task.y_test),
             "eta": float(fit.eta),
             "ridge": float(fit.ridge),
             "seconds": time.perf_counter() - t0,
@@ -382,11 +396,11 @@ def _variant_row(variant: str, m: int, seed: int, r: training.Run, seconds: floa
 
 
 def _slopes(config: Config, progress) -> list[dict]:
-    """Final test loss of the rich network (α = 1/√m) and of one-step for every (d, n, seed)."""
+    """Final test loss of the network at each of `slope_alphas` and of one-step, for every
+    (d, n, seed); all α and seeds of one (d, n) in one program."""
     rows = []
     m = config.slope_width
-    alpha = 1.0 / float(np.sqrt(m))
-    seeds = list(config.slope_seeds)
+    seeds, alphas = list(config.slope_seeds), list(config.slope_alphas)
     for d in config.slope_ds:
         for n in config.grid(d):
             setups = [
@@ -401,27 +415,33 @@ def _slopes(config: Config, progress) -> list[dict]:
                 )
                 for s in seeds
             ]
+            runs = [
+                (s, a, task, net)
+                for s, (task, net) in zip(seeds, setups, strict=True)
+                for a in alphas
+            ]
             t0 = time.perf_counter()
             r = train_probed(
-                [Scaled(net, alpha) for _, net in setups],
-                [task for task, _ in setups],
+                [Scaled(net, a) for _, a, _, net in runs],
+                [task for _, _, task, _ in runs],
                 "full",
-                seeds,
+                [s for s, *_ in runs],
                 steps=config.slope_steps,
                 lr=config.lr,
                 eval_every=config.slope_steps,
                 probe=0,
-                progress=labelled_progress(progress, f"rich d={d} n={n}"),
+                progress=labelled_progress(progress, f"network d={d} n={n}"),
             )
-            seconds = (time.perf_counter() - t0) / len(seeds)
-            for i, s in enumerate(seeds):
+            seconds = (time.perf_counter() - t0) / len(runs)
+            for i, (s, a, _, _) in enumerate(runs):
                 rows.append(
                     {
-                        "variant": "rich",
+                        "variant": f"full α={a:g}",
                         "d": d,
                         "n": n,
                         "seed": s,
                         "test_loss": _final(r, i, "test_loss"),
+                        "train_loss": _final(r, i, "train_loss"),
                         "seconds": seconds,
                     }
                 )
@@ -442,11 +462,18 @@ def _slopes(config: Config, progress) -> list[dict]:
                         "d": d,
                         "n": n,
                         "seed": s,
-                        "test_loss": float(jnp.mean((fit.predict(task.x_test) - task.y_test) ** 2)),
+                        "test_loss": _mse(fit.predict(task.x_test), task.y_test),
+                        "train_loss": _mse(fit.predict(task.x_train), task.y_train),
+                        "eta": float(fit.eta),
+                        "ridge": float(fit.ridge),
                         "seconds": time.perf_counter() - t0,
                     }
                 )
     return rows
+
+
+def _mse(pred, y) -> float:
+    return float(jnp.mean((pred - y) ** 2))
 
 
 def summarize(doc: dict) -> dict:
