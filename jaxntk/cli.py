@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -88,15 +88,23 @@ def _join_processes(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="jaxntk", description="Taylor models of wide networks: NTK, QuadNTK, good directions."
+    )
+    sub = p.add_subparsers(dest="verb", parser_class=_Parser)
+    _add_train(sub)
+    _add_reproduce(sub)
+    _add_plot(sub)
+    _add_bench(sub)
+    return p
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     from jaxntk.network import ACTIVATIONS
     from jaxntk.objectives import VARIANTS
     from jaxntk.targets import DISTRIBUTIONS
     from jaxntk.training import OPTIMIZERS
 
-    p = _Parser(
-        prog="jaxntk", description="Taylor models of wide networks: NTK, QuadNTK, good directions."
-    )
-    sub = p.add_subparsers(dest="verb", parser_class=_Parser)
     t = sub.add_parser("train", help="train one variant on one configuration")
     which = t.add_mutually_exclusive_group(required=True)
     which.add_argument("--variant", choices=list(VARIANTS))
@@ -150,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     _processes_arguments(t)
     t.set_defaults(func=_train)
 
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("reproduce", help="run the paper's experiments and draw their figures")
     r.add_argument(
         "--preset",
@@ -186,10 +196,14 @@ def _parser() -> argparse.ArgumentParser:
     _processes_arguments(r)
     r.set_defaults(func=_reproduce)
 
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("plot", help="redraw the figures of a results folder from its saved files")
     pl.add_argument("dir", type=Path, nargs="?", default=Path("results"))
     pl.set_defaults(func=_plot)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="time the library against the hardware and the baseline")
     size = b.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes, minutes on 2 cores")
@@ -201,7 +215,6 @@ def _parser() -> argparse.ArgumentParser:
         help="also append the table to the checkout's benchmarks/RESULTS.md (default: --out only)",
     )
     b.set_defaults(func=_bench)
-    return p
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -460,23 +473,22 @@ def _writable_dir(path: Path) -> Path:
 
 
 def _seed_list(s: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated ints, got {s!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"must be comma-separated ints ≥ 0, got {s!r}")
-    return seeds
+    return _comma_list(s, int, "ints", "ints")
 
 
 def _lambda_list(s: str) -> list[float]:
+    return _comma_list(s, float, "numbers", "finite numbers")
+
+
+def _comma_list(s: str, parse: Callable, what: str, checked: str) -> list:
+    """The comma-separated values of `s`, each parsed, all finite and ≥ 0."""
     try:
-        lams = [float(x) for x in s.split(",") if x.strip()]
+        values = [parse(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {s!r}") from None
-    if not lams or not all(math.isfinite(x) for x in lams) or min(lams) < 0:
-        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers ≥ 0, got {s!r}")
-    return lams
+        raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {s!r}") from None
+    if not values or not all(math.isfinite(x) for x in values) or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated {checked} ≥ 0, got {s!r}")
+    return values
 
 
 def _positive_int(s: str) -> int:

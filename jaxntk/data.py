@@ -1,7 +1,10 @@
-"""A user's own arrays as a checked `Task`, and the checks every task meets before training.
+"""`Task`, the training and test sets every run reads; a user's own arrays as a checked `Task`, and
+the checks every task meets before training.
 
+A `Task` holds inputs, labels and the values of the target's parts, train and test; the synthetic
+tasks are drawn in `jaxntk.targets` (`make_task`, `paper_task`), which builds on this module.
 `task_from_arrays(x_train, y_train, x_test, y_test)` (also `jaxntk.Task.from_arrays`) wraps plain
-arrays in a `jaxntk.targets.Task` with one target part, "y" (the labels themselves), so that the
+arrays in a `Task` with one target part, "y" (the labels themselves), so that the
 trainer's per-part shares read 1 for the whole target. `check_task(task, model)` is what
 `jaxntk.train` runs on any task before anything compiles:
 
@@ -36,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -43,11 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxntk._checks import check_int
-from jaxntk.targets import DISTRIBUTIONS, Task
+from jaxntk.polynomials import DISTRIBUTIONS
+
+Array = jax.Array
 
 __all__ = [
     "DIGITS_INSTALL",
     "FLOAT_DTYPES",
+    "Task",
     "check_task",
     "load_digits",
     "stratified_split",
@@ -66,6 +73,82 @@ _FIELDS = ("x_train", "y_train", "x_test", "y_test", "parts_train", "parts_test"
 _SHOWN_ROWS = 5
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Training and test sets for a target: y = f*(x) (+ label noise on the training set only).
+
+    A pytree (arrays and the target are leaves; distribution and part names static), so a task can
+    be passed to `jit` and stacked with `vmap` over keys.
+
+    Attributes:
+        x_train: (n, d) training inputs.
+        y_train: (n,) training labels f*(x_train), plus the label noise if any.
+        x_test: (n_test, d) test inputs.
+        y_test: (n_test,) = f*(x_test), noise-free.
+        parts_train: (P, n) each target part on x_train (noise-free).
+        parts_test: (P, n_test) each target part on x_test.
+        target: the `jaxntk.targets.Target` (None for a task from a user's arrays,
+            `Task.from_arrays`).
+        distribution: input law, "gaussian" or "sphere".
+        part_names: the target's part names, the order of the rows of parts_train / parts_test.
+
+    Example:
+        >>> import jax
+        >>> from jaxntk.targets import paper_task
+        >>> task = paper_task(jax.random.PRNGKey(0), d=10, n=100, n_test=1000)
+        >>> task.n, task.n_test, task.d, task.part_names
+        (100, 1000, 10, ('linear', 'quadratic'))
+    """
+
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    parts_train: Array
+    parts_test: Array
+    target: Any  # a jaxntk.targets.Target, or None
+    distribution: str = dataclasses.field(metadata={"static": True})
+    part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+
+    @classmethod
+    def from_arrays(
+        cls, x_train, y_train, x_test, y_test, *, distribution: str = "gaussian"
+    ) -> Task:
+        """A checked task from a user's arrays (`task_from_arrays`).
+
+        Args:
+            x_train: (n, d) training inputs, float32 or float64, every value finite.
+            y_train: (n,) training labels.
+            x_test: (n_test, d) test inputs.
+            y_test: (n_test,) test labels.
+            distribution: the law R_pop draws fresh inputs from (`DISTRIBUTIONS`).
+
+        Returns:
+            A `Task` with one target part, "y", and no `target`.
+
+        Raises:
+            ValueError, TypeError: a shape, dtype or value does not fit; the message names the
+                array and what was found, e.g. "x_train has 1 non-finite value (row 3)".
+        """
+        return task_from_arrays(x_train, y_train, x_test, y_test, distribution=distribution)
+
+    @property
+    def n(self) -> int:
+        """The number of training points."""
+        return self.x_train.shape[-2]
+
+    @property
+    def n_test(self) -> int:
+        """The number of test points."""
+        return self.x_test.shape[-2]
+
+    @property
+    def d(self) -> int:
+        """The input dimension d."""
+        return self.x_train.shape[-1]
+
+
 def task_from_arrays(
     x_train: Any,
     y_train: Any,
@@ -82,7 +165,7 @@ def task_from_arrays(
         x_test: the n_test test inputs, shaped like x_train after the rows.
         y_test: their labels, shaped like y_train after the rows.
         distribution: the law that regularizers drawing fresh inputs (R_pop) sample from, a name
-            in `jaxntk.targets.DISTRIBUTIONS`; the trainer uses it nowhere else.
+            in `jaxntk.polynomials.DISTRIBUTIONS`; the trainer uses it nowhere else.
 
     Returns:
         A checked `Task` with one part "y" (parts_train = y_train[None], likewise for test) and
@@ -118,7 +201,7 @@ def check_task(task: Any, model: Any = None) -> None:
     """ValueError or TypeError unless `task` can be trained on (see the module docstring).
 
     Args:
-        task: a `jaxntk.targets.Task`.
+        task: a `Task`.
         model: when given, the task's d must equal its input size (`model.d`, where the model has
             one) and the arrays must have its float dtype.
 

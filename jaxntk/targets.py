@@ -1,21 +1,12 @@
-"""Input distributions, orthonormal polynomials and target functions (docs/science.md §1, §6, §7).
+"""Input distributions, target functions and the tasks drawn from them (docs/science.md §1, §6, §7).
 
 Inputs x ∈ R^d are drawn from N(0, I_d) ("gaussian", the authors' experiments) or uniformly on the
-sphere of radius √d ("sphere", the theory). Each distribution has its family of orthonormal
-polynomials of one variable, evaluated along a unit direction v:
-
-    gaussian:  φ_k(v·x) = h_k(v·x),        h_k = He_k/√(k!)                  (`hermite`)
-    sphere:    φ_k(v·x) = q_k(v·x/√d),     q_k = √N(d, k) · P_k              (`gegenbauer`)
-
-with P_k the Legendre polynomial in dimension d (`legendre`, P_k(1) = 1) and N(d, k) the number of
-independent degree-k spherical harmonics (`num_harmonics`). For unit v, v' with ρ = v·v', degrees
-j ≠ k are orthogonal and
-
-    gaussian:  E[h_k(v·x) h_k(v'·x)]            = ρ^k
-    sphere:    E[q_k(v·x/√d) q_k(v'·x/√d)]      = P_k(ρ)        (the addition formula)
-
-so a target part f(x) = b + Σ_j c_j φ_k(v_j·x) has the exact mean square, computed from its
-coefficients,
+sphere of radius √d ("sphere", the theory). A target part is built on the distribution's
+orthonormal polynomials of one variable (`jaxntk.polynomials`), evaluated along unit directions v_j:
+φ_k(v·x) = h_k(v·x) (Hermite) on the Gaussian, q_k(v·x/√d) (Gegenbauer) on the sphere. For unit v,
+v' with ρ = v·v', degrees j ≠ k are orthogonal and E[φ_k(v·x) φ_k(v'·x)] = ρ^k (Gaussian) or
+P_k(ρ) (sphere, P_k the Legendre polynomial in dimension d), so a target part
+f(x) = b + Σ_j c_j φ_k(v_j·x) has the exact mean square, computed from its coefficients,
 
     E[f²] = (E f)² + cᵀ G c,   G_jl = ρ_jl^k or P_k(ρ_jl),   E f = b (+ Σ_j c_j when k = 0).
 
@@ -39,32 +30,30 @@ import jax.numpy as jnp
 
 from jaxntk._checks import check_int
 
+# The polynomials and `Task` moved to modules below this one; their old import path still works.
+from jaxntk.data import Task as Task
+from jaxntk.polynomials import DISTRIBUTIONS as DISTRIBUTIONS
+from jaxntk.polynomials import gegenbauer as gegenbauer
+from jaxntk.polynomials import hermite as hermite
+from jaxntk.polynomials import legendre as legendre
+from jaxntk.polynomials import num_harmonics as num_harmonics
+from jaxntk.polynomials import num_harmonics_up_to as num_harmonics_up_to
+
 Array = jax.Array
 
 __all__ = [
-    "DISTRIBUTIONS",
     "Target",
     "TargetPart",
-    "Task",
     "dense_part",
-    "gegenbauer",
-    "hermite",
-    "legendre",
     "make_target",
     "make_task",
     "mlp_target",
-    "num_harmonics",
-    "num_harmonics_up_to",
     "paper_target",
     "paper_task",
     "sample_inputs",
     "sparse_part",
     "theorem_target",
 ]
-
-DISTRIBUTIONS = ("gaussian", "sphere")
-"""The input laws: "gaussian", x ~ N(0, I_d) (the authors' experiments), and "sphere", x uniform
-on the sphere of radius √d (the theory). Each has its orthonormal family φ_k (module docstring)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -101,164 +90,6 @@ def sample_inputs(key: Array, n: int, d: int, distribution: str = "gaussian", dt
     check_int("n", n, 1)
     check_int("d", d, 1)
     return _sample_inputs(key, n, d, distribution, _float_dtype(dtype))
-
-
-# --------------------------------------------------------------------------------------------------
-# Orthonormal polynomials of one variable
-
-
-def hermite(k: int, z: Array) -> Array:
-    """Normalised probabilists' Hermite polynomial h_k(z) = He_k(z)/√(k!), elementwise.
-
-    Orthonormal under N(0, 1): E[h_j(z) h_k(z)] = δ_jk. Computed by the normalised three-term
-    recurrence h_0 = 1, h_1 = z, h_{j+1} = (z h_j − √j h_{j−1})/√(j+1), which never forms He_k or
-    k! (stable for large k). `k` is static: use `jax.jit(hermite, static_argnums=0)`.
-
-    Args:
-        k: degree, ≥ 0 (a Python int).
-        z: float array of points, any shape.
-
-    Returns:
-        h_k(z), same shape and dtype as z.
-
-    Raises:
-        TypeError: k is not an int, or z is not a float array.
-        ValueError: k < 0.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from jaxntk.targets import hermite
-        >>> [round(v, 4) for v in hermite(2, jnp.array([0.0, 1.0, 2.0])).tolist()]  # (z² − 1)/√2
-        [-0.7071, 0.0, 2.1213]
-    """
-    check_int("k", k, 0)
-    return _three_term(_as_float(z, "z"), *_hermite_coefficients(k))
-
-
-def legendre(k: int, t: Array, d: int) -> Array:
-    """Legendre polynomial in dimension d, P_k(t) with P_k(1) = 1, elementwise on t ∈ [−1, 1].
-
-    P_k = C_k^{(d−2)/2}/C_k^{(d−2)/2}(1) (Gegenbauer, scaled), from the recurrence P_0 = 1, P_1 = t,
-    (j + d − 2) P_{j+1} = (2j + d − 2) t P_j − j P_{j−1}. d = 3 gives the classical Legendre
-    polynomials, d = 2 the Chebyshev polynomials T_k. For x uniform on the sphere of radius √d and
-    unit v, v': E[P_k(v·x/√d) P_k(v'·x/√d)] = P_k(v·v')/N(d, k). `k` and `d` are static.
-
-    Args:
-        k: degree, ≥ 0 (a Python int).
-        t: float array of points in [−1, 1], any shape.
-        d: dimension, ≥ 2 (a Python int).
-
-    Returns:
-        P_k(t), same shape and dtype as t.
-
-    Raises:
-        TypeError: k or d is not an int, or t is not a float array.
-        ValueError: k < 0 or d < 2.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from jaxntk.targets import legendre
-        >>> legendre(2, jnp.array([1.0, 0.0]), d=3).tolist()  # (3t² − 1)/2
-        [1.0, -0.5]
-        >>> legendre(2, jnp.array([0.5]), d=2).tolist()  # Chebyshev T_2(t) = 2t² − 1
-        [-0.5]
-    """
-    check_int("k", k, 0)
-    check_int("d", d, 2)
-    return _three_term(_as_float(t, "t"), *_legendre_coefficients(k, d))
-
-
-def gegenbauer(k: int, t: Array, d: int) -> Array:
-    """Orthonormal Gegenbauer polynomial q_k(t) = √N(d, k) · P_k(t) in dimension d, elementwise.
-
-    Convention: orthonormal under the law of t = v·x/√d for x uniform on the sphere of radius √d
-    and a fixed unit v, whose density on [−1, 1] is ∝ (1 − t²)^{(d−3)/2}: E[q_j(t) q_k(t)] = δ_jk.
-    More generally E[q_k(v·x/√d) q_k(v'·x/√d)] = P_k(v·v') (`legendre`), and
-    q_k(s/√d) → h_k(s) as d → ∞. The recurrence of `legendre` is run on q_k directly, with
-    coefficients scaled by ratios of N(d, ·), so √N(d, k) (huge for large d, k) is never formed.
-    `k` and `d` are static.
-
-    Args:
-        k: degree, ≥ 0 (a Python int).
-        t: float array of points in [−1, 1], any shape (t = v·x/√d).
-        d: dimension, ≥ 2 (a Python int).
-
-    Returns:
-        q_k(t), same shape and dtype as t.
-
-    Raises:
-        TypeError: k or d is not an int, or t is not a float array.
-        ValueError: k < 0 or d < 2.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from jaxntk.targets import gegenbauer
-        >>> gegenbauer(1, jnp.array([0.5]), d=4)  # q_1(t) = √d t
-        Array([1.], dtype=float32)
-        >>> round(float(gegenbauer(2, jnp.array(1.0), d=3)), 4)  # q_k(1) = √N(d, k) = √5
-        2.2361
-    """
-    check_int("k", k, 0)
-    check_int("d", d, 2)
-    return _three_term(_as_float(t, "t"), *_gegenbauer_coefficients(k, d))
-
-
-def num_harmonics(d: int, k: int) -> int:
-    """N(d, k): the dimension of the degree-k spherical harmonics in R^d (an exact Python int).
-
-    N(d, k) = C(d + k − 1, k) − C(d + k − 3, k − 2): homogeneous polynomials of degree k modulo
-    |x|² times those of degree k − 2. N(d, 0) = 1, N(d, 1) = d, N(d, 2) = (d + 2)(d − 1)/2,
-    N(3, k) = 2k + 1, N(2, k) = 2 for k ≥ 1.
-
-    Args:
-        d: dimension, ≥ 1.
-        k: degree, ≥ 0.
-
-    Returns:
-        N(d, k), an exact Python int (no overflow for large d, k).
-
-    Raises:
-        TypeError: d or k is not an int.
-        ValueError: d < 1 or k < 0.
-
-    Example:
-        >>> from jaxntk.targets import num_harmonics
-        >>> num_harmonics(3, 2), num_harmonics(10, 1), num_harmonics(10, 2)
-        (5, 10, 54)
-    """
-    check_int("d", d, 1)
-    check_int("k", k, 0)
-    return math.comb(d + k - 1, k) - (math.comb(d + k - 3, k - 2) if k >= 2 else 0)
-
-
-def num_harmonics_up_to(d: int, k: int) -> int:
-    """N(d, ≤ k) = Σ_{ℓ≤k} N(d, ℓ): the number of independent functions of degree ≤ k on the
-    sphere in R^d, the size of the top k + 1 degree blocks of the NTK's spectrum, and so the
-    number of good directions kept out of the bulk penalty for a target of degree ≤ k
-    (docs/science.md §6).
-
-    N(d, ≤ 1) = d + 1, N(d, ≤ 2) = C(d + 2, 2) − 1, and in general N(d, ≤ k) = C(d + k, k) −
-    C(d + k − 2, k − 2): the polynomials of degree ≤ k modulo |x|² times those of degree ≤ k − 2.
-
-    Args:
-        d: dimension, ≥ 1.
-        k: highest degree, ≥ 0.
-
-    Returns:
-        N(d, ≤ k), an exact Python int.
-
-    Raises:
-        TypeError: d or k is not an int.
-        ValueError: d < 1 or k < 0.
-
-    Example:
-        >>> from jaxntk.targets import num_harmonics_up_to
-        >>> num_harmonics_up_to(10, 1), num_harmonics_up_to(10, 2), num_harmonics_up_to(10, 3)
-        (11, 65, 275)
-    """
-    check_int("d", d, 1)
-    check_int("k", k, 0)
-    return sum(num_harmonics(d, ell) for ell in range(k + 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -718,83 +549,6 @@ def mlp_target(key: Array, d: int, *, dtype=None) -> Target:
 # Tasks: train and test sets
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """Training and test sets for a target: y = f*(x) (+ label noise on the training set only).
-
-    A pytree (arrays and the target are leaves; distribution and part names static), so a task can
-    be passed to `jit` and stacked with `vmap` over keys.
-
-    Attributes:
-        x_train: (n, d) training inputs.
-        y_train: (n,) training labels f*(x_train), plus the label noise if any.
-        x_test: (n_test, d) test inputs.
-        y_test: (n_test,) = f*(x_test), noise-free.
-        parts_train: (P, n) each target part on x_train (noise-free).
-        parts_test: (P, n_test) each target part on x_test.
-        target: the `Target` (None for a task from a user's arrays, `Task.from_arrays`).
-        distribution: input law, "gaussian" or "sphere".
-        part_names: the target's part names, the order of the rows of parts_train / parts_test.
-
-    Example:
-        >>> import jax
-        >>> from jaxntk.targets import paper_task
-        >>> task = paper_task(jax.random.PRNGKey(0), d=10, n=100, n_test=1000)
-        >>> task.n, task.n_test, task.d, task.part_names
-        (100, 1000, 10, ('linear', 'quadratic'))
-    """
-
-    x_train: Array
-    y_train: Array
-    x_test: Array
-    y_test: Array
-    parts_train: Array
-    parts_test: Array
-    target: Target | None
-    distribution: str = dataclasses.field(metadata={"static": True})
-    part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
-
-    @classmethod
-    def from_arrays(
-        cls, x_train, y_train, x_test, y_test, *, distribution: str = "gaussian"
-    ) -> Task:
-        """A checked task from a user's arrays (`jaxntk.data.task_from_arrays`).
-
-        Args:
-            x_train: (n, d) training inputs, float32 or float64, every value finite.
-            y_train: (n,) training labels.
-            x_test: (n_test, d) test inputs.
-            y_test: (n_test,) test labels.
-            distribution: the law R_pop draws fresh inputs from (`DISTRIBUTIONS`).
-
-        Returns:
-            A `Task` with one target part, "y", and no `target`.
-
-        Raises:
-            ValueError, TypeError: a shape, dtype or value does not fit; the message names the
-                array and what was found, e.g. "x_train has 1 non-finite value (row 3)".
-        """
-        from jaxntk.data import task_from_arrays  # data builds on this module
-
-        return task_from_arrays(x_train, y_train, x_test, y_test, distribution=distribution)
-
-    @property
-    def n(self) -> int:
-        """The number of training points."""
-        return self.x_train.shape[-2]
-
-    @property
-    def n_test(self) -> int:
-        """The number of test points."""
-        return self.x_test.shape[-2]
-
-    @property
-    def d(self) -> int:
-        """The input dimension d."""
-        return self.x_train.shape[-1]
-
-
 def make_task(
     key: Array,
     target: Target,
@@ -1007,40 +761,6 @@ def _normalised_part(
     return dataclasses.replace(part, coefficients=c * jnp.sqrt(variance / part.variance))
 
 
-def _three_term(z: Array, a: tuple[float, ...], b: tuple[float, ...]) -> Array:
-    """p_0 = 1, p_1 = a_0 z, p_{j+1} = a_j z p_j − b_j p_{j−1}; returns p_k for k = len(a)."""
-    prev, cur = jnp.zeros_like(z), jnp.ones_like(z)
-    for a_j, b_j in zip(a, b, strict=True):
-        prev, cur = cur, a_j * z * cur - b_j * prev
-    return cur
-
-
-@functools.cache
-def _hermite_coefficients(k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    a = tuple(1 / math.sqrt(j + 1) for j in range(k))
-    b = tuple(math.sqrt(j / (j + 1)) for j in range(k))
-    return a, b
-
-
-@functools.cache
-def _legendre_coefficients(k: int, d: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    # P_1 = t for every d (the general formula is 0/0 at j = 0, d = 2).
-    a = tuple(1.0 if j == 0 else (2 * j + d - 2) / (j + d - 2) for j in range(k))
-    b = tuple(0.0 if j == 0 else j / (j + d - 2) for j in range(k))
-    return a, b
-
-
-@functools.cache
-def _gegenbauer_coefficients(k: int, d: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    # q_j = √N_j P_j turns the Legendre recurrence into one with a_j √(N_{j+1}/N_j) and
-    # b_j √(N_{j+1}/N_{j−1}); the ratios of exact ints stay moderate where N itself overflows.
-    a_leg, b_leg = _legendre_coefficients(k, d)
-    n = [num_harmonics(d, j) for j in range(k + 1)]
-    a = tuple(a_leg[j] * math.sqrt(n[j + 1] / n[j]) for j in range(k))
-    b = tuple(0.0 if j == 0 else b_leg[j] * math.sqrt(n[j + 1] / n[j - 1]) for j in range(k))
-    return a, b
-
-
 def _family(k: int, z: Array, d: int, distribution: str) -> Array:
     """φ_k(z) for z = v·x: h_k(z) on the Gaussian, q_k(z/√d) on the sphere."""
     if distribution == "sphere":
@@ -1096,13 +816,6 @@ def _check_x(x: Array, d: int, what: str) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be a float array, got dtype {x.dtype}")
     return x
-
-
-def _as_float(z: Array, name: str) -> Array:
-    z = jnp.asarray(z)
-    if not jnp.issubdtype(z.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a float array, got dtype {z.dtype}")
-    return z
 
 
 def _float_dtype(dtype) -> jnp.dtype:

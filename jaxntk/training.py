@@ -220,52 +220,16 @@ def train(
     """
     v = get_variant(variant)
     pairs = _pairs(model, task, seeds)
+    out_train = _check_tasks(pairs, loss)
     model, task = pairs[0]
-    for m_s, t_s in pairs:
-        task_data.check_task(t_s, m_s)
-        out_train, out_test = _output_shapes(m_s, t_s)
-        check_targets(loss, t_s.y_train, out_train, "y_train", "x_train")
-        check_targets(loss, t_s.y_test, out_test, "y_test", "x_test")
-    if reg is None:
-        reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
-    if not isinstance(reg, Regularizer):
-        raise TypeError(f"reg must be a jaxntk.Regularizer, got {type(reg).__name__}")
-    weights = reg.weights()
-    reg.validate(task.n)
-    if v.quadratic and isinstance(model, network.TwoLayer):
-        network.check_curvature(model, f"variant {variant!r}")
-    if variant == "randomized" and not getattr(model, "rows_are_neurons", False):
-        raise ValueError(
-            "variant 'randomized' flips the sign of each row of U and evaluates "
-            "½[f(W0 + U) + f(W0 − U)], exact only for a model whose output is a sum over neurons "
-            f"(rows), such as jaxntk.TwoLayer; got {type(model).__name__}"
-        )
-    if init_scale is None:
-        init_scale = 0.1 if v.random_init else 0.0
-    if not (isinstance(init_scale, int | float) and math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be a finite float ≥ 0, got {init_scale!r}")
-
+    reg, weights = _regularizer_weights(reg, v, task.n)
+    init_scale = _check_model_for_variant(model, variant, v, init_scale)
     _batching_mode(batching)  # a bad value fails before any work
-    layout = sharding.layout(model, devices)
-    if layout is not None and len(pairs) > 1:
-        raise ValueError(
-            "devices: one model and task per seed trains on one device; pass devices=1, "
-            f"got {devices!r}"
-        )
-    if layout is not None:
-        model = layout.model(model)  # so that everything computed from W0 is split as well
-        pairs = [(model, task)]
+    layout, pairs = _place(pairs, devices)
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
-        if len(out_train) != 1:
-            raise ValueError(
-                "the good directions (R_bulk, R_pop, variant 'regularized', track_directions) "
-                f"need one output per input; the model's outputs on x_train have shape "
-                f"{out_train}: train another variant, with at most Regularizer(norm24=...)"
-            )
-        k = task.d if reg.k is None else reg.k
-        dirs = [_good_directions(m_s, t_s.x_train, k, subspace_method) for m_s, t_s in pairs]
+        dirs = _directions(pairs, out_train, task.d if reg.k is None else reg.k, subspace_method)
     objective = VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
@@ -277,38 +241,9 @@ def train(
         d=task.d,
         data_loss=loss,
     )
-    # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
-    data = [
-        Data(
-            m_s,
-            t_s.x_train,
-            t_s.x_test,
-            t_s.y_train,
-            t_s.y_test,
-            t_s.parts_test,
-            None if dirs is None else dirs[i],
-            t_s.x_test[:POP_EVAL_SAMPLES],
-        )
-        for i, (m_s, t_s) in enumerate(pairs)
-    ]
-    per_seed = len(data) > 1
-    data = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *data) if per_seed else data[0]
-    config = {
-        "variant": variant,
-        "steps": steps,
-        "lr": lr,
-        "optimizer": optimizer if isinstance(optimizer, str) else repr(optimizer),
-        "regularizer": {
-            **{k: w.tolist() for k, w in weights.items()},
-            "k": reg.k,
-            "pop_samples": reg.pop_samples,
-        },
-        "init_scale": float(init_scale),
-        "n": task.n,
-        "d": task.d,
-        "distribution": task.distribution,
-        "loss": loss,
-    }
+    data = _seed_data(pairs, dirs)
+    per_seed = len(pairs) > 1
+    config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
     if per_seed:
         config["data_per_seed"] = True
     return fit(
@@ -394,6 +329,74 @@ def fit(
             schedule.
     """
     mode = _batching_mode(batching)
+    seeds, opt, schedule = _check_fit(
+        data,
+        seeds,
+        steps,
+        lr,
+        optimizer,
+        eval_every,
+        evals_per_chunk,
+        eval_at,
+        eval_points,
+        layout,
+        per_seed,
+    )
+    if layout is not None:
+        data = layout.data(data)
+    hyper_arrays, n_lambda, dtype = _settings(hyper, data)
+    config = dict(config or {})
+    config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
+    if schedule is not None:
+        config["eval_at"] = schedule.tolist()
+    state = _init_state(
+        objective,
+        opt,
+        data,
+        jnp.asarray(seeds),
+        n_lambda,
+        jnp.asarray(lr, dtype),
+        isinstance(optimizer, str),
+        per_seed,
+    )
+    if layout is not None:
+        state = layout.state(state)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state, step, history = _resume_or_evaluate(
+        state, ckpt, config, resume, objective, data, hyper_arrays, per_seed
+    )
+    run_chunk = _chunk_runner(
+        objective,
+        opt,
+        data,
+        hyper_arrays,
+        steps,
+        mode,
+        per_seed,
+        eval_every,
+        evals_per_chunk,
+        schedule,
+    )
+    report = _reporter(progress, label, steps)
+    state = _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ckpt)
+    return _assemble_run(history, state, config, layout)
+
+
+def _check_fit(
+    data: Any,
+    seeds: Sequence[int],
+    steps: int,
+    lr: float,
+    optimizer: str | optax.GradientTransformation,
+    eval_every: int,
+    evals_per_chunk: int,
+    eval_at: str | Sequence[int] | None,
+    eval_points: int,
+    layout: sharding.Layout | None,
+    per_seed: bool,
+) -> tuple[list[int], optax.GradientTransformation, np.ndarray | None]:
+    """`fit`'s arguments checked: the seeds as ints, the optimizer resolved, and the evaluation
+    schedule (None for every `eval_every` steps)."""
     check_int("steps", steps, 1)
     check_int("eval_every", eval_every, 1)
     check_int("evals_per_chunk", evals_per_chunk, 1)
@@ -411,9 +414,11 @@ def fit(
     named = isinstance(optimizer, str)
     if named and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
-    opt = _resolve_optimizer(optimizer)
-    if layout is not None:
-        data = layout.data(data)
+    return seeds, _resolve_optimizer(optimizer), schedule
+
+
+def _settings(hyper: dict[str, Any], data: Any) -> tuple[dict[str, Array], int, Any]:
+    """The settings as (L,) arrays of the data's float dtype, their number L, and that dtype."""
     # the floats set the dtype of the settings; integer class labels do not take part
     floats = [
         leaf
@@ -430,91 +435,93 @@ def fit(
     n_settings = {int(np.shape(v)[0]) for v in hyper.values()} or {1}
     if len(n_settings) != 1:
         raise ValueError(f"hyper arrays must share one length, got {n_settings}")
-    n_lambda = n_settings.pop()
+    return hyper_arrays, n_settings.pop(), dtype
 
-    config = dict(config or {})
-    config.update(seeds=list(seeds), eval_every=eval_every, evals_per_chunk=evals_per_chunk)
-    if schedule is not None:
-        config["eval_at"] = schedule.tolist()
-        chunk_len, max_evals = _schedule_chunks(schedule, steps, evals_per_chunk)
-    state = _init_state(
-        objective, opt, data, jnp.asarray(seeds), n_lambda, jnp.asarray(lr, dtype), named, per_seed
-    )
-    if layout is not None:
-        state = layout.state(state)
+
+def _resume_or_evaluate(state, ckpt, config, resume, objective, data, hyper, per_seed):
+    """(state, step, history) to train from: with `resume`, the checkpoint's newest complete
+    state and its history; otherwise the initial state and its evaluation at t = 0 (saved as the
+    checkpoint's first chunk)."""
     history: list[dict[str, np.ndarray]] = []
     step = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and checkpoints.begin(ckpt, config, resume=resume):
         state, step, history = checkpoints.restore(ckpt, state)
     if not history:
-        history.append(
-            _to_host(_evaluate_jit(state.params, data, hyper_arrays, objective, per_seed))
-        )
-        history[-1]["step"] = np.zeros(1, dtype=np.int64)
+        first = _to_host(_evaluate_jit(state.params, data, hyper, objective, per_seed))
+        first["step"] = np.zeros(1, dtype=np.int64)
+        history.append(first)
         if ckpt is not None:
-            checkpoints.save_chunk(ckpt, history[-1])
+            checkpoints.save_chunk(ckpt, first)
+    return state, step, history
 
-    report = _reporter(progress, label, steps)
-    latest = next(h for h in reversed(history) if h["step"].size)
-    warned = np.asarray(state.diverged_at) >= 0
-    t0 = time.perf_counter()
-    while step < steps:
-        start = step
-        if schedule is None:
+
+def _chunk_runner(
+    objective, opt, data, hyper, steps, mode, per_seed, eval_every, evals_per_chunk, schedule
+) -> Callable:
+    """run(state, step) -> (state', chunk, step', trace): one compiled chunk of training from
+    `step`; chunk holds its evaluations on the host (with their "step"), trace its per-step
+    records as the program returns them."""
+    total = jnp.asarray(steps, jnp.int32)
+    compiled = {"objective": objective, "optimizer": opt, "batching": mode, "per_seed": per_seed}
+    if schedule is None:
+
+        def run_blocks(state, step):
             state, metrics, at, trace = _run_chunk(
                 state,
                 jnp.asarray(step, jnp.int32),
-                jnp.asarray(steps, jnp.int32),
+                total,
                 data,
-                hyper_arrays,
-                objective=objective,
-                optimizer=opt,
+                hyper,
                 eval_every=eval_every,
                 n_blocks=evals_per_chunk,
-                batching=mode,
-                per_seed=per_seed,
+                **compiled,
             )
             metrics, at = _to_host(metrics), np.asarray(at)
             real = at > step  # blocks past the last step are skipped in the program
             chunk = {k: v[:, :, real] for k, v in metrics.items()}
             chunk["step"] = at[real].astype(np.int64)
-            step = int(chunk["step"][-1])
-        else:
-            mine = schedule[(schedule > start) & (schedule <= start + chunk_len)]
-            wanted = np.full(max_evals, -1, np.int32)
-            wanted[: mine.size] = mine
-            state, metrics, trace = _run_chunk_at(
-                state,
-                jnp.asarray(step, jnp.int32),
-                jnp.asarray(steps, jnp.int32),
-                jnp.asarray(wanted),
-                data,
-                hyper_arrays,
-                objective=objective,
-                optimizer=opt,
-                length=chunk_len,
-                batching=mode,
-                per_seed=per_seed,
-            )
-            chunk = {k: v[:, :, : mine.size] for k, v in _to_host(metrics).items()}
-            chunk["step"] = mine.astype(np.int64)
-            step = min(start + chunk_len, steps)
+            return state, chunk, int(chunk["step"][-1]), trace
+
+        return run_blocks
+
+    chunk_len, max_evals = _schedule_chunks(schedule, steps, evals_per_chunk)
+
+    def run_scheduled(state, step):
+        mine = schedule[(schedule > step) & (schedule <= step + chunk_len)]
+        wanted = np.full(max_evals, -1, np.int32)
+        wanted[: mine.size] = mine
+        state, metrics, trace = _run_chunk_at(
+            state,
+            jnp.asarray(step, jnp.int32),
+            total,
+            jnp.asarray(wanted),
+            data,
+            hyper,
+            length=chunk_len,
+            **compiled,
+        )
+        chunk = {k: v[:, :, : mine.size] for k, v in _to_host(metrics).items()}
+        chunk["step"] = mine.astype(np.int64)
+        return state, chunk, min(step + chunk_len, steps), trace
+
+    return run_scheduled
+
+
+def _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ckpt):
+    """Chunks from `step` to `steps`, or until every run has diverged: each chunk's evaluations
+    and per-step trace appended to `history`, a warning for each run that newly diverged, the
+    progress reported and the checkpoint saved. Returns the last state."""
+    latest = next(h for h in reversed(history) if h["step"].size)
+    warned = np.asarray(state.diverged_at) >= 0
+    t0 = time.perf_counter()
+    while step < steps:
+        start = step
+        state, chunk, step, trace = run_chunk(state, step)
         for k, v in _to_host(trace).items():
             chunk[f"{TRACE}{k}"] = v[:, :, : step - start]
         chunk[f"{TRACE}step"] = np.arange(start, step, dtype=np.int64)
         history.append(chunk)
-        bad = np.asarray(state.diverged_at)
-        fresh = (bad >= 0) & ~warned
-        if np.any(fresh):
-            for idx in zip(*np.nonzero(fresh), strict=True):
-                warnings.warn(
-                    f"{label}: non-finite training loss at step {int(bad[idx])} "
-                    f"(setting {idx[0]}, seed {seeds[idx[1]]}); run stopped, history kept",
-                    DivergenceWarning,
-                    stacklevel=2,
-                )
-            warned |= fresh
+        warned = _warn_divergence(np.asarray(state.diverged_at), warned, label, seeds)
         if chunk["step"].size:  # a chunk of a schedule may hold no evaluation
             latest = chunk
         report(step, latest, time.perf_counter() - t0)
@@ -523,7 +530,26 @@ def fit(
             checkpoints.save_state(ckpt, step, state)
         if np.all(warned):
             break
+    return state
 
+
+def _warn_divergence(bad: np.ndarray, warned: np.ndarray, label: str, seeds: list[int]):
+    """A DivergenceWarning for each run that diverged since the last chunk; returns the runs
+    warned of so far."""
+    fresh = (bad >= 0) & ~warned
+    for idx in zip(*np.nonzero(fresh), strict=True):
+        warnings.warn(
+            f"{label}: non-finite training loss at step {int(bad[idx])} "
+            f"(setting {idx[0]}, seed {seeds[idx[1]]}); run stopped, history kept",
+            DivergenceWarning,
+            stacklevel=4,  # the caller of fit
+        )
+    return warned | fresh
+
+
+def _assemble_run(history, state, config, layout) -> Run:
+    """The `Run`: the chunks joined along time, the trace apart, metrics after a run's divergence
+    masked, and the parameters fetched to the host."""
     hist = _concat(history)
     bad = np.asarray(state.diverged_at)
     trace = {k[len(TRACE) :]: hist.pop(k) for k in list(hist) if k.startswith(TRACE)}
@@ -572,6 +598,128 @@ def _output_shapes(model: Any, task: Any) -> tuple[tuple[int, ...], tuple[int, .
         return tuple(jax.eval_shape(lambda x: model.initial_output(model.prepare(x)), x).shape)
 
     return shape(task.x_train), shape(task.x_test)
+
+
+def _train_config(
+    variant: str,
+    steps: int,
+    lr: float,
+    optimizer: str | optax.GradientTransformation,
+    reg: Regularizer,
+    weights: dict[str, np.ndarray],
+    init_scale: float,
+    task: Any,
+    loss: str,
+) -> dict[str, Any]:
+    """`train`'s settings as JSON-serialisable data, for `Run.config` and the checkpoint."""
+    return {
+        "variant": variant,
+        "steps": steps,
+        "lr": lr,
+        "optimizer": optimizer if isinstance(optimizer, str) else repr(optimizer),
+        "regularizer": {
+            **{k: w.tolist() for k, w in weights.items()},
+            "k": reg.k,
+            "pop_samples": reg.pop_samples,
+        },
+        "init_scale": float(init_scale),
+        "n": task.n,
+        "d": task.d,
+        "distribution": task.distribution,
+        "loss": loss,
+    }
+
+
+def _check_tasks(pairs: list[tuple[Any, Any]], loss: str) -> tuple[int, ...]:
+    """Each (model, task) pair checked (`check_task`, and its labels against the model's outputs
+    and the loss); returns the shape of the model's outputs on x_train."""
+    for m_s, t_s in pairs:
+        task_data.check_task(t_s, m_s)
+        out_train, out_test = _output_shapes(m_s, t_s)
+        check_targets(loss, t_s.y_train, out_train, "y_train", "x_train")
+        check_targets(loss, t_s.y_test, out_test, "y_test", "x_test")
+    return out_train
+
+
+def _regularizer_weights(
+    reg: Regularizer | None, v: Any, n: int
+) -> tuple[Regularizer, dict[str, np.ndarray]]:
+    """`reg` (or the variant's default), checked for n training points, and its (L,) weights."""
+    if reg is None:
+        reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
+    if not isinstance(reg, Regularizer):
+        raise TypeError(f"reg must be a jaxntk.Regularizer, got {type(reg).__name__}")
+    weights = reg.weights()
+    reg.validate(n)
+    return reg, weights
+
+
+def _check_model_for_variant(model: Any, variant: str, v: Any, init_scale: float | None) -> float:
+    """What the variant needs of the model (σ'' ≠ 0, rows that are neurons), and the initial
+    scale: the given one, checked, or the variant's default."""
+    if v.quadratic and isinstance(model, network.TwoLayer):
+        network.check_curvature(model, f"variant {variant!r}")
+    if variant == "randomized" and not getattr(model, "rows_are_neurons", False):
+        raise ValueError(
+            "variant 'randomized' flips the sign of each row of U and evaluates "
+            "½[f(W0 + U) + f(W0 − U)], exact only for a model whose output is a sum over neurons "
+            f"(rows), such as jaxntk.TwoLayer; got {type(model).__name__}"
+        )
+    if init_scale is None:
+        init_scale = 0.1 if v.random_init else 0.0
+    if not (isinstance(init_scale, int | float) and math.isfinite(init_scale) and init_scale >= 0):
+        raise ValueError(f"init_scale must be a finite float ≥ 0, got {init_scale!r}")
+    return init_scale
+
+
+def _place(
+    pairs: list[tuple[Any, Any]], devices: sharding.Devices
+) -> tuple[sharding.Layout | None, list[tuple[Any, Any]]]:
+    """The layout over `devices` (None on one device) and the pairs with the model placed on it,
+    so that everything computed from W0 is split as well."""
+    model, task = pairs[0]
+    layout = sharding.layout(model, devices)
+    if layout is None:
+        return None, pairs
+    if len(pairs) > 1:
+        raise ValueError(
+            "devices: one model and task per seed trains on one device; pass devices=1, "
+            f"got {devices!r}"
+        )
+    return layout, [(layout.model(model), task)]
+
+
+def _directions(
+    pairs: list[tuple[Any, Any]], out_train: tuple[int, ...], k: int, method: str
+) -> list[spectral.GoodDirections]:
+    """The top-k good directions of each pair's model on its x_train."""
+    if len(out_train) != 1:
+        raise ValueError(
+            "the good directions (R_bulk, R_pop, variant 'regularized', track_directions) "
+            f"need one output per input; the model's outputs on x_train have shape "
+            f"{out_train}: train another variant, with at most Regularizer(norm24=...)"
+        )
+    return [_good_directions(m_s, t_s.x_train, k, method) for m_s, t_s in pairs]
+
+
+def _seed_data(pairs: list[tuple[Any, Any]], dirs: list | None) -> Data:
+    """The arrays the objective reads, one `Data` per pair stacked along a leading seed axis when
+    there are several (each seed its own task and model)."""
+    # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
+    data = [
+        Data(
+            m_s,
+            t_s.x_train,
+            t_s.x_test,
+            t_s.y_train,
+            t_s.y_test,
+            t_s.parts_test,
+            None if dirs is None else dirs[i],
+            t_s.x_test[:POP_EVAL_SAMPLES],
+        )
+        for i, (m_s, t_s) in enumerate(pairs)
+    ]
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *data) if len(data) > 1 else data[0]
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -35,3 +35,32 @@ def _release_compiled_programs():
 # Scripts run in subprocesses by the tests, not test modules: `--doctest-modules` must not import
 # them (they configure JAX's devices and warnings at import).
 collect_ignore_glob = ["*_worker.py"]
+
+
+#: Docstring examples that take over ~5 s on a quiet 2-core machine: they run in the full suite
+#: (the README's test command) and are left out of the fast loop, `pytest -m "not slow"`
+#: (CONTRIBUTING.md). Each still has a fast test of its module in the loop.
+SLOW_DOCTESTS = {
+    "jaxntk.training.train",
+    "jaxntk.objectives.VariantObjective",
+    "jaxntk.spectral.degree_block_report",
+    "jaxntk.sharding",
+    "jaxntk.targets.paper_task",
+    "jaxntk.cli.main",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    doctests = [item for item in items if isinstance(item, pytest.DoctestItem)]
+    for item in doctests:
+        if item.name in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)
+    # a renamed example would silently join the fast loop: every name must still exist
+    modules = {item.name.rsplit(".", 1)[0] for item in doctests} | {item.name for item in doctests}
+    lost = {
+        name
+        for name in SLOW_DOCTESTS - {item.name for item in doctests}
+        if name.rsplit(".", 1)[0] in modules
+    }
+    if lost:
+        raise pytest.UsageError(f"SLOW_DOCTESTS names examples that are gone: {sorted(lost)}")

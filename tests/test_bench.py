@@ -22,6 +22,7 @@ KINDS = (
 KINDS += ("scaling/", "sweep/vmapped", "sweep/separate", "batching/vmap", "batching/map")
 
 
+@pytest.mark.slow
 def test_bench_tiny_writes_schema(tmp_path):
     out = tmp_path / "bench"
     results = Path(__file__).parents[1] / "benchmarks" / "RESULTS.md"
@@ -105,6 +106,7 @@ def test_compile_events_are_collected_by_function_name():
     assert events.seconds("no_such_function") == 0
 
 
+@pytest.mark.slow
 def test_taylor_orders_script_times_both_methods_and_writes_only_to_out(tmp_path):
     import sys
 
@@ -252,6 +254,7 @@ def test_vmap_memory_formula_against_xla_buffer_assignment():
     assert device_run.vmap_memory_bytes(dataclasses.replace(paper, m=m80 + 2)) > 80e9
 
 
+@pytest.mark.slow
 def test_pass_variants_agree_with_the_closed_form_and_count_their_traffic():
     """benchmarks/passes.py: every rewritten step gives the library's f_L, f_Q and gradient
     (bfloat16 storage within its rounding, 2⁻⁸ relative, the others to float32 precision), and

@@ -101,6 +101,7 @@ def small():
 KW = dict(steps=6, eval_every=2, evals_per_chunk=1, seeds=[0], progress=False)
 
 
+@pytest.mark.slow
 def test_a_truncated_state_file_is_refused_naming_the_folder(small, tmp_path):
     jn.train(*small, "ntk", **KW, checkpoint=tmp_path)
     (state,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("state_")]

@@ -27,6 +27,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_train_writes_run_json_and_history(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main(
@@ -223,6 +224,7 @@ def baseline(tmp_path_factory):
         (["--k", "2"], "loss"),
     ],
 )
+@pytest.mark.slow
 def test_each_train_flag_changes_the_run(tmp_path, baseline, flags, effect):
     """Not only the saved config: the run itself differs from the same command without it."""
     config, hist = _train_history(tmp_path, "run", *flags)

@@ -18,6 +18,7 @@ import jaxntk
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = (
+    "polynomials",
     "targets",
     "data",
     "network",
@@ -59,6 +60,7 @@ def site(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_site_has_an_api_anchor_for_every_public_name(site):
     missing = []
     for name in jaxntk.__all__:
@@ -74,6 +76,7 @@ def test_site_has_an_api_anchor_for_every_public_name(site):
     assert not missing, f"API pages lack {missing}"
 
 
+@pytest.mark.slow
 def test_site_renders_the_guides_notebooks_and_headline_figure(site):
     for page in (
         "guides/taylor-models",

@@ -17,6 +17,7 @@ def _png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_variants_end_to_end(tmp_path):
     cfg = dataclasses.replace(
         variants.PRESETS["cpu"], d=6, n=20, m=40, n_test=100, steps=40, eval_every=20, seeds=(1, 2)
@@ -46,6 +47,7 @@ def _tiny_sweep(**kw):
     return dataclasses.replace(lambda_sweep.PRESETS["cpu"], **tiny, **kw)
 
 
+@pytest.mark.slow
 def test_lambda_sweep_end_to_end(tmp_path):
     cfg = _tiny_sweep(steps=40, eval_every=20, seeds=(1, 2))
     lambda_sweep.run(cfg, tmp_path, progress=False)
@@ -66,6 +68,7 @@ def test_lambda_sweep_end_to_end(tmp_path):
         assert z["1/test_loss"].shape == (2, z["step"].size)
 
 
+@pytest.mark.slow
 def test_reproduce_cli_with_overrides(tmp_path, capsys):
     rc = cli.main(
         [
@@ -116,6 +119,7 @@ def test_interpolated_n_star_is_the_crossing_in_log_n():
     assert sc.n_star(rows, 0.1, interpolate=True)["ntk"]["5"]["1"] is None
 
 
+@pytest.mark.slow
 def test_sample_complexity_end_to_end(tmp_path):
     """Thresholds inside the range of the tiny run's test losses (about 0.94 → 0.54 at d = 4,
     0.92 → 0.61 at d = 6): n* is a later grid point, and one threshold is reached at one d only."""
@@ -165,6 +169,7 @@ def test_sample_complexity_end_to_end(tmp_path):
     assert _png(tmp_path / "sample-complexity.png")
 
 
+@pytest.mark.slow
 def test_mlp_end_to_end(tmp_path):
     """Threshold 0.52 inside the tiny run's range (test loss 0.47 at d = 3, n = 9; 0.54, 0.53,
     0.51 at d = 4, n = 16, 32, 48): d = 3 stops at its first n, d = 4 at its third."""
@@ -197,6 +202,7 @@ def test_mlp_end_to_end(tmp_path):
     assert float(np.abs(params["Dense_0"]["kernel"]).max()) <= 0.5
 
 
+@pytest.mark.slow
 def test_paper_preset_starts_and_runs_a_few_steps(tmp_path, capsys):
     """`--preset paper` is the authors' size (d=100, n=1000, m=10 000, 10 000 test points): here
     it must at least set up, train two steps of the authors' three λ and write its files."""
@@ -367,6 +373,7 @@ def test_dense_plus_sparse_rejects_bad_settings_before_any_work(tmp_path, change
 
 
 @pytest.mark.slow  # ~25 s of CPU: six compiled programs (three variants at two n) and a figure
+@pytest.mark.slow
 def test_dense_plus_sparse_end_to_end(tmp_path):
     cfg = dataclasses.replace(
         dense_plus_sparse.PRESETS["cpu"],

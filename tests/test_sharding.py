@@ -43,6 +43,7 @@ def measured():
 
 
 @pytest.mark.parametrize("name", RUNS)
+@pytest.mark.slow
 def test_sharded_run_matches_the_single_device_run(measured, name):
     run = measured["runs"][name]
     for key in ("train_loss", "test_loss"):
@@ -53,6 +54,7 @@ def test_sharded_run_matches_the_single_device_run(measured, name):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.slow
 def test_compiled_chunk_only_all_reduces_and_never_gathers_u(measured, name):
     collectives = measured["hlo"][name]
     assert collectives, "a sharded program must reduce over devices"
@@ -67,6 +69,7 @@ def test_compiled_chunk_only_all_reduces_and_never_gathers_u(measured, name):
         assert neuron_blocks and all(s[-2:] == [per_shard, measured["d"]] for s in neuron_blocks)
 
 
+@pytest.mark.slow
 def test_symmetric_init_is_exactly_zero_when_sharded(measured):
     assert measured["init_output"] == {"neurons": 0.0, "samples": 0.0}
 
@@ -94,6 +97,7 @@ def test_memory_per_device_falls_as_one_over_devices(measured):
         ("generic model", ["devices", "TaylorModel", "2 neuron shards"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_device_requests_raise_a_value_error_naming_the_argument(measured, case, words):
     message = measured["errors"][case]
     assert message is not None, f"{case}: no ValueError"

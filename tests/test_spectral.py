@@ -53,6 +53,7 @@ def small64():
 
 
 @pytest.mark.parametrize("method", ["gram", "matrix_free"])
+@pytest.mark.slow
 def test_top_k_subspace_matches_dense_svd(small64, x64, method):
     net, x, u, s, vt = small64
     k = net.d
@@ -69,6 +70,7 @@ def test_top_k_subspace_matches_dense_svd(small64, x64, method):
         assert 1 < int(info.iterations) < 100
 
 
+@pytest.mark.slow
 def test_generic_model_gives_the_same_directions(small64, x64):
     """A `TaylorModel` (VJP/JVP path) and the closed-form `TwoLayer` agree, both methods."""
     net, x, u, s, _ = small64
@@ -82,6 +84,7 @@ def test_generic_model_gives_the_same_directions(small64, x64):
 
 
 @pytest.mark.parametrize("method", ["jacobian", "products"])
+@pytest.mark.slow
 def test_empirical_ntk_equals_closed_form(method):
     net, x = _problem(d=6, n=23, m=40, distribution="gaussian")
     k = empirical_ntk(net.apply_fn, net.w0, x, x[:9], method=method, batch_size=5)
@@ -96,6 +99,7 @@ def test_empirical_ntk_equals_closed_form(method):
     np.testing.assert_allclose(both, net.ntk_gram(x) + hidden @ hidden.T, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_projectors_are_complementary_idempotent_and_kill_top_outputs():
     net, x = _problem(d=10, n=40, m=100, distribution="gaussian")
     prep = net.prepare(x)
@@ -151,6 +155,7 @@ def test_projectors_jit_and_grad_without_recompiling():
     np.testing.assert_allclose(g2, 2.0 * g1, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_good_directions_compiles_once_per_shape():
     net, x = _problem(d=5, n=30, m=40, distribution="gaussian")
     before = spectral._good_directions._cache_size()
@@ -163,6 +168,7 @@ def test_good_directions_compiles_once_per_shape():
 @pytest.mark.parametrize(
     ("d", "n", "min_gap_top", "min_gap_degree0"), [(20, 89, 2.5, 1.3), (40, 252, 3.0, 1.8)]
 )
+@pytest.mark.slow
 def test_sphere_spectrum_shows_degree_blocks(d, n, min_gap_top, min_gap_degree0):
     """n ≈ d^1.5 on the sphere: d eigenvalues (degree 1), then one (degree 0), then the bulk."""
     net, x = _problem(d=d, n=n, m=2000)
@@ -215,6 +221,7 @@ def test_theory_against_closed_forms():
     )
 
 
+@pytest.mark.slow
 def test_bad_inputs_raise_clear_errors():
     net, x = _problem(d=5, n=12, m=20, distribution="gaussian")
     prep = net.prepare(x)
@@ -357,6 +364,7 @@ def test_predicted_eigenvalues_of_every_degree_up_to_max_degree():
     assert only0.gamma == pytest.approx((diag - mu(0)) / n, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_matrix_free_reports_its_products_and_residual(x64):
     """Stopped by max_iters: exactly max_iters products with K; the reported residual is
     max_i ‖K u_i − s_i² u_i‖ / s_i² of the returned pairs, with K = J Jᵀ built in numpy."""

@@ -102,6 +102,7 @@ def test_storage_is_passed_on_by_every_constructor():
     assert net.storage is None and net.prepare(jnp.ones((2, 3))).d1.dtype == net.w0.dtype
 
 
+@pytest.mark.slow
 def test_small_sweep_final_test_losses_stay_within_the_spread_over_seeds():
     """A tiny cpu-preset-like λ sweep (regularized, f_L + f_Q, plain GD, 3 seeds, each with its
     own task and network): with bfloat16 storage each (λ, seed)'s final test loss moves by less

@@ -71,6 +71,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("which", ["cnn", "two_layer"])
+@pytest.mark.slow
 def test_jet_terms_equal_nested_jvps(which, request):
     apply_fn, p0, delta, x = request.getfixturevalue(which)
     jet = taylor_terms(apply_fn, p0, delta, x, order=4)
@@ -186,6 +187,7 @@ def test_bad_order_and_method_raise():
         objectives.get_variant("taylor-2")
 
 
+@pytest.mark.slow
 def test_order_k_variants_train_alike_on_both_paths(x64):
     """taylor-3 trains the same U on the closed form and on the generic path, and the loss it
     reports is that of f0 + f_1 + f_2 + f_3 computed in numpy from the final U."""
@@ -203,6 +205,7 @@ def test_order_k_variants_train_alike_on_both_paths(x64):
     assert closed.history["train_loss"][0, 0, -1] < closed.history["train_loss"][0, 0, 0]
 
 
+@pytest.mark.slow
 def test_cli_order_flag_trains_the_order_k_model(tmp_path, capsys):
     common = ["--d", "5", "--n", "10", "--m", "8", "--steps", "20", "--quiet"]
     assert cli.main(["train", "--order", "3", *common, "--out", str(tmp_path / "o3")]) == 0
@@ -280,6 +283,7 @@ def _recomputing(apply_fn, p0):
 
 
 @pytest.mark.parametrize("which", ["cnn", "two_layer"])
+@pytest.mark.slow
 def test_hoisted_terms_equal_the_unhoisted_path_and_nested_jvps(which, request):
     """prepare(x, 4) then the hoisted program: every term of order 1-4 and its gradient equal
     the terms recomputed in full (≤ 1e-12) and the nested-jvp reference (≤ 1e-10)."""
@@ -430,6 +434,7 @@ def test_residual_budget_falls_back_with_a_warning(two_layer):
 
 
 @pytest.mark.parametrize("variant", ["quadntk", "ntk+quadntk", "taylor-3"])
+@pytest.mark.slow
 def test_training_on_hoisted_terms_equals_recomputing_them(x64, variant):
     """The trainer's prepare hoists; the run equals the recomputing one to 1e-12 (float64)."""
     key = jax.random.PRNGKey(5)

@@ -88,6 +88,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path, c
 
 
 @pytest.mark.parametrize("name", tz.MODELS)
+@pytest.mark.slow
 def test_both_parameterizations_give_the_same_initial_function(name):
     x = load_digits(n_train=20, n_test=10).x_train
     outputs = {}
@@ -111,6 +112,7 @@ def test_a_dense_layer_is_its_formula():
         np.testing.assert_allclose(layer.apply({"params": p}, x), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_side_by_side_runs_are_the_separate_runs_and_order_one_is_the_closed_form(x64):
     """In float64: the side-by-side trainer's losses are those of `jn.train` per variant, its
     order-1 test outputs are `jn.ntk_predict`'s at the same steps, and at a small learning rate
@@ -135,6 +137,7 @@ def test_side_by_side_runs_are_the_separate_runs_and_order_one_is_the_closed_for
     assert gap[1] < 0.2 * gap[0]
 
 
+@pytest.mark.slow
 def test_taylorized_end_to_end(tmp_path, capsys):
     cfg = dataclasses.replace(
         tz.PRESETS["cpu"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -52,6 +53,26 @@ def train_seed(
     )
 
 
+def each_variant(model, task, config, seed: int, progress, where: str, regularized=None):
+    """(variant, run, seconds) for each of `config.variants` trained by `train_seed` on (model,
+    task), evaluated every `config.eval_every` steps: "regularized" with the `Regularizer`
+    `regularized`, the others with none. Progress lines read "<variant> <where>"."""
+    for variant in config.variants:
+        t0 = time.perf_counter()
+        run = train_seed(
+            model,
+            task,
+            variant,
+            config,
+            seed,
+            progress,
+            f"{variant} {where}",
+            reg=regularized if variant == "regularized" else None,
+            eval_every=config.eval_every,
+        )
+        yield variant, run, time.perf_counter() - t0
+
+
 def mean_std_by(
     rows: list[dict], group: str, fields: Iterable[str]
 ) -> dict[object, dict[str, float]]:
@@ -82,3 +103,17 @@ def paper_setup(
     k_task, k_net = jax.random.split(jax.random.PRNGKey(seed))
     task = targets.paper_task(k_task, d=d, n=n, n_test=n_test, distribution=distribution)
     return task, network.init(k_net, d=d, m=m, activation=activation)
+
+
+def config_setup(config, seed: int, d: int, n: int) -> tuple[targets.Task, network.TwoLayer]:
+    """`paper_setup` at dimension d and n training points, with the rest of the sizes (n_test,
+    m), the input law and the activation read from an experiment's `config`."""
+    return paper_setup(
+        seed,
+        d=d,
+        n=n,
+        n_test=config.n_test,
+        m=config.m,
+        distribution=config.distribution,
+        activation=config.activation,
+    )

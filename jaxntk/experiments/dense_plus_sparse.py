@@ -376,8 +376,26 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
         "sample_complexity": (2) n* per label, d and seed and the fitted slopes;
         "race": (3) the n of largest and smallest gain and their curves' summary}.
     """
+    by_n = _by_n(rows, config)
+    ns, ns_grid = _n_star(rows, config)
+    return {
+        "by_n": by_n,
+        "gain_vs_t": _gain_vs_t(curves, config),
+        "sample_complexity": {
+            "threshold": config.threshold,
+            "n_star_interpolated": ns,
+            "n_star": ns_grid,
+            "slopes_interpolated": fit_slopes(ns),
+            "slopes": fit_slopes(ns_grid),
+        },
+        "race": _race(by_n, curves, spectra, config),
+    }
+
+
+def _by_n(rows: list[dict], config: Config) -> dict:
+    """(1) per input law, k, r, n and label: test loss, the parts' shares and the gain over
+    ntk+quadntk of the same seed, mean ± std over the seeds."""
     labels = ["ntk", "quadntk", *config.labels()]
-    dist0, r0 = config.distributions[0], config.rs[0]
     by_n: dict = {}
     for dist in config.distributions:
         for k in config.ks:
@@ -407,9 +425,14 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
                             )
                         entry[label] = e
                     by_n[f"{dist}/k{k}/r{r}/n{n}"] = entry
-    # (1) the gain against T at k_sample, d: mean over seeds of regularized / ntk+quadntk
+    return by_n
+
+
+def _gain_vs_t(curves: dict, config: Config) -> dict:
+    """(1) at k_sample and d, the mean over seeds of regularized / ntk+quadntk test loss at each
+    evaluation step, per n and λ."""
+    dist0, r0, ks = config.distributions[0], config.rs[0], config.k_sample
     gain_t: dict = {}
-    ks = config.k_sample
     for n in config.grid(config.d, ks):
         for label in config.labels()[1:]:
             ratios = [
@@ -418,15 +441,23 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
                 for s in config.seeds
             ]
             gain_t[f"n{n}/{label}"] = np.mean(ratios, axis=0).tolist()
-    # (2) sample complexity at k_sample on the first law and r
+    return gain_t
+
+
+def _n_star(rows: list[dict], config: Config) -> tuple[dict, dict]:
+    """(2) n* at k_sample on the first law and r, interpolated in log n and on the grid."""
     sc_rows = [
         {**r, "test_loss": r["test_loss"]}
-        for r in _sel(rows, distribution=dist0, k=ks, r=r0)
+        for r in _sel(rows, distribution=config.distributions[0], k=config.k_sample, r=config.rs[0])
         if r["d"] in {config.d, *config.ds}
     ]
-    ns = n_star(sc_rows, config.threshold, interpolate=True)
-    ns_grid = n_star(sc_rows, config.threshold)
-    # (3) the race: the n with the largest gain (best λ, mean over seeds) and the smallest
+    return n_star(sc_rows, config.threshold, interpolate=True), n_star(sc_rows, config.threshold)
+
+
+def _race(by_n: dict, curves: dict, spectra: list[dict], config: Config) -> dict:
+    """(3) the n with the largest gain (best λ, mean over seeds) and the smallest: their curves'
+    summary, the time scales, and the spectrum check at k_sample."""
+    dist0, r0, ks = config.distributions[0], config.rs[0], config.k_sample
     gains = {}
     for n in config.grid(config.d, ks):
         entry = by_n[f"{dist0}/k{ks}/r{r0}/n{n}"]
@@ -457,23 +488,11 @@ def summarize(rows: list[dict], config: Config, curves: dict, spectra: list[dict
                 "step_train_below_0.01": _first_step(curves_step(config), -train, -0.01),
             }
         race[which] = item
-    spec = next(
+    race["spectrum"] = next(
         (s for s in spectra if s["k"] == ks and s["d"] == config.d and s["distribution"] == dist0),
         None,
     )
-    race["spectrum"] = spec
-    return {
-        "by_n": by_n,
-        "gain_vs_t": gain_t,
-        "sample_complexity": {
-            "threshold": config.threshold,
-            "n_star_interpolated": ns,
-            "n_star": ns_grid,
-            "slopes_interpolated": fit_slopes(ns),
-            "slopes": fit_slopes(ns_grid),
-        },
-        "race": race,
-    }
+    return race
 
 
 def table(doc: dict) -> str:
@@ -615,11 +634,31 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
     axes = fig.subplots(2, 4)
     shown = ["ntk", "quadntk", BASE, *cfg.labels()[1:]]
     colors = dict(zip(shown, colormaps["tab10"](np.arange(len(shown))), strict=True))
-    # (1) test loss against n, for each k (first two panels)
-    for ax, k in zip(axes[0, :2], cfg.ks[:2], strict=False):
+    by_n = {
+        k: [summary["by_n"][f"{dist0}/k{k}/r{r0}/n{n}"] for n in cfg.grid(cfg.d, k)]
+        for k in dict.fromkeys((*cfg.ks[:2], ks))
+    }
+    _plot_loss_against_n(axes[0, :2], cfg, by_n, shown, colors)
+    _plot_shares_against_n(axes[0, 2], cfg.grid(cfg.d, ks), by_n[ks], ks, shown, colors)
+    _plot_gain_against_t(axes[0, 3], cfg, by_n[ks], summary["gain_vs_t"], logt)
+    _plot_n_star(axes[1, 0], summary["sample_complexity"], ks, colors)
+    _plot_race(axes[1, 1:], cfg, summary["race"], curves, logt, colors)
+    fig.suptitle(
+        f"dense (degree ≤ k, variance {cfg.dense_variance:.3g}) + sparse (degree k+1, r = {r0}, "
+        f"variance {cfg.sparse_variance:.3g}) on {dist0}: m = {cfg.m}, T = {cfg.steps}, "
+        f"lr = {cfg.lr}, {len(cfg.seeds)} seeds",
+        fontsize=10,
+    )
+    fig.savefig(png_path, dpi=110)
+    return Path(png_path)
+
+
+def _plot_loss_against_n(axes, cfg: Config, by_n: dict, shown: list[str], colors: dict) -> None:
+    """(1) test loss against n, one panel for each of the first two k."""
+    for ax, k in zip(axes, cfg.ks[:2], strict=False):
         grid = cfg.grid(cfg.d, k)
         for label in shown:
-            vals = [summary["by_n"][f"{dist0}/k{k}/r{r0}/n{n}"].get(label) for n in grid]
+            vals = [entry.get(label) for entry in by_n[k]]
             if any(v is None for v in vals):
                 continue
             m = [v["test_loss"]["mean"] for v in vals]
@@ -629,14 +668,15 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel(f"n (N(d,≤{k}) = {grid[0]} … N(d,≤{k + 1}) = {grid[-1]})")
         ax.set_title(f"test loss, k = {k}, d = {cfg.d}", fontsize=9)
-    axes[0, 0].legend(fontsize=6)
+    axes[0].legend(fontsize=6)
     if len(cfg.ks) < 2:
-        axes[0, 1].set_visible(False)
-    # f_Q's share of the sparse part against n
-    ax = axes[0, 2]
-    grid = cfg.grid(cfg.d, ks)
+        axes[1].set_visible(False)
+
+
+def _plot_shares_against_n(ax, grid, entries: list[dict], ks: int, shown, colors) -> None:
+    """f_Q's and f_L's shares of the sparse part against n, at k_sample."""
     for label in shown:
-        vals = [summary["by_n"][f"{dist0}/k{ks}/r{r0}/n{n}"].get(label) for n in grid]
+        vals = [entry.get(label) for entry in entries]
         if any(v is None for v in vals):
             continue
         ax.plot(grid, [v["sparse_by_fq"]["mean"] for v in vals], color=colors[label], marker="o")
@@ -646,20 +686,25 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_title(f"sparse part carried by f_Q (—) and f_L (--), k = {ks}", fontsize=9)
     ax.set_xlabel("n")
-    # gain against log_d t
-    ax = axes[0, 3]
+
+
+def _plot_gain_against_t(ax, cfg: Config, entries: list[dict], gain_vs_t: dict, logt) -> None:
+    """The gain of the best λ against log_d t, one line per n, at k_sample."""
+    from matplotlib import colormaps
+
+    grid = cfg.grid(cfg.d, cfg.k_sample)
     cmap = colormaps["viridis"](np.linspace(0, 0.9, len(grid)))
-    for c, n in zip(cmap, grid, strict=True):
-        entry = summary["by_n"][f"{dist0}/k{ks}/r{r0}/n{n}"]
+    for c, n, entry in zip(cmap, grid, entries, strict=True):
         best = min(cfg.labels()[1:], key=lambda lab: entry[lab]["gain"]["mean"])
-        ax.plot(logt, summary["gain_vs_t"][f"n{n}/{best}"], color=c, label=f"n={n} ({best})")
+        ax.plot(logt, gain_vs_t[f"n{n}/{best}"], color=c, label=f"n={n} ({best})")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel(f"log_d t (d = {cfg.d})")
-    ax.set_title(f"gain: regularized / ntk+quadntk test loss, k = {ks}", fontsize=9)
+    ax.set_title(f"gain: regularized / ntk+quadntk test loss, k = {cfg.k_sample}", fontsize=9)
     ax.legend(fontsize=6)
-    # (2) n* against d
-    ax = axes[1, 0]
-    sc = summary["sample_complexity"]
+
+
+def _plot_n_star(ax, sc: dict, ks: int, colors: dict) -> None:
+    """(2) n* against d, log-log, with each variant's fitted slope in the legend."""
     for label, by_d in sc["n_star_interpolated"].items():
         ds = sorted(by_d, key=int)
         pts = [
@@ -686,14 +731,18 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
     ax.set_title(f"n* (test loss ≤ {sc['threshold']:.3g}), k = {ks}; slope ± std", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
-    # (3) the race
-    race = summary["race"]
+
+
+def _plot_race(axes, cfg: Config, race: dict, curves: dict, logt, colors: dict) -> None:
+    """(3) the race at the n of largest and of smallest gain: n·R_bulk, train loss and f_Q's
+    share of the sparse part against log_d t."""
+    dist0, r0, ks = cfg.distributions[0], cfg.rs[0], cfg.k_sample
     panels = (
         ("bulk_sum", "n·R_bulk"),
         ("train_loss", "train loss"),
         ("share_fq", "f_Q share of sparse"),
     )
-    for ax, (field, title) in zip(axes[1, 1:], panels, strict=True):
+    for ax, (field, title) in zip(axes, panels, strict=True):
         for which, ls in (("largest_gain", "-"), ("smallest_gain", "--")):
             item = race[which]
             for label in dict.fromkeys((BASE, item["best_label"])):
@@ -708,12 +757,4 @@ def plot(json_path: Path, npz_path: Path, png_path: Path) -> Path:
         ax.set_title(f"race, k = {ks}: {title}", fontsize=9)
         if field != "share_fq":
             ax.set_yscale("log")
-    axes[1, 3].legend(fontsize=6)
-    fig.suptitle(
-        f"dense (degree ≤ k, variance {cfg.dense_variance:.3g}) + sparse (degree k+1, r = {r0}, "
-        f"variance {cfg.sparse_variance:.3g}) on {dist0}: m = {cfg.m}, T = {cfg.steps}, "
-        f"lr = {cfg.lr}, {len(cfg.seeds)} seeds",
-        fontsize=10,
-    )
-    fig.savefig(png_path, dpi=110)
-    return Path(png_path)
+    axes[-1].legend(fontsize=6)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxntk import objectives, training
-from jaxntk.experiments._common import labelled_progress, mean_std_by, paper_setup, write_results
+from jaxntk.experiments._common import config_setup, labelled_progress, mean_std_by, write_results
 
 NAME = "lambda-sweep"
 
@@ -100,18 +100,7 @@ def run(
         list(config.lambdas), config.n, pop=config.lambda_pop, k=config.k
     )
     rows, curves = [], {}
-    setups = [
-        paper_setup(
-            seed,
-            d=config.d,
-            n=config.n,
-            n_test=config.n_test,
-            m=config.m,
-            distribution=config.distribution,
-            activation=config.activation,
-        )
-        for seed in config.seeds
-    ]
+    setups = [config_setup(config, seed, config.d, config.n) for seed in config.seeds]
     tasks, nets = [t for t, _ in setups], [net for _, net in setups]
     # every λ and every seed (each with its own task and network) in one compiled program
     t0 = time.perf_counter()

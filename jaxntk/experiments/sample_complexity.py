@@ -19,14 +19,13 @@ per-sample-mean weight λ_b = n·λ_1 grows with n. Writes `sample-complexity.js
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from jaxntk import objectives
-from jaxntk.experiments._common import paper_setup, train_seed, write_results
+from jaxntk.experiments._common import config_setup, each_variant, write_results
 
 NAME = "sample-complexity"
 
@@ -113,33 +112,12 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     for d in config.ds:
         for n in config.grid(d):
             for seed in config.seeds:
-                task, net = paper_setup(
-                    seed,
-                    d=d,
-                    n=n,
-                    n_test=config.n_test,
-                    m=config.m,
-                    distribution=config.distribution,
-                    activation=config.activation,
-                )
-                for variant in config.variants:
-                    reg = (
-                        objectives.Regularizer.from_sum_scale(config.lambda_sum, n)
-                        if variant == "regularized"
-                        else None
-                    )
-                    t0 = time.perf_counter()
-                    r = train_seed(
-                        net,
-                        task,
-                        variant,
-                        config,
-                        seed,
-                        progress,
-                        f"{variant} d={d} n={n} seed {seed}",
-                        reg=reg,
-                        eval_every=config.eval_every,
-                    )
+                task, net = config_setup(config, seed, d, n)
+                regularized = objectives.Regularizer.from_sum_scale(config.lambda_sum, n)
+                where = f"d={d} n={n} seed {seed}"
+                for variant, r, seconds in each_variant(
+                    net, task, config, seed, progress, where, regularized
+                ):
                     rows.append(
                         {
                             "d": d,
@@ -149,7 +127,7 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                             "test_loss": float(r.final["test_loss"][0, 0]),
                             "train_loss": float(r.final["train_loss"][0, 0]),
                             "diverged_at_step": int(r.diverged_at_step[0, 0]),
-                            "seconds": time.perf_counter() - t0,
+                            "seconds": seconds,
                         }
                     )
     doc = {"experiment": NAME, "config": dataclasses.asdict(config), "results": rows}

@@ -13,14 +13,13 @@ reused across seeds. Writes `variants.json` (config and one row per variant and 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from jaxntk import objectives
-from jaxntk.experiments._common import mean_std_by, paper_setup, train_seed, write_results
+from jaxntk.experiments._common import config_setup, each_variant, mean_std_by, write_results
 
 NAME = "variants"
 
@@ -88,34 +87,11 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
         objectives.get_variant(v)
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
+    regularized = objectives.Regularizer(bulk=config.lambda_bulk)
     for seed in config.seeds:
-        task, net = paper_setup(
-            seed,
-            d=config.d,
-            n=config.n,
-            n_test=config.n_test,
-            m=config.m,
-            distribution=config.distribution,
-            activation=config.activation,
-        )
-        for variant in config.variants:
-            reg = (
-                objectives.Regularizer(bulk=config.lambda_bulk)
-                if variant == "regularized"
-                else None
-            )
-            t0 = time.perf_counter()
-            r = train_seed(
-                net,
-                task,
-                variant,
-                config,
-                seed,
-                progress,
-                f"{variant} seed {seed}",
-                reg=reg,
-                eval_every=config.eval_every,
-            )
+        task, net = config_setup(config, seed, config.d, config.n)
+        runs = each_variant(net, task, config, seed, progress, f"seed {seed}", regularized)
+        for variant, r, seconds in runs:
             final = r.final
             rows.append(
                 {
@@ -130,7 +106,7 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
                         zip(task.part_names, final["share_quadratic"][0, 0].tolist(), strict=True)
                     ),
                     "diverged_at_step": int(r.diverged_at_step[0, 0]),
-                    "seconds": time.perf_counter() - t0,
+                    "seconds": seconds,
                 }
             )
             curves[f"{variant}/{seed}/test_loss"] = r.history["test_loss"][0, 0]
