@@ -265,6 +265,7 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
 
 
 _DIAGNOSTICS = ("kernel_change", "alignment", "displacement")
+_DISTANCES = ("distance_linear", "distance_quadratic")
 
 
 def _final(run: training.Run, i: int, key: str) -> float:
@@ -272,7 +273,8 @@ def _final(run: training.Run, i: int, key: str) -> float:
 
 
 def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
-    """The α sweep, the variants and one-step for one width and seed."""
+    """The α sweep for one width and seed, and at the variants' width the variants and
+    one-step: (sweep rows, variant rows)."""
     task, net = paper_setup(
         seed,
         d=config.d,
@@ -289,6 +291,7 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
         "probe": config.probe,
     }
     t0 = time.perf_counter()
+    # the scaled ntk's outputs do not depend on α: one run is every α's reference
     ntk = train_probed(
         [Scaled(net, 1.0)],
         [task],
@@ -297,10 +300,19 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
         progress=labelled_progress(progress, f"ntk m={m} seed {seed}"),
         **common,
     )
-    ntk_seconds = time.perf_counter() - t0
+    v_rows = [_variant_row("ntk", m, seed, ntk, time.perf_counter() - t0)]
+    rows = _alpha_rows(config, task, net, seed, ntk, common, progress, curves)
+    if m == (config.variant_width or max(config.widths)):
+        v_rows += _compared(config, task, net, seed, common, progress, curves)
+    return rows, v_rows
+
+
+def _alpha_rows(config: Config, task, net, seed: int, ntk, common, progress, curves) -> list:
+    """Every α of the sweep trained in one program; a row each, with the distances of its
+    trajectory to the ntk run's."""
+    m = net.m
     prep_test = net.prepare(task.x_test)
-    u_ntk = ntk.params[0, 0]
-    ntk_test = np.asarray(net.linear_term(u_ntk, prep_test))
+    ntk_test = np.asarray(net.linear_term(ntk.params[0, 0], prep_test))
     ntk_probe = ntk.history["probe_outputs"][0, 0]  # (E, P)
     alphas = list(config.alphas)
     t0 = time.perf_counter()
@@ -312,37 +324,40 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
         progress=labelled_progress(progress, f"full α-sweep m={m} seed {seed}"),
         **common,
     )
-    sweep_seconds = time.perf_counter() - t0
+    seconds = (time.perf_counter() - t0) / len(alphas)
     rows = []
     for i, alpha in enumerate(alphas):
-        u = sweep.params[0, i]
-        f_test = alpha * np.asarray(net.full(u, prep_test))
+        f_test = alpha * np.asarray(net.full(sweep.params[0, i], prep_test))
         probe_gap = np.linalg.norm(sweep.history["probe_outputs"][0, i] - ntk_probe, axis=-1)
-        row = {
-            "width": m,
-            "seed": seed,
-            "alpha": alpha,
-            "train_loss": _final(sweep, i, "train_loss"),
-            "test_loss": _final(sweep, i, "test_loss"),
-            **{k: _final(sweep, i, k) for k in (*_DIAGNOSTICS, "distance_linear")},
-            "distance_quadratic": _final(sweep, i, "distance_quadratic"),
-            "max_kernel_change": float(np.nanmax(sweep.history["kernel_change"][0, i])),
-            "distance_to_ntk_test": float(
-                np.linalg.norm(f_test - ntk_test) / np.linalg.norm(ntk_test)
-            ),
-            "distance_to_ntk_probe": float(
-                probe_gap.max() / np.linalg.norm(ntk_probe, axis=-1).max()
-            ),
-            "diverged_at_step": int(sweep.diverged_at_step[0, i]),
-            "seconds": sweep_seconds / len(alphas),
-        }
-        rows.append(row)
+        rows.append(
+            {
+                "width": m,
+                "seed": seed,
+                "alpha": alpha,
+                "train_loss": _final(sweep, i, "train_loss"),
+                "test_loss": _final(sweep, i, "test_loss"),
+                **{k: _final(sweep, i, k) for k in (*_DIAGNOSTICS, *_DISTANCES)},
+                "max_kernel_change": float(np.nanmax(sweep.history["kernel_change"][0, i])),
+                "distance_to_ntk_test": float(
+                    np.linalg.norm(f_test - ntk_test) / np.linalg.norm(ntk_test)
+                ),
+                "distance_to_ntk_probe": float(
+                    probe_gap.max() / np.linalg.norm(ntk_probe, axis=-1).max()
+                ),
+                "diverged_at_step": int(sweep.diverged_at_step[0, i]),
+                "seconds": seconds,
+            }
+        )
         for key in ("test_loss", "kernel_change"):
             curves[f"full/{m}/{seed}/{alpha:g}/{key}"] = sweep.history[key][0, i]
     curves["step"] = sweep.history["step"]
-    v_rows = [_variant_row("ntk", m, seed, ntk, ntk_seconds)]
-    if m != (config.variant_width or max(config.widths)):
-        return rows, v_rows
+    return rows
+
+
+def _compared(config: Config, task, net, seed: int, common, progress, curves) -> list:
+    """Rows of the other variants (α = 1, with the diagnostics) and of one-step."""
+    m = net.m
+    rows = []
     for variant in COMPARED[1:]:
         reg = objectives.Regularizer(bulk=config.lambda_bulk) if variant == "regularized" else None
         t0 = time.perf_counter()
@@ -355,7 +370,7 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
             progress=labelled_progress(progress, f"{variant} m={m} seed {seed}"),
             **common,
         )
-        v_rows.append(_variant_row(variant, m, seed, r, time.perf_counter() - t0))
+        rows.append(_variant_row(variant, m, seed, r, time.perf_counter() - t0))
         curves[f"{variant}/{m}/{seed}/test_loss"] = r.history["test_loss"][0, 0]
     t0 = time.perf_counter()
     fit = onestep.one_step(
@@ -367,7 +382,7 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
         ridges=config.ridges,
         folds=config.folds,
     )
-    v_rows.append(
+    rows.append(
         {
             "variant": "one-step",
             "width": m,
@@ -379,7 +394,7 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
             "seconds": time.perf_counter() - t0,
         }
     )
-    return rows, v_rows
+    return rows
 
 
 def _variant_row(variant: str, m: int, seed: int, r: training.Run, seconds: float) -> dict:
