@@ -142,7 +142,11 @@ class Scaled:
         return self.model.prepare(x) if order is None else self.model.prepare(x, order=order)
 
     def zeros(self) -> PyTree:
-        """U = 0, the inner model's `zeros()`."""
+        """U = 0, the inner model's `zeros()`.
+
+        Returns:
+            The inner model's zero displacement.
+        """
         return self.model.zeros()
 
     def initial_output(self, prep: Any) -> PyTree:
