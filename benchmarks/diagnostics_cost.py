@@ -4,8 +4,9 @@ For the lazy-rich experiment's programs at its cpu preset's sizes (d = 30, n = 1
 target; the α sweep of the network at each width, 9 scales in one program; and ntk+quadntk at the
 largest width), one chunk of 1000 GD steps with an evaluation every 100 steps is timed with the
 diagnostics off (probe = 0) and on (probe = P): the minimum over repeats of the whole call, after
-a warm-up call of each that compiles it, the two timed in alternation. The overhead is on(P) / off − 1. Prints a table and writes it,
-with the machine and the load, to `--out`/diagnostics_cost.md.
+a warm-up call of each that compiles it, the two timed in alternation. The overhead is
+on(P) / off − 1. Prints a table and writes it, with the machine and the load, to
+`--out`/diagnostics_cost.md.
 
     python benchmarks/diagnostics_cost.py --out DIR [--probe 64 --widths 500,2000 --repeats 2]
 """
@@ -77,8 +78,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}\n\n"
         f"d = {cfg.d}, n = {cfg.n}, n_test = {cfg.n_test}, probe P = {args.probe}, one chunk of "
         f"1000 steps with 10 evaluations, float32, min over {args.repeats} alternating "
-        f"repeats after a warm-up. Machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}; load "
-        f"average {os.getloadavg()[0]:.1f} at the end.\n\n"
+        f"repeats after a warm-up. Machine: {cpu_name()}, {os.cpu_count()} cores; "
+        f"jax {jax.__version__}; load average {os.getloadavg()[0]:.1f} at the end.\n\n"
         "| program | off (s) | on (s) | added |\n|---|---|---|---|\n"
         + "".join(f"| {lab} | {a:.2f} | {b:.2f} | {b / a - 1:+.1%} |\n" for lab, a, b in rows)
     )
