@@ -20,6 +20,7 @@ import time
 import jax
 from _machine import add_output_arguments, cpu_name, write_table
 
+import jaxntk as jn
 from jaxntk.experiments import lazy_rich
 from jaxntk.experiments._common import paper_setup
 from jaxntk.scaling import Scaled
@@ -32,8 +33,15 @@ def chunk_seconds(models, tasks, variant: str, probe: int, repeats: int) -> tupl
 
     def once(p: int) -> float:
         t0 = time.perf_counter()
-        run = lazy_rich.train_probed(
-            models, tasks, variant, [1] * len(models), steps=1000, lr=1.0, eval_every=100, probe=p
+        run = jn.train(
+            models,
+            tasks,
+            variant,
+            seeds=[1] * len(models),
+            steps=1000,
+            eval_every=100,
+            probe=p,
+            progress=False,
         )
         jax.block_until_ready(run.params)
         return time.perf_counter() - t0

@@ -190,3 +190,49 @@ def test_bad_input_is_named():
         diagnostics.kernel_change(jnp.ones((2, 3)), jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="y_probe must have 3 rows"):
         diagnostics.reference(None, jnp.ones((3, 2)), jnp.ones(4))
+
+
+def test_train_records_the_diagnostics_at_every_evaluation(x64):
+    """`train(..., probe=P)`: the values recorded inside the compiled loop, against NumPy at the
+    run's own parameters; the ntk variant's kernel change is 0 at every evaluation."""
+    import jaxntk as jn
+
+    task = jn.paper_task(jax.random.PRNGKey(0), d=D, n=12, n_test=30)
+    task = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, task)
+    net = TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M, dtype=jnp.float64)
+    run = jn.train(net, task, "full", steps=30, eval_every=10, probe=P, progress=False)
+    assert run.history["kernel_change"].shape == (1, 1, 4)
+    assert run.history["probe_outputs"].shape == (1, 1, 4, P)
+    u = np.asarray(run.params[0, 0])
+    w0, a = np.asarray(net.w0), np.asarray(net.a)
+    x, y = np.asarray(task.x_train)[:P], np.asarray(task.y_train)[:P]
+    k, k0 = _gram(_jacobian("full", w0, a, u, x)), _gram(_jacobian("ntk", w0, a, 0 * u, x))
+    final = {key: float(val[0, 0]) for key, val in run.final.items() if val.ndim == 2}
+    np.testing.assert_allclose(
+        final["kernel_change"], np.linalg.norm(k - k0) / np.linalg.norm(k0), rtol=1e-9
+    )
+    h = np.eye(P) - 1 / P
+    kc, t = h @ k @ h, np.outer(h @ y, h @ y)
+    expected = np.sum(kc * t) / np.linalg.norm(kc) / np.linalg.norm(t)
+    np.testing.assert_allclose(final["alignment"], expected, rtol=1e-9)
+    np.testing.assert_allclose(
+        final["displacement"], np.linalg.norm(u) / np.linalg.norm(w0), rtol=1e-12
+    )
+    xt = np.asarray(task.x_test)
+    f = _sig(xt @ (w0 + u).T) @ a
+    fl = (_d1(xt @ w0.T) * (xt @ u.T)) @ a
+    fq = 0.5 * (_d2(xt @ w0.T) * (xt @ u.T) ** 2) @ a
+    np.testing.assert_allclose(
+        final["distance_linear"], np.linalg.norm(f - fl) / np.linalg.norm(f), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        final["distance_quadratic"], np.linalg.norm(f - fl - fq) / np.linalg.norm(f), rtol=1e-8
+    )
+    np.testing.assert_allclose(
+        run.history["probe_outputs"][0, 0, -1], _sig(x @ (w0 + u).T) @ a, rtol=1e-10
+    )
+    ntk = jn.train(net, task, "ntk", steps=30, eval_every=10, probe=P, progress=False)
+    assert ntk.history["kernel_change"][0, 0].tolist() == [0.0] * 4
+    assert "distance_linear" not in ntk.history
+    with pytest.raises(ValueError, match="probe must be between 0 and 12"):
+        jn.train(net, task, "ntk", steps=3, probe=13, progress=False)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxntk import objectives, onestep, spectral, training
+from jaxntk import objectives, onestep, training
 from jaxntk.experiments._common import labelled_progress, mean_std_by, paper_setup, write_results
 from jaxntk.experiments.sample_complexity import fit_slopes, n_star
 from jaxntk.scaling import Scaled
@@ -148,79 +148,6 @@ d ∈ {10, 14, 20, 28} at m = 500, T = 1000, 3 seeds. paper: the authors' d and 
 (sized for a GPU)."""
 
 
-def train_probed(
-    models: list,
-    tasks: list,
-    variant: str,
-    seeds: list[int],
-    *,
-    steps: int,
-    lr: float,
-    eval_every: int,
-    probe: int,
-    reg: objectives.Regularizer | None = None,
-    progress: bool | Callable[[dict], None] = False,
-) -> training.Run:
-    """`jaxntk.training.fit` of one variant for a list of (model, task) pairs in one program, with
-    the laziness diagnostics on the first `probe` training inputs (0: none).
-
-    Args:
-        models: one model per run (alike in structure and shapes: e.g. one network scaled by
-            several α).
-        tasks: one task per run (alike in shapes).
-        variant: a name in `jaxntk.objectives.VARIANTS`.
-        seeds: one PRNG seed per run.
-        steps: GD steps.
-        lr: learning rate.
-        eval_every: steps between evaluations.
-        probe: P, the number of probe inputs (0: no diagnostics).
-        reg: the regularizer (default: λ_b = 1 for "regularized", none otherwise).
-        progress: as `jaxntk.train`.
-
-    Returns:
-        The `Run`, with leading axes (1, len(models)).
-    """
-    v = objectives.get_variant(variant)
-    if reg is None:
-        reg = objectives.Regularizer(bulk=objectives.DEFAULT_BULK if v.regularized else 0.0)
-    weights = reg.weights()
-    task = tasks[0]
-    use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
-    data = []
-    for model, t in zip(models, tasks, strict=True):
-        dirs = None
-        if use["bulk"] or use["pop"]:
-            dirs = spectral.good_directions(model, model.prepare(t.x_train), t.d)
-        data.append(
-            objectives.Data(
-                model, t.x_train, t.x_test, t.y_train, t.y_test, t.parts_test, dirs, t.x_test[:2000]
-            )
-        )
-    objective = objectives.VariantObjective(
-        variant=variant,
-        init_scale=0.1 if v.random_init else 0.0,
-        use_bulk=use["bulk"],
-        use_pop=use["pop"],
-        use_norm24=use["norm24"],
-        distribution=task.distribution,
-        d=task.d,
-        probe=probe,
-    )
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *data)
-    return training.fit(
-        objective,
-        stacked,
-        hyper=weights,
-        seeds=seeds,
-        steps=steps,
-        lr=lr,
-        eval_every=eval_every,
-        progress=progress,
-        label=variant,
-        per_seed=True,
-    )
-
-
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
     """The α sweep, the variants, one-step and the slopes; JSON, NPZ and PNG into `out`.
 
@@ -292,11 +219,11 @@ def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
     }
     t0 = time.perf_counter()
     # the scaled ntk's outputs do not depend on α: one run is every α's reference
-    ntk = train_probed(
-        [Scaled(net, 1.0)],
-        [task],
+    ntk = training.train(
+        Scaled(net, 1.0),
+        task,
         "ntk",
-        [seed],
+        seeds=[seed],
         progress=labelled_progress(progress, f"ntk m={m} seed {seed}"),
         **common,
     )
@@ -316,11 +243,12 @@ def _alpha_rows(config: Config, task, net, seed: int, ntk, common, progress, cur
     ntk_probe = ntk.history["probe_outputs"][0, 0]  # (E, P)
     alphas = list(config.alphas)
     t0 = time.perf_counter()
-    sweep = train_probed(
+    # one program: each α is a "seed" with its own model (its α a leaf) on the same task
+    sweep = training.train(
         [Scaled(net, a) for a in alphas],
         [task] * len(alphas),
         "full",
-        [seed] * len(alphas),
+        seeds=[seed] * len(alphas),
         progress=labelled_progress(progress, f"full α-sweep m={m} seed {seed}"),
         **common,
     )
@@ -361,11 +289,11 @@ def _compared(config: Config, task, net, seed: int, common, progress, curves) ->
     for variant in COMPARED[1:]:
         reg = objectives.Regularizer(bulk=config.lambda_bulk) if variant == "regularized" else None
         t0 = time.perf_counter()
-        r = train_probed(
-            [net],
-            [task],
+        r = training.train(
+            net,
+            task,
             variant,
-            [seed],
+            seeds=[seed],
             reg=reg,
             progress=labelled_progress(progress, f"{variant} m={m} seed {seed}"),
             **common,
@@ -436,11 +364,11 @@ def _slopes(config: Config, progress) -> list[dict]:
                 for a in alphas
             ]
             t0 = time.perf_counter()
-            r = train_probed(
+            r = training.train(
                 [Scaled(net, a) for _, a, _, net in runs],
                 [task for _, _, task, _ in runs],
                 "full",
-                [s for s, *_ in runs],
+                seeds=[s for s, *_ in runs],
                 steps=config.slope_steps,
                 lr=config.lr,
                 eval_every=config.slope_steps,
