@@ -832,7 +832,9 @@ class VariantObjective:
         def predict(w, prep):
             return v.predict(model, w, prep)
 
-        out = diagnostics.measure(predict, u, ref, linear=v.name in LINEAR_VARIANTS)
+        # the network's own kernel in closed form where there is one: no per-example gradients
+        kernel = diagnostics.network_kernel(model, u, ref.prep) if v.name == "full" else None
+        out = diagnostics.measure(predict, u, ref, linear=v.name in LINEAR_VARIANTS, kernel=kernel)
         out["probe_outputs"] = predict(u, ref.prep)
         if v.name == "full":
             if fl is None:

@@ -68,6 +68,12 @@ def test_two_layer_kernel_is_the_gram_matrix_of_the_explicit_jacobian(setup, var
     kernel = jax.jit(lambda net, u, p: diagnostics.tangent_kernel(_predict(variant, net), u, p))
     k = kernel(net, jnp.asarray(u), net.prepare(jnp.asarray(x)))
     np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-12, atol=1e-14)
+    if variant == "full":  # the closed form the trainer uses for the network's own kernel
+        prep = net.prepare(jnp.asarray(x))
+        closed = diagnostics.network_kernel(Scaled(Scaled(net, 2.0), 1.5), jnp.asarray(u), prep)
+        np.testing.assert_allclose(np.asarray(closed), 9.0 * expected, rtol=1e-12, atol=1e-14)
+        generic = TaylorModel(net.apply_fn, net.w0)
+        assert diagnostics.network_kernel(generic, u, generic.prepare(jnp.asarray(x))) is None
 
 
 @pytest.mark.parametrize("variant", ["full", "ntk+quadntk"])

@@ -104,3 +104,24 @@ def test_bad_settings_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="probe must be in"):
         lazy_rich.run(dataclasses.replace(TINY, probe=100), tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_reproduce_prints_the_table_and_plot_redraws(saved, tmp_path, monkeypatch, capsys):
+    from jaxntk import cli
+
+    monkeypatch.setitem(lazy_rich.PRESETS, "cpu", TINY)
+    assert cli.main(["reproduce", "--only", "lazy-rich", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "lazy-rich.json").read_text())
+
+    def timeless(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert timeless(doc["sweep"]) == timeless(saved[0]["sweep"])  # the module's runs again
+    assert lazy_rich.table(doc) in out
+    v = doc["sweep_summary"]["16"]["10"]
+    assert f"{v['test_loss_mean']:10.3f}" in out
+    (tmp_path / "lazy-rich.png").unlink()
+    assert cli.main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("lazy-rich: ")
+    assert (tmp_path / "lazy-rich.png").read_bytes()[:4] == b"\x89PNG"

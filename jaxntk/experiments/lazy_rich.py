@@ -467,3 +467,52 @@ def summarize(doc: dict) -> dict:
         "n_star": ns,
         "slopes": fit_slopes(ns),
     }
+
+
+def table(doc: dict) -> str:
+    """The plain-text tables that `jaxntk reproduce` prints: per width and α the final test loss,
+    kernel change, alignment, displacement, distance to the linearization and to the scaled NTK
+    (means over seeds); the variants and one-step; the rate in α; the slopes.
+
+    Args:
+        doc: the document of `run` (as saved in lazy-rich.json).
+
+    Returns:
+        The tables, one string.
+    """
+    cfg = doc["config"]
+    lines = [
+        f"\nlazy-rich: h_α = α(f − f0) on (1/α²)·L, d = {cfg['d']}, n = {cfg['n']}, "
+        f"T = {cfg['steps']}, {len(cfg['seeds'])} seeds (means)",
+        "    m        α  test loss  train loss  kernel change  alignment  ‖U‖/‖W0‖     D_1  to ntk",
+    ]
+    for m, by_alpha in doc["sweep_summary"].items():
+        for alpha, v in by_alpha.items():
+            lines.append(
+                f"{m:>5} {alpha:>8} {v['test_loss_mean']:10.3f} {v['train_loss_mean']:11.4f} "
+                f"{v['kernel_change_mean']:14.3g} {v['alignment_mean']:10.3f} "
+                f"{v['displacement_mean']:9.3g} {v['distance_linear_mean']:7.3g} "
+                f"{v['distance_to_ntk_test_mean']:7.3g}"
+            )
+    lines.append("\nvariant          m  test loss (mean ± std)")
+    for variant, by_width in doc["variant_summary"].items():
+        for m, v in by_width.items():
+            lines.append(
+                f"{variant:<12} {m:>5}  {v['test_loss_mean']:.3f} ± {v['test_loss_std']:.3f}"
+            )
+    for m, rate in doc["rate"].items():
+        test, probe = rate["distance_to_ntk_test"], rate["distance_to_ntk_probe"]
+        if test is not None:
+            lines.append(
+                f"m = {m}: distance to the scaled NTK ∝ α^{test:.2f} (test), α^{probe:.2f} "
+                "(probe trajectory), over α ≥ 1"
+            )
+    lines.append("\nslope of log n* on log d (mean ± std over the seeds that reached it)")
+    for variant, fit in doc["slopes"].items():
+        slope = (
+            "not reached"
+            if fit["slope_mean"] is None
+            else f"{fit['slope_mean']:.2f} ± {fit['slope_std']:.2f}"
+        )
+        lines.append(f"{variant:<12} {slope} ({fit['seeds_fitted']} seeds)")
+    return "\n".join(lines)
