@@ -5,11 +5,22 @@ targets → network → taylor → spectral → predict → objectives → train
 plots/cli).
 """
 
-from jaxntk import data, network, objectives, predict, sharding, targets, training
+from jaxntk import (
+    data,
+    diagnostics,
+    network,
+    objectives,
+    predict,
+    sharding,
+    targets,
+    training,
+)
 from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.objectives import VARIANTS, Regularizer
+from jaxntk.onestep import one_step
 from jaxntk.predict import NTKPrediction, ntk_predict
+from jaxntk.scaling import Scaled, mean_field
 from jaxntk.spectral import (
     GoodDirections,
     bulk_residual,
@@ -62,6 +73,7 @@ __all__ = [
     "Prepared",
     "Regularizer",
     "Run",
+    "Scaled",
     "Target",
     "TargetPart",
     "Task",
@@ -73,6 +85,7 @@ __all__ = [
     "data",
     "degree_block_report",
     "dense_part",
+    "diagnostics",
     "empirical_ntk",
     "fit",
     "gegenbauer",
@@ -85,11 +98,13 @@ __all__ = [
     "linearize",
     "make_target",
     "make_task",
+    "mean_field",
     "mlp_target",
     "network",
     "ntk_predict",
     "num_harmonics",
     "objectives",
+    "one_step",
     "paper_target",
     "paper_task",
     "predict",

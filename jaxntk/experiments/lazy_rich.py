@@ -102,7 +102,7 @@ class Config:
     ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     folds: int = 4
     slope_ds: tuple[int, ...] = (10, 14, 20, 28)
-    slope_exponents: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
+    slope_exponents: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25)
     slope_width: int = 500
     slope_alphas: tuple[float, ...] = (0.5, 1.0)
     slope_steps: int = 1000
@@ -144,8 +144,9 @@ PRESETS = {
     ),
 }
 """cpu: d = 30, n = 164, m ∈ {500, 2000}, 9 α from 1e-2 to 1e2, T = 2000, 2 seeds; slopes over
-d ∈ {10, 14, 20, 28} at m = 500, T = 1000, 3 seeds. paper: the authors' d and n, m up to 10 000
-(sized for a GPU)."""
+d ∈ {10, 14, 20, 28} and n = d^p, p ∈ {1.25, …, 2.25} (the sample-complexity grid) at m = 500,
+α ∈ {0.5, 1}, T = 1000, 3 seeds. paper: the authors' d and n, m up to 10 000 (sized for a
+GPU)."""
 
 
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
