@@ -420,6 +420,15 @@ def _mse(pred, y) -> float:
     return float(jnp.mean((pred - y) ** 2))
 
 
+def _log_slope(by_alpha: dict, key: str, low: float) -> float | None:
+    """Slope of log(mean of `key`) against log α over the α ≥ low (None below two of them)."""
+    alphas = [a for a in by_alpha if a >= low]
+    if len(alphas) < 2:
+        return None
+    values = [by_alpha[a][f"{key}_mean"] for a in alphas]
+    return float(np.polyfit(np.log(alphas), np.log(values), 1)[0])
+
+
 def summarize(doc: dict) -> dict:
     """Means and spreads over seeds, the rate of the distance to the NTK in α, and the slopes.
 
@@ -429,7 +438,8 @@ def summarize(doc: dict) -> dict:
     Returns:
         {"sweep_summary": width -> α -> mean/std of each measure; "variant_summary": variant ->
         width -> mean/std; "rate": width -> the slope of log distance against log α over α ≥ 1
-        (test and probe distances); "n_star", "slopes": as
+        (test and probe distances), and with the suffix "_large" over α ≥ 10 (the asymptotic
+        rate); "n_star", "slopes": as
         `jaxntk.experiments.sample_complexity`}.
     """
     fields = (
@@ -446,14 +456,10 @@ def summarize(doc: dict) -> dict:
         rows = [r for r in doc["sweep"] if r["width"] == m]
         by_alpha = mean_std_by(rows, "alpha", fields)
         sweep_summary[str(m)] = {f"{a:g}": v for a, v in by_alpha.items()}
-        lazy = [a for a in by_alpha if a >= 1.0]
         rate[str(m)] = {
-            key: float(
-                np.polyfit(np.log(lazy), np.log([by_alpha[a][f"{key}_mean"] for a in lazy]), 1)[0]
-            )
-            if len(lazy) >= 2
-            else None
+            f"{key}{suffix}": _log_slope(by_alpha, key, low)
             for key in ("distance_to_ntk_test", "distance_to_ntk_probe")
+            for suffix, low in (("", 1.0), ("_large", 10.0))
         }
     variant_summary = {}
     for m in doc["config"]["widths"]:
@@ -502,12 +508,16 @@ def table(doc: dict) -> str:
                 f"{variant:<12} {m:>5}  {v['test_loss_mean']:.3f} ± {v['test_loss_std']:.3f}"
             )
     for m, rate in doc["rate"].items():
-        test, probe = rate["distance_to_ntk_test"], rate["distance_to_ntk_probe"]
-        if test is not None:
-            lines.append(
-                f"m = {m}: distance to the scaled NTK ∝ α^{test:.2f} (test), α^{probe:.2f} "
-                "(probe trajectory), over α ≥ 1"
+        for suffix, low in (("", 1), ("_large", 10)):
+            test, probe = (
+                rate[f"distance_to_ntk_test{suffix}"],
+                rate[f"distance_to_ntk_probe{suffix}"],
             )
+            if test is not None:
+                lines.append(
+                    f"m = {m}: distance to the scaled NTK ∝ α^{test:.2f} (test), "
+                    f"α^{probe:.2f} (probe trajectory), over α ≥ {low}"
+                )
     lines.append("\nslope of log n* on log d (mean ± std over the seeds that reached it)")
     for variant, fit in doc["slopes"].items():
         slope = (
