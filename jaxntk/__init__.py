@@ -1,7 +1,7 @@
 """jaxntk: exact Taylor models of wide networks and good directions to escape the NTK regime.
 
 The public API, re-exported from the modules (see DESIGN.md for the one-way data flow
-targets → network → taylor → spectral → predict → objectives → train → experiments →
+targets → network → taylor → ntk → spectral → predict → objectives → train → experiments →
 plots/cli).
 """
 
@@ -9,6 +9,7 @@ from jaxntk import (
     data,
     diagnostics,
     network,
+    ntk,
     objectives,
     predict,
     sharding,
@@ -17,6 +18,7 @@ from jaxntk import (
 )
 from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
+from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.onestep import one_step
 from jaxntk.predict import NTKPrediction, ntk_predict
@@ -25,7 +27,6 @@ from jaxntk.spectral import (
     GoodDirections,
     bulk_residual,
     degree_block_report,
-    empirical_ntk,
     good_directions,
     gram_matrix,
     hermite_coefficients,
@@ -82,6 +83,7 @@ __all__ = [
     "TwoLayer",
     "bulk_residual",
     "check_task",
+    "choose_method",
     "data",
     "degree_block_report",
     "dense_part",
@@ -101,6 +103,7 @@ __all__ = [
     "mean_field",
     "mlp_target",
     "network",
+    "ntk",
     "ntk_predict",
     "num_harmonics",
     "objectives",

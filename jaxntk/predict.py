@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxntk import spectral
+from jaxntk import ntk
 from jaxntk._checks import check_int
 
 Array = jax.Array
@@ -86,7 +86,7 @@ def ntk_predict(
             the flow; `math.inf` for the limit t → ∞.
         lr: the learning rate η > 0.
         flow: gradient flow dθ/dt = −η ∇L instead of discrete steps (then t is a time).
-        batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`).
+        batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`, method "auto").
 
     Returns:
         An `NTKPrediction`; its arrays lead with the shape of `steps` (none for one step count).
@@ -183,12 +183,11 @@ def _check_steps(steps: Any, flow: bool) -> np.ndarray:
 
 @partial(jax.jit, static_argnums=(7, 8, 9))
 def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, flow, b_train, b_test):
-    def kernel(x1, b1):
-        k = spectral._empirical_ntk(apply_fn, params0, x1, x_train, (), (), "jacobian", b1, b_train)
-        return _as_matrix(k)
+    def kernel(x1, x2, b):  # x2 None: the symmetric kernel, half the block pairs
+        return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, (), (), batch_size=b))
 
     n_out = y.size
-    k_train = kernel(x_train, b_train)
+    k_train = kernel(x_train, None, b_train)
     evals, evecs = jnp.linalg.eigh(0.5 * (k_train + k_train.T))
     residual0 = (apply_fn(params0, x_train) - y).reshape(-1)
     coeff = evecs.T @ residual0
@@ -200,7 +199,7 @@ def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, flow, b_train, b_
     if x_test is None:
         return train, None
     f0_test = apply_fn(params0, x_test)
-    k_test = kernel(x_test, b_test)
+    k_test = kernel(x_test, x_train, b_test)
     test = f0_test.reshape(-1)[None] - (gain * coeff[None, :]) @ (k_test @ evecs).T
     return train, test.reshape(t.shape[0], *f0_test.shape)
 

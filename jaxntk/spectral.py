@@ -12,7 +12,8 @@ J·u is the model's `linear_term(u, prep)` and Jᵀ·c its vector-Jacobian produ
 works for any model with the protocol of `jaxntk.network.TwoLayer` (prepare, zeros, linear_term) and
 never forms J. The top-k pairs (U_k, S_k) come from
 
-- ``method="gram"``: K (closed form for `TwoLayer`, n products J(Jᵀ e_i) otherwise) and `eigh`;
+- ``method="gram"``: K (closed form for `TwoLayer`, the kernel engine `jaxntk.ntk` for a
+  `TaylorModel`, n products J(Jᵀ e_i) otherwise) and `eigh`;
   O(n²) memory, the fastest choice while K fits;
 - ``method="matrix_free"``: randomized block subspace iteration with Rayleigh-Ritz on K applied as
   J(Jᵀ Q), Q of l = k + oversampling columns; O(n·l + l·P) memory, for n too large for K.
@@ -30,19 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 
+from jaxntk import ntk
 from jaxntk._checks import check_int
 from jaxntk.network import TwoLayer, get_activation
+from jaxntk.ntk import empirical_ntk  # noqa: F401  (its old home: spectral.empirical_ntk works on)
 from jaxntk.targets import legendre, num_harmonics
+from jaxntk.taylor import TaylorModel
 
 Array = jax.Array
 PyTree = Any
@@ -57,7 +59,6 @@ __all__ = [
     "SubspaceInfo",
     "bulk_residual",
     "degree_block_report",
-    "empirical_ntk",
     "good_directions",
     "gram_matrix",
     "hermite_coefficients",
@@ -71,7 +72,6 @@ METHODS = ("gram", "matrix_free")
 """Ways to compute the top-k singular pairs of J in `good_directions`: "gram" (eigh of the n×n
 NTK Gram matrix) and "matrix_free" (randomized subspace iteration on J(Jᵀ·); see the module
 docstring)."""
-_NTK_METHODS = ("jacobian", "products")
 
 
 @jax.tree_util.register_dataclass
@@ -137,124 +137,19 @@ class SubspaceInfo(NamedTuple):
     residual: Array
 
 
-def empirical_ntk(
-    apply_fn: Callable[[PyTree, Array], Array],
-    params0: PyTree,
-    x1: Array,
-    x2: Array | None = None,
-    *,
-    trace_axes: Sequence[int] = (-1,),
-    diagonal_axes: Sequence[int] = (),
-    method: str = "jacobian",
-    batch_size: int = 64,
-) -> Array:
-    """Empirical NTK K(x, x') = ⟨∇_θ f(x; θ0), ∇_θ f(x'; θ0)⟩ of a model with any output shape.
-
-    For f(x) of shape (n, *out) (axis 0 the batch), the kernel has, as in neural-tangents'
-    `empirical_ntk_fn`, nearly the shape zip(f(x1).shape, f(x2).shape): each axis i of the output
-    appears twice (n1, n2, c1, c2, ...), except that an axis in `trace_axes` is summed over its
-    diagonal (absent from the result) and an axis in `diagonal_axes` keeps only its diagonal
-    (present once). As in neural-tangents, a traced kernel is divided by the size of the traced
-    axes (the mean over them):
-
-        K[i, j, a, b] = Σ_θ ∂f_a(x1_i)/∂θ ∂f_b(x2_j)/∂θ                trace_axes=()
-        K[i, j]       = (1/c) Σ_a Σ_θ ∂f_a(x1_i)/∂θ ∂f_a(x2_j)/∂θ     trace_axes=(-1,)
-        K[i, j, a]    = Σ_θ ∂f_a(x1_i)/∂θ ∂f_a(x2_j)/∂θ               diagonal_axes=(-1,)
-
-    Axes count on f(x)'s full shape: 0 is the batch axis (allowed in `diagonal_axes`, giving
-    K(x1_i, x2_i) for n1 = n2; never traced), −1 the last output axis. A model with one output
-    per input, f(x) of shape (n,), has no output axis to trace: `trace_axes` is ignored and the
-    kernel is (n1, n2). Generic over the parameter pytree; computed block by block (batch_size
-    rows of x1 against batch_size rows of x2), so memory is O(batch_size · |out| · P) besides
-    the result. Compiled once per shape and setting.
-
-    Args:
-        apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
-        params0: the parameters θ0 at which the NTK is taken.
-        x1: (n1, ...) inputs.
-        x2: (n2, ...) inputs with the trailing shape of x1 (default: x1).
-        trace_axes: output axes to trace over (sum of the diagonal, divided by its length).
-        diagonal_axes: output axes of which only the diagonal is kept.
-        method: "jacobian" (per-block Jacobians by reverse mode, contracted) or "products"
-            (Jᵀ of the x2 block by VJPs, then pushed forward by JVPs on x1); same result.
-        batch_size: examples per block.
-
-    Returns:
-        The kernel: (n1, n2) for scalar outputs or with the output axes traced, (n1, n2, c, c)
-        for outputs (n, c) with trace_axes=(), and so on (see above).
-
-    Raises:
-        ValueError: for an unknown method, axes out of range, repeated or in both arguments, a
-            traced batch axis, inputs of different trailing shapes, or a diagonal batch axis
-            with n1 ≠ n2.
-        TypeError: if an axis or batch_size is not an int.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from jaxntk.network import TwoLayer
-        >>> from jaxntk.spectral import empirical_ntk
-        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=20)
-        >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
-        >>> k = empirical_ntk(net.apply_fn, net.w0, x)
-        >>> k.shape
-        (3, 3)
-        >>> bool(jnp.allclose(k, net.ntk_gram(x), atol=1e-5))  # the closed form of TwoLayer
-        True
-        >>> empirical_ntk(net.apply_fn, net.w0, x, x[:2], method="products").shape
-        (3, 2)
-        >>> w = jax.random.normal(jax.random.PRNGKey(2), (5, 4))  # a linear model, 4 outputs
-        >>> ones = jnp.ones((3, 5))
-        >>> empirical_ntk(lambda w, x: x @ w, w, ones, trace_axes=()).shape
-        (3, 3, 4, 4)
-        >>> empirical_ntk(lambda w, x: x @ w, w, ones, diagonal_axes=(0,), trace_axes=())[0]
-        Array([[5., 0., 0., 0.],
-               [0., 5., 0., 0.],
-               [0., 0., 5., 0.],
-               [0., 0., 0., 5.]], dtype=float32)
-    """
-    if method not in _NTK_METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {list(_NTK_METHODS)}")
-    check_int("batch_size", batch_size, low=1)
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable as apply_fn(params, x), got {apply_fn!r}")
-    x1 = jnp.asarray(x1)
-    x2 = x1 if x2 is None else jnp.asarray(x2)
-    if x1.ndim < 1 or x2.ndim < 1 or x1.shape[1:] != x2.shape[1:]:
-        raise ValueError(
-            f"x1 and x2 must be batches (n, ...) with the same trailing shape, got x1 of shape "
-            f"{x1.shape} and x2 of shape {x2.shape}"
-        )
-    n1, n2 = x1.shape[0], x2.shape[0]
-    b1, b2 = min(batch_size, n1), min(batch_size, n2)
-    f1 = jax.eval_shape(apply_fn, params0, x1[:b1])
-    if not hasattr(f1, "shape") or len(f1.shape) < 1 or f1.shape[0] != b1:
-        raise ValueError(
-            f"apply_fn(params0, x) must return one array with the batch axis first, (b, *out) for "
-            f"b inputs; for {b1} inputs it returned {f1}"
-        )
-    trace, diagonal = _ntk_axes(trace_axes, diagonal_axes, len(f1.shape))
-    if 0 in diagonal:
-        if n1 != n2:
-            raise ValueError(
-                f"diagonal_axes with the batch axis 0 needs as many x2 as x1 inputs, got n1 = "
-                f"{n1} and n2 = {n2}"
-            )
-        b1 = b2 = min(b1, b2)
-    if not isinstance(apply_fn, Partial):
-        apply_fn = Partial(apply_fn)
-    return _empirical_ntk(apply_fn, params0, x1, x2, trace, diagonal, method, b1, b2)
-
-
 def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
     """K = J Jᵀ on prepared inputs, (n, n), without forming J.
 
-    Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for any other
-    model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
+    Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for a
+    `jaxntk.taylor.TaylorModel` of array inputs, the empirical NTK of its apply_fn at params0 by
+    the kernel engine (`jaxntk.ntk.empirical_ntk`, method "auto", blocks from the default memory
+    budget); for any other model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
 
     Args:
         model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
         prep: `model.prepare(x)` of the n inputs.
-        batch_size: columns per batched product (generic models only).
+        batch_size: columns per batched product (models other than `TwoLayer` and
+            `TaylorModel`).
 
     Returns:
         (n, n) K, the empirical NTK on the inputs (docs/science.md §4).
@@ -843,6 +738,9 @@ def _gram_matrix(model: Any, prep: Any, batch_size: int) -> Array:
         d1 = prep.d1.astype(model.a.dtype)  # σ' stored in bfloat16 (TwoLayer.storage): upcast
         return (prep.x @ prep.x.T) * ((d1 * (model.a**2)[None, :]) @ d1.T)
     f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
+    if isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array) and len(f.shape) == 1:
+        # K of f(params0; x) itself, from the kernel engine (features once per block)
+        return ntk._kernel(model.apply_fn, model.params0, prep.x, None, (), ())
     return _apply_gram(model, prep, jnp.eye(f.shape[0], dtype=f.dtype), batch_size)
 
 
@@ -894,115 +792,6 @@ def _subspace_iteration(matmat, start, k, max_iters, tol):
     it, q, y, resid = jax.lax.while_loop(cond, body, (jnp.asarray(1), q, y, ritz(q, y)[2]))
     theta, u, resid = ritz(q, y)
     return theta, u, SubspaceInfo(it, resid)
-
-
-def _split_batches(x: Array, b: int) -> Array:
-    """(n, ...) -> (ceil(n/b), b, ...), the last batch padded with zeros (sliced off later)."""
-    pad = -x.shape[0] % b
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(x.shape[0] // b, b, *x.shape[1:])
-
-
-def _ntk_axes(
-    trace_axes: Sequence[int], diagonal_axes: Sequence[int], ndim: int
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Both axis arguments as sorted non-negative axes of an ndim output; ValueError if bad."""
-    resolved = {}
-    for name, axes in (("trace_axes", trace_axes), ("diagonal_axes", diagonal_axes)):
-        if isinstance(axes, numbers.Integral):
-            axes = (axes,)
-        out = []
-        for axis in axes:
-            if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-                raise TypeError(f"{name} must hold ints, got {axis!r}")
-            if not -ndim <= axis < ndim:
-                raise ValueError(
-                    f"{name} holds axis {axis}, out of range for outputs with {ndim} axes "
-                    f"(batch axis first)"
-                )
-            out.append(int(axis) % ndim)
-        if len(set(out)) != len(out):
-            raise ValueError(f"{name} repeats an axis: {tuple(axes)}")
-        resolved[name] = out
-    trace, diagonal = resolved["trace_axes"], resolved["diagonal_axes"]
-    if 0 in trace:
-        if ndim > 1:
-            raise ValueError("trace_axes cannot hold the batch axis 0 (nor −ndim)")
-        trace = []  # one output per input: nothing to trace (module docstring)
-    if set(trace) & set(diagonal):
-        raise ValueError(
-            f"an axis cannot be both traced and diagonal, got trace_axes={tuple(trace_axes)} and "
-            f"diagonal_axes={tuple(diagonal_axes)}"
-        )
-    return tuple(sorted(trace)), tuple(sorted(diagonal))
-
-
-@partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
-def _empirical_ntk(apply_fn, params0, x1, x2, trace, diagonal, method, b1, b2):
-    n1, n2 = x1.shape[0], x2.shape[0]
-    blocks1, blocks2 = _split_batches(x1, b1), _split_batches(x2, b2)
-    block = _ntk_block_jacobian if method == "jacobian" else _ntk_block_products
-
-    def pair(xb1, xb2):
-        return block(apply_fn, params0, xb1, xb2, trace, diagonal)
-
-    if 0 in diagonal:  # only the blocks on the diagonal: (B, b, ...)
-        k = jax.lax.map(lambda xs: pair(*xs), (blocks1, blocks2))
-        return k.reshape(k.shape[0] * b1, *k.shape[2:])[:n1]
-
-    def row(xb1):
-        return jax.lax.map(lambda xb2: pair(xb1, xb2), blocks2)
-
-    k = jax.lax.map(row, blocks1)  # (B1, B2, b1, b2, ...)
-    k = jnp.moveaxis(k, 2, 1)
-    k = k.reshape(k.shape[0] * b1, k.shape[2] * b2, *k.shape[4:])
-    return k[:n1, :n2]
-
-
-def _ntk_subscripts(ndim: int, trace: tuple[int, ...], diagonal: tuple[int, ...]):
-    """einsum letters of the two Jacobians' output axes and of the result (module docstring)."""
-    letters = iter("abcdefghijklmnopqrstuvwxy")
-    first, second, result = [], [], []
-    for axis in range(ndim):
-        a = next(letters)
-        b = a if axis in trace or axis in diagonal else next(letters)
-        first.append(a)
-        second.append(b)
-        result.extend([a] if axis in diagonal else [] if axis in trace else [a, b])
-    return "".join(first), "".join(second), "".join(result)
-
-
-def _traced_size(shape: tuple[int, ...], trace: tuple[int, ...]) -> int:
-    return math.prod(shape[axis] for axis in trace)
-
-
-def _ntk_block_jacobian(apply_fn, params0, xb1, xb2, trace, diagonal):
-    def flat_jacobian(xb):
-        jac = jax.jacrev(lambda p: apply_fn(p, xb))(params0)
-        shape = jax.eval_shape(apply_fn, params0, xb).shape
-        return shape, [leaf.reshape(*shape, -1) for leaf in jax.tree_util.tree_leaves(jac)]
-
-    shape, j1 = flat_jacobian(xb1)
-    _, j2 = flat_jacobian(xb2)
-    first, second, result = _ntk_subscripts(len(shape), trace, diagonal)
-    spec = f"{first}z,{second}z->{result}"
-    total = sum(jnp.einsum(spec, a, b) for a, b in zip(j1, j2, strict=True))
-    return total / _traced_size(shape, trace) if trace else total
-
-
-def _ntk_block_products(apply_fn, params0, xb1, xb2, trace, diagonal):
-    f2, pullback = jax.vjp(lambda p: apply_fn(p, xb2), params0)
-    basis = jnp.eye(f2.size, dtype=f2.dtype).reshape(f2.size, *f2.shape)
-    (columns,) = jax.vmap(pullback)(basis)
-
-    def push(v):
-        return jax.jvp(lambda p: apply_fn(p, xb1), (params0,), (v,))[1]
-
-    pushed = jax.vmap(push)(columns)  # (|f2|, *f1.shape): rows index the x2 outputs
-    full = pushed.reshape(*f2.shape, *pushed.shape[1:])
-    first, second, result = _ntk_subscripts(f2.ndim, trace, diagonal)
-    total = jnp.einsum(f"{second}{first}->{result}", full)
-    return total / _traced_size(f2.shape, trace) if trace else total
 
 
 def _normal_quadrature(points: int = 200) -> tuple[np.ndarray, np.ndarray]:

@@ -502,16 +502,23 @@ def _residual_budget(max_residual_bytes: int | None) -> int:
     it, else an eighth of the host's."""
     if max_residual_bytes is not None:
         return int(max_residual_bytes)
+    total, on_device = _memory_bytes()
+    return total // (4 if on_device else 8)
+
+
+def _memory_bytes() -> tuple[int, bool]:
+    """(bytes, True) of this process's first device where JAX reports its memory, else (bytes
+    of the host's physical memory, False); 2³⁴ bytes of host where neither is known."""
     try:  # this process's own device: another process's cannot report its memory
         stats = jax.local_devices()[0].memory_stats() or {}
     except RuntimeError:
         stats = {}
     if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) // 4
+        return int(stats["bytes_limit"]), True
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), False
     except (ValueError, OSError, AttributeError):
-        return 2**31
+        return 2**34, False
 
 
 def _terms(fn, params0, delta, order: int) -> list:

@@ -23,6 +23,7 @@ MODULES = (
     "data",
     "network",
     "taylor",
+    "ntk",
     "spectral",
     "predict",
     "objectives",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxntk as jn
-from jaxntk import predict, spectral, training
+from jaxntk import ntk, predict, training
 
 N, N_TEST, D, C = 12, 7, 5, 10
 
@@ -99,10 +99,13 @@ def test_ntk_of_outputs_with_two_axes(x64, trace, diagonal, spec, size):
 
 def test_ntk_compiles_once_per_shape(x64):
     apply_fn, params = flax_model()
-    before = spectral._empirical_ntk._cache_size()
+    before = (ntk._block_features._cache_size(), ntk._block_pair._cache_size())
     for seed in (5, 6):
         jn.empirical_ntk(apply_fn, params, inputs(seed, N), trace_axes=())
-    assert spectral._empirical_ntk._cache_size() == before + 1
+    assert (ntk._block_features._cache_size(), ntk._block_pair._cache_size()) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,566 @@
+r"""Structured derivatives for the empirical NTK: kernels from layer inputs and output cotangents.
+
+The idea of Novak, Sohl-Dickstein & Schoenholz, *Fast Finite Width Neural Tangent Kernel* (ICML
+2022): for a weight W' that enters the model only through one linear op y = a·W' (a `dot_general`,
+or a `conv_general_dilated` read as a `dot_general` over image patches), the chain rule gives the
+per-example Jacobian without any weight-gradient op,
+
+    ∂f_o/∂W'[g, c, f] = Σ_p A[p, g, c] · G_o[p, g, f],
+
+with A (p, g, c) the op's input (patches for a convolution) over its free positions p (the size-1
+batch axis and, for a convolution, the output pixels), groups g (a convolution's feature groups, a
+`dot_general`'s batch dimensions) and contracted entries c,
+and G_o = ∂f_o/∂y (p, g, f) the cotangent of the op's output for output entry o. Two examples x, x'
+then contribute
+
+    Σ_{g,c,f} J_o J'_{o'} = Σ_{p,q,g} (A[p,g]·A'[q,g]) (G_o[p,g]·G'_{o'}[q,g])   ("structured"),
+
+which for a dense layer (p = g = 1) is (A A'ᵀ) ∘ (G G'ᵀ): O(in + |O|·out) per pair of examples in
+place of O(|O|·in·out). When p is large (convolutions) the per-example Jacobian
+J_o = Σ_p A[p] ⊗ G_o[p] is formed once per example instead (a batched matmul, "jacobian" form) and
+contracted like any other.
+
+W' may reach the op from a parameter leaf W through x-independent layout and scale ops (reshape,
+transpose, dtype conversion, multiplication by a constant c, e.g. a 1/√fan_in scale):
+W' = c·π(W) for a permutation π, so ⟨J_W, J'_W⟩ = c²⟨J_{W'}, J'_{W'}⟩. Every other parameter leaf
+(biases, LayerNorm scales, tied weights, leaves inside custom_jvp/scan/cond or any op without a
+rule) *falls back*: its per-example Jacobian is taken by reverse mode and contracted directly.
+
+The cotangents G come from a perturbation: the model's jaxpr (jit and closed_call sub-jaxprs
+inlined) is re-evaluated with a zero ε_k added to the output of each structured op k, and one `vjp`
+per example with respect to (ε, fallback leaves), vmapped over the |O| output entries, gives
+G_k = ∂f/∂ε_k and the fallback Jacobians together. No weight-gradient convolution is ever formed.
+
+`contract` returns the block in the layout of `spectral._ntk_block_jacobian`: for outputs (b, *O)
+and resolved `trace`/`diagonal` axes, axis by axis a pair (x1 entry, x2 entry) per free axis, one
+shared entry per diagonal axis (axis 0 diagonal: only the pairs i = j), traced axes summed, and the
+kernel divided by the product of the traced sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+Array = jax.Array
+
+# Sub-jaxprs that are plain function calls: inlined so that the weights inside them are seen.
+_INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "checkpoint", "remat", "remat2"})
+# x-independent ops that only move, relabel or re-type a weight's entries.
+_LAYOUT = frozenset(
+    {"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze", "expand_dims"}
+)
+_FORMS = ("structured", "jacobian")
+
+
+class Cost(NamedTuple):
+    """Estimated work of the structured kernel (see `cost`)."""
+
+    feature_flops_per_example: float
+    pair_flops: float
+    feature_bytes_per_example: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One parameter leaf whose derivative is structured.
+
+    The leaf W reaches operand `position` of equation `eqn` (an index into the inlined equation
+    list) as W' = scale·π(W). The op reads as a `dot_general` with p free positions, g groups, c
+    contracted and f free weight entries per group; `form` is "structured" or "jacobian".
+    """
+
+    leaf: int
+    eqn: int
+    position: int
+    scale: float
+    form: str
+    weight_shape: tuple[int, ...]
+    p: int
+    g: int
+    c: int
+    f: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How each parameter leaf's kernel contribution is computed (hashable: a static jit argument).
+
+    `rules` are the structured leaves, `fallback` the leaves whose Jacobians are taken, `unused` the
+    leaves the output does not depend on; `out_shape` is O of one example's output (1, *O);
+    `forward_flops` estimates one example's forward pass, `fallback_flops` its ops that take a
+    fallback leaf (for `cost`).
+    `signature` (the inlined equations' primitive names) checks that `features` sees the same model.
+    """
+
+    rules: tuple[Rule, ...]
+    fallback: tuple[int, ...]
+    unused: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    fallback_sizes: tuple[int, ...]
+    forward_flops: float
+    fallback_flops: float
+    itemsize: int
+    signature: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line: how many leaves take each route, e.g. for a report of the method chosen."""
+        forms = [r.form for r in self.rules]
+        return (
+            f"{len(self.rules)} structured leaves ({forms.count('structured')} from input and "
+            f"cotangent products, {forms.count('jacobian')} from per-example Jacobians formed "
+            f"as matmuls), {len(self.fallback)} fallback, {len(self.unused)} unused"
+        )
+
+
+def make_plan(
+    apply_fn: Any,
+    params0: Any,
+    x_example: Any,
+    trace: tuple[int, ...],
+    diagonal: tuple[int, ...],
+    *,
+    force: str | None = None,
+) -> Plan:
+    """Classify the parameter leaves of apply_fn(params, x) -> (b, *O) and choose each op's form.
+
+    Args:
+      apply_fn: the model, examples along axis 0 and treated independently.
+      params0: the parameters (arrays or ShapeDtypeStructs).
+      x_example: one input with a batch axis of 1, shape (1, ...).
+      trace, diagonal: resolved non-negative axes of the (b, *O) output (`spectral._ntk_axes`).
+      force: None chooses each structured op's form by its pair FLOPs; "structured" or "jacobian"
+        imposes one form on every structured op.
+
+    Returns:
+      The Plan. Raises ValueError if x_example's batch axis is not 1 or force is unknown, TypeError
+      if the model's output is not one array.
+    """
+    if force is not None and force not in _FORMS:
+        raise ValueError(f"force must be None, 'structured' or 'jacobian', got {force!r}")
+    if not x_example.shape or x_example.shape[0] != 1:
+        raise ValueError(f"x_example must have a batch axis of 1, got shape {x_example.shape}")
+    graph = _trace(apply_fn, params0, x_example)
+    out_shape = tuple(graph.out_aval.shape[1:])
+    known = _fold_constants(graph)
+    uses = _uses(graph)
+    pairs = _out_pairs(out_shape, trace, diagonal)
+    rules, fallback, unused = [], [], []
+    for leaf, var in enumerate(graph.invars[:-1]):
+        found = _follow(graph, known, uses, var)
+        if found is None:
+            fallback.append(leaf)
+        elif found == "unused":
+            unused.append(leaf)
+        else:
+            rules.append(_rule(graph, leaf, *found, pairs, force))
+    fallback_ids = {graph.invars[leaf] for leaf in fallback}
+    return Plan(
+        rules=tuple(rules),
+        fallback=tuple(fallback),
+        unused=tuple(unused),
+        out_shape=out_shape,
+        fallback_sizes=tuple(math.prod(graph.invar_shapes[i]) for i in fallback),
+        forward_flops=float(sum(_eqn_flops(e) for e in graph.eqns)),
+        fallback_flops=float(sum(_eqn_flops(e) for e in graph.eqns if set(e.ins) & fallback_ids)),
+        itemsize=np.dtype(graph.out_aval.dtype).itemsize,
+        signature=graph.signature,
+    )
+
+
+def features(plan: Plan, apply_fn: Any, params0: Any, xb: Array) -> dict[str, Any]:
+    """Per-example quantities of a block xb (b, ...), every leaf with the leading axis b.
+
+    Returns {"jacobian": (b, *O, P_J), "structured": ((A, G), ...)}: the concatenated Jacobians
+    of the fallback leaves and "jacobian"-form ops (P_J entries in all, scaled by each op's c), and
+    per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f). Jit-able with
+    plan and apply_fn static. Raises ValueError if the model traced here differs from the plan's.
+    """
+    graph = _trace(apply_fn, params0, jax.ShapeDtypeStruct((1, *xb.shape[1:]), xb.dtype))
+    if graph.signature != plan.signature:
+        raise ValueError(
+            "features: the model or input dtype differs from the one the plan was made for"
+        )
+    leaves = jax.tree_util.tree_leaves(params0)
+    return jax.vmap(lambda x: _example_features(plan, graph, leaves, x))(xb)
+
+
+def contract(
+    plan: Plan,
+    feat1: dict[str, Any],
+    feat2: dict[str, Any],
+    trace: tuple[int, ...],
+    diagonal: tuple[int, ...],
+) -> Array:
+    """The kernel block between feat1's examples (b1) and feat2's (b2), laid out as in `spectral`.
+
+    K = Σ_P J1 J2 over the "jacobian" entries plus, per "structured" op,
+    Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q); traced output axes are summed and the sum divided by their
+    total size. With 0 in diagonal, b1 = b2 and only the pairs (i, i) are formed.
+    """
+    total = _gram(feat1["jacobian"], feat2["jacobian"], trace, diagonal)
+    for (a1, g1), (a2, g2) in zip(feat1["structured"], feat2["structured"], strict=True):
+        if a1.shape[1:3] == (1, 1):  # a dense layer: (A1 A2ᵀ) ∘ (G1 G2ᵀ)
+            inputs = _gram(a1[:, 0, 0], a2[:, 0, 0], (), tuple(a for a in diagonal if a == 0))
+            cotangents = _gram(g1[..., 0, 0, :], g2[..., 0, 0, :], trace, diagonal)
+            inputs = inputs.reshape(inputs.shape + (1,) * (cotangents.ndim - inputs.ndim))
+            total = total + inputs * cotangents
+        else:
+            first, second, result = _pair_subscripts(1 + len(plan.out_shape), trace, diagonal)
+            spec = f"{first[0]}PGC,{second[0]}QGC,{first}PGF,{second}QGF->{result}"
+            total = total + jnp.einsum(spec, a1, a2, g1, g2, optimize="optimal")
+    traced = math.prod(plan.out_shape[axis - 1] for axis in trace)
+    return total / traced if trace else total
+
+
+def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
+    """FLOPs and bytes of `features` per example and of `contract` per (i, j) pair.
+
+    With |O| outputs, m = Π_{traced or diagonal} d · Π_{other} d² (o, o') pairs per example pair and
+    P_J Jacobian entries: pair FLOPs = 2·m·P_J + Σ_structured 2·p²·g·(c + m·f); feature FLOPs =
+    (1 + |O|)·forward + |O|·fallback + Σ_jacobian-form 2·|O|·p·g·c·f (each output's backward pass
+    forms input cotangents, about one forward, and weight gradients only for the ops that take a
+    fallback leaf, `fallback` their forward FLOPs); bytes = itemsize·(|O|·P_J + Σ_structured
+    (p·g·c + |O|·p·g·f)): the stored features and, for "jacobian"-form ops, the transient A and
+    G they are formed from (the forward pass's own activations are not counted).
+    """
+    n_out = math.prod(plan.out_shape)
+    pairs = _out_pairs(plan.out_shape, trace, diagonal)
+    width = sum(plan.fallback_sizes) + sum(
+        r.g * r.c * r.f for r in plan.rules if r.form == "jacobian"
+    )
+    pair_flops = 2.0 * pairs * width
+    feature_flops = (1.0 + n_out) * plan.forward_flops + n_out * plan.fallback_flops
+    stored = n_out * width
+    for r in plan.rules:
+        pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
+        feature_flops += 2.0 * n_out * r.p * r.g * r.c * r.f if r.form == "jacobian" else 0.0
+        stored += r.p * r.g * r.c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
+    return Cost(feature_flops, pair_flops, float(plan.itemsize * stored))
+
+
+class _Eqn(NamedTuple):
+    prim: Any
+    params: dict
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    in_avals: tuple[Any, ...]
+    out_avals: tuple[Any, ...]
+
+
+@dataclasses.dataclass
+class _Graph:
+    """The single-example jaxpr with sub-jaxprs inlined; values are integer ids."""
+
+    eqns: list[_Eqn] = dataclasses.field(default_factory=list)
+    consts: dict[int, Any] = dataclasses.field(default_factory=dict)
+    invars: list[int] = dataclasses.field(default_factory=list)
+    invar_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    out: int = -1
+    out_aval: Any = None
+    size: int = 0
+
+    def new(self) -> int:
+        self.size += 1
+        return self.size - 1
+
+    def const(self, value: Any) -> int:
+        var = self.new()
+        self.consts[var] = value
+        return var
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        return tuple(e.prim.name for e in self.eqns)
+
+
+def _trace(apply_fn, params0, x_example) -> _Graph:
+    leaves, treedef = jax.tree_util.tree_flatten(params0)
+    specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+    closed = jax.make_jaxpr(lambda ls, x: apply_fn(treedef.unflatten(ls), x))(specs, x_example)
+    if len(closed.out_avals) != 1:
+        raise TypeError(f"apply_fn must return one array, got {len(closed.out_avals)} outputs")
+    graph = _Graph()
+    graph.invars = [graph.new() for _ in closed.jaxpr.invars]
+    graph.invar_shapes = [tuple(v.aval.shape) for v in closed.jaxpr.invars]
+    (graph.out,) = _inline(graph, closed, graph.invars)
+    graph.out_aval = closed.out_avals[0]
+    return graph
+
+
+def _inline(graph: _Graph, closed: Any, ins: list[int]) -> list[int]:
+    env = dict(zip(closed.jaxpr.invars, ins, strict=True))
+    env.update(
+        {v: graph.const(c) for v, c in zip(closed.jaxpr.constvars, closed.consts, strict=True)}
+    )
+
+    def read(v):
+        return graph.const(v.val) if isinstance(v, jcore.Literal) else env[v]
+
+    for eqn in closed.jaxpr.eqns:
+        args = [read(v) for v in eqn.invars]
+        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if eqn.primitive.name in _INLINE and sub is not None:
+            if not isinstance(sub, jcore.ClosedJaxpr):
+                sub = jcore.ClosedJaxpr(sub, ())
+            outs = _inline(graph, sub, args)
+        else:
+            outs = [graph.new() for _ in eqn.outvars]
+            graph.eqns.append(
+                _Eqn(
+                    eqn.primitive,
+                    eqn.params,
+                    tuple(args),
+                    tuple(outs),
+                    tuple(v.aval for v in eqn.invars),
+                    tuple(v.aval for v in eqn.outvars),
+                )
+            )
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in closed.jaxpr.outvars]
+
+
+def _evaluate(graph: _Graph, inputs: list[Any], eps: dict[int, Array]):
+    """Run the graph; ε_k is added to the output of equation k, whose operands are returned too."""
+    env: dict[int, Any] = dict(graph.consts)
+    env.update(zip(graph.invars, inputs, strict=True))
+    operands = {}
+    for k, eqn in enumerate(graph.eqns):
+        args = [env[i] for i in eqn.ins]
+        outs = eqn.prim.bind(*args, **eqn.prim.get_bind_params(eqn.params))
+        outs = outs if eqn.prim.multiple_results else [outs]
+        if k in eps:
+            outs = [outs[0] + eps[k]]
+            operands[k] = args
+        env.update(zip(eqn.outs, outs, strict=True))
+    return env[graph.out], operands
+
+
+def _fold_constants(graph: _Graph) -> dict[int, Any]:
+    """Concrete values of everything that depends on neither the parameters nor x."""
+    # arrays apply_fn closes over inside an outer jit are tracers there: not known
+    known = {k: v for k, v in graph.consts.items() if not isinstance(v, jax.core.Tracer)}
+    with jax.ensure_compile_time_eval():  # concrete values even when the plan is made under jit
+        for eqn in graph.eqns:
+            if eqn.ins and all(i in known for i in eqn.ins) and not eqn.prim.multiple_results:
+                params = eqn.prim.get_bind_params(eqn.params)
+                value = eqn.prim.bind(*(known[i] for i in eqn.ins), **params)
+                known[eqn.outs[0]] = np.asarray(value)
+    return known
+
+
+def _uses(graph: _Graph) -> dict[int, list[tuple[int, int]]]:
+    uses: dict[int, list[tuple[int, int]]] = {}
+    for k, eqn in enumerate(graph.eqns):
+        for pos, var in enumerate(eqn.ins):
+            uses.setdefault(var, []).append((k, pos))
+    uses.setdefault(graph.out, []).append((-1, 0))  # the model's output: no rule applies
+    return uses
+
+
+def _follow(graph: _Graph, known: dict[int, Any], uses: dict, var: int):
+    """(eqn, position, c) of the op a leaf reaches as c·π(W), "unused", or None (fall back)."""
+    scale = 1.0
+    while True:
+        users = uses.get(var, [])
+        if not users:
+            return "unused"
+        if len(users) != 1 or users[0][0] < 0:
+            return None
+        k, pos = users[0]
+        eqn = graph.eqns[k]
+        name = eqn.prim.name
+        if name in _LAYOUT:
+            var = eqn.outs[0]
+        elif name in ("mul", "div") and (factor := _uniform(known, eqn.ins[1 - pos])) is not None:
+            if name == "div" and pos == 1:
+                return None
+            scale *= factor if name == "mul" else 1.0 / factor
+            var = eqn.outs[0]
+        elif name == "neg":
+            scale, var = -scale, eqn.outs[0]
+        elif _has_rule(eqn, pos):
+            return k, pos, scale
+        else:
+            return None
+
+
+def _uniform(known: dict[int, Any], var: int) -> float | None:
+    """The value of a constant whose entries are all equal, else None."""
+    if var not in known:
+        return None
+    value = np.asarray(known[var])
+    flat = value.reshape(-1)
+    return float(flat[0]) if flat.size and np.all(flat == flat[0]) else None
+
+
+def _has_rule(eqn: _Eqn, pos: int) -> bool:
+    if eqn.prim.name == "dot_general":  # batch dimensions become the groups g
+        return True
+    if eqn.prim.name == "conv_general_dilated":
+        return pos == 1 and eqn.params["batch_group_count"] == 1
+    return False
+
+
+def _rule(graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, force) -> Rule:
+    eqn = graph.eqns[k]
+    w_shape = tuple(eqn.in_avals[pos].shape)
+    out_shape = tuple(eqn.out_avals[0].shape)
+    if eqn.prim.name == "dot_general":
+        contracting, batch = eqn.params["dimension_numbers"]
+        c = math.prod(w_shape[d] for d in contracting[pos])
+        g = math.prod(w_shape[d] for d in batch[pos])
+        f = math.prod(w_shape) // (c * g)
+        p = math.prod(out_shape) // (g * f)
+    else:
+        rhs_spec = eqn.params["dimension_numbers"].rhs_spec
+        g = eqn.params["feature_group_count"]
+        c = math.prod(w_shape) // w_shape[rhs_spec[0]]
+        f = w_shape[rhs_spec[0]] // g
+        p = math.prod(out_shape) // (g * f)
+    rule = Rule(leaf, k, pos, scale, "structured", w_shape, p, g, c, f)
+    if force is not None:
+        return dataclasses.replace(rule, form=force)
+    structured = _structured_pair_flops(rule, pairs)
+    return (
+        rule if structured < 2.0 * pairs * g * c * f else dataclasses.replace(rule, form="jacobian")
+    )
+
+
+def _structured_pair_flops(rule: Rule, pairs: int) -> float:
+    return 2.0 * rule.p**2 * rule.g * (rule.c + pairs * rule.f)
+
+
+def _out_pairs(out_shape: tuple[int, ...], trace, diagonal) -> int:
+    """The (o, o') output pairs one example pair needs: d per traced/diagonal axis, else d²."""
+    return math.prod(
+        d if axis + 1 in trace or axis + 1 in diagonal else d * d
+        for axis, d in enumerate(out_shape)
+    )
+
+
+def _eqn_flops(eqn: _Eqn) -> float:
+    out = sum(math.prod(a.shape) for a in eqn.out_avals if hasattr(a, "shape"))
+    if eqn.prim.name == "dot_general":
+        contracting, _ = eqn.params["dimension_numbers"]
+        return 2.0 * out * math.prod(eqn.in_avals[0].shape[d] for d in contracting[0])
+    if eqn.prim.name == "conv_general_dilated":
+        rhs = eqn.in_avals[1].shape
+        return 2.0 * out * math.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+    return float(out)
+
+
+def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) -> dict[str, Any]:
+    """Features of one example x (...): vjps of f w.r.t. (ε, fallback leaves), one per output."""
+    eqn_ids = sorted({r.eqn for r in plan.rules})
+    eps0 = {
+        k: jnp.zeros(graph.eqns[k].out_avals[0].shape, graph.eqns[k].out_avals[0].dtype)
+        for k in eqn_ids
+    }
+    fb0 = [leaves[i] for i in plan.fallback]
+
+    def run(eps, fb):
+        inputs = list(leaves)
+        for i, value in zip(plan.fallback, fb, strict=True):
+            inputs[i] = value
+        out, operands = _evaluate(graph, [*inputs, x[None]], eps)
+        return out.reshape(-1), operands
+
+    out, pullback, operands = jax.vjp(run, eps0, fb0, has_aux=True)
+    basis = jnp.eye(out.size, dtype=out.dtype)
+    g_eps, g_fb = jax.vmap(pullback)(basis)
+    jacobians = [g.reshape(out.size, -1) for g in g_fb]
+    structured = []
+    for rule in plan.rules:
+        eqn = graph.eqns[rule.eqn]
+        a, g = _canonical(rule, eqn, operands[rule.eqn][1 - rule.position], g_eps[rule.eqn])
+        a = rule.scale * a
+        if rule.form == "jacobian":
+            # o in the middle of the GEMM's output, then moved: XLA CPU's GEMM writing o first
+            # is slower than this copy
+            jacobian = jnp.einsum("pgc,opgf->gcof", a, g).transpose(2, 0, 1, 3)
+            jacobians.append(jacobian.reshape(out.size, -1))
+        else:
+            structured.append((a, g.reshape(*plan.out_shape, *g.shape[1:])))
+    jacobian = (
+        jnp.concatenate(jacobians, axis=1) if jacobians else jnp.zeros((out.size, 0), out.dtype)
+    )
+    return {"jacobian": jacobian.reshape(*plan.out_shape, -1), "structured": tuple(structured)}
+
+
+def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array]:
+    """The op's input as A (p, g, c) and its output cotangents as G (|O|, p, g, f)."""
+    n_out = gy.shape[0]
+    if eqn.prim.name == "conv_general_dilated":
+        spec = eqn.params["dimension_numbers"]
+        patches = jax.lax.conv_general_dilated_patches(
+            a,
+            tuple(rule.weight_shape[d] for d in spec.rhs_spec[2:]),
+            eqn.params["window_strides"],
+            eqn.params["padding"],
+            eqn.params["lhs_dilation"],
+            eqn.params["rhs_dilation"],
+            spec,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        # Patches come channel-major (C, *window): channel groups are the leading blocks of C.
+        order = (spec.out_spec[0], *spec.out_spec[2:], spec.out_spec[1])
+        a = patches.transpose(order).reshape(rule.p, rule.g, rule.c)
+        gy = gy.transpose(0, *(1 + d for d in order))
+        return a, gy.reshape(n_out, rule.p, rule.g, rule.f)
+    contracting, batch = eqn.params["dimension_numbers"]
+    a_contracting, a_batch = contracting[1 - rule.position], batch[1 - rule.position]
+    a_free = [d for d in range(a.ndim) if d not in a_contracting and d not in a_batch]
+    a = a.transpose(*a_free, *a_batch, *a_contracting).reshape(rule.p, rule.g, rule.c)
+    # the output's axes: batch (the groups), then lhs free, then rhs free
+    if rule.position == 0:
+        return a, gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
+    return a, gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
+
+
+def _gram(j1: Array, j2: Array, trace, diagonal) -> Array:
+    """Σ_Z j1[..., Z] j2[..., Z] in the kernel layout, as one batched GEMM.
+
+    j1 (b1, *O, Z) and j2 (b2, *O, Z); diagonal axes become the GEMM's batch, traced axes and Z
+    its single contracted axis (XLA's CPU GEMM with several contracted axes is a few times slower).
+    """
+    ndim = j1.ndim - 1
+    diag = [a for a in range(ndim) if a in diagonal]
+    free = [a for a in range(ndim) if a not in diagonal and a not in trace]
+    summed = [*trace, ndim]
+
+    def matrix(j):
+        sizes = [math.prod(j.shape[a] for a in axes) for axes in (diag, free, summed)]
+        return j.transpose(*diag, *free, *summed).reshape(sizes)
+
+    k = jax.lax.dot_general(matrix(j1), matrix(j2), (((2,), (2,)), ((0,), (0,))))
+    k = k.reshape(*(j1.shape[a] for a in diag + free), *(j2.shape[a] for a in free))
+    order = []
+    for a in range(ndim):
+        if a in diagonal:
+            order.append(diag.index(a))
+        elif a not in trace:
+            order += [len(diag) + free.index(a), len(diag) + len(free) + free.index(a)]
+    return k.transpose(order)
+
+
+def _pair_subscripts(ndim: int, trace, diagonal) -> tuple[str, str, str]:
+    """einsum letters (lower case) of two blocks' output axes and of the kernel block.
+
+    Per axis: one shared letter if traced (dropped from the result) or diagonal (kept once), two
+    letters (x1's, x2's, both kept in that order) otherwise.
+    """
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    first, second, result = "", "", ""
+    for axis in range(ndim):
+        mine = next(letters)
+        theirs = mine if axis in trace or axis in diagonal else next(letters)
+        first, second = first + mine, second + theirs
+        result += "" if axis in trace else mine if axis in diagonal else mine + theirs
+    return first, second, result

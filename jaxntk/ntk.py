@@ -1,0 +1,805 @@
+"""The empirical NTK engine: each block of inputs' features once, a contraction per pair of blocks.
+
+For a model f(θ; x) with outputs (n, *out), the empirical neural tangent kernel is
+
+    K(x, x')[a, b] = Σ_θ ∂f_a(x)/∂θ ∂f_b(x')/∂θ = ⟨J(x)_a, J(x')_b⟩,
+
+with output axes traced (Σ over the diagonal, divided by its length) or kept diagonal as in
+neural-tangents' `empirical_ntk_fn` (`empirical_ntk` below). Every implementation splits the
+work the same way: the inputs are cut into blocks of b examples, each block's *features* are
+computed once, and each pair of blocks is *contracted* to its (b, b, ...) block of K. With
+x2 = None the kernel is symmetric and only the pairs j ≥ i are contracted (the rest mirrored).
+
+- ``"jacobian"``: features are the per-example Jacobians J(x) ∈ R^{|out|×P} (`vmap` over the
+  examples of `jax.jacrev` of the one-example function, or `jax.jacfwd` when |out| > P), the
+  contraction one einsum over P and the traced axes: O(n·|out|·P) memory in features,
+  O(n1·n2·|out|·P) contraction.
+- ``"products"``: no stored Jacobian. For each output entry (j, b) of the second block,
+  v = J(x'_j)ᵀ e_b by one VJP, then J(x_i) v for the whole first block by one JVP: memory
+  O(P) per column, time O(n1·n2·|out|) forward passes. For when Jacobians do not fit.
+- ``"structured"``: structured derivatives (Novak, Sohl-Dickstein & Schoenholz, *Fast Finite
+  Width Neural Tangent Kernel*, ICML 2022) from `jaxntk._structured`: for `dot_general` and
+  convolutions the layer's contribution from its input and output cotangents, without the
+  weight Jacobian.
+- ``"auto"``: the cheapest by an estimate of FLOPs (features n·f plus contraction n1·n2·p,
+  from XLA's cost analysis of the lowered functions and the structured plan's count, jacobian's
+  on convolutions weighted by `CONV_JACOBIAN_SLOWDOWN`) among those whose features fit the
+  memory budget (`choose_method` says what it chose and why).
+
+Blocks are sized from `memory_budget` (bytes; default a quarter of the device's memory, or of
+the host's): when every block's features fit, they are all computed once and kept; otherwise
+each block row's features are computed once and the column blocks' streamed. One compiled
+program per block shape computes a block's features, another contracts a pair; they are called
+block by block (inside a caller's `jit` the calls unroll into its program), not looped over
+with `lax.map`, whose loop body XLA's CPU backend runs an order of magnitude slower for
+convolutions. With several local devices the block rows go round robin over them; with several
+processes (`jax.distributed`) process p computes the block rows i ≡ p (mod process count) and
+the whole kernel is gathered (`multihost_utils.process_allgather`) and returned on every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from jaxntk._checks import check_int
+from jaxntk.taylor import _memory_bytes
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = [
+    "CONV_JACOBIAN_SLOWDOWN",
+    "METHODS",
+    "Choice",
+    "Estimate",
+    "choose_method",
+    "default_memory_budget",
+    "empirical_ntk",
+]
+
+METHODS = ("auto", "jacobian", "products", "structured")
+"""Implementations of `empirical_ntk`: "auto" (the cheapest by estimate), "jacobian"
+(per-example Jacobians, contracted), "products" (J(Jᵀv), no stored Jacobian), "structured"
+(structured derivatives of dot_general and convolutions)."""
+
+CONV_JACOBIAN_SLOWDOWN = 4.0
+"""How much slower per FLOP "jacobian" runs on a model with convolutions than the dense GEMMs of
+"structured" (measured: the 3-layer CNN of benchmarks/ntk_speed.py at n = 128, float32, 2 cores:
+jacobian 25.9 s, structured 14.2 s for 0.67× its FLOPs)."""
+_AUTO = ("jacobian", "products", "structured")  # the implementations "auto" chooses from
+_DEFAULT_BLOCK = 128  # rows per block when the budget allows: large enough for efficient GEMMs
+_PRODUCT_COLUMNS = 64  # most J(Jᵀv) columns in flight at once
+
+
+class Estimate(NamedTuple):
+    """The estimated cost of one implementation for the shapes at hand.
+
+    Attributes:
+        flops: estimated floating-point operations of the whole kernel.
+        feature_bytes: bytes of the features of one example.
+        fits: whether one block's features fit the memory budget.
+        cost: flops weighted by how fast they run: "jacobian" of a model with convolutions
+            counts `CONV_JACOBIAN_SLOWDOWN` times its FLOPs (the vmapped weight gradients
+            become grouped convolutions, slow on XLA's CPU backend), the rest their FLOPs.
+    """
+
+    flops: float
+    feature_bytes: int
+    fits: bool
+    cost: float
+
+
+class Choice(NamedTuple):
+    """What `empirical_ntk` runs: the implementation, why, and the block size.
+
+    Attributes:
+        method: the implementation ("jacobian", "products" or "structured").
+        estimates: the `Estimate` of every implementation considered, by name.
+        reason: one line saying why this method.
+        batch_size: examples per block.
+        memory_budget: the budget in bytes the blocks were sized for.
+        resident: whether every block's features are computed once and kept (else the column
+            blocks' features are recomputed for each block row).
+    """
+
+    method: str
+    estimates: dict
+    reason: str
+    batch_size: int
+    memory_budget: int
+    resident: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """The validated, static description of one kernel: what every program is compiled for."""
+
+    n1: int
+    n2: int
+    symmetric: bool
+    out_shape: tuple[int, ...]  # one example's output shape
+    dtype: Any
+    num_params: int
+    trace: tuple[int, ...]
+    diagonal: tuple[int, ...]
+
+
+def default_memory_budget() -> int:
+    """A quarter of the first local device's memory where JAX reports it, else of the host's.
+
+    Returns:
+        The budget in bytes.
+
+    Example:
+        >>> from jaxntk.ntk import default_memory_budget
+        >>> default_memory_budget() > 0
+        True
+    """
+    return _memory_bytes()[0] // 4
+
+
+def empirical_ntk(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params0: PyTree,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    trace_axes: Sequence[int] = (-1,),
+    diagonal_axes: Sequence[int] = (),
+    method: str = "auto",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    output: str | Path | None = None,
+    progress: bool = False,
+) -> Array | np.ndarray:
+    """Empirical NTK K(x, x') = ⟨∇_θ f(x; θ0), ∇_θ f(x'; θ0)⟩ of a model with any output shape.
+
+    For f(x) of shape (n, *out) (axis 0 the batch), the kernel has, as in neural-tangents'
+    `empirical_ntk_fn`, nearly the shape zip(f(x1).shape, f(x2).shape): each axis of the output
+    appears twice (n1, n2, c1, c2, ...), except that an axis in `trace_axes` is summed over its
+    diagonal and divided by its length (absent from the result) and an axis in `diagonal_axes`
+    keeps only its diagonal (present once):
+
+        K[i, j, a, b] = Σ_θ ∂f_a(x1_i)/∂θ ∂f_b(x2_j)/∂θ                trace_axes=()
+        K[i, j]       = (1/c) Σ_a Σ_θ ∂f_a(x1_i)/∂θ ∂f_a(x2_j)/∂θ     trace_axes=(-1,)
+        K[i, j, a]    = Σ_θ ∂f_a(x1_i)/∂θ ∂f_a(x2_j)/∂θ               diagonal_axes=(-1,)
+
+    Axes count on f(x)'s full shape: 0 is the batch axis (allowed in `diagonal_axes`, giving
+    K(x1_i, x2_i) for n1 = n2; never traced), −1 the last output axis. A model with one output
+    per input, f(x) of shape (n,), has no output axis to trace: `trace_axes` is ignored and the
+    kernel is (n1, n2). The implementations (module docstring) give the same values; the
+    features of each block of `batch_size` inputs are computed once.
+
+    Args:
+        apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
+        params0: the parameters θ0 at which the NTK is taken (any pytree of float arrays).
+        x1: (n1, ...) inputs.
+        x2: (n2, ...) inputs with the trailing shape of x1 (default: x1, and the symmetric
+            kernel is computed on the block pairs j ≥ i only).
+        trace_axes: output axes to trace over (sum of the diagonal, divided by its length).
+        diagonal_axes: output axes of which only the diagonal is kept.
+        method: one of `METHODS`; "auto" picks by estimated cost (`choose_method`).
+        batch_size: examples per block (default: from the memory budget, at most 128).
+        memory_budget: bytes the features may take (default `default_memory_budget()`).
+        output: None for a jax Array; "host" for a numpy array filled block row by block row;
+            a path for a .npy file written as a memmap block row by block row (n beyond RAM).
+        progress: print a line per block row to stderr.
+
+    Returns:
+        The kernel: (n1, n2) for scalar outputs or with the output axes traced, (n1, n2, c, c)
+        for outputs (n, c) with trace_axes=(), and so on (see above). With several processes
+        (`jax.distributed`), each computes its share of the block rows and every process
+        returns the whole kernel (a path is written by process 0 only).
+
+    Raises:
+        ValueError: for an unknown method or output, axes out of range, repeated or in both
+            arguments, a traced batch axis, inputs of different trailing shapes, a diagonal
+            batch axis with n1 ≠ n2, or a memory_budget too small for one example's features.
+        TypeError: if an axis, batch_size or memory_budget is not an int, or progress not a bool.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxntk.network import TwoLayer
+        >>> from jaxntk.ntk import empirical_ntk
+        >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=20)
+        >>> x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+        >>> k = empirical_ntk(net.apply_fn, net.w0, x)
+        >>> bool(jnp.allclose(k, net.ntk_gram(x), atol=1e-5))  # the closed form of TwoLayer
+        True
+        >>> empirical_ntk(net.apply_fn, net.w0, x, x[:2], method="products").shape
+        (3, 2)
+        >>> def f(w, x):                      # a linear model with 4 outputs: J(x) = x ⊗ I
+        ...     return x @ w
+        >>> w, ones = jnp.zeros((5, 4)), jnp.ones((3, 5))
+        >>> empirical_ntk(f, w, ones, output="host")  # traced: (1/4) Σ_a ⟨x_i, x_j⟩, numpy
+        array([[5., 5., 5.],
+               [5., 5., 5.],
+               [5., 5., 5.]], dtype=float32)
+        >>> empirical_ntk(f, w, ones, diagonal_axes=(0,), trace_axes=())[0]
+        Array([[5., 0., 0., 0.],
+               [0., 5., 0., 0.],
+               [0., 0., 5., 0.],
+               [0., 0., 0., 5.]], dtype=float32)
+    """
+    spec, apply_fn, x1, x2 = _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes)
+    if output is not None and output != "host" and not isinstance(output, (str, Path)):
+        raise ValueError(f"output must be None, 'host' or a path, got {output!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)
+    several = jax.process_count() > 1 or jax.local_device_count() > 1
+    if output is None and not progress and not several:
+        return _device_kernel(apply_fn, params0, x1, x2, spec, choice, extra)
+    return _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progress)
+
+
+def choose_method(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params0: PyTree,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    trace_axes: Sequence[int] = (-1,),
+    diagonal_axes: Sequence[int] = (),
+    method: str = "auto",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+) -> Choice:
+    """What `empirical_ntk` runs with these arguments, with its estimates and why.
+
+    Each implementation's cost is n_f·f + n_p·p FLOPs: f the FLOPs of one example's features and
+    p of one pair of examples' contraction (XLA's cost analysis of the lowered one-example
+    functions, or the structured plan's count), n_f the examples whose features are computed
+    (each once when all fit the budget) and n_p the pairs contracted (half for x2 = None).
+    With method "auto", the cheapest among those whose features fit `memory_budget` wins (the
+    FLOPs are estimated only then: for a named method they are reported as 0).
+
+    Args:
+        apply_fn, params0, x1, x2, trace_axes, diagonal_axes, method, batch_size,
+            memory_budget: as `empirical_ntk`.
+
+    Returns:
+        A `Choice`: the method, the estimates of every implementation, a one-line reason, the
+        block size and whether the features stay resident.
+
+    Raises:
+        ValueError, TypeError: as `empirical_ntk`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxntk.ntk import choose_method
+        >>> choice = choose_method(lambda w, x: jnp.tanh(x @ w), jnp.ones((5, 3)), jnp.ones((8, 5)))
+        >>> choice.method in ("jacobian", "products", "structured"), choice.batch_size
+        (True, 8)
+    """
+    spec, apply_fn, x1, _ = _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes)
+    return _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)[0]
+
+
+def _kernel(
+    apply_fn: Callable,
+    params0: PyTree,
+    x1: Array,
+    x2: Array | None,
+    trace: tuple[int, ...],
+    diagonal: tuple[int, ...],
+    *,
+    method: str = "auto",
+    batch_size: int | None = None,
+) -> Array:
+    """The kernel as one traceable computation, for the library's own users inside `jit`
+    (`jaxntk.spectral.gram_matrix`, `jaxntk.predict.ntk_predict`): axes already resolved as
+    non-negative, sorted tuples; inputs already checked; the default memory budget."""
+    spec, apply_fn, x1, x2 = _check(apply_fn, params0, x1, x2, trace, diagonal)
+    choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, None)
+    return _device_kernel(apply_fn, params0, x1, x2, spec, choice, extra)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes):
+    """(_Spec, apply_fn as a Partial, x1, x2 or None); ValueError/TypeError on bad input."""
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable as apply_fn(params, x), got {apply_fn!r}")
+    x1 = jnp.asarray(x1)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else jnp.asarray(x2)
+    if x1.ndim < 1 or x2.ndim < 1 or x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"x1 and x2 must be batches (n, ...) with the same trailing shape, got x1 of shape "
+            f"{x1.shape} and x2 of shape {x2.shape}"
+        )
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b = min(2, n1)
+    f = jax.eval_shape(apply_fn, params0, x1[:b])
+    if not hasattr(f, "shape") or len(f.shape) < 1 or f.shape[0] != b:
+        raise ValueError(
+            f"apply_fn(params0, x) must return one array with the batch axis first, (b, *out) for "
+            f"b inputs; for {b} inputs it returned {f}"
+        )
+    trace, diagonal = _ntk_axes(trace_axes, diagonal_axes, len(f.shape))
+    if 0 in diagonal and n1 != n2:
+        raise ValueError(
+            f"diagonal_axes with the batch axis 0 needs as many x2 as x1 inputs, got n1 = "
+            f"{n1} and n2 = {n2}"
+        )
+    if not isinstance(apply_fn, Partial):
+        apply_fn = Partial(apply_fn)
+    leaves = jax.tree_util.tree_leaves(params0)
+    spec = _Spec(
+        n1=n1,
+        n2=n2,
+        symmetric=symmetric,
+        out_shape=tuple(f.shape[1:]),
+        dtype=np.dtype(f.dtype),
+        num_params=sum(math.prod(jnp.shape(leaf)) for leaf in leaves),
+        trace=trace,
+        diagonal=diagonal,
+    )
+    return spec, apply_fn, x1, None if symmetric else x2
+
+
+def _ntk_axes(
+    trace_axes: Sequence[int], diagonal_axes: Sequence[int], ndim: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Both axis arguments as sorted non-negative axes of an ndim output; ValueError if bad."""
+    resolved = {}
+    for name, axes in (("trace_axes", trace_axes), ("diagonal_axes", diagonal_axes)):
+        if isinstance(axes, numbers.Integral):
+            axes = (axes,)
+        out = []
+        for axis in axes:
+            if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+                raise TypeError(f"{name} must hold ints, got {axis!r}")
+            if not -ndim <= axis < ndim:
+                raise ValueError(
+                    f"{name} holds axis {axis}, out of range for outputs with {ndim} axes "
+                    f"(batch axis first)"
+                )
+            out.append(int(axis) % ndim)
+        if len(set(out)) != len(out):
+            raise ValueError(f"{name} repeats an axis: {tuple(axes)}")
+        resolved[name] = out
+    trace, diagonal = resolved["trace_axes"], resolved["diagonal_axes"]
+    if 0 in trace:
+        if ndim > 1:
+            raise ValueError("trace_axes cannot hold the batch axis 0 (nor −ndim)")
+        trace = []  # one output per input: nothing to trace (empirical_ntk's docstring)
+    if set(trace) & set(diagonal):
+        raise ValueError(
+            f"an axis cannot be both traced and diagonal, got trace_axes={tuple(trace_axes)} and "
+            f"diagonal_axes={tuple(diagonal_axes)}"
+        )
+    return tuple(sorted(trace)), tuple(sorted(diagonal))
+
+
+# ----------------------------------------------------------------------- choice and budget
+
+
+def _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget):
+    """(`Choice`, the static extra argument of its programs) under the budget."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, low=1)
+    if memory_budget is not None:
+        check_int("memory_budget", memory_budget, low=1)
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    structured = _structured_module()
+    if method == "structured" and structured is None:
+        raise ValueError("method 'structured' needs jaxntk._structured, which is not available")
+    names = [method] if method != "auto" else [m for m in _AUTO if m != "structured" or structured]
+    extras = {}
+    for name in names:
+        try:
+            extras[name] = _extra(name, apply_fn, params0, x1, spec, budget)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            if method != "auto":
+                raise
+            # the structured plan folds the model's constants: traced ones (apply_fn's arrays
+            # inside a jit) leave it to the other implementations
+    names = list(extras)
+    estimates = {
+        name: _estimate(name, extras[name], apply_fn, params0, x1, spec, budget, method == "auto")
+        for name in names
+    }
+    fitting = [name for name in names if estimates[name].fits]
+    if not fitting:
+        need = min(_bytes_needed(name, estimates[name], spec) for name in names)
+        raise ValueError(
+            f"memory_budget = {budget} bytes is too small for one example's features: "
+            f"{' or '.join(names)} need at least {need} bytes"
+        )
+    chosen = min(fitting, key=lambda name: estimates[name].cost)
+    b, resident = _block_size(estimates[chosen].feature_bytes, spec, batch_size, budget)
+    if method == "auto":
+        others = ", ".join(f"{n} {estimates[n].cost:.3g}" for n in names if n != chosen)
+        unfit = [n for n in names if not estimates[n].fits]
+        reason = (
+            f"{chosen}: least estimated cost, {estimates[chosen].cost:.3g} FLOPs (vs {others})"
+            + (f"; {', '.join(unfit)} over the budget of {budget} bytes" if unfit else "")
+        )
+    else:
+        reason = f"{chosen}: asked for"
+    return Choice(chosen, estimates, reason, b, budget, resident), extras[chosen]
+
+
+def _structured_module():
+    try:
+        from jaxntk import _structured
+    except ImportError:
+        return None
+    return _structured
+
+
+def _extra(name, apply_fn, params0, x1, spec, budget):
+    """The static argument of a method's programs: jacrev or jacfwd, the columns of J(Jᵀv) in
+    flight, or the structured plan."""
+    if name == "jacobian":
+        return math.prod(spec.out_shape) <= spec.num_params  # reverse mode
+    if name == "products":
+        column = max(spec.num_params * spec.dtype.itemsize, 1)
+        return max(1, min(_PRODUCT_COLUMNS, budget // (2 * column)))
+    return _structured_module().make_plan(apply_fn, params0, x1[:1], spec.trace, spec.diagonal)
+
+
+def _estimate(name, extra, apply_fn, params0, x1, spec, budget, with_flops) -> Estimate:
+    """FLOPs (only when choosing: it lowers the one-example functions) and feature bytes."""
+    outputs, itemsize = math.prod(spec.out_shape), spec.dtype.itemsize
+    if name == "structured":
+        cost = _structured_module().cost(extra, spec.trace, spec.diagonal)
+        feature, pair, fb = (
+            cost.feature_flops_per_example,
+            cost.pair_flops,
+            cost.feature_bytes_per_example,
+        )
+    elif name == "jacobian":
+        fb = outputs * spec.num_params * itemsize
+        pair = 2.0 * spec.num_params * _kept_size(spec)
+        feature = (
+            _flops(_jacobian_features, apply_fn, params0, x1[:1], extra) if with_flops else 0.0
+        )
+    else:
+        fb = x1[0].size * x1.dtype.itemsize
+        pair = outputs * _flops(_pushed, apply_fn, params0, x1[:1]) if with_flops else 0.0
+        feature = outputs * _flops(_pulled, apply_fn, params0, x1[0]) if with_flops else 0.0
+    fits = fb <= budget and (name != "products" or spec.num_params * itemsize <= budget)
+    b, resident = _block_size(fb, spec, None, budget) if fits else (1, False)
+    blocks1 = -(-spec.n1 // b)
+    if name == "products":  # the VJP columns are recomputed for every block row
+        featured = blocks1 * spec.n2
+    elif resident:
+        featured = spec.n1 + (0 if spec.symmetric else spec.n2)
+    else:
+        featured = spec.n1 + blocks1 * spec.n2
+    if 0 in spec.diagonal:
+        pairs = spec.n1
+    elif spec.symmetric:
+        pairs = spec.n1 * (spec.n1 + b) / 2
+    else:
+        pairs = spec.n1 * spec.n2
+    flops = float(featured * feature + pairs * pair)
+    slow = name == "jacobian" and with_flops and _has_convolution(apply_fn, params0, x1[:1])
+    return Estimate(flops, int(fb), bool(fits), flops * (CONV_JACOBIAN_SLOWDOWN if slow else 1.0))
+
+
+def _has_convolution(apply_fn, params0, xb) -> bool:
+    """Whether the model's jaxpr (sub-jaxprs included) holds a convolution."""
+    jaxpr = jax.make_jaxpr(apply_fn)(params0, xb)
+    return "conv_general_dilated" in str(jaxpr)
+
+
+def _bytes_needed(name, estimate, spec) -> int:
+    if name == "products":
+        return max(estimate.feature_bytes, spec.num_params * spec.dtype.itemsize)
+    return estimate.feature_bytes
+
+
+def _kept_size(spec) -> int:
+    """Entries of one pair of examples' block of K times the traced length (the einsum's work)."""
+    size = 1
+    for axis, length in enumerate(spec.out_shape, start=1):
+        size *= length if axis in spec.trace or axis in spec.diagonal else length * length
+    return size
+
+
+def _block_size(feature_bytes, spec, batch_size, budget) -> tuple[int, bool]:
+    """Rows per block, and whether every block's features fit the budget at once (else a block
+    row and a column block at a time must)."""
+    n = max(spec.n1, spec.n2)
+    b = min(n, _DEFAULT_BLOCK if batch_size is None else batch_size)
+    b = max(1, min(b, budget // (2 * max(feature_bytes, 1))))
+    b1, b2 = min(b, spec.n1), min(b, spec.n2)
+    stored = -(-spec.n1 // b1) * b1 + (0 if spec.symmetric else -(-spec.n2 // b2) * b2)
+    return b, stored * feature_bytes <= budget
+
+
+def _flops(fn, *args) -> float:
+    """XLA's FLOP count of fn on args' shapes (lowered, not compiled); 0 where unreported."""
+    static = tuple(a for a in args if isinstance(a, bool))
+    arrays = tuple(a for a in args if not isinstance(a, bool))
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), arrays)
+    lowered = jax.jit(lambda *a: fn(*a, *static)).lower(*shapes)
+    analysis = lowered.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
+
+
+# ---------------------------------------------------------------- features and contractions
+
+
+def _one(apply_fn, params, x):
+    """f(params; x) of one example x (no batch axis)."""
+    return apply_fn(params, x[None])[0]
+
+
+def _jacobian_features(apply_fn, params0, xb, reverse):
+    """(b, *out, P): each example's Jacobian, its parameter leaves flattened and concatenated."""
+
+    def jacobian(x):
+        jac = (jax.jacrev if reverse else jax.jacfwd)(lambda p: _one(apply_fn, p, x))(params0)
+        shape = jax.eval_shape(_one, apply_fn, params0, x).shape
+        return jnp.concatenate(
+            [leaf.reshape(*shape, -1) for leaf in jax.tree_util.tree_leaves(jac)], axis=-1
+        )
+
+    return jax.vmap(jacobian)(xb)
+
+
+def _pulled(apply_fn, params0, x):
+    """J(x)ᵀ e for one output entry e of one example (the cost model's unit of "products")."""
+    out, pullback = jax.vjp(lambda p: _one(apply_fn, p, x), params0)
+    return pullback(jnp.ones_like(out))[0]
+
+
+def _pushed(apply_fn, params0, xb):
+    """J(xb) v for one parameter direction v (the cost model's unit of "products")."""
+    return jax.jvp(lambda p: apply_fn(p, xb), (params0,), (params0,))[1]
+
+
+def _features(method, extra, apply_fn, params0, xb):
+    """One block's features: Jacobians, the inputs themselves ("products"), or structured."""
+    if method == "jacobian":
+        return _jacobian_features(apply_fn, params0, xb, extra)
+    if method == "products":
+        return xb
+    return _structured_module().features(extra, apply_fn, params0, xb)
+
+
+def _contract(method, extra, apply_fn, params0, f1, f2, trace, diagonal):
+    """One pair of blocks' K block (b1, b2, ...) from their features."""
+    if method == "structured":
+        return _structured_module().contract(extra, f1, f2, trace, diagonal)
+    if method == "jacobian":  # f (b, *out, P)
+        first, second, result = _subscripts(f1.ndim - 1, trace, diagonal)
+        total = jnp.einsum(f"{first}z,{second}z->{result}", f1, f2)
+        shape = f1.shape[:-1]
+    else:
+        total, shape = _products_block(apply_fn, params0, f1, f2, trace, diagonal, extra)
+    return total / _traced_size(shape, trace) if trace else total
+
+
+def _products_block(apply_fn, params0, xb1, xb2, trace, diagonal, columns):
+    """K block by J(xb1) (J(x2_j)ᵀ e) for each output entry e of each example of xb2."""
+    out = jax.eval_shape(_one, apply_fn, params0, xb2[0]).shape
+    size = math.prod(out)
+    basis = jnp.eye(size, dtype=jax.eval_shape(_one, apply_fn, params0, xb2[0]).dtype)
+
+    def column(args):
+        x, e = args
+        _, pullback = jax.vjp(lambda p: _one(apply_fn, p, x), params0)
+        (v,) = pullback(e.reshape(out))
+        return jax.jvp(lambda p: apply_fn(p, xb1), (params0,), (v,))[1]
+
+    xs = jnp.repeat(xb2, size, axis=0)
+    es = jnp.tile(basis, (xb2.shape[0], 1))
+    pushed = jax.lax.map(column, (xs, es), batch_size=columns)  # rows index x2's outputs
+    full = pushed.reshape(xb2.shape[0], *out, *pushed.shape[1:])
+    first, second, result = _subscripts(1 + len(out), trace, diagonal)
+    return jnp.einsum(f"{second}{first}->{result}", full), (xb2.shape[0], *out)
+
+
+def _subscripts(ndim: int, trace: tuple[int, ...], diagonal: tuple[int, ...]):
+    """einsum letters of the two Jacobians' output axes (batch first) and of the result."""
+    letters = iter("abcdefghijklmnopqrstuvwxy")
+    first, second, result = [], [], []
+    for axis in range(ndim):
+        a = next(letters)
+        b = a if axis in trace or axis in diagonal else next(letters)
+        first.append(a)
+        second.append(b)
+        result.extend([a] if axis in diagonal else [] if axis in trace else [a, b])
+    return "".join(first), "".join(second), "".join(result)
+
+
+def _traced_size(shape: tuple[int, ...], trace: tuple[int, ...]) -> int:
+    return math.prod(shape[axis] for axis in trace)
+
+
+def _mirror(spec: _Spec) -> str:
+    """The einsum taking a K(x1, x2) block to the K(x2, x1) block: each pair of axes swapped."""
+    first, second, result = _subscripts(1 + len(spec.out_shape), spec.trace, spec.diagonal)
+    swap = dict(zip(first + second, second + first, strict=True))
+    return f"{result}->{''.join(swap[c] for c in result)}"
+
+
+# ------------------------------------------------------------------------------- programs
+
+
+def _device_kernel(apply_fn, params0, x1, x2, spec, choice, extra) -> Array:
+    """The kernel as a device array, from one compiled program per block shape (features of a
+    block, contraction of a pair) called block by block: traceable, so inside a jit the blocks
+    unroll into the caller's program. XLA's CPU backend runs a convolution inside a loop body
+    (`lax.map`) an order of magnitude slower than outside one (measured: 10.2 s against 0.64 s
+    for the features of 128 inputs of benchmarks/ntk_speed.py's CNN), hence no loop program."""
+    blocks1, blocks2, pairs, b1, b2 = _blocks(x1, x2, spec, choice.batch_size)
+    rows = list(range(blocks1.shape[0]))
+    groups = _row_groups(
+        [(apply_fn, params0)], [None], blocks1, blocks2, rows, pairs, choice, extra, spec
+    )
+    computed = [block for group in groups for _, _, block in group]
+    return _assemble(jnp.stack(computed), pairs, spec, b1, b2)
+
+
+def _blocks(x1, x2, spec, b):
+    """Both inputs cut into blocks, the block pairs to contract, and the two block sizes."""
+    b1, b2 = min(b, spec.n1), min(b, spec.n2)
+    blocks1 = _split(x1, b1)
+    blocks2 = blocks1 if x2 is None else _split(x2, b2)
+    return blocks1, blocks2, _pairs(blocks1.shape[0], blocks2.shape[0], spec), b1, b2
+
+
+def _split(x: Array, b: int) -> Array:
+    """(n, ...) -> (ceil(n/b), b, ...), the last block padded with copies of the last input
+    (sliced off at the end; a copy keeps a model that fails on zeros finite)."""
+    pad = -x.shape[0] % b
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+    return x.reshape(x.shape[0] // b, b, *x.shape[1:])
+
+
+def _pairs(blocks1: int, blocks2: int, spec: _Spec) -> np.ndarray:
+    """The (i, j) block pairs to contract, row by row: the diagonal for a diagonal batch axis,
+    j ≥ i for a symmetric kernel, else all."""
+    if 0 in spec.diagonal:
+        return np.stack([np.arange(blocks1)] * 2, axis=1)
+    i, j = np.meshgrid(np.arange(blocks1), np.arange(blocks2), indexing="ij")
+    keep = j >= i if spec.symmetric else np.ones_like(i, dtype=bool)
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def _row_groups(placed, devices, blocks1, blocks2, rows, pairs, choice, extra, spec):
+    """Per group of len(placed) block rows (row k of a group with placed[k], (apply_fn, params0)
+    on devices[k], or None: where JAX puts it), the list of (i, j, K block) of their pairs, all
+    dispatched before the group is handed over. Each block's features are computed once when
+    they stay resident, else each block row's once and the column blocks' once per row."""
+    kept = {}
+
+    def features(blocks, j, k, keep):
+        key = (blocks is blocks1, j, k)
+        if key in kept:
+            return kept[key]
+        xb = blocks[j] if devices[k] is None else jax.device_put(blocks[j], devices[k])
+        f = _block_features(*placed[k], xb, choice.method, extra)
+        if keep:
+            kept[key] = f
+        return f
+
+    for start in range(0, len(rows), len(placed)):
+        group = []
+        for k, i in enumerate(rows[start : start + len(placed)]):
+            g1 = features(blocks1, i, k, keep=True)
+            for j in pairs[pairs[:, 0] == i, 1]:
+                g2 = features(blocks2, int(j), k, keep=choice.resident)
+                block = _block_pair(
+                    *placed[k], g1, g2, choice.method, extra, spec.trace, spec.diagonal
+                )
+                group.append((i, int(j), block))
+            if not choice.resident:  # the row is done: hold one row and one column block only
+                kept.pop((True, i, k))
+        yield group
+
+
+def _assemble(blocks: Array, pairs: np.ndarray, spec: _Spec, b1: int, b2: int) -> Array:
+    """The (n1, n2, ...) kernel from the contracted pairs' blocks (mirrored when symmetric)."""
+    if 0 in spec.diagonal:  # (B, b, ...): the diagonal blocks only
+        return blocks.reshape(-1, *blocks.shape[2:])[: spec.n1]
+    blocks1, blocks2 = -(-spec.n1 // b1), -(-spec.n2 // b2)
+    full = jnp.zeros((blocks1, blocks2, *blocks.shape[1:]), blocks.dtype)
+    full = full.at[pairs[:, 0], pairs[:, 1]].set(blocks)
+    if spec.symmetric:
+        src, dst = _mirror(spec).split("->")
+        full = full.at[pairs[:, 1], pairs[:, 0]].set(jnp.einsum(f"z{src}->z{dst}", blocks))
+    full = jnp.moveaxis(full, 2, 1)
+    full = full.reshape(blocks1 * b1, blocks2 * b2, *full.shape[4:])
+    return full[: spec.n1, : spec.n2]
+
+
+@partial(jax.jit, static_argnums=(3, 4))
+def _block_features(apply_fn, params0, xb, method, extra):
+    return _features(method, extra, apply_fn, params0, xb)
+
+
+@partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _block_pair(apply_fn, params0, f1, f2, method, extra, trace, diagonal):
+    return _contract(method, extra, apply_fn, params0, f1, f2, trace, diagonal)
+
+
+def _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progress):
+    """Block row by block row into a host array or a memmap; the rows spread over the local
+    devices (round robin) and over the processes (row i on process i mod count)."""
+    blocks1, blocks2, pairs, b1, b2 = _blocks(x1, x2, spec, choice.batch_size)
+    devices = jax.local_devices()
+    placed = [jax.device_put((apply_fn, params0), d) for d in devices]
+    rows = list(range(jax.process_index(), blocks1.shape[0], jax.process_count()))
+    shape = _kernel_shape(spec)
+    several = jax.process_count() > 1
+    if isinstance(output, (str, Path)) and output != "host" and not several:
+        out = np.lib.format.open_memmap(Path(output), mode="w+", dtype=spec.dtype, shape=shape)
+    else:
+        out = np.zeros(shape, spec.dtype)
+    start, done = time.perf_counter(), 0
+    for group in _row_groups(placed, devices, blocks1, blocks2, rows, pairs, choice, extra, spec):
+        for i, j, block in group:
+            _write(out, np.asarray(block), i, j, b1, b2, spec)
+        done = min(done + len(placed), len(rows))
+        if progress:
+            print(
+                f"[empirical_ntk] block row {done}/{len(rows)}  {choice.method}  "
+                f"({time.perf_counter() - start:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    if several:
+        out = _gather(out, output)
+    if isinstance(out, np.memmap):
+        out.flush()
+        return out
+    return out if output is not None else jnp.asarray(out)
+
+
+def _kernel_shape(spec: _Spec) -> tuple[int, ...]:
+    shape = [spec.n1] + ([] if 0 in spec.diagonal else [spec.n2])
+    for axis, length in enumerate(spec.out_shape, start=1):
+        shape += [] if axis in spec.trace else [length] if axis in spec.diagonal else [length] * 2
+    return tuple(shape)
+
+
+def _write(out, block, i, j, b1, b2, spec) -> None:
+    """Block (i, j) into the result, and its mirror (j, i) for a symmetric kernel."""
+    if 0 in spec.diagonal:
+        rows = slice(i * b1, min((i + 1) * b1, spec.n1))
+        out[rows] = block[: rows.stop - rows.start]
+        return
+    rows = slice(i * b1, min((i + 1) * b1, spec.n1))
+    cols = slice(j * b2, min((j + 1) * b2, spec.n2))
+    out[rows, cols] = block[: rows.stop - rows.start, : cols.stop - cols.start]
+    if spec.symmetric and i != j:
+        mirrored = np.einsum(_mirror(spec), block)
+        out[cols, rows] = mirrored[: cols.stop - cols.start, : rows.stop - rows.start]
+
+
+def _gather(local: np.ndarray, output):
+    """The whole kernel on every process from each process's block rows (the others' entries
+    are zero in `local`); a path is written by process 0."""
+    from jax.experimental import multihost_utils
+
+    total = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+    if isinstance(output, (str, Path)) and output != "host":
+        if jax.process_index() == 0:
+            np.save(Path(output), total)
+    return total

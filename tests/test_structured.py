@@ -1,0 +1,413 @@
+"""Structured derivatives of the empirical NTK (`jaxntk._structured`) against explicit Jacobians.
+
+The reference kernel takes each example's Jacobian by `jax.jacfwd` of the single-example function,
+forms the full kernel Σ_θ J(x_i)[o] J(x'_j)[o'] with numpy, and only then takes diagonals and traces
+axis by axis; every combination of traced and diagonal axes is compared, in float64, on an MLP,
+plain-JAX CNNs (strides, SAME/VALID/explicit padding, lhs and rhs dilation, feature groups,
+NHWC/HWIO and NCHW/OIHW), a flax model with biases and LayerNorm, and models whose parameters have
+no rule.
+"""
+
+import itertools
+import math
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxntk import _structured as st
+
+F64 = jnp.float64
+
+
+def _normal(seed, shape):
+    """Standard normal float64 entries (numpy's generator: no compilation per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), F64)
+
+
+def mlp_params():
+    return {"w1": _normal(1, (4, 6)), "w2": _normal(2, (5, 6)), "w3": _normal(3, (10, 5))}
+
+
+def mlp(params, x, out=(10,)):
+    """tanh MLP 4-6-5-10 in NTK scaling (the weights scaled by 1/√fan_in, w2 stored transposed);
+    the last layer is W·hᵀ (the weight as lhs operand)."""
+    h = jnp.tanh(x @ (params["w1"] * (1 / math.sqrt(4))))
+    h = jnp.tanh(h @ (params["w2"].T / math.sqrt(6)))
+    y = ((1 / math.sqrt(5)) * params["w3"] @ h.T).T
+    return y.reshape(x.shape[0], *out)
+
+
+def mlp_two_axes(params, x):
+    return mlp(params, x, out=(2, 5))
+
+
+@jax.jit
+def _dense_layer(w, h):
+    return jnp.tanh(h @ w)
+
+
+def jitted_mlp(params, x):
+    """Layers inside jit and checkpoint (sub-jaxprs the plan inlines); one output per input (b,)."""
+    h = jax.checkpoint(_dense_layer)(params["w1"], x)
+    return jax.jit(lambda w, h: (h @ w.T)[:, 0])(params["w2"], h)
+
+
+def heads(params, x):
+    """Per-head weights: einsum over a head axis shared by activation and weight (dot_general
+    batch dimensions, the weight first in one layer), outputs (b, 3, 2)."""
+    h = jnp.tanh(jnp.einsum("bi,hij->bhj", x, params["in"]))
+    y = jax.lax.dot_general(params["out"], h, (((2,), (2,)), ((0,), (1,))))  # (h, k, b)
+    return y.transpose(2, 0, 1)
+
+
+def conv(x, w, layout, **kwargs):
+    lhs, rhs = layout
+    return jax.lax.conv_general_dilated(x, w, dimension_numbers=(lhs, rhs, lhs), **kwargs)
+
+
+def cnn_params(layout):
+    shapes = [(3, 3, 3, 4), (3, 2, 2, 6), (2, 2, 6, 4)]  # HWIO; the second conv has 2 groups
+    if layout == "NCHW":
+        shapes = [(o, i, h, w) for h, w, i, o in shapes]
+    return {
+        **{f"c{k}": _normal(10 + k, s) for k, s in enumerate(shapes)},
+        "dense": _normal(20, (4, 6)),
+    }
+
+
+def make_cnn(layout):
+    """Three convolutions (strided SAME; grouped VALID rhs-dilated; explicit padding with lhs
+    dilation), tanh, mean pool and a dense head to outputs (b, 2, 3)."""
+    dims = ("NHWC", "HWIO") if layout == "NHWC" else ("NCHW", "OIHW")
+    spatial = (1, 2) if layout == "NHWC" else (2, 3)
+
+    def apply(params, x):
+        h = jnp.tanh(conv(x, params["c0"], dims, window_strides=(2, 1), padding="SAME"))
+        h = jnp.tanh(
+            conv(
+                h,
+                params["c1"],
+                dims,
+                window_strides=(1, 1),
+                padding="VALID",
+                rhs_dilation=(2, 1),
+                feature_group_count=2,
+            )
+        )
+        h = conv(h, params["c2"], dims, window_strides=(1, 2), padding=((1, 2), (0, 1)))
+        h = jnp.tanh(h) if layout == "NHWC" else jnp.tanh(h) * 1.0
+        pooled = jnp.mean(h, axis=spatial)
+        return (pooled @ params["dense"]).reshape(x.shape[0], 2, 3) / 2.0
+
+    return apply
+
+
+def cnn_lhs_dilated(params, x):
+    """One convolution with lhs dilation (a transposed convolution) and a dense head, (b, 3)."""
+    h = jax.lax.conv_general_dilated(
+        x,
+        params["c"],
+        window_strides=(1, 1),
+        padding=((1, 0), (2, 1)),
+        lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return jnp.mean(jnp.tanh(h), axis=(1, 2)) @ params["dense"]
+
+
+class FlaxNet(nn.Module):
+    """Conv with bias, LayerNorm, Dense with bias to 3 outputs."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm(param_dtype=F64, force_float32_reductions=False)(
+            nn.Conv(4, (3, 3), strides=2, param_dtype=F64)(x)
+        )
+        return nn.Dense(3, param_dtype=F64)(jnp.tanh(h).reshape(x.shape[0], -1))
+
+
+def fallback_net(params, x):
+    """A weight used twice (tied), one inside a scan, one through sin, an elementwise scale, a
+    softplus (custom_jvp) scale and one plain weight: only the plain weight has a rule."""
+    h = jnp.tanh(x @ params["tied"])
+    h = jnp.tanh(h @ params["tied"]) * params["scale"][None, :]
+    h = jax.lax.scan(lambda c, _: (jnp.tanh(c @ params["scanned"]), None), h, None, length=2)[0]
+    h = h @ jnp.sin(params["sined"])
+    h = h * jax.nn.softplus(params["soft"])[None, :]
+    return h @ params["plain"]
+
+
+def fallback_params():
+    return {
+        "tied": _normal(30, (4, 4)),
+        "scale": _normal(31, (4,)),
+        "scanned": _normal(35, (4, 4)),
+        "sined": _normal(32, (4, 5)),
+        "soft": _normal(33, (5,)),
+        "plain": _normal(34, (5, 3)),
+    }
+
+
+def _model(name):
+    """(apply_fn, params, input shape of one example)."""
+    if name == "mlp":
+        return mlp, mlp_params(), (4,)
+    if name == "mlp_two_axes":
+        return mlp_two_axes, mlp_params(), (4,)
+    if name == "heads":
+        return heads, {"in": _normal(7, (3, 4, 5)), "out": _normal(8, (3, 2, 5))}, (4,)
+    if name == "jitted":
+        return jitted_mlp, {"w1": _normal(5, (4, 6)), "w2": _normal(6, (2, 6))}, (4,)
+    if name in ("NHWC", "NCHW"):
+        shape = (11, 6, 3) if name == "NHWC" else (3, 11, 6)
+        return make_cnn(name), cnn_params(name), shape
+    if name == "lhs_dilated":
+        return (
+            cnn_lhs_dilated,
+            {"c": _normal(40, (2, 3, 2, 3)), "dense": _normal(41, (3, 3))},
+            (4, 3, 2),
+        )
+    if name == "flax":
+        model = FlaxNet()
+        # random values in every leaf (biases and LayerNorm's scale too), without compiling init
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 2), F64))
+        leaves, treedef = jax.tree_util.tree_flatten(shapes)
+        params = treedef.unflatten([_normal(70 + i, s.shape) for i, s in enumerate(leaves)])
+        return model.apply, params, (6, 6, 2)
+    return fallback_net, fallback_params(), (4,)
+
+
+def _jacobians(apply_fn, params, x):
+    """Per-example Jacobians (n, *O, P) by forward mode of the single-example function."""
+
+    def one(xi):
+        jac = jax.jacfwd(lambda p: apply_fn(p, xi[None])[0])(params)
+        out = apply_fn(params, xi[None])[0].shape
+        return jnp.concatenate(
+            [leaf.reshape(*out, -1) for leaf in jax.tree_util.tree_leaves(jac)], axis=-1
+        )
+
+    return np.asarray(jax.jit(jax.vmap(one))(x))
+
+
+def _reference(jac1, jac2, trace, diagonal):
+    """Full kernel (n1, n2, o1, o1', o2, o2', ...), then per axis its diagonal, kept or averaged."""
+    m = jac1.ndim - 1
+    k = np.tensordot(jac1, jac2, axes=([-1], [-1]))  # (n1, *O, n2, *O)
+    k = k.transpose([a for axis in range(m) for a in (axis, m + axis)])
+    for axis in reversed(range(m)):
+        if axis in trace or axis in diagonal:
+            k = np.diagonal(k, axis1=2 * axis, axis2=2 * axis + 1)
+            k = k.mean(axis=-1) if axis in trace else np.moveaxis(k, -1, 2 * axis)
+    return k
+
+
+def _axis_choices(ndim):
+    """Every (trace, diagonal): axis 0 free or diagonal, each output axis free/traced/diagonal."""
+    for roles in itertools.product(("free", "diag"), *[("free", "trace", "diag")] * (ndim - 1)):
+        trace = tuple(a for a, r in enumerate(roles) if r == "trace")
+        yield trace, tuple(a for a, r in enumerate(roles) if r == "diag")
+
+
+MODELS = ["mlp", "mlp_two_axes", "heads", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax"]
+MODELS += ["fallback"]
+
+
+def _blocks(diagonal):
+    """x1 = x[:3]; x2 = x[2:5] on the kernel's diagonal (same size), else x[3:5] (a rectangle)."""
+    return slice(0, 3), slice(2, 5) if 0 in diagonal else slice(3, 5)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _kernels(apply_fn, cases, params, x):
+    """contract(features(x1), features(x2)) for each (trace, diagonal, plan): one program."""
+    features, kernels = {}, []
+    for trace, diagonal, plan in cases:
+        if plan not in features:
+            features[plan] = st.features(plan, apply_fn, params, x)
+        first, second = _blocks(diagonal)
+        feat1, feat2 = (jax.tree.map(lambda a, s=s: a[s], features[plan]) for s in (first, second))
+        kernels.append(st.contract(plan, feat1, feat2, trace, diagonal))
+    return kernels
+
+
+def _check_kernels(name, force, choices):
+    """The kernels of `_kernels` against the reference for each (trace, diagonal)."""
+    apply_fn, params, shape = _model(name)
+    x = _normal(50, (5, *shape))
+    jac = _jacobians(apply_fn, params, x)
+    cases = tuple(
+        (trace, diagonal, st.make_plan(apply_fn, params, x[:1], trace, diagonal, force=force))
+        for trace, diagonal in choices(jac.ndim - 1)
+    )
+    for (trace, diagonal, _), got in zip(cases, _kernels(apply_fn, cases, params, x), strict=True):
+        first, second = _blocks(diagonal)
+        want = _reference(jac[first], jac[second], trace, diagonal)
+        assert got.shape == want.shape, (trace, diagonal)
+        err = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
+        assert err < 1e-10, (trace, diagonal, err)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback"])
+def test_kernel_matches_explicit_jacobians(x64, name):
+    _check_kernels(name, None, _axis_choices)
+
+
+def _some_axis_choices(ndim):
+    """Nothing traced; the kernel's diagonal; the last axis traced; the last axis diagonal."""
+    last = [((ndim - 1,), ()), ((), (ndim - 1,))] if ndim > 1 else []
+    return [((), ()), ((), (0,)), *last]
+
+
+@pytest.mark.parametrize("name", ["heads", "NCHW", "lhs_dilated"])
+def test_kernel_matches_explicit_jacobians_on_some_axes(x64, name):
+    _check_kernels(name, None, _some_axis_choices)
+
+
+@pytest.mark.parametrize("force", ["structured", "jacobian"])
+@pytest.mark.parametrize("name", MODELS)
+def test_both_forms_match_explicit_jacobians(x64, name, force):
+    _check_kernels(name, force, _some_axis_choices)
+
+
+def _leaf_index(params):
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {jax.tree_util.keystr(path): i for i, (path, _) in enumerate(paths)}
+
+
+def test_plan_classifies_leaves(x64):
+    apply_fn, params, shape = _model("mlp")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
+    idx = _leaf_index(params)
+    assert {r.leaf for r in plan.rules} == set(idx.values()) and plan.fallback == ()
+    scales = {r.leaf: r.scale for r in plan.rules}
+    assert scales[idx["['w2']"]] == pytest.approx(1 / math.sqrt(6))
+    assert [r.position for r in plan.rules if r.leaf == idx["['w3']"]] == [0]
+    assert all(r.form == "structured" for r in plan.rules)
+
+    apply_fn, params, shape = _model("jitted")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    assert [r.leaf for r in plan.rules] == [0, 1] and plan.out_shape == ()
+    assert [r.position for r in plan.rules] == [1, 1]  # h @ w.T: the transpose is a layout op
+
+    apply_fn, params, shape = _model("heads")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    assert [(r.g, r.c, r.f, r.position) for r in plan.rules] == [(1, 4, 15, 1), (3, 5, 2, 0)]
+
+    apply_fn, params, shape = _model("NHWC")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1, 2), ())
+    idx = _leaf_index(params)
+    forms = {r.leaf: r.form for r in plan.rules}
+    assert forms == {idx["['c0']"]: "jacobian", idx["['c1']"]: "jacobian"} | {
+        idx["['c2']"]: "jacobian",
+        idx["['dense']"]: "structured",
+    }
+    assert [r.g for r in plan.rules if r.leaf == idx["['c1']"]] == [2]
+    assert plan.summary().startswith("4 structured leaves (1 from input and cotangent products, 3 ")
+
+    apply_fn, params, shape = _model("flax")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
+    idx = _leaf_index(params)
+    kernels = {idx["['params']['Conv_0']['kernel']"], idx["['params']['Dense_0']['kernel']"]}
+    assert {r.leaf for r in plan.rules} == kernels
+    assert set(plan.fallback) == set(idx.values()) - kernels
+
+    apply_fn, params, shape = _model("fallback")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
+    idx = _leaf_index(params)
+    assert [r.leaf for r in plan.rules] == [idx["['plain']"]]
+    assert plan.fallback_flops >= 2 * (2 * 4 * 4)  # at least the two matmuls by the tied weight
+    assert set(plan.fallback) == set(idx.values()) - {idx["['plain']"]}
+
+
+def test_unused_leaf_contributes_nothing(x64):
+    params = {"used": _normal(60, (4, 3)), "unused": _normal(61, (7,))}
+    plan = st.make_plan(lambda p, x: x @ p["used"], params, jnp.zeros((1, 4), F64), (), ())
+    idx = _leaf_index(params)
+    assert plan.unused == (idx["['unused']"],) and [r.leaf for r in plan.rules] == [idx["['used']"]]
+
+
+def test_cost_formulas(x64):
+    apply_fn, params, shape = _model("mlp")
+    x = jnp.zeros((1, *shape), F64)
+    layers = [(4, 6), (6, 5), (5, 10)]  # (in, out) of each dense layer
+    for trace, pairs in (((1,), 10), ((), 100)):
+        plan = st.make_plan(apply_fn, params, x, trace, (), force="structured")
+        got = st.cost(plan, trace, ())
+        assert got.pair_flops == sum(2 * (i + pairs * o) for i, o in layers)
+        # a forward pass and ten backward passes of at least the matmuls, no fallback
+        assert got.feature_flops_per_example >= 11 * sum(2 * i * o for i, o in layers)
+        assert plan.fallback_flops == 0
+        jac = st.cost(st.make_plan(apply_fn, params, x, trace, (), force="jacobian"), trace, ())
+        assert jac.pair_flops == 2 * pairs * sum(i * o for i, o in layers)
+        inputs_and_cotangents = sum(i + 10 * o for i, o in layers)
+        assert got.feature_bytes_per_example == 8 * inputs_and_cotangents
+        assert jac.feature_bytes_per_example == 8 * (
+            10 * sum(i * o for i, o in layers) + inputs_and_cotangents
+        )
+        assert jac.feature_flops_per_example > got.feature_flops_per_example > 0
+        # method "auto" of make_plan keeps the cheaper form per op: structured for dense layers
+        assert st.cost(st.make_plan(apply_fn, params, x, trace, ()), trace, ()) == got
+
+
+def test_bad_arguments(x64):
+    apply_fn, params, shape = _model("mlp")
+    with pytest.raises(ValueError, match="batch axis of 1"):
+        st.make_plan(apply_fn, params, jnp.zeros((2, *shape), F64), (), ())
+    with pytest.raises(ValueError, match="force"):
+        st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), (), force="fast")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    with pytest.raises(ValueError, match="differs"):
+        st.features(plan, fallback_net, fallback_params(), jnp.zeros((2, 4), F64))
+
+
+def test_plan_made_under_jit(x64):
+    """Inside jit the constants (here 1/√4 computed by jnp) still fold to a concrete scale."""
+    params = _normal(80, (4, 3))
+
+    def apply_fn(w, x):
+        return x @ (w / jnp.sqrt(jnp.asarray(4.0, F64)))
+
+    x = jnp.zeros((1, 4), F64)
+    plans = []
+    jax.jit(lambda w, x: plans.append(st.make_plan(apply_fn, w, x, (1,), ())) or x)(params, x)
+    assert plans == [st.make_plan(apply_fn, params, x, (1,), ())]
+    assert [r.scale for r in plans[0].rules] == [0.5]
+
+
+def test_scale_traced_by_an_outer_jit_falls_back(x64):
+    """A scale apply_fn closes over inside jit is unknown to the plan: the weight falls back."""
+    w, x = _normal(81, (4, 3)), _normal(82, (2, 4))
+
+    @jax.jit
+    def kernel(w, x, s):
+        def apply_fn(w, x):
+            return x @ (w * s)
+
+        plan = st.make_plan(apply_fn, w, x[:1], (1,), ())
+        assert plan.rules == () and plan.fallback == (0,)
+        feat = st.features(plan, apply_fn, w, x)
+        return st.contract(plan, feat, feat, (1,), ())
+
+    # f_o(x) = s Σ_i x_i w_io: ∂f_o/∂w_io' = s x_i δ_oo', so K(x, x') = s² x·x' (every o alike)
+    np.testing.assert_allclose(kernel(w, x, jnp.asarray(0.5, F64)), 0.25 * np.asarray(x @ x.T))
+
+
+def test_features_trace_once_per_plan(x64):
+    """Equal plans hash alike: a second plan and new inputs of the same shape reuse the program."""
+    traces = []
+
+    def apply_fn(params, x):
+        traces.append(x.shape)
+        return mlp(params, x)
+
+    params, x = mlp_params(), _normal(90, (3, 4))
+    features = jax.jit(st.features, static_argnums=(0, 1))
+    features(st.make_plan(apply_fn, params, x[:1], (1,), ()), apply_fn, params, x)
+    before = len(traces)
+    features(st.make_plan(apply_fn, params, x[:1], (1,), ()), apply_fn, params, x + 1.0)
+    assert len(traces) == before + 1  # the new plan's own trace only
