@@ -22,11 +22,14 @@ J_0 + ∂f_Q/∂U = J_0 + (a_r σ''(w0_r·x)(u_r·x) x)_r for the two-layer netw
 models the kernel is the mean over the output entries of the per-entry kernels (the trace over the
 output axes divided by their size) and Y holds the targets as rows.
 
-Cost at P probe points: for `jaxntk.TwoLayer` (and a `jaxntk.scaling.Scaled` one), whose
-predictions depend on row u_r of U only through u_r·x, the per-example gradients are rank one per
-neuron, ∂g(x_i)/∂u_r = v_ir x_i, so K = (X Xᵀ) ∘ (V Vᵀ): P per-example gradients (P·m·d) and a
-P × P × m product. Other models take the full Jacobian of the P outputs (reverse mode, P
-backward passes) and its Gram matrix.
+Cost at P probe points: the network's own kernel ("full") of a `jaxntk.TwoLayer` (or a
+`jaxntk.scaling.Scaled` one) is the closed form `network_kernel`, two products. For the other
+variants of the two-layer network, whose predictions depend on row u_r of U only through u_r·x,
+the per-example gradients are rank one per neuron, ∂g(x_i)/∂u_r = v_ir x_i, so
+K = (X Xᵀ) ∘ (V Vᵀ): P per-example gradients (P·m·d) and a P × P × m product. Other models take
+the full Jacobian of the P outputs (reverse mode, P backward passes) and its Gram matrix. The
+empirical-NTK engine (`jaxntk.ntk`) runs block by block from the host, so it is not used inside
+the compiled loop.
 """
 
 from __future__ import annotations
