@@ -5,12 +5,24 @@ targets → network → taylor → ntk → spectral → predict → objectives �
 plots/cli).
 """
 
-from jaxntk import data, network, ntk, objectives, predict, sharding, targets, training
+from jaxntk import (
+    data,
+    diagnostics,
+    network,
+    ntk,
+    objectives,
+    predict,
+    sharding,
+    targets,
+    training,
+)
 from jaxntk.data import check_task
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
+from jaxntk.onestep import one_step
 from jaxntk.predict import NTKPrediction, ntk_predict
+from jaxntk.scaling import Scaled, mean_field
 from jaxntk.spectral import (
     GoodDirections,
     bulk_residual,
@@ -62,6 +74,7 @@ __all__ = [
     "Prepared",
     "Regularizer",
     "Run",
+    "Scaled",
     "Target",
     "TargetPart",
     "Task",
@@ -74,6 +87,7 @@ __all__ = [
     "data",
     "degree_block_report",
     "dense_part",
+    "diagnostics",
     "empirical_ntk",
     "fit",
     "gegenbauer",
@@ -86,12 +100,14 @@ __all__ = [
     "linearize",
     "make_target",
     "make_task",
+    "mean_field",
     "mlp_target",
     "network",
     "ntk",
     "ntk_predict",
     "num_harmonics",
     "objectives",
+    "one_step",
     "paper_target",
     "paper_task",
     "predict",

@@ -171,7 +171,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         "--only",
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
-        "sample-complexity, mlp, dense-plus-sparse, taylorized (needs the digits extra)",
+        "sample-complexity, mlp, dense-plus-sparse, lazy-rich, taylorized (needs the digits "
+        "extra)",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
@@ -256,6 +257,7 @@ def _plot(args: argparse.Namespace) -> int:
         "dense-plus-sparse": lambda: dense_plus_sparse.plot(
             d / "dense-plus-sparse.json", d / "dense-plus-sparse.npz", d / "dense-plus-sparse.png"
         ),
+        "lazy-rich": lambda: plots.lazy_rich_figure(d / "lazy-rich.json", d / "lazy-rich.png"),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -265,8 +267,8 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What `jaxntk reproduce` runs without --only; sample-complexity, mlp and dense-plus-sparse
-#: (grids of many runs) and taylorized (real data, an optional extra) are opt-in.
+#: What `jaxntk reproduce` runs without --only; sample-complexity, mlp, dense-plus-sparse and
+#: lazy-rich (grids of many runs) and taylorized (real data, an optional extra) are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
@@ -274,6 +276,7 @@ def _experiments() -> dict:
     from jaxntk.experiments import (
         dense_plus_sparse,
         lambda_sweep,
+        lazy_rich,
         mlp,
         sample_complexity,
         spectrum,
@@ -289,6 +292,7 @@ def _experiments() -> dict:
         "mlp": mlp,
         "taylorized": taylorized,
         "dense-plus-sparse": dense_plus_sparse,
+        "lazy-rich": lazy_rich,
     }
 
 
@@ -344,8 +348,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     if "lambda-sweep" in docs:
         summary = docs["lambda-sweep"]["summary"]
         _print_summary(summary, "λ_1 (sum scale)", "final n·R_bulk", "bulk_sum_mean", ".3g")
-    if "dense-plus-sparse" in docs:
-        print(exps["dense-plus-sparse"].table(docs["dense-plus-sparse"]))
+    for name in ("dense-plus-sparse", "lazy-rich"):
+        if name in docs:
+            print(exps[name].table(docs[name]))
     return 0
 
 

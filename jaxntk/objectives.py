@@ -51,12 +51,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxntk import spectral
+from jaxntk import diagnostics, spectral
 from jaxntk.targets import sample_inputs
 
 Array = jax.Array
 
 __all__ = [
+    "LINEAR_VARIANTS",
     "LOSSES",
     "PAPER_VARIANTS",
     "VARIANTS",
@@ -198,6 +199,10 @@ Example:
     >>> [name for name, v in VARIANTS.items() if v.quadratic]  # those that need σ'' ≠ 0
     ['quadntk', 'randomized', 'ntk+quadntk', 'regularized', 'taylor-3', 'taylor-4']
 """
+
+LINEAR_VARIANTS = frozenset({"ntk"})
+"""The variants whose prediction f0 + f_L(U) is linear in U: their tangent kernel is the NTK K_0 at
+every U (`jaxntk.diagnostics.measure`'s `linear`)."""
 
 PAPER_VARIANTS = ("full", "ntk", "quadntk", "randomized", "ntk+quadntk", "regularized")
 """The six variants of the paper's comparison (docs/science.md §5)."""
@@ -609,6 +614,8 @@ class Data(NamedTuple):
         prep_train: `model.prepare(x_train)`, or None before `VariantObjective.prepare`.
         prep_test: `model.prepare(x_test)`, or None before `VariantObjective.prepare`.
         prep_pop: `model.prepare(x_pop)` when dirs is given, else None.
+        laziness: the `jaxntk.diagnostics.Reference` on the first `VariantObjective.probe`
+            training inputs, filled in by `VariantObjective.prepare` when probe > 0, else None.
     """
 
     model: Any
@@ -622,6 +629,7 @@ class Data(NamedTuple):
     prep_train: Any = None
     prep_test: Any = None
     prep_pop: Any = None
+    laziness: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -643,6 +651,8 @@ class VariantObjective:
         d: the input dimension of R_pop's fresh samples.
         data_loss: a name in `LOSSES`, the loss on the data ("mse": the history's "mse" term;
             "cross_entropy": its "cross_entropy" term and the accuracies).
+        probe: P > 0 records the laziness diagnostics (`jaxntk.diagnostics`) at every
+            evaluation, on the first P training inputs; 0 (default) records none.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -676,6 +686,7 @@ class VariantObjective:
     distribution: str = "gaussian"
     d: int = 1
     data_loss: str = "mse"
+    probe: int = 0
 
     def prepare(self, data: Data) -> Data:
         """`data` with the model's per-input constants (σ'(x W0ᵀ), linearizations) filled in.
@@ -684,11 +695,16 @@ class VariantObjective:
             data: the run's `Data`.
 
         Returns:
-            `data` with prep_train, prep_test and (when dirs is given) prep_pop set.
+            `data` with prep_train, prep_test, (when dirs is given) prep_pop and (when probe > 0)
+            laziness set.
         """
         model = data.model
         x_pop = data.x_test if data.x_pop is None else data.x_pop
         train_order = _train_order(get_variant(self.variant))
+        if self.probe:
+            p = self.probe
+            ref = diagnostics.reference(model, data.x_train[:p], data.y_train[:p], train_order)
+            data = data._replace(laziness=ref)
         return data._replace(
             prep_train=model.prepare(data.x_train, order=train_order),
             # the evaluation's f_L / f_Q shares read the quadratic term of every variant
@@ -735,7 +751,8 @@ class VariantObjective:
         Returns:
             (total, terms): the () loss and a dict with the data loss (under its name, "mse"
             or "cross_entropy") and each active regularizer's value ("bulk", "pop", "norm24"),
-            unweighted.
+            unweighted. A model with a `loss_weight` (`jaxntk.scaling.Scaled`: 1/α²) has its
+            total multiplied by it (Chizat, Oyallon & Bach's objective); the terms are not.
         """
         v = get_variant(self.variant)
         model = data.model
@@ -746,6 +763,9 @@ class VariantObjective:
         fit = LOSSES[self.data_loss](pred, data.y_train)
         regs = self._regularizers(u, data, k_pop, f_linear)
         total = fit + sum(hyper[name] * value for name, value in regs.items())
+        weight = getattr(model, "loss_weight", None)
+        if weight is not None:  # a `jaxntk.scaling.Scaled` model: 1/α² on the whole objective
+            total = weight * total
         return total, {self.data_loss: fit, **regs}
 
     def evaluate(self, u: Any, data: Data, hyper: dict[str, Array]) -> dict[str, Array]:
@@ -765,7 +785,11 @@ class VariantObjective:
             A dict of () arrays "train_loss", "test_loss", "u_norm", "norm24", and, when
             `data.dirs` is given, "bulk" and "pop" (R_pop on `data.x_pop`); for "cross_entropy"
             "train_accuracy" and "test_accuracy"; and, for "mse" with `data.parts_test` shaped
-            (P, *y_test.shape), the (P,) arrays "share_linear", "share_quadratic".
+            (P, *y_test.shape), the (P,) arrays "share_linear", "share_quadratic". With
+            probe > 0 (`Data.laziness` set): "kernel_change", "alignment", "displacement"
+            (`jaxntk.diagnostics.measure`), "probe_outputs" (the prediction on the probe, (P,
+            ...)) and, for "full", "distance_linear" and "distance_quadratic"
+            (`jaxntk.diagnostics.taylor_distances` on the test inputs).
         """
         del hyper
         model = data.model
@@ -796,6 +820,28 @@ class VariantObjective:
             out["bulk"] = bulk_penalty(data.dirs, fl_train)
             out["pop"] = population_penalty(model, data.prep_train, data.dirs, u, data.prep_pop)
         out["norm24"] = norm24_penalty(u)
+        if data.laziness is not None:
+            out.update(self._laziness(v, model, u, data, test_pred, fl, fq))
+        return out
+
+    def _laziness(self, v, model, u, data, test_pred, fl, fq) -> dict[str, Array]:
+        """The diagnostics of `jaxntk.diagnostics` at U: kernel change, alignment, displacement,
+        the outputs on the probe, and for "full" the test distances to its Taylor models."""
+        ref = data.laziness
+
+        def predict(w, prep):
+            return v.predict(model, w, prep)
+
+        # the network's own kernel in closed form where there is one: no per-example gradients
+        kernel = diagnostics.network_kernel(model, u, ref.prep) if v.name == "full" else None
+        out = diagnostics.measure(predict, u, ref, linear=v.name in LINEAR_VARIANTS, kernel=kernel)
+        out["probe_outputs"] = predict(u, ref.prep)
+        if v.name == "full":
+            if fl is None:
+                fl, fq = model.linear_and_quadratic(u, data.prep_test)
+            f0 = model.initial_output(data.prep_test)
+            dist = diagnostics.taylor_distances(test_pred, f0, fl, fq)
+            out["distance_linear"], out["distance_quadratic"] = dist["linear"], dist["quadratic"]
         return out
 
     def _regularizers(

@@ -13,7 +13,13 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-__all__ = ["lambda_sweep_figure", "mlp_figure", "sample_complexity_figure", "variants_chart"]
+__all__ = [
+    "lambda_sweep_figure",
+    "lazy_rich_figure",
+    "mlp_figure",
+    "sample_complexity_figure",
+    "variants_chart",
+]
 
 
 def variants_chart(json_path: Path, png_path: Path) -> Path:
@@ -187,5 +193,82 @@ def mlp_figure(json_path: Path, png_path: Path) -> Path:
     ax.set_xlabel("d")
     ax.set_ylabel(f"smallest n with test loss < {cfg['threshold']}")
     ax.legend(fontsize=8)
+    fig.savefig(png_path, dpi=120)
+    return Path(png_path)
+
+
+def lazy_rich_figure(json_path: Path, png_path: Path) -> Path:
+    """The lazy-rich experiment in four panels against the scale α (log x): final test loss and
+    kernel change, one line per width (mean ± std over seeds), the variants and one-step as
+    horizontal marks (the largest width); the distance of the network's trajectory to the scaled
+    NTK's, with 1/α and 1/α² guides; and n* against d (log-log) for the rich network and one-step
+    with their fitted slopes.
+
+    Args:
+        json_path: the experiment's JSON file (lazy-rich.json from `jaxntk reproduce`).
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
+    doc = json.loads(Path(json_path).read_text())
+    cfg, sweep = doc["config"], doc["sweep_summary"]
+    fig = Figure(figsize=(14, 3.6), layout="constrained")
+    loss_ax, kernel_ax, dist_ax, slope_ax = fig.subplots(1, 4)
+    shades = colormaps["Blues"](np.linspace(0.5, 0.9, len(sweep)))
+    for shade, (m, by_alpha) in zip(shades, sweep.items(), strict=True):
+        alphas = np.array([float(a) for a in by_alpha])
+        for ax, key in ((loss_ax, "test_loss"), (kernel_ax, "kernel_change")):
+            mean = np.array([v[f"{key}_mean"] for v in by_alpha.values()])
+            std = np.array([v[f"{key}_std"] for v in by_alpha.values()])
+            ax.errorbar(alphas, mean, yerr=std, color=shade, marker="o", ms=3, label=f"m = {m}")
+        dist = np.array([v["distance_to_ntk_test_mean"] for v in by_alpha.values()])
+        dist_ax.plot(alphas, dist, color=shade, marker="o", ms=3, label=f"m = {m}")
+    lazy = alphas[alphas >= 1]
+    if lazy.size and np.isfinite(dist[alphas >= 1]).all():
+        start = dist[alphas >= 1][0] * lazy[0]
+        dist_ax.plot(lazy, start / lazy, "--", color="gray", lw=1, label="∝ 1/α")
+        dist_ax.plot(lazy, start * lazy[0] / lazy**2, ":", color="gray", lw=1, label="∝ 1/α²")
+    widest = str(cfg.get("variant_width") or max(cfg["widths"]))
+    colors = colormaps["tab10"](np.arange(len(doc["variant_summary"])))
+    for c, (variant, by_width) in zip(colors, doc["variant_summary"].items(), strict=True):
+        if widest in by_width:
+            loss_ax.axhline(
+                by_width[widest]["test_loss_mean"], color=c, ls="--", lw=1, label=variant
+            )
+    loss_ax.set_ylabel("final test loss")
+    kernel_ax.set_ylabel("‖K_T − K_0‖ / ‖K_0‖ (probe)")
+    dist_ax.set_ylabel("‖h_α(T) − h_ntk(T)‖ / ‖h_ntk(T)‖ (test)")
+    for ax in (loss_ax, kernel_ax, dist_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("α (Chizat et al.'s scale)")
+    kernel_ax.set_yscale("log")
+    dist_ax.set_yscale("log")
+    loss_ax.legend(fontsize=6)
+    dist_ax.legend(fontsize=7)
+    ds = cfg["slope_ds"]
+    reached = False
+    slope_colors = colormaps["tab10"](np.arange(len(doc["slopes"])))
+    for c, (variant, fit) in zip(slope_colors, doc["slopes"].items(), strict=True):
+        nstar = doc["n_star"][variant]
+        mean_n = [
+            np.mean([x for x in nstar[str(d)].values() if x is not None] or [np.nan]) for d in ds
+        ]
+        label = f"{variant}: not reached"
+        if fit["slope_mean"] is not None:
+            label = f"{variant}: slope {fit['slope_mean']:.2f} ± {fit['slope_std']:.2f}"
+        slope_ax.plot(ds, mean_n, color=c, marker="o", label=label)
+        reached = reached or bool(np.isfinite(mean_n).any())
+    slope_ax.set_xscale("log")
+    if reached:  # a log axis with no finite point fails to draw
+        slope_ax.set_yscale("log")
+    slope_ax.set_xlabel("d")
+    slope_ax.set_ylabel(f"n* (test loss ≤ {cfg['threshold']:.3g})")
+    slope_ax.legend(fontsize=7)
+    fig.suptitle(
+        f"lazy to rich on ((β·x)² − 1 + β·x)/√3: d = {cfg['d']}, n = {cfg['n']}, "
+        f"T = {cfg['steps']}, {len(cfg['seeds'])} seeds",
+        fontsize=9,
+    )
     fig.savefig(png_path, dpi=120)
     return Path(png_path)

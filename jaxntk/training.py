@@ -137,6 +137,7 @@ def train(
     devices: sharding.Devices = None,
     batching: str = "auto",
     loss: str = "mse",
+    probe: int = 0,
 ) -> Run:
     """Train one variant of `model` on `task` for several regularizer weights and seeds at once.
 
@@ -184,17 +185,24 @@ def train(
             output entries (y shaped like the model's outputs), or "cross_entropy" (softmax
             over the last output axis, y integer class labels; the history adds
             "train_accuracy" and "test_accuracy").
+        probe: P > 0 records the laziness diagnostics at every evaluation, inside the compiled
+            loop (`jaxntk.diagnostics`, `VariantObjective.probe`): the history adds
+            "kernel_change" (of the tangent kernel on the first P training inputs, from the
+            network's NTK at θ0), "alignment", "displacement", "probe_outputs" (L, S, E, P) and,
+            for "full", "distance_linear" and "distance_quadratic" on the test inputs. 0 (the
+            default): none.
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
 
     Raises:
         ValueError: for an unknown variant, optimizer, batching mode or loss, a non-positive
-            step count, devices that do not fit the model, task labels that do not fit the
-            model's outputs and the loss (naming y_train or y_test), or the good-direction
-            regularizers (R_bulk, R_pop, "regularized", track_directions) on a model with
-            other outputs than one per input; for lists of models and tasks, not one of each
-            per seed, models or tasks that differ in structure or shapes, or several devices.
+            step count, a probe out of [0, n], devices that do not fit the model, task labels
+            that do not fit the model's outputs and the loss (naming y_train or y_test), or the
+            good-direction regularizers (R_bulk, R_pop, "regularized", track_directions) on a
+            model with other outputs than one per input; for lists of models and tasks, not one
+            of each per seed, models or tasks that differ in structure or shapes, or several
+            devices.
         TypeError: if `reg` is not a `Regularizer`, or only one of model and task is a list.
 
     Example:
@@ -224,6 +232,7 @@ def train(
     model, task = pairs[0]
     reg, weights = _regularizer_weights(reg, v, task.n)
     init_scale = _check_model_for_variant(model, variant, v, init_scale)
+    check_int("probe", probe, 0, task.n, "the number of training points")
     _batching_mode(batching)  # a bad value fails before any work
     layout, pairs = _place(pairs, devices)
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
@@ -240,12 +249,15 @@ def train(
         distribution=task.distribution,
         d=task.d,
         data_loss=loss,
+        probe=probe,
     )
     data = _seed_data(pairs, dirs)
     per_seed = len(pairs) > 1
     config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
     if per_seed:
         config["data_per_seed"] = True
+    if probe:
+        config["probe"] = probe
     return fit(
         objective,
         data,

@@ -50,6 +50,18 @@ TINY = {
         "VARIANTS": ("ntk", "ntk+quadntk", "regularized"),
         "SEED": 1,
     },
+    "05_lazy_rich.ipynb": {
+        "RESULTS_DIR": "no-results",
+        "D": 5,
+        "N": 24,
+        "M": 16,
+        "N_TEST": 50,
+        "ALPHAS": (1.0, 10.0),
+        "STEPS": 20,
+        "EVAL_EVERY": 10,
+        "PROBE": 6,
+        "SEED": 1,
+    },
     "04_real_data.ipynb": {
         "MODELS": ("mlp",),
         "PARAMETERIZATIONS": ("ntk",),
