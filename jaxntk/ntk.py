@@ -82,6 +82,11 @@ jacobian 25.9 s, structured 14.2 s for 0.67× its FLOPs)."""
 _AUTO = ("jacobian", "products", "structured")  # the implementations "auto" chooses from
 _DEFAULT_BLOCK = 128  # rows per block when the budget allows: large enough for efficient GEMMs
 _PRODUCT_COLUMNS = 64  # most J(Jᵀv) columns in flight at once
+# What "auto" learns from lowering a model (FLOPs, whether it has convolutions) depends only on
+# the function and the shapes: kept, so a second call on the same model does not lower it again
+# (0.1-0.4 s a call on 2 cores, more than the kernel itself for small n).
+_ANALYSES: dict[Any, Any] = {}
+_MAX_ANALYSES = 256
 
 
 class Estimate(NamedTuple):
@@ -499,8 +504,26 @@ def _estimate(name, extra, apply_fn, params0, x1, spec, budget, with_flops) -> E
 
 def _has_convolution(apply_fn, params0, xb) -> bool:
     """Whether the model's jaxpr (sub-jaxprs included) holds a convolution."""
-    jaxpr = jax.make_jaxpr(apply_fn)(params0, xb)
-    return "conv_general_dilated" in str(jaxpr)
+    return _analysed(
+        ("convolution", apply_fn),
+        (params0, xb),
+        lambda: "conv_general_dilated" in str(jax.make_jaxpr(apply_fn)(params0, xb)),
+    )
+
+
+def _analysed(name, args, analyse):
+    """analyse(), kept under name and the shapes and dtypes of args while the key is hashable."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    key = (name, treedef, tuple(_aval(a) for a in leaves))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable function or static argument: analysed every time
+        return analyse()
+    if key not in _ANALYSES:
+        if len(_ANALYSES) >= _MAX_ANALYSES:
+            _ANALYSES.pop(next(iter(_ANALYSES)))
+        _ANALYSES[key] = analyse()
+    return _ANALYSES[key]
 
 
 def _bytes_needed(name, estimate, spec) -> int:
@@ -532,6 +555,19 @@ def _flops(fn, *args) -> float:
     """XLA's FLOP count of fn on args' shapes (lowered, not compiled); 0 where unreported."""
     static = tuple(a for a in args if isinstance(a, bool))
     arrays = tuple(a for a in args if not isinstance(a, bool))
+    return _analysed(("flops", fn, static), arrays, lambda: _lowered_flops(fn, static, arrays))
+
+
+def _aval(leaf):
+    """A leaf's shape and dtype where it has them, else the leaf itself (a function, say)."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+    if isinstance(leaf, (bool, int, float, complex)):
+        return (type(leaf), leaf)
+    return leaf
+
+
+def _lowered_flops(fn, static, arrays) -> float:
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), arrays)
     lowered = jax.jit(lambda *a: fn(*a, *static)).lower(*shapes)
     analysis = lowered.cost_analysis()

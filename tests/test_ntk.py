@@ -242,6 +242,25 @@ def test_auto_records_its_choice_and_leaves_out_what_does_not_fit(x64):
     assert "jacobian" in tight.reason and "over the budget" in tight.reason
 
 
+def test_auto_lowers_a_model_once_per_shape(x64, monkeypatch):
+    """The cost analysis behind "auto" is kept per function and shapes: a second call on new
+    values of the same shapes lowers nothing, another function is analysed afresh."""
+    apply_fn, params, shape = mlp()
+    lowered = []
+    analyse = ntk._lowered_flops
+    monkeypatch.setattr(ntk, "_lowered_flops", lambda *a: lowered.append(1) or analyse(*a))
+    monkeypatch.setattr(ntk, "_ANALYSES", {})
+    jn.choose_method(apply_fn, params, _normal(40, (N1, *shape)))
+    first = len(lowered)
+    assert first > 0
+    again = jn.choose_method(apply_fn, params, _normal(41, (N1, *shape)))
+    assert len(lowered) == first
+    other_fn, other_params, _ = mlp()  # a new closure: nothing known of it
+    fresh = jn.choose_method(other_fn, other_params, _normal(42, (N1, *shape)))
+    assert len(lowered) == 2 * first
+    assert again.estimates["jacobian"].flops > 0 and fresh.method in again.estimates
+
+
 def test_the_default_budget_is_a_quarter_of_the_memory():
     stats = jax.local_devices()[0].memory_stats() or {}
     total = stats.get("bytes_limit", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
