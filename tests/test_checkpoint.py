@@ -111,6 +111,7 @@ def test_a_truncated_state_file_is_refused_naming_the_folder(small, tmp_path):
         jn.train(*small, "ntk", **KW, checkpoint=tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_a_corrupted_history_chunk_is_refused_naming_the_folder(small, tmp_path):
     jn.train(*small, "ntk", **KW, checkpoint=tmp_path)
     chunk = tmp_path / "history" / "000000000004.npz"

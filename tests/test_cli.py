@@ -63,6 +63,7 @@ def test_train_writes_run_json_and_history(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("inputs", ["gaussian", "sphere"])
+@pytest.mark.slow
 def test_train_on_both_input_laws(tmp_path, inputs):
     rc = cli.main(["train", "--variant", "ntk", *TINY, "--inputs", inputs, "--out", str(tmp_path)])
     assert rc == 0
@@ -157,6 +158,7 @@ def test_reproduce_rejects_an_unwritable_out(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_redraws_from_saved_files(tmp_path, capsys):
     assert cli.main(["reproduce", "--only", "spectrum", "--out", str(tmp_path)]) == 0
     (tmp_path / "spectrum.png").unlink()

@@ -101,6 +101,7 @@ def test_train_checks_a_task_before_compiling():
         jn.train(net, short, "ntk", steps=5, progress=False)
 
 
+@pytest.mark.slow
 def test_a_task_in_another_dtype_than_the_model_is_refused(x64):
     task = jn.paper_task(jax.random.PRNGKey(0), d=D, n=N, n_test=N_TEST)  # float64 under x64
     net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=8, dtype=jnp.float32)

@@ -198,6 +198,7 @@ def test_bad_input_is_named():
         diagnostics.reference(None, jnp.ones((3, 2)), jnp.ones(4))
 
 
+@pytest.mark.slow
 def test_train_records_the_diagnostics_at_every_evaluation(x64):
     """`train(..., probe=P)`: the values recorded inside the compiled loop, against NumPy at the
     run's own parameters; the ntk variant's kernel change is 0 at every evaluation."""

@@ -229,6 +229,7 @@ def test_reproduce_rejects_bad_lambdas(tmp_path, capsys):
         assert len(err) == 1 and "--lambdas" in err[0]
 
 
+@pytest.mark.slow
 def test_authors_run_table_is_computed_from_the_saved_run(tmp_path, capsys):
     """docs/authors_run.py turns a one-seed lambda-sweep into the README's table and figure."""
     import importlib.util
@@ -321,6 +322,7 @@ def test_reproduce_without_only_runs_the_default_set_and_plot_redraws_every_figu
         assert _png(tmp_path / f"{name}.png"), name
 
 
+@pytest.mark.slow
 def test_reproduce_resumes_the_lambda_sweep_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """Stopped once its first chunk (20 of 40 steps) is saved, a rerun with the same --checkpoint
     trains only the second chunk and ends where an uninterrupted run ends."""

@@ -76,6 +76,7 @@ def problem():
     return net, task, u
 
 
+@pytest.mark.slow
 def test_two_layer_forward_pass_at_u_not_zero_matches_numpy(problem, x64):
     net, task, u = problem
     w0, a = _np_net(net)
@@ -168,6 +169,7 @@ def _np_generic(p, du, x):
     )
 
 
+@pytest.mark.slow
 def test_every_variant_keeps_f0_of_a_generic_model(problem, x64):
     _, task, _ = problem
     apply_fn, p0, du = _generic_model()
@@ -212,6 +214,7 @@ def _np_bulk_and_pop(net, task, u, k, x_pop):
 
 
 @pytest.mark.parametrize("variant", list(objectives.VARIANTS))
+@pytest.mark.slow
 def test_evaluate_logs_every_metric_by_its_formula(problem, x64, variant):
     """train/test loss, ‖U‖, the f_L and f_Q shares of each target part, R_bulk, R_pop, R_24."""
     net, task, u = problem
@@ -305,6 +308,7 @@ def test_from_sum_scale_multiplies_the_sum_weight_by_n():
 
 
 @pytest.mark.parametrize("k", [2, None])
+@pytest.mark.slow
 def test_k_reaches_training_and_the_logged_penalties(problem, x64, k):
     """R_bulk and R_pop logged by `train` use the top-k directions of the given k (default d)."""
     net, task, _ = problem
@@ -329,6 +333,7 @@ def test_k_reaches_training_and_the_logged_penalties(problem, x64, k):
 
 
 @pytest.mark.parametrize("method", ["gram", "matrix_free"])
+@pytest.mark.slow
 def test_track_directions_logs_the_penalties_of_an_unregularized_run(problem, x64, method):
     net, task, _ = problem
     kw = dict(steps=2, lr=0.5, eval_every=2, init_scale=0.3, progress=False)
@@ -347,6 +352,7 @@ def _np_ntk_gradient(j, y, u):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.slow
 def test_named_optimizers_follow_their_update_rules(problem, x64, optimizer):
     """The ntk variant from U = 0, four steps, against each update rule written in numpy:
     sgd u −= η g; momentum (heavy ball, 0.9) t = g + 0.9 t, u −= η t; adam (0.9, 0.999, 1e-8)
@@ -385,6 +391,7 @@ def test_named_optimizers_follow_their_update_rules(problem, x64, optimizer):
     np.testing.assert_allclose(run.params[0, 0].reshape(-1), u, rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_initial_u_has_rows_of_norm_init_scale(x64):
     """Entries N(0, s²/d): E‖u_r‖² = s², so ‖U‖²/(m s²) ~ χ²_{md}/(md), within 5 of its standard
     deviations √(2/(md)) of 1; 0 gives U = 0, and quadntk's default scale is 0.1."""
@@ -400,6 +407,7 @@ def test_initial_u_has_rows_of_norm_init_scale(x64):
     np.testing.assert_array_equal(zero, np.zeros((m, d)))
 
 
+@pytest.mark.slow
 def test_init_scale_reaches_training(problem, x64):
     net, task, _ = problem
     kw = dict(steps=1, lr=0.25, eval_every=1, progress=False)

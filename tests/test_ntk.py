@@ -124,6 +124,7 @@ def assert_close(got, want, rtol=1e-10):
 
 @pytest.mark.parametrize("method", IMPLEMENTATIONS)
 @pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.slow
 def test_every_method_equals_the_explicit_jacobian_contraction(x64, model, method):
     check_contractions(model, method, list(CONTRACTIONS))
 
@@ -301,6 +302,7 @@ class OneOutputCNN(nn.Module):
         return nn.Dense(1, **f64)(h.reshape(h.shape[0], -1))[:, 0]
 
 
+@pytest.mark.slow
 def test_a_taylor_models_gram_matrix_and_good_directions_come_from_the_engine(x64):
     module = OneOutputCNN()
     x = _normal(32, (9, 64))
@@ -316,6 +318,7 @@ def test_a_taylor_models_gram_matrix_and_good_directions_come_from_the_engine(x6
     np.testing.assert_allclose(np.abs(u[:, :3].T @ np.asarray(dirs.u_k)), np.eye(3), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_regularized_training_of_a_one_output_flax_cnn_runs_and_learns(x64):
     module = OneOutputCNN()
     x, x_test = _normal(33, (12, 64)), _normal(34, (6, 64))
@@ -369,6 +372,7 @@ def check_worker_kernels(result: dict) -> None:
         assert_close(result[f"{name}_host"], expected(j1, j_other, (1,), ()))
 
 
+@pytest.mark.slow
 def test_block_rows_spread_over_two_devices(tmp_path):
     (result,) = run_workers(tmp_path / "k", processes=1, devices=2)
     check_worker_kernels(result)

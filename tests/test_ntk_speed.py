@@ -126,6 +126,7 @@ def test_the_time_of_a_size_is_projected_from_the_growth_of_the_last_two():
     assert _ntk_runs._projected([], 16) is None
 
 
+@pytest.mark.slow
 def test_a_call_that_overruns_is_stopped_and_the_others_go_on(tmp_path):
     """A stand-in child that hangs on "slow" and answers the rest: the slow call is marked
     killed, its larger size skipped, and a new child runs the remaining tasks."""

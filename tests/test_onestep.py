@@ -25,6 +25,7 @@ def _numpy_two_stages(w0, s, x, y, bias, eta, ridge):
 
 
 @pytest.mark.parametrize("n, m", [(26, 40), (42, 12)])  # dual (n ≤ m) and primal (n > m) paths
+@pytest.mark.slow
 def test_grid_choice_and_fit_match_numpy(x64, n, m):
     d = 4
     task = jn.paper_task(jax.random.PRNGKey(0), d=d, n=n, n_test=30)

@@ -64,6 +64,7 @@ CONTRACTIONS = {
 
 @pytest.mark.parametrize("method", ["jacobian", "products"])
 @pytest.mark.parametrize(("trace", "diagonal"), list(CONTRACTIONS), ids=str)
+@pytest.mark.slow
 def test_multi_output_ntk_equals_the_jacobian_contraction(x64, trace, diagonal, method):
     apply_fn, params = flax_model()
     x1, x2 = inputs(1, N), inputs(2, N if 0 in diagonal else N_TEST)
@@ -86,6 +87,7 @@ def test_multi_output_ntk_equals_the_jacobian_contraction(x64, trace, diagonal, 
         ((1, 2), (0,), "iabP,iabP->i", 6),
     ],
 )
+@pytest.mark.slow
 def test_ntk_of_outputs_with_two_axes(x64, trace, diagonal, spec, size):
     apply_fn, params = flax_model(GridMLP())
     x1 = inputs(3, 6)
@@ -167,6 +169,7 @@ def test_linearize_of_a_multi_output_model_is_f0_plus_jacobian_times_delta(x64):
     np.testing.assert_allclose(jn.linearize(apply_fn, params)(moved, x), expected, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_taylor_model_terms_of_a_multi_output_model_are_the_explicit_derivatives(x64):
     apply_fn, params = flax_model()
     x = inputs(1, 4)
@@ -182,6 +185,7 @@ def test_taylor_model_terms_of_a_multi_output_model_are_the_explicit_derivatives
     np.testing.assert_allclose(f_quad_model, apply_fn(params, x) + f_lin + f_quad, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_ntk_predict_equals_gradient_descent_of_the_trainer(x64):
     apply_fn, params, task = regression_problem()
     steps = 30
@@ -212,6 +216,7 @@ def test_ntk_predict_equals_gradient_descent_of_the_trainer(x64):
     assert train_loss[-1] < 0.5 * train_loss[0]
 
 
+@pytest.mark.slow
 def test_ntk_predict_at_infinity_is_kernel_regression_and_the_flow_is_the_exponential(x64):
     apply_fn, params, task = regression_problem()
     j_train = flat_jacobian(apply_fn, params, task.x_train).reshape(N * C, -1)
@@ -279,6 +284,7 @@ def classification_problem(seed=3):
     return jn.TaylorModel(apply_fn, params), task_of(x, labels, x_test, labels_test)
 
 
+@pytest.mark.slow
 def test_cross_entropy_training_lowers_the_loss_without_recompiling(x64):
     model, task = classification_problem()
     kwargs = {"steps": 40, "lr": 2.0, "eval_every": 20, "progress": False, "loss": "cross_entropy"}
@@ -294,6 +300,7 @@ def test_cross_entropy_training_lowers_the_loss_without_recompiling(x64):
     assert training._run_chunk._cache_size() == compiled
 
 
+@pytest.mark.slow
 def test_order_3_taylor_model_of_a_multi_output_model_trains_on_the_mse(x64):
     apply_fn, params, task = regression_problem()
     model = jn.TaylorModel(apply_fn, params)

@@ -26,6 +26,7 @@ def _final_test_outputs(model, task, variant, lr, steps=200):
     return np.asarray(jn.objectives.get_variant(variant).predict(model, u, prep)), run
 
 
+@pytest.mark.slow
 def test_alpha_one_is_the_full_variant_exactly(task):
     net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=M)
     plain = jn.train(net, task, "full", steps=300, eval_every=100, progress=False)
@@ -43,6 +44,7 @@ def test_alpha_one_is_the_full_variant_exactly(task):
     np.testing.assert_array_equal(scaled.trace["loss"], plain.trace["loss"])
 
 
+@pytest.mark.slow
 def test_gd_on_the_scaled_model_is_gd_on_chizats_objective(task, x64):
     """Three GD steps on (1/α²)(1/n) Σ (y − α f(W0 + U))², by hand in NumPy."""
     task = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, task)
@@ -90,6 +92,7 @@ def test_outputs_and_terms_are_alpha_times_the_centered_model(x64):
 
 
 @pytest.mark.parametrize("paired, rate", [(True, -2.0), (False, -1.0)])
+@pytest.mark.slow
 def test_the_scaled_ntk_does_not_depend_on_alpha_and_the_network_approaches_it(
     task, x64, paired, rate
 ):
@@ -119,6 +122,7 @@ def test_the_scaled_ntk_does_not_depend_on_alpha_and_the_network_approaches_it(
     assert abs(slope - rate) < 0.1, (gaps, slope)
 
 
+@pytest.mark.slow
 def test_mean_field_is_the_scale_one_over_root_m(task, x64):
     task = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, task)
     key = jax.random.PRNGKey(3)

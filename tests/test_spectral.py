@@ -127,6 +127,7 @@ def test_projectors_are_complementary_idempotent_and_kill_top_outputs():
     np.testing.assert_allclose(f_good, bulk_residual(dirs, f), atol=1e-4 * float(jnp.max(f)))
 
 
+@pytest.mark.slow
 def test_projectors_jit_and_grad_without_recompiling():
     net, x = _problem(d=10, n=40, m=100, distribution="gaussian")
     prep = net.prepare(x)
@@ -260,6 +261,7 @@ def test_bad_inputs_raise_clear_errors():
         degree_block_report(np.ones(5), predict_degree_blocks("shifted_sigmoid", d=10, n=30))
 
 
+@pytest.mark.slow
 def test_spectrum_experiment_writes_json_and_png(tmp_path):
     config = spectrum.Config(d=8, n=30, m=200)
     doc = spectrum.run(config, tmp_path)

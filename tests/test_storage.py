@@ -35,6 +35,7 @@ def setup():
     return net, x, u
 
 
+@pytest.mark.slow
 def test_prepare_stores_rounded_derivatives(setup):
     net, x, _ = setup
     low = jn.TwoLayer(net.w0, net.a, storage="bfloat16")

@@ -253,6 +253,7 @@ def _check_kernels(name, force, choices):
 
 
 @pytest.mark.parametrize("name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback"])
+@pytest.mark.slow
 def test_kernel_matches_explicit_jacobians(x64, name):
     _check_kernels(name, None, _axis_choices)
 
@@ -270,6 +271,7 @@ def test_kernel_matches_explicit_jacobians_on_some_axes(x64, name):
 
 @pytest.mark.parametrize("force", ["structured", "jacobian"])
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_both_forms_match_explicit_jacobians(x64, name, force):
     _check_kernels(name, force, _some_axis_choices)
 

@@ -129,6 +129,7 @@ def test_sphere_samples_have_norm_sqrt_d(d):
 
 
 @pytest.mark.parametrize("distribution", tg.DISTRIBUTIONS)
+@pytest.mark.slow
 def test_parts_have_stated_variance_and_are_orthogonal(distribution):
     d = D
     keys = jax.random.split(KEY, 5)
@@ -192,6 +193,7 @@ def _quadrature_3d(distribution: str, points: int = 12) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.parametrize("distribution", tg.DISTRIBUTIONS)
+@pytest.mark.slow
 def test_normalised_parts_have_their_variance_by_quadrature(x64, distribution):
     """E[f²] of dense and sparse parts of degree 1..4 in d = 3, by a quadrature rule exact for
     these polynomials, evaluating the part pointwise: the normalisation, checked from outside."""
@@ -323,6 +325,7 @@ def test_make_task_sphere_and_float64(x64):
     np.testing.assert_allclose(jnp.linalg.norm(task.x_test, axis=1), math.sqrt(D), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_paper_task_is_a_pytree_that_vmaps_over_keys():
     tasks = jax.jit(jax.vmap(lambda k: tg.paper_task(k, D, 64, N_POINTS)))(jax.random.split(KEY, 3))
     assert tasks.x_train.shape == (3, 64, D) and tasks.parts_test.shape == (3, 2, N_POINTS)
@@ -616,6 +619,7 @@ def test_kept_directions_equal_the_predicted_degree_blocks(d, k):
 
 
 @pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.slow
 def test_kept_directions_are_where_the_measured_spectrum_drops(k):
     from jaxntk import network, spectral
 

@@ -144,6 +144,7 @@ def test_taylor_is_the_sum_of_its_terms(mlp):
         np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=key)
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_forms_agree(mlp):
     p0, x, delta = mlp
     model = TaylorModel(mlp_apply, p0)
@@ -158,6 +159,7 @@ def test_cached_and_uncached_forms_agree(mlp):
     np.testing.assert_allclose(jitted[1], f_quad, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_model_vmaps_over_params0_and_differentiates(mlp):
     p0, x, delta = mlp
     p0s = jax.tree.map(lambda a, b: jnp.stack([a, a + 0.1 * b]), p0, delta)
@@ -223,6 +225,7 @@ def nnx_model(x):
 
 
 @pytest.mark.parametrize("build", [linen_model, nnx_model], ids=["linen", "nnx"])
+@pytest.mark.slow
 def test_flax_mlp_through_its_pure_apply(x64, build):
     rng = np.random.default_rng(2)
     x = normal(rng, (5, 4))

@@ -85,6 +85,7 @@ def test_jet_terms_equal_nested_jvps(which, request):
 
 
 @pytest.mark.parametrize("which", ["cnn", "two_layer"])
+@pytest.mark.slow
 def test_terms_match_finite_differences_along_t(which, request):
     """f_j = g⁽ʲ⁾(0)/j! against central differences of g(t) = f(p0 + tδ) (function values only)."""
     apply_fn, p0, delta, x = request.getfixturevalue(which)
@@ -115,6 +116,7 @@ def test_remainder_falls_like_t_to_the_k_plus_1(which, request):
         assert abs(slope - (k + 1)) <= 0.2, (k, slope)
 
 
+@pytest.mark.slow
 def test_custom_jvp_activation_goes_through_its_primal(x64):
     key = jax.random.PRNGKey(4)
     x = jax.random.normal(key, (5, 3), jnp.float64)
@@ -162,6 +164,7 @@ def test_two_layer_closed_form_terms_equal_a_numpy_formula(x64):
         np.testing.assert_allclose(closed[j - 1], want, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_generic_and_closed_form_order_k_terms_agree(x64):
     net = jn.TwoLayer.init(jax.random.PRNGKey(8), d=4, m=8, dtype=jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(9), (5, 4), jnp.float64)

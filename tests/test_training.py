@@ -28,6 +28,7 @@ def net():
 
 
 @pytest.mark.parametrize("variant", list(objectives.VARIANTS))
+@pytest.mark.slow
 def test_every_variant_lowers_its_training_loss(net, task, variant):
     run = jn.train(net, task, variant, steps=400, eval_every=100, seeds=[0], progress=False)
     loss = run.history["train_loss"][0, 0]
@@ -36,6 +37,7 @@ def test_every_variant_lowers_its_training_loss(net, task, variant):
     assert run.history["step"].tolist() == [0, 100, 200, 300, 400]
 
 
+@pytest.mark.slow
 def test_ntk_follows_gradient_flow_of_kernel_regression_and_reaches_the_interpolant(x64):
     """GD from U = 0 on the linear model: f_t(X*) = K*ₓ K⁻¹ (I − (I − 2ηK/n)^t) y, exactly."""
     task = jn.paper_task(jax.random.PRNGKey(0), d=D, n=30, n_test=50)
@@ -58,6 +60,7 @@ def test_ntk_follows_gradient_flow_of_kernel_regression_and_reaches_the_interpol
     np.testing.assert_allclose(f_test, interpolant, atol=2 * remaining + 1e-9)
 
 
+@pytest.mark.slow
 def test_randomized_signs_kill_the_linear_term_and_keep_the_quadratic(x64):
     m = 6
     net = jn.TwoLayer.init(jax.random.PRNGKey(2), d=4, m=m, dtype=jnp.float64)
@@ -86,6 +89,7 @@ def test_random_signs_are_rademacher_per_row():
 
 
 @pytest.mark.parametrize("batching", ["vmap", "map"])
+@pytest.mark.slow
 def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task, batching):
     """Both ways of putting the λ × seed grid in one program give the separate runs."""
     reg = jn.Regularizer(bulk=[0.0, 0.5], norm24=[0.0, 1e-3])
@@ -108,6 +112,7 @@ def test_vmapped_seeds_and_lambdas_equal_separate_runs(net, task, batching):
 
 
 @pytest.mark.parametrize("batching, eval_at", [("vmap", None), ("map", "log")])
+@pytest.mark.slow
 def test_one_model_and_task_per_seed_in_one_program_equal_separate_runs(batching, eval_at):
     """A list of models and tasks, one per seed: every seed trains its own network on its own
     task inside one compiled program, exactly as its separate run (each λ too)."""
@@ -146,6 +151,7 @@ def test_one_model_and_task_per_seed_rejects_what_cannot_be_stacked():
         jn.train(nets, bigger, seeds=[1, 2], **kw)
 
 
+@pytest.mark.slow
 def test_same_seed_twice_is_bitwise_identical(net, task):
     kw = dict(steps=50, eval_every=10, seeds=[7], progress=False, init_scale=0.05)
     a = jn.train(net, task, "randomized", **kw)
@@ -155,6 +161,7 @@ def test_same_seed_twice_is_bitwise_identical(net, task):
     np.testing.assert_array_equal(a.params, b.params)
 
 
+@pytest.mark.slow
 def test_resume_after_a_chunk_equals_the_uninterrupted_run(net, task, tmp_path):
     kw = dict(steps=80, eval_every=10, evals_per_chunk=2, seeds=[0, 1], progress=False)
     full = jn.train(net, task, "regularized", **kw)
@@ -187,6 +194,7 @@ def test_resume_with_other_settings_is_refused(net, task, tmp_path):
         jn.train(net, task, "ntk", **{**kw, "seeds": [1]}, resume=True)
 
 
+@pytest.mark.slow
 def test_second_training_of_the_same_configuration_does_not_recompile(net, task):
     kw = dict(steps=30, eval_every=10, seeds=[0, 1], progress=False)
     jn.train(net, task, "ntk+quadntk", **kw)
@@ -196,6 +204,7 @@ def test_second_training_of_the_same_configuration_does_not_recompile(net, task)
     assert training._run_chunk._cache_size() == before
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_stopped_with_its_step_and_keeps_its_history(net, task):
     with pytest.warns(
         training.DivergenceWarning, match=r"ntk: non-finite training loss at step \d+"
@@ -215,6 +224,7 @@ def test_a_diverging_run_is_stopped_with_its_step_and_keeps_its_history(net, tas
     np.testing.assert_allclose(run.params, before.params, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_only_the_diverging_setting_of_a_sweep_stops(net, task):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -257,6 +267,7 @@ def test_bad_hyperparameters_raise(net, task, kwargs, match):
         jn.train(net, task, variant, **kwargs)
 
 
+@pytest.mark.slow
 def test_relu_cannot_train_a_quadratic_variant(task):
     net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=D, m=20, activation="relu")
     with pytest.raises(ValueError, match="relu"):
@@ -276,6 +287,7 @@ def test_steps_not_a_multiple_of_eval_every(net, task):
     assert run.history["step"].tolist() == [0, 10, 20, 25]
 
 
+@pytest.mark.slow
 def test_generic_taylor_model_trains_like_the_closed_form(net, task):
     generic = jn.TaylorModel(net.apply_fn, net.w0)
     kw = dict(steps=40, eval_every=20, seeds=[0], progress=False)
@@ -285,6 +297,7 @@ def test_generic_taylor_model_trains_like_the_closed_form(net, task):
         np.testing.assert_allclose(a.history[key], b.history[key], rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trace_records_the_objective_at_every_step(net, task):
     reg = jn.Regularizer(bulk=[0.0, 1.0])
     run = jn.train(
@@ -310,6 +323,7 @@ def test_trace_records_the_objective_at_every_step(net, task):
     assert np.all(np.diff(run.trace["mse"][0, 0]) < 0)  # plain GD on a smooth loss, small steps
 
 
+@pytest.mark.slow
 def test_generic_model_trained_twice_does_not_recompile(net, task):
     generic = jn.TaylorModel(net.apply_fn, net.w0)
     kw = dict(steps=20, eval_every=10, seeds=[0], progress=False)
@@ -319,6 +333,7 @@ def test_generic_model_trained_twice_does_not_recompile(net, task):
     assert (training._run_chunk._cache_size(), training._evaluate_jit._cache_size()) == before
 
 
+@pytest.mark.slow
 def test_taylor_variants_keep_the_output_at_initialization(task):
     """For a model with f(x; params0) ≠ 0 the Taylor variants are f0 + f_L (+ f_Q)."""
 
@@ -340,6 +355,7 @@ def test_taylor_variants_keep_the_output_at_initialization(task):
         )
 
 
+@pytest.mark.slow
 def test_a_users_optimizer_keeps_its_own_learning_rate(net, task):
     import optax
 
@@ -389,6 +405,7 @@ def test_bad_argument_types_and_a_single_int_seed(net, task):
     assert not run.diverged
 
 
+@pytest.mark.slow
 def test_run_config_records_the_defaults_and_settings(net, task):
     """Run.config holds what the run used: the default variant and optimizer, the sizes, the
     caller's own optimizer by its repr; the trace's steps are int64."""
@@ -419,6 +436,7 @@ def test_auto_batching_is_lax_map_on_cpu_and_vmap_stays_vmap():
     assert training._batching_mode("map") == "map"
 
 
+@pytest.mark.slow
 def test_norm24_penalty_reaches_training(net, task):
     """λ_4 > 0 adds λ_4·R_24(U) to the objective at every step (the trace) and changes U."""
     reg = jn.Regularizer(norm24=[0.0, 0.5])
@@ -431,6 +449,7 @@ def test_norm24_penalty_reaches_training(net, task):
     assert not np.allclose(run.params[0, 0], run.params[1, 0])
 
 
+@pytest.mark.slow
 def test_progress_callback_gets_each_chunks_summary(net, task):
     """A callable `progress` gets one dict per chunk: label, step, steps, elapsed seconds and the
     last evaluation's train/test loss averaged over the seeds."""
@@ -469,6 +488,7 @@ def test_fit_reports_under_the_label_run_by_default(net, task):
 
 
 @pytest.mark.parametrize("batching", ["map", "vmap"])
+@pytest.mark.slow
 def test_eval_at_evaluates_exactly_at_the_requested_steps(net, task, batching):
     # an independent per-step run (eval_every=1, the default path) gives the curve at every step
     kw = dict(steps=23, seeds=[0, 1], progress=False, batching=batching)
@@ -511,6 +531,7 @@ def test_bad_eval_schedule_raises(net, task, eval_at, match):
         jn.train(net, task, "ntk", steps=10, eval_at=eval_at, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_on_a_log_schedule_equals_the_uninterrupted_run(net, task, tmp_path):
     kw = dict(steps=60, eval_at="log", eval_points=8, evals_per_chunk=3, seeds=[0], progress=False)
     full = jn.train(net, task, "ntk+quadntk", **kw)
