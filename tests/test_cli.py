@@ -158,7 +158,6 @@ def test_reproduce_rejects_an_unwritable_out(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_plot_redraws_from_saved_files(tmp_path, capsys):
     assert cli.main(["reproduce", "--only", "spectrum", "--out", str(tmp_path)]) == 0
     (tmp_path / "spectrum.png").unlink()
