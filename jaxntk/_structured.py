@@ -31,7 +31,7 @@ inlined) is re-evaluated with a zero ε_k added to the output of each structured
 per example with respect to (ε, fallback leaves), vmapped over the |O| output entries, gives
 G_k = ∂f/∂ε_k and the fallback Jacobians together. No weight-gradient convolution is ever formed.
 
-`contract` returns the block in the layout of `spectral._ntk_block_jacobian`: for outputs (b, *O)
+`contract` returns the block in the layout of `jaxntk.ntk.empirical_ntk`: for outputs (b, *O)
 and resolved `trace`/`diagonal` axes, axis by axis a pair (x1 entry, x2 entry) per free axis, one
 shared entry per diagonal axis (axis 0 diagonal: only the pairs i = j), traced axes summed, and the
 kernel divided by the product of the traced sizes.
