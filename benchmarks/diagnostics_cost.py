@@ -22,7 +22,7 @@ from _machine import add_output_arguments, cpu_name, write_table
 
 import jaxntk as jn
 from jaxntk.experiments import lazy_rich
-from jaxntk.experiments._common import paper_setup
+from jaxntk.experiments._common import config_setup
 from jaxntk.scaling import Scaled
 
 
@@ -62,15 +62,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     rows = []
     for m in widths:
-        task, net = paper_setup(
-            1,
-            d=cfg.d,
-            n=cfg.n,
-            n_test=cfg.n_test,
-            m=m,
-            distribution=cfg.distribution,
-            activation=cfg.activation,
-        )
+        task, net = config_setup(cfg, 1, cfg.d, cfg.n, m)
         cases = [
             (f"full, {len(cfg.alphas)} α, m = {m}", [Scaled(net, a) for a in cfg.alphas], "full")
         ]

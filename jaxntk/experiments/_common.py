@@ -105,15 +105,17 @@ def paper_setup(
     return task, network.init(k_net, d=d, m=m, activation=activation)
 
 
-def config_setup(config, seed: int, d: int, n: int) -> tuple[targets.Task, network.TwoLayer]:
-    """`paper_setup` at dimension d and n training points, with the rest of the sizes (n_test,
-    m), the input law and the activation read from an experiment's `config`."""
+def config_setup(
+    config, seed: int, d: int, n: int, m: int | None = None
+) -> tuple[targets.Task, network.TwoLayer]:
+    """`paper_setup` at dimension d, n training points and width m (default `config.m`), with
+    n_test, the input law and the activation read from an experiment's `config`."""
     return paper_setup(
         seed,
         d=d,
         n=n,
         n_test=config.n_test,
-        m=config.m,
+        m=config.m if m is None else m,
         distribution=config.distribution,
         activation=config.activation,
     )

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxntk import objectives, onestep, training
-from jaxntk.experiments._common import labelled_progress, mean_std_by, paper_setup, write_results
+from jaxntk.experiments._common import config_setup, labelled_progress, mean_std_by, write_results
 from jaxntk.experiments.sample_complexity import fit_slopes, n_star
 from jaxntk.scaling import Scaled
 
@@ -203,15 +203,7 @@ def _final(run: training.Run, i: int, key: str) -> float:
 def _sweep_one(config: Config, m: int, seed: int, progress, curves: dict):
     """The α sweep for one width and seed, and at the variants' width the variants and
     one-step: (sweep rows, variant rows)."""
-    task, net = paper_setup(
-        seed,
-        d=config.d,
-        n=config.n,
-        n_test=config.n_test,
-        m=m,
-        distribution=config.distribution,
-        activation=config.activation,
-    )
+    task, net = config_setup(config, seed, config.d, config.n, m)
     common = {
         "steps": config.steps,
         "lr": config.lr,
@@ -347,18 +339,7 @@ def _slopes(config: Config, progress) -> list[dict]:
     seeds, alphas = list(config.slope_seeds), list(config.slope_alphas)
     for d in config.slope_ds:
         for n in config.grid(d):
-            setups = [
-                paper_setup(
-                    s,
-                    d=d,
-                    n=n,
-                    n_test=config.n_test,
-                    m=m,
-                    distribution=config.distribution,
-                    activation=config.activation,
-                )
-                for s in seeds
-            ]
+            setups = [config_setup(config, s, d, n, m) for s in seeds]
             runs = [
                 (s, a, task, net)
                 for s, (task, net) in zip(seeds, setups, strict=True)
