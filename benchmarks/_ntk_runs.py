@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import resource
 import sys
@@ -273,6 +274,11 @@ def _jsonable(value):
 
 
 def run_tasks(args) -> None:
+    allocator = None
+    if args.side == "jaxntk":  # imported before any array exists, as a user's script does
+        import jaxntk
+
+        allocator = getattr(jaxntk, "allocator_status", lambda: "system: not configured")()
     dtype = jnp.float64 if args.float64 else jnp.float32
     params, x_all = load_inputs(args.inputs, dtype)
     kernel_of = (jaxntk_kernels if args.side == "jaxntk" else nt_kernels)(args.model, params, x_all)
@@ -287,6 +293,7 @@ def run_tasks(args) -> None:
         print(f"START {impl} {n}", flush=True)
         row = {"model": args.model, "side": args.side, "impl": impl, "n": n, "repeats": 0}
         row["jax"] = jax.__version__
+        row["allocator"] = allocator or _environment_allocator()
         projected = _projected(times_of.get(impl, []), n)
         skip = None
         if impl in failed:
@@ -328,6 +335,14 @@ def run_tasks(args) -> None:
         }
         times_of.setdefault(impl, []).append((n, best))
         print("ROW " + json.dumps(row), flush=True)
+
+
+def _environment_allocator() -> str:
+    """How the environment sets glibc's malloc for a side that does not set it itself."""
+    tuned = sorted(k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
+    if not tuned:
+        return "system"
+    return "environment: " + ", ".join(f"{k}={os.environ[k]}" for k in tuned)
 
 
 def _projected(done: list[tuple[int, float]], n: int) -> tuple[float, int, float] | None:

@@ -22,6 +22,12 @@ Rows, for n = 64, 128, ..., 2048 (--sizes):
   --build-nt-venv makes; params and inputs reach it through an npz in --out. A failing
   implementation is a row with its error message.
 
+With --allocator-variants, two more rows per model: auto with JAXNTK_ALLOCATOR=system (jaxntk
+without the malloc settings it makes at import, `jaxntk._allocator`), and neural-tangents with
+the same settings given to glibc as environment variables; the table then has a second ratio,
+auto over neural-tangents with jaxntk's malloc settings. The jaxntk child imports jaxntk before
+it creates any array, as a user's script does.
+
 Each (model, implementation, n): one call that compiles, then the best of --repeats calls, each
 ended by block_until_ready (fewer repeats where they would exceed --max-seconds). A size whose time,
 projected from the previous sizes' growth (at least n²), exceeds --max-seconds is skipped and
@@ -41,6 +47,7 @@ figure to docs/figures/ntk-speed.png.
     python benchmarks/ntk_speed.py --out DIR [--nt-venv PATH | --build-nt-venv] [--results]
         [--sizes 64 128] [--models mlp,cnn] [--methods auto,jacobian] [--nt-impls 1,2,3]
         [--repeats 3] [--max-seconds 120] [--tiny] [--float64] [--save-kernels]
+        [--allocator-variants]
 """
 
 from __future__ import annotations
@@ -83,6 +90,14 @@ DIMS = {
     "tiny": dict(mlp=(12, 16, 16, 3), side=5, cin=2, channels=4, outputs=3),
 }
 TINY_SIZES = (4, 8)
+# --allocator-variants: jaxntk's side without its malloc settings, and neural-tangents' side with
+# the same settings made through glibc's environment variables (jaxntk._allocator)
+SYSTEM_MALLOC, JAXNTK_MALLOC = "system malloc", "malloc as jaxntk"
+TUNED_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+}
 
 
 def init_params(model: str, dims: dict, key) -> dict:
@@ -239,7 +254,8 @@ def compare_kernels(rows: list[dict], keep: bool) -> None:
 
 
 def label(row: dict) -> str:
-    return f"nt {row['impl']}" if row["side"] == "nt" else row["impl"]
+    base = f"nt {row['impl']}" if row["side"] == "nt" else row["impl"]
+    return f"{base}, {row['variant']}" if row.get("variant") else base
 
 
 def growth(rows: list[dict]) -> dict:
@@ -339,21 +355,25 @@ def _memory(row: dict | None) -> str:
 def markdown(doc: dict) -> str:
     rows, models = doc["rows"], doc["models"]
     impls = sorted({label(r) for r in rows}, key=lambda s: (s.startswith("nt"), s))
+    variants = [None, *sorted({r.get("variant") for r in rows if r["side"] == "nt"} - {None})]
+    heads = ["auto / best nt" + (f", {v}" if v else "") for v in variants]
     lines = [
-        "| model | n | " + " | ".join(impls) + " | auto / best nt | max rel. diff |",
-        "|---|---|" + "---|" * len(impls) + "---|---|",
+        "| model | n | " + " | ".join(impls + heads) + " | max rel. diff |",
+        "|---|---|" + "---|" * (len(impls) + len(heads)) + "---|",
     ]
     for model in models:
         for n in sorted({r["n"] for r in rows if r["model"] == model}):
             here = {label(r): r for r in rows if r["model"] == model and r["n"] == n}
-            nt = [r["seconds"] for k, r in here.items() if k.startswith("nt") and "seconds" in r]
             auto = here.get("auto", {}).get("seconds")
-            ratio = f"{auto / min(nt):.2f}" if auto and nt else ""
+            ratios = [_ratio(auto, here, variant) for variant in variants]
             diffs = [r["rel_diff"] for r in here.values() if "rel_diff" in r]
-            cells = [_cell(here.get(i)) for i in impls] + [
-                ratio,
-                f"{max(diffs):.1e}" if diffs else "",
-            ]
+            cells = (
+                [_cell(here.get(i)) for i in impls]
+                + ratios
+                + [
+                    f"{max(diffs):.1e}" if diffs else "",
+                ]
+            )
             lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     sizes = sorted({r["n"] for r in rows})
     lines += ["", "Growth exponent of time in n, slope of log t against log n (all sizes; last"]
@@ -395,6 +415,16 @@ def markdown(doc: dict) -> str:
         lines += ["", "Not measured:", ""]
         lines += [f"- {r['model']} {label(r)} n={r['n']}: {r['note']}" for r in notes]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(auto: float | None, here: dict, variant: str | None) -> str:
+    """auto's time over the best neural-tangents row of this variant (None: as installed)."""
+    nt = [
+        r["seconds"]
+        for r in here.values()
+        if r["side"] == "nt" and r.get("variant") == variant and "seconds" in r
+    ]
+    return f"{auto / min(nt):.2f}" if auto and nt else ""
 
 
 def _choice(choice: dict) -> str:
@@ -454,6 +484,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="tiny widths and n = 4, 8 (for the tests)")
     p.add_argument("--float64", action="store_true", help="float64 kernels (for the tests)")
     p.add_argument("--save-kernels", action="store_true", help="keep DIR/kernels/*.npy")
+    p.add_argument(
+        "--allocator-variants",
+        action="store_true",
+        help="also auto with JAXNTK_ALLOCATOR=system and neural-tangents with jaxntk's malloc "
+        "settings (as environment variables)",
+    )
     add_output_arguments(p)
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")]
@@ -485,9 +521,18 @@ def main(argv: list[str] | None = None) -> dict:
         log = out / "logs" / f"{model}.log"
         child = [str(Path(runs.__file__)), *argv_model]
         rows += run_child([sys.executable, *child, "--side", "jaxntk"], tasks, hard_cap, log, None)
+        if args.allocator_variants:
+            auto = [f"auto:{n}" for n in sizes]
+            env = os.environ | {"JAXNTK_ALLOCATOR": "system"}
+            got = run_child([sys.executable, *child, "--side", "jaxntk"], auto, hard_cap, log, env)
+            rows += [r | {"variant": SYSTEM_MALLOC} for r in got]
         if nt_python:
             tasks = [f"{k}:{n}" for k in args.nt_impls.split(",") for n in nt_sizes]
             rows += run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, _nt_env())
+            if args.allocator_variants:
+                env = _nt_env() | TUNED_MALLOC
+                got = run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, env)
+                rows += [r | {"variant": JAXNTK_MALLOC} for r in got]
         print(f"{model}: done at {time.perf_counter() - t_start:.0f} s", flush=True)
     compare_kernels(rows, args.save_kernels)
     doc = {

@@ -3,7 +3,14 @@
 The public API, re-exported from the modules (see DESIGN.md for the one-way data flow
 targets → network → taylor → ntk → spectral → predict → objectives → train → experiments →
 plots/cli).
+
+Importing jaxntk keeps freed host memory in the process for XLA's CPU backend (glibc only; set
+JAXNTK_ALLOCATOR=system to opt out): see `allocator_status` and `jaxntk._allocator`.
 """
+
+from jaxntk import _allocator
+
+_allocator.configure()  # before JAX starts its CPU backend: its threads take their arenas then
 
 from jaxntk import (
     data,
@@ -64,6 +71,8 @@ from jaxntk.taylor import (
 )
 from jaxntk.training import DivergenceWarning, Run, fit, train
 
+allocator_status = _allocator.status
+
 __all__ = [
     "ACTIVATIONS",
     "DISTRIBUTIONS",
@@ -81,6 +90,7 @@ __all__ = [
     "TaylorModel",
     "TaylorPrepared",
     "TwoLayer",
+    "allocator_status",
     "bulk_residual",
     "check_task",
     "choose_method",

@@ -20,6 +20,13 @@ place of O(|O|·in·out). When p is large (convolutions) the per-example Jacobia
 J_o = Σ_p A[p] ⊗ G_o[p] is formed once per example instead (a batched matmul, "jacobian" form) and
 contracted like any other.
 
+A convolution whose output z reaches the model only through elementwise ops and then a sum over
+all its pixels (global average pooling before a head: s = Σ_p h(z)[p], f = T(s)) is *pooled*:
+G_o[p, g, f] = D[p, g, f]·U_o[g, f] with D = ∂h/∂z (one JVP) and U_o = ∂f_o/∂s, so
+J_o = M ∘ U_o with M = Σ_p A[p] ⊗ D[p] formed once for all outputs (one matmul, not |O|), and
+a pair of examples contributes Σ_{g,f} (Σ_c M M')·(Σ_o U_o U'_o): features g·f·(c + |O|) wide
+instead of |O|·g·c·f (`_pooled`).
+
 W' may reach the op from a parameter leaf W through x-independent layout and scale ops (reshape,
 transpose, dtype conversion, multiplication by a constant c, e.g. a 1/√fan_in scale):
 W' = c·π(W) for a permutation π, so ⟨J_W, J'_W⟩ = c²⟨J_{W'}, J'_{W'}⟩. Every other parameter leaf
@@ -40,6 +47,7 @@ kernel divided by the product of the traced sizes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -57,6 +65,17 @@ _LAYOUT = frozenset(
     {"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze", "expand_dims"}
 )
 _FORMS = ("structured", "jacobian")
+# ops whose output at an index depends on the chain's value only at that index (the other
+# operand, if any, does not depend on it: the chain's values have one use each)
+_ELEMENTWISE = frozenset(
+    {
+        "tanh", "logistic", "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan",
+        "sinh", "cosh", "asinh", "acosh", "atanh", "asin", "acos", "atan", "erf", "erfc",
+        "neg", "sqrt", "rsqrt", "cbrt", "integer_pow", "square", "abs", "convert_element_type",
+        "copy", "copy_p", "reduce_precision", "add", "add_any", "sub", "mul", "div", "max",
+        "min", "pow",
+    }
+)  # fmt: skip
 
 
 class Cost(NamedTuple):
@@ -73,7 +92,9 @@ class Rule:
 
     The leaf W reaches operand `position` of equation `eqn` (an index into the inlined equation
     list) as W' = scale·π(W). The op reads as a `dot_general` with p free positions, g groups, c
-    contracted and f free weight entries per group; `form` is "structured" or "jacobian".
+    contracted and f free weight entries per group; `form` is "structured", "jacobian" or
+    "pooled". A "pooled" convolution's output reaches the model only through the elementwise
+    equations `chain` and then equation `pool`, a sum over all its pixels (see `_pooled`).
     """
 
     leaf: int
@@ -86,6 +107,8 @@ class Rule:
     g: int
     c: int
     f: int
+    pool: int = -1
+    chain: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +138,8 @@ class Plan:
         return (
             f"{len(self.rules)} structured leaves ({forms.count('structured')} from input and "
             f"cotangent products, {forms.count('jacobian')} from per-example Jacobians formed "
-            f"as matmuls), {len(self.fallback)} fallback, {len(self.unused)} unused"
+            f"as matmuls, {forms.count('pooled')} pooled before the head), "
+            f"{len(self.fallback)} fallback, {len(self.unused)} unused"
         )
 
 
@@ -135,8 +159,9 @@ def make_plan(
       params0: the parameters (arrays or ShapeDtypeStructs).
       x_example: one input with a batch axis of 1, shape (1, ...).
       trace, diagonal: resolved non-negative axes of the (b, *O) output (`spectral._ntk_axes`).
-      force: None chooses each structured op's form by its pair FLOPs; "structured" or "jacobian"
-        imposes one form on every structured op.
+      force: None chooses each structured op's form: "pooled" where `_pooled` applies and the
+        model has several outputs, else "structured" or "jacobian" by its pair FLOPs; "structured"
+        or "jacobian" imposes one form on every structured op.
 
     Returns:
       The Plan. Raises ValueError if x_example's batch axis is not 1 or force is unknown, TypeError
@@ -159,7 +184,7 @@ def make_plan(
         elif found == "unused":
             unused.append(leaf)
         else:
-            rules.append(_rule(graph, leaf, *found, pairs, force))
+            rules.append(_pooled(graph, uses, _rule(graph, leaf, *found, pairs, force), force))
     fallback_ids = {graph.invars[leaf] for leaf in fallback}
     return Plan(
         rules=tuple(rules),
@@ -177,8 +202,9 @@ def make_plan(
 def features(plan: Plan, apply_fn: Any, params0: Any, xb: Array) -> dict[str, Any]:
     """Per-example quantities of a block xb (b, ...), every leaf with the leading axis b.
 
-    Returns {"jacobian": (b, *O, P_J), "structured": ((A, G), ...)}: the concatenated Jacobians
-    of the fallback leaves and "jacobian"-form ops (P_J entries in all, scaled by each op's c), and
+    Returns {"jacobian": ((b, *O, P_1), ...), "structured": ((A, G), ...)}: the Jacobians of the
+    fallback leaves and "jacobian"-form ops, one array each (scaled by each op's c; kept apart:
+    concatenating them copies every entry once more; one empty array where there is none), and
     per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f). Jit-able with
     plan and apply_fn static. Raises ValueError if the model traced here differs from the plan's.
     """
@@ -200,11 +226,13 @@ def contract(
 ) -> Array:
     """The kernel block between feat1's examples (b1) and feat2's (b2), laid out as in `spectral`.
 
-    K = Σ_P J1 J2 over the "jacobian" entries plus, per "structured" op,
-    Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q); traced output axes are summed and the sum divided by their
+    K = Σ_P J1 J2 over each "jacobian" array plus, per "structured" op,
+    Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q), and per "pooled" op Σ_{g,f} (Σ_c M1 M2)(U1 U2); traced
+    output axes are summed and the sum divided by their
     total size. With 0 in diagonal, b1 = b2 and only the pairs (i, i) are formed.
     """
-    total = _gram(feat1["jacobian"], feat2["jacobian"], trace, diagonal)
+    jacobians = zip(feat1["jacobian"], feat2["jacobian"], strict=True)
+    total = sum(_gram(j1, j2, trace, diagonal) for j1, j2 in jacobians)
     for (a1, g1), (a2, g2) in zip(feat1["structured"], feat2["structured"], strict=True):
         if a1.shape[1:3] == (1, 1):  # a dense layer: (A1 A2ᵀ) ∘ (G1 G2ᵀ)
             inputs = _gram(a1[:, 0, 0], a2[:, 0, 0], (), tuple(a for a in diagonal if a == 0))
@@ -215,8 +243,19 @@ def contract(
             first, second, result = _pair_subscripts(1 + len(plan.out_shape), trace, diagonal)
             spec = f"{first[0]}PGC,{second[0]}QGC,{first}PGF,{second}QGF->{result}"
             total = total + jnp.einsum(spec, a1, a2, g1, g2, optimize="optimal")
+    for (m1, u1), (m2, u2) in zip(feat1["pooled"], feat2["pooled"], strict=True):
+        total = total + _pooled_gram(plan, m1, u1, m2, u2, trace, diagonal)
     traced = math.prod(plan.out_shape[axis - 1] for axis in trace)
     return total / traced if trace else total
+
+
+def _pooled_gram(plan: Plan, m1, u1, m2, u2, trace, diagonal) -> Array:
+    """Σ_{g,f} Q[i, j, g, f]·U1[i, o, g, f]·U2[j, o', g, f], Q = Σ_c M1[i, g, c, f]·M2[j, g, c, f]
+    (Q[i, g, f] for a diagonal batch axis), in the kernel layout before the traced division."""
+    first, second, result = _pair_subscripts(1 + len(plan.out_shape), trace, diagonal)
+    pair = first[0] + (second[0] if second[0] != first[0] else "")
+    q = jnp.einsum(f"{first[0]}GCF,{second[0]}GCF->{pair}GF", m1, m2)
+    return jnp.einsum(f"{pair}GF,{first}GF,{second}GF->{result}", q, u1, u2, optimize="optimal")
 
 
 def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
@@ -228,7 +267,9 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     forms input cotangents, about one forward, and weight gradients only for the ops that take a
     fallback leaf, `fallback` their forward FLOPs); bytes = itemsize·(|O|·P_J + Σ_structured
     (p·g·c + |O|·p·g·f)): the stored features and, for "jacobian"-form ops, the transient A and
-    G they are formed from (the forward pass's own activations are not counted).
+    G they are formed from (the forward pass's own activations are not counted). A "pooled" op
+    adds 2·p·g·c·f feature FLOPs (M), 2·g·f·(c + m) pair FLOPs and g·f·(c + |O|) stored plus
+    p·g·(c + |O|·f) transient entries (A, and G inside the backward passes).
     """
     n_out = math.prod(plan.out_shape)
     pairs = _out_pairs(plan.out_shape, trace, diagonal)
@@ -242,6 +283,10 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
         pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
         feature_flops += 2.0 * n_out * r.p * r.g * r.c * r.f if r.form == "jacobian" else 0.0
         stored += r.p * r.g * r.c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
+        if r.form == "pooled":
+            feature_flops += 2.0 * r.p * r.g * r.c * r.f
+            pair_flops += 2.0 * r.g * r.f * (r.c + pairs)
+            stored += r.g * r.f * (r.c + n_out)
     return Cost(feature_flops, pair_flops, float(plan.itemsize * stored))
 
 
@@ -326,20 +371,40 @@ def _inline(graph: _Graph, closed: Any, ins: list[int]) -> list[int]:
     return [read(v) for v in closed.jaxpr.outvars]
 
 
-def _evaluate(graph: _Graph, inputs: list[Any], eps: dict[int, Array]):
-    """Run the graph; ε_k is added to the output of equation k, whose operands are returned too."""
+def _evaluate(graph: _Graph, inputs: list[Any], eps: dict[int, Array], rules: tuple[Rule, ...]):
+    """Run the graph; ε_k is added to the output of equation k. Returns the output, and per rule
+    the operands of its equation and, for a "pooled" rule, D = ∂h/∂z of its chain (`_pooled`)."""
     env: dict[int, Any] = dict(graph.consts)
     env.update(zip(graph.invars, inputs, strict=True))
-    operands = {}
     for k, eqn in enumerate(graph.eqns):
-        args = [env[i] for i in eqn.ins]
-        outs = eqn.prim.bind(*args, **eqn.prim.get_bind_params(eqn.params))
-        outs = outs if eqn.prim.multiple_results else [outs]
+        outs = _bind(eqn, [env[i] for i in eqn.ins])
         if k in eps:
             outs = [outs[0] + eps[k]]
-            operands[k] = args
         env.update(zip(eqn.outs, outs, strict=True))
-    return env[graph.out], operands
+    operands = {r.eqn: [env[i] for i in graph.eqns[r.eqn].ins] for r in rules}
+    derivatives = {r.eqn: _chain_derivative(graph, r, env) for r in rules if r.form == "pooled"}
+    return env[graph.out], (operands, derivatives)
+
+
+def _bind(eqn: _Eqn, args: list[Any]) -> list[Any]:
+    outs = eqn.prim.bind(*args, **eqn.prim.get_bind_params(eqn.params))
+    return outs if eqn.prim.multiple_results else [outs]
+
+
+def _chain_derivative(graph: _Graph, rule: Rule, env: dict[int, Any]) -> Array:
+    """D[i] = ∂h[i]/∂z[i] along a pooled rule's elementwise chain z → h: one JVP with tangent 1
+    (the chain's other operands held at their values)."""
+    z = graph.eqns[rule.eqn].outs[0]
+
+    def h(value):
+        local = {z: value}
+        for k in rule.chain:
+            eqn = graph.eqns[k]
+            (local[eqn.outs[0]],) = _bind(eqn, [local.get(i, env[i]) for i in eqn.ins])
+        return local[graph.eqns[rule.chain[-1]].outs[0]] if rule.chain else value
+
+    value = jax.lax.stop_gradient(env[z])
+    return jax.jvp(h, (value,), (jnp.ones_like(value),))[1]
 
 
 def _fold_constants(graph: _Graph) -> dict[int, Any]:
@@ -433,6 +498,42 @@ def _rule(graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, 
     )
 
 
+def _pooled(graph: _Graph, uses: dict, rule: Rule, force) -> Rule:
+    """The rule in "pooled" form where its convolution's output z reaches the model only as
+    s = Σ_pixels h(z), h elementwise in z; else the rule unchanged.
+
+    Then ∂f_o/∂z[p, g, f] = D[p, g, f]·U_o[g, f] with D = ∂h/∂z (elementwise) and U_o = ∂f_o/∂s
+    (whatever follows the sum: a dense head, an MLP), so the per-example Jacobian is
+    J_o[g, c, f] = M[g, c, f]·U_o[g, f] with M = Σ_p A[p, g, c]·D[p, g, f]: one matmul for all
+    outputs instead of one per output, and a pair of examples contributes
+    Σ_{g,f} (Σ_c M M')·(U_o U'_o'), without forming J.
+    """
+    eqn = graph.eqns[rule.eqn]
+    if force is not None or eqn.prim.name != "conv_general_dilated":
+        return rule
+    if math.prod(graph.out_aval.shape[1:]) < 2:  # one output: the "jacobian" form is as cheap
+        return rule
+    spec = eqn.params["dimension_numbers"]
+    spatial, batch = set(spec.out_spec[2:]), spec.out_spec[0]
+    shape = tuple(eqn.out_avals[0].shape)
+    var, chain = eqn.outs[0], []
+    while True:
+        users = uses.get(var, [])
+        if len(users) != 1 or users[0][0] < 0:
+            return rule
+        k, _ = users[0]
+        user = graph.eqns[k]
+        if user.prim.name == "reduce_sum":
+            axes = set(user.params["axes"])
+            if spatial <= axes <= spatial | {batch}:
+                return dataclasses.replace(rule, form="pooled", pool=k, chain=tuple(chain))
+            return rule
+        if user.prim.name not in _ELEMENTWISE or tuple(user.out_avals[0].shape) != shape:
+            return rule
+        chain.append(k)
+        var = user.outs[0]
+
+
 def _structured_pair_flops(rule: Rule, pairs: int) -> float:
     return 2.0 * rule.p**2 * rule.g * (rule.c + pairs * rule.f)
 
@@ -457,11 +558,13 @@ def _eqn_flops(eqn: _Eqn) -> float:
 
 
 def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) -> dict[str, Any]:
-    """Features of one example x (...): vjps of f w.r.t. (ε, fallback leaves), one per output."""
-    eqn_ids = sorted({r.eqn for r in plan.rules})
+    """Features of one example x (...): vjps of f w.r.t. (ε, fallback leaves), one per output.
+
+    ε sits at each rule's equation output, or for a "pooled" rule at its sum over pixels."""
+    eps_at = sorted({r.pool if r.form == "pooled" else r.eqn for r in plan.rules})
     eps0 = {
         k: jnp.zeros(graph.eqns[k].out_avals[0].shape, graph.eqns[k].out_avals[0].dtype)
-        for k in eqn_ids
+        for k in eps_at
     }
     fb0 = [leaves[i] for i in plan.fallback]
 
@@ -469,29 +572,35 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
         inputs = list(leaves)
         for i, value in zip(plan.fallback, fb, strict=True):
             inputs[i] = value
-        out, operands = _evaluate(graph, [*inputs, x[None]], eps)
-        return out.reshape(-1), operands
+        out, aux = _evaluate(graph, [*inputs, x[None]], eps, plan.rules)
+        return out.reshape(-1), aux
 
-    out, pullback, operands = jax.vjp(run, eps0, fb0, has_aux=True)
+    out, pullback, (operands, derivatives) = jax.vjp(run, eps0, fb0, has_aux=True)
     basis = jnp.eye(out.size, dtype=out.dtype)
     g_eps, g_fb = jax.vmap(pullback)(basis)
-    jacobians = [g.reshape(out.size, -1) for g in g_fb]
-    structured = []
+    feats = {"jacobian": [g.reshape(*plan.out_shape, -1) for g in g_fb]}
+    feats |= {"structured": [], "pooled": []}
     for rule in plan.rules:
         eqn = graph.eqns[rule.eqn]
-        a, g = _canonical(rule, eqn, operands[rule.eqn][1 - rule.position], g_eps[rule.eqn])
+        a = operands[rule.eqn][1 - rule.position]
+        if rule.form == "pooled":
+            a, d = _canonical(rule, eqn, a, derivatives[rule.eqn][None])
+            m = jnp.einsum("pgc,pgf->gcf", rule.scale * a, d[0])
+            u = g_eps[rule.pool].reshape(*plan.out_shape, rule.g, rule.f)
+            feats["pooled"].append((m, u))
+            continue
+        a, g = _canonical(rule, eqn, a, g_eps[rule.eqn])
         a = rule.scale * a
         if rule.form == "jacobian":
             # o in the middle of the GEMM's output, then moved: XLA CPU's GEMM writing o first
             # is slower than this copy
             jacobian = jnp.einsum("pgc,opgf->gcof", a, g).transpose(2, 0, 1, 3)
-            jacobians.append(jacobian.reshape(out.size, -1))
+            feats["jacobian"].append(jacobian.reshape(*plan.out_shape, -1))
         else:
-            structured.append((a, g.reshape(*plan.out_shape, *g.shape[1:])))
-    jacobian = (
-        jnp.concatenate(jacobians, axis=1) if jacobians else jnp.zeros((out.size, 0), out.dtype)
-    )
-    return {"jacobian": jacobian.reshape(*plan.out_shape, -1), "structured": tuple(structured)}
+            feats["structured"].append((a, g.reshape(*plan.out_shape, *g.shape[1:])))
+    if not feats["jacobian"]:
+        feats["jacobian"].append(jnp.zeros((*plan.out_shape, 0), out.dtype))
+    return {name: tuple(value) for name, value in feats.items()}
 
 
 def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array]:
@@ -499,19 +608,8 @@ def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array
     n_out = gy.shape[0]
     if eqn.prim.name == "conv_general_dilated":
         spec = eqn.params["dimension_numbers"]
-        patches = jax.lax.conv_general_dilated_patches(
-            a,
-            tuple(rule.weight_shape[d] for d in spec.rhs_spec[2:]),
-            eqn.params["window_strides"],
-            eqn.params["padding"],
-            eqn.params["lhs_dilation"],
-            eqn.params["rhs_dilation"],
-            spec,
-            precision=jax.lax.Precision.HIGHEST,
-        )
-        # Patches come channel-major (C, *window): channel groups are the leading blocks of C.
+        a = _patches(rule, eqn, a)
         order = (spec.out_spec[0], *spec.out_spec[2:], spec.out_spec[1])
-        a = patches.transpose(order).reshape(rule.p, rule.g, rule.c)
         gy = gy.transpose(0, *(1 + d for d in order))
         return a, gy.reshape(n_out, rule.p, rule.g, rule.f)
     contracting, batch = eqn.params["dimension_numbers"]
@@ -522,6 +620,35 @@ def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array
     if rule.position == 0:
         return a, gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
     return a, gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
+
+
+def _patches(rule: Rule, eqn: _Eqn, a: Array) -> Array:
+    """A convolution's input of one example as image patches A (p, g, c), by slicing.
+
+    The input (batch 1) is padded as the convolution pads it (lhs dilation as interior padding)
+    and one strided slice is taken per window offset (rhs dilation apart); c runs over (window
+    offset, channel within the group). Only inner products of A's rows are used, so the order
+    of c is free. Slicing moves memory only, where `lax.conv_general_dilated_patches` is a
+    convolution with a one-hot kernel: c² multiply-adds per output pixel (measured: 0.067 s
+    against 0.021 s for 128 inputs 16 × 16 × 32, 3 × 3 windows, float32, 2 cores).
+    """
+    spec = eqn.params["dimension_numbers"]
+    a = a.transpose(spec.lhs_spec[0], *spec.lhs_spec[2:], spec.lhs_spec[1])[0]  # (*spatial, C)
+    window = tuple(rule.weight_shape[d] for d in spec.rhs_spec[2:])
+    out = tuple(eqn.out_avals[0].shape[d] for d in spec.out_spec[2:])
+    strides, dilation = eqn.params["window_strides"], eqn.params["rhs_dilation"]
+    config = [
+        (lo, hi, d - 1)
+        for (lo, hi), d in zip(eqn.params["padding"], eqn.params["lhs_dilation"], strict=True)
+    ]
+    a = jax.lax.pad(a, jnp.zeros((), a.dtype), [*config, (0, 0, 0)])
+    slices = []
+    for offset in itertools.product(*(range(w) for w in window)):
+        start = [k * d for k, d in zip(offset, dilation, strict=True)]
+        stop = [s + (o - 1) * t + 1 for s, o, t in zip(start, out, strides, strict=True)]
+        slices.append(jax.lax.slice(a, (*start, 0), (*stop, a.shape[-1]), (*strides, 1)))
+    stacked = jnp.stack(slices).reshape(len(slices), rule.p, rule.g, -1)  # (K, p, g, C/g)
+    return stacked.transpose(1, 2, 0, 3).reshape(rule.p, rule.g, rule.c)
 
 
 def _gram(j1: Array, j2: Array, trace, diagonal) -> Array:

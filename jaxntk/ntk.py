@@ -20,7 +20,8 @@ x2 = None the kernel is symmetric and only the pairs j ≥ i are contracted (the
 - ``"structured"``: structured derivatives (Novak, Sohl-Dickstein & Schoenholz, *Fast Finite
   Width Neural Tangent Kernel*, ICML 2022) from `jaxntk._structured`: for `dot_general` and
   convolutions the layer's contribution from its input and output cotangents, without the
-  weight Jacobian.
+  weight Jacobian; a convolution followed by elementwise ops and a sum over its pixels (global
+  average pooling before a head) forms one matmul for all outputs ("pooled").
 - ``"auto"``: the cheapest by an estimate of FLOPs (features n·f plus contraction n1·n2·p,
   from XLA's cost analysis of the lowered functions and the structured plan's count, jacobian's
   on convolutions weighted by `CONV_JACOBIAN_SLOWDOWN`) among those whose features fit the

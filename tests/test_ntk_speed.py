@@ -159,3 +159,16 @@ def test_a_call_that_overruns_is_stopped_and_the_others_go_on(tmp_path):
     }
     pids = {r["impl"]: r["pid"] for r in rows if "pid" in r}
     assert pids["fast"] != pids["other"]  # the rest ran in a new child
+
+
+def test_allocator_variants_get_their_own_columns_and_ratios():
+    # auto 1.0 s; nt 1 as installed 4.0 s; nt 1 with jaxntk's malloc settings 2.0 s
+    rows = [_row("auto", 64, 1.0), _row("auto", 64, 1.5) | {"variant": ntk_speed.SYSTEM_MALLOC}]
+    rows += [_row("1", 64, 4.0, side="nt")]
+    rows += [_row("1", 64, 2.0, side="nt") | {"variant": ntk_speed.JAXNTK_MALLOC}]
+    assert ntk_speed.label(rows[1]) == "auto, system malloc"
+    assert ntk_speed.label(rows[3]) == "nt 1, malloc as jaxntk"
+    doc = {"rows": rows, "models": ["cnn"], "growth": {}}
+    table = ntk_speed.markdown(doc)
+    assert "| auto / best nt | auto / best nt, malloc as jaxntk |" in table
+    assert "| cnn | 64 | 1 | 1.5 | 4 | 2 | 0.25 | 0.50 |" in table

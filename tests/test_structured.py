@@ -119,6 +119,36 @@ def cnn_lhs_dilated(params, x):
     return jnp.mean(jnp.tanh(h), axis=(1, 2)) @ params["dense"]
 
 
+def pooled_net(params, x):
+    """A grouped convolution (2 groups) whose output z reaches the model only through the
+    elementwise chain tanh(z + h)·2 (a skip h that depends on x) and a plain sum over the pixels,
+    then a nonlinear head (∂f/∂sum depends on x), outputs (b, 2, 3): the "pooled" form."""
+    dims = ("NHWC", "HWIO")
+    h = jnp.tanh(conv(x, params["c0"], dims, window_strides=(1, 1), padding="SAME"))
+    z = conv(h, params["c1"], dims, window_strides=(1, 1), padding="SAME", feature_group_count=2)
+    s = jnp.sum(jnp.tanh(z + h) * 2.0, axis=(1, 2))
+    y = jnp.tanh(s @ params["d1"]) @ params["d2"]
+    return y.reshape(x.shape[0], 2, 3)
+
+
+def partly_pooled_net(params, x):
+    """A sum over one spatial axis only: the cotangent of the convolution's output varies along
+    the other, so it is not "pooled"."""
+    dims = ("NHWC", "HWIO")
+    z = conv(x, params["c0"], dims, window_strides=(1, 1), padding="SAME")
+    s = jnp.sum(jnp.tanh(z), axis=1).reshape(x.shape[0], -1)
+    return s @ params["d"]
+
+
+def _pooled_params():
+    return {
+        "c0": _normal(80, (3, 3, 2, 4)),
+        "c1": _normal(81, (2, 2, 2, 4)),
+        "d1": _normal(82, (4, 5)),
+        "d2": _normal(83, (5, 6)),
+    }
+
+
 class FlaxNet(nn.Module):
     """Conv with bias, LayerNorm, Dense with bias to 3 outputs."""
 
@@ -171,6 +201,18 @@ def _model(name):
             {"c": _normal(40, (2, 3, 2, 3)), "dense": _normal(41, (3, 3))},
             (4, 3, 2),
         )
+    if name == "pooled":
+        return pooled_net, _pooled_params(), (4, 3, 2)
+    if name == "partly_pooled":
+        return (
+            partly_pooled_net,
+            {"c0": _normal(84, (2, 2, 2, 3)), "d": _normal(85, (9, 4))},
+            (
+                4,
+                3,
+                2,
+            ),
+        )
     if name == "flax":
         model = FlaxNet()
         # random values in every leaf (biases and LayerNorm's scale too), without compiling init
@@ -214,7 +256,7 @@ def _axis_choices(ndim):
 
 
 MODELS = ["mlp", "mlp_two_axes", "heads", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax"]
-MODELS += ["fallback"]
+MODELS += ["fallback", "pooled", "partly_pooled"]
 
 
 def _blocks(diagonal):
@@ -252,7 +294,9 @@ def _check_kernels(name, force, choices):
         assert err < 1e-10, (trace, diagonal, err)
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback"])
+@pytest.mark.parametrize(
+    "name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback", "pooled"]
+)
 @pytest.mark.slow
 def test_kernel_matches_explicit_jacobians(x64, name):
     _check_kernels(name, None, _axis_choices)
@@ -264,7 +308,7 @@ def _some_axis_choices(ndim):
     return [((), ()), ((), (0,)), *last]
 
 
-@pytest.mark.parametrize("name", ["heads", "NCHW", "lhs_dilated"])
+@pytest.mark.parametrize("name", ["heads", "NCHW", "lhs_dilated", "pooled", "partly_pooled"])
 def test_kernel_matches_explicit_jacobians_on_some_axes(x64, name):
     _check_kernels(name, None, _some_axis_choices)
 
@@ -305,11 +349,35 @@ def test_plan_classifies_leaves(x64):
     idx = _leaf_index(params)
     forms = {r.leaf: r.form for r in plan.rules}
     assert forms == {idx["['c0']"]: "jacobian", idx["['c1']"]: "jacobian"} | {
-        idx["['c2']"]: "jacobian",
+        idx["['c2']"]: "pooled",  # tanh, then the mean over the pixels, then the dense head
         idx["['dense']"]: "structured",
     }
     assert [r.g for r in plan.rules if r.leaf == idx["['c1']"]] == [2]
-    assert plan.summary().startswith("4 structured leaves (1 from input and cotangent products, 3 ")
+    assert plan.summary().startswith(
+        "4 structured leaves (1 from input and cotangent products, 2 from per-example Jacobians "
+        "formed as matmuls, 1 pooled before the head)"
+    )
+    (pooled,) = [r for r in plan.rules if r.form == "pooled"]
+    graph = st._trace(apply_fn, params, jnp.zeros((1, *shape), F64))
+    assert graph.eqns[pooled.pool].prim.name == "reduce_sum"
+    assert [graph.eqns[k].prim.name for k in pooled.chain] == ["tanh"]
+    x = jnp.zeros((1, *shape), F64)
+    one = st.make_plan(lambda p, x: apply_fn(p, x)[:, :1, :1], params, x, (), ())
+    assert "pooled" not in {r.form for r in one.rules}  # one output: the jacobian form
+
+    apply_fn, params, shape = _model("pooled")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    idx = _leaf_index(params)
+    forms = {r.leaf: r.form for r in plan.rules}
+    assert forms[idx["['c0']"]] == "jacobian" and forms[idx["['c1']"]] == "pooled"
+    (pooled,) = [r for r in plan.rules if r.form == "pooled"]
+    graph = st._trace(apply_fn, params, jnp.zeros((1, *shape), F64))
+    assert [graph.eqns[k].prim.name for k in pooled.chain] == ["add", "tanh", "mul"]
+    assert (pooled.g, pooled.f) == (2, 2)
+
+    apply_fn, params, shape = _model("partly_pooled")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (), ())
+    assert [r.form for r in plan.rules] == ["jacobian", "structured"]
 
     apply_fn, params, shape = _model("flax")
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
