@@ -23,7 +23,7 @@ Rows, for n = 64, 128, ..., 2048 (--sizes):
   implementation is a row with its error message.
 
 With --allocator-variants, two more rows per model: auto with JAXNTK_ALLOCATOR=system (jaxntk
-without the malloc settings it makes at import, `jaxntk._allocator`), and neural-tangents with
+without the malloc settings it makes at import, `jaxntk.host`), and neural-tangents with
 the same settings given to glibc as environment variables; the table then has a second ratio,
 auto over neural-tangents with jaxntk's malloc settings. The jaxntk child imports jaxntk before
 it creates any array, as a user's script does.
@@ -91,7 +91,7 @@ DIMS = {
 }
 TINY_SIZES = (4, 8)
 # --allocator-variants: jaxntk's side without its malloc settings, and neural-tangents' side with
-# the same settings made through glibc's environment variables (jaxntk._allocator)
+# the same settings made through glibc's environment variables (jaxntk.host)
 SYSTEM_MALLOC, JAXNTK_MALLOC = "system malloc", "malloc as jaxntk"
 TUNED_MALLOC = {
     "MALLOC_ARENA_MAX": "1",

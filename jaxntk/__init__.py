@@ -5,12 +5,12 @@ targets → network → taylor → ntk → spectral → predict → objectives �
 plots/cli).
 
 Importing jaxntk keeps freed host memory in the process for XLA's CPU backend (glibc only; set
-JAXNTK_ALLOCATOR=system to opt out): see `allocator_status` and `jaxntk._allocator`.
+JAXNTK_ALLOCATOR=system to opt out): see `jaxntk.host`.
 """
 
-from jaxntk import _allocator
+from jaxntk import host
 
-_allocator.configure()  # before JAX starts its CPU backend: its threads take their arenas then
+host.configure_allocator()  # before JAX starts its CPU backend: its threads take their arenas then
 
 from jaxntk import (
     data,
@@ -24,6 +24,7 @@ from jaxntk import (
     training,
 )
 from jaxntk.data import check_task
+from jaxntk.host import allocator_status
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
@@ -71,8 +72,6 @@ from jaxntk.taylor import (
 )
 from jaxntk.training import DivergenceWarning, Run, fit, train
 
-allocator_status = _allocator.status
-
 __all__ = [
     "ACTIVATIONS",
     "DISTRIBUTIONS",
@@ -105,6 +104,7 @@ __all__ = [
     "gram_matrix",
     "hermite",
     "hermite_coefficients",
+    "host",
     "legendre",
     "linear_term",
     "linearize",

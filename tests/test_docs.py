@@ -33,6 +33,7 @@ MODULES = (
     "training",
     "sharding",
     "checkpoint",
+    "host",
 )
 
 

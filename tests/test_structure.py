@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxntk"
 # - plots sits below experiments, whose `plot` functions draw through it.
 # ntk and _structured (the empirical-NTK engine) may not exist yet; a missing module is skipped.
 LAYERS = (
-    ("_checks", "_jet", "_staging", "_allocator"),
+    ("_checks", "_jet", "_staging", "host"),
     ("polynomials",),
     ("data",),
     ("targets",),

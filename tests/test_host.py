@@ -1,4 +1,4 @@
-"""jaxntk._allocator: the malloc settings made at import, when they are skipped, and their effect
+"""jaxntk.host: the malloc settings made at import, when they are skipped, and their effect
 (page faults of a program whose buffers are allocated on every call)."""
 
 import json
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from jaxntk import _allocator as al
+from jaxntk import host
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
@@ -29,14 +29,14 @@ class FakeLibc:
 
 def test_three_settings_before_the_backend_starts():
     libc = FakeLibc()
-    status = al.configure({}, libc=libc, backend_started=False)
+    status = host.configure_allocator({}, libc=libc, backend_started=False)
     assert libc.calls == [(-8, 1), (-3, 1 << 30), (-1, 1 << 30)]  # arena, mmap, trim
-    assert status.startswith("kept:") and al.status() == status
+    assert status.startswith("kept:") and host.allocator_status() == status
 
 
 def test_after_the_backend_started_only_the_thresholds():
     libc = FakeLibc()
-    status = al.configure({"JAXNTK_ALLOCATOR": "keep"}, libc=libc, backend_started=True)
+    status = host.configure_allocator({"JAXNTK_ALLOCATOR": "keep"}, libc=libc, backend_started=True)
     assert libc.calls == [(-3, 1 << 30), (-1, 1 << 30)]
     assert status.startswith("partly kept:") and "backend started" in status
 
@@ -53,12 +53,12 @@ def test_after_the_backend_started_only_the_thresholds():
 )
 def test_skipped_where_asked_or_where_the_environment_tunes_malloc(environ, why):
     libc = FakeLibc()
-    status = al.configure(environ, libc=libc, backend_started=False)
+    status = host.configure_allocator(environ, libc=libc, backend_started=False)
     assert libc.calls == [] and status.startswith("system:") and why in status
 
 
 def test_a_refused_setting_is_reported():
-    status = al.configure({}, libc=FakeLibc(refuse={-8}), backend_started=False)
+    status = host.configure_allocator({}, libc=FakeLibc(refuse={-8}), backend_started=False)
     assert status == "partly kept: mallopt refused parameters [-8]"
 
 
@@ -80,16 +80,20 @@ FAULTS = """
     import jax, jax.numpy as jnp
 
     @jax.jit
-    def f(x):  # a 128 MiB temporary and output on every call, from XLA's threads
-        return jnp.sort(x * 2.0)[::2]
+    def f(x):  # a convolution's 64 MiB output, allocated on every call
+        w = jnp.ones((3, 3, 16, 16), x.dtype)
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
 
-    x = jnp.ones((1 << 25,), jnp.float32)
+    x = jnp.ones((256, 64, 64, 16), jnp.float32)
     jax.block_until_ready(f(x))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        jax.block_until_ready(f(x))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps({"status": jaxntk.allocator_status(), "faults": faults}))
+    rounds = []
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            jax.block_until_ready(f(x))
+        rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"status": jaxntk.allocator_status(), "faults": min(rounds)}))
 """
 
 
@@ -99,10 +103,11 @@ def test_import_keeps_freed_buffers_so_calls_stop_page_faulting():
     system = _child(FAULTS, JAXNTK_ALLOCATOR="system")
     assert kept["status"].startswith("kept:")
     assert system["status"] == "system: JAXNTK_ALLOCATOR=system"
-    # 5 calls touch ≥ 5 × 192 MiB of fresh pages (4 KiB each) under the system settings; kept,
-    # most pages are reused (measured here: 901144 against 147457 faults)
-    assert system["faults"] > 5 * 192 * 256 / 2
-    assert kept["faults"] < system["faults"] / 4, (kept, system)
+    # the fewest page faults of 4 rounds of 5 calls: 5 × 64 MiB of fresh pages (4 KiB each) under
+    # the system settings; kept, the pages are reused (measured here: 82301 against 0 faults;
+    # some rounds fault in part, hence the fewest)
+    assert system["faults"] > 5 * 64 * 256 / 2
+    assert kept["faults"] < system["faults"] / 10, (kept, system)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")

@@ -9,18 +9,18 @@ with ``perf``: benchmarks/ntk_speed.py's CNN, 128 inputs, 0.35 s wall of which 0
 time; 0.24 s and no system time with the settings below; a lone convolution of 1280 images
 16 × 16 × 32, 0.083 s → 0.042 s).
 
-`configure` makes three ``mallopt`` calls, before JAX starts its CPU backend:
+`configure_allocator` makes three ``mallopt`` calls, before JAX starts its CPU backend:
 
 - ``M_ARENA_MAX = 1``: every thread allocates from the main heap, which can grow past 64 MiB;
 - ``M_MMAP_THRESHOLD = 1 GiB``: requests below it come from the heap, not from ``mmap``;
 - ``M_TRIM_THRESHOLD = 1 GiB``: the heap gives memory back only when more than that is free.
 
 The cost: the process keeps up to 1 GiB of freed memory for reuse (its resident set stays near
-its peak). `jaxntk` calls `configure` when imported. It does nothing where the environment
+its peak). `jaxntk` calls `configure_allocator` when imported. It does nothing where the environment
 variable ``JAXNTK_ALLOCATOR=system`` is set (the opt-out), where the environment already tunes
 malloc (a ``MALLOC_*`` setting, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD``), or where
 the C library is not glibc. Imported after JAX has run a computation, the arena setting cannot
-reach the threads JAX has started: the thresholds are set and `status` says so.
+reach the threads JAX has started: the thresholds are set and `allocator_status` says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV", "configure", "status"]
+__all__ = ["ENV", "allocator_status", "configure_allocator"]
 
 ENV = "JAXNTK_ALLOCATOR"
 """Environment variable: "system" leaves the C library's allocator as it is."""
@@ -48,11 +48,11 @@ _MALLOC_ENV = (
     "MALLOC_TRIM_THRESHOLD_",
 )
 _PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
-_STATUS = ["not configured: jaxntk._allocator.configure has not run"]
+_STATUS = ["not configured: jaxntk.host.configure_allocator has not run"]
 
 
-def status() -> str:
-    """What `configure` did in this process, in one line.
+def allocator_status() -> str:
+    """What `configure_allocator` did in this process, in one line.
 
     Example:
         >>> import jaxntk
@@ -62,12 +62,12 @@ def status() -> str:
     return _STATUS[0]
 
 
-def configure(
+def configure_allocator(
     environ: Mapping[str, str] | None = None,
     libc: Any = None,
     backend_started: bool | None = None,
 ) -> str:
-    """Keep freed host memory for reuse (see the module docstring); returns `status()`.
+    """Keep freed host memory for reuse (see the module docstring); returns `allocator_status()`.
 
     Args:
         environ: the environment to read (default `os.environ`).
