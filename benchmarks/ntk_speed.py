@@ -326,11 +326,12 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
     handles = {}
     for ax in axes.flat:
         handles |= dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+    ncol = min(len(handles), 5)  # rows of at most 5 entries: every label stays on the page
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(
         "Traced empirical NTK K(x, x); x: skipped (at its projected time) or stopped", fontsize=9
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.025 * (1 + -(-len(handles) // ncol)), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -406,7 +407,7 @@ def markdown(doc: dict) -> str:
                 continue
             cells = [_memory(here.get(n)) for n in sizes]
             lines.append(f"| {model} | {impl} | " + " | ".join(cells) + " |")
-    autos = [r for r in rows if r["impl"] == "auto" and "choice" in r]
+    autos = [r for r in rows if r["impl"] == "auto" and "choice" in r and not r.get("variant")]
     if autos:
         lines += ["", "What auto picked (method, examples per block, features resident; why):", ""]
         lines += [f"- {r['model']}, n={r['n']}: {_choice(r['choice'])}" for r in autos]

@@ -756,6 +756,8 @@ def _assemble(blocks: Array, pairs: np.ndarray, spec: _Spec, b1: int, b2: int) -
     if 0 in spec.diagonal:  # (B, b, ...): the diagonal blocks only
         return blocks.reshape(-1, *blocks.shape[2:])[: spec.n1]
     blocks1, blocks2 = -(-spec.n1 // b1), -(-spec.n2 // b2)
+    if blocks1 == blocks2 == 1:  # one block: no scatter (6 ms a call at n = 64 on 2 cores)
+        return blocks[0][: spec.n1, : spec.n2]
     full = jnp.zeros((blocks1, blocks2, *blocks.shape[1:]), blocks.dtype)
     full = full.at[pairs[:, 0], pairs[:, 1]].set(blocks)
     if spec.symmetric:
