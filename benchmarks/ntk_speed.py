@@ -91,13 +91,8 @@ DIMS = {
 }
 TINY_SIZES = (4, 8)
 # --allocator-variants: jaxntk's side without its malloc settings, and neural-tangents' side with
-# the same settings made through glibc's environment variables (jaxntk.host)
+# the same settings made through glibc's environment variables (jaxntk.host.ENVIRONMENT)
 SYSTEM_MALLOC, JAXNTK_MALLOC = "system malloc", "malloc as jaxntk"
-TUNED_MALLOC = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-}
 
 
 def init_params(model: str, dims: dict, key) -> dict:
@@ -368,13 +363,8 @@ def markdown(doc: dict) -> str:
             auto = here.get("auto", {}).get("seconds")
             ratios = [_ratio(auto, here, variant) for variant in variants]
             diffs = [r["rel_diff"] for r in here.values() if "rel_diff" in r]
-            cells = (
-                [_cell(here.get(i)) for i in impls]
-                + ratios
-                + [
-                    f"{max(diffs):.1e}" if diffs else "",
-                ]
-            )
+            cells = [*(_cell(here.get(i)) for i in impls), *ratios]
+            cells.append(f"{max(diffs):.1e}" if diffs else "")
             lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     sizes = sorted({r["n"] for r in rows})
     lines += ["", "Growth exponent of time in n, slope of log t against log n (all sizes; last"]
@@ -531,7 +521,9 @@ def main(argv: list[str] | None = None) -> dict:
             tasks = [f"{k}:{n}" for k in args.nt_impls.split(",") for n in nt_sizes]
             rows += run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, _nt_env())
             if args.allocator_variants:
-                env = _nt_env() | TUNED_MALLOC
+                from jaxntk.host import ENVIRONMENT  # only here: runs before the engine lack it
+
+                env = _nt_env() | ENVIRONMENT
                 got = run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, env)
                 rows += [r | {"variant": JAXNTK_MALLOC} for r in got]
         print(f"{model}: done at {time.perf_counter() - t_start:.0f} s", flush=True)

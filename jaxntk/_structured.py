@@ -202,10 +202,12 @@ def make_plan(
 def features(plan: Plan, apply_fn: Any, params0: Any, xb: Array) -> dict[str, Any]:
     """Per-example quantities of a block xb (b, ...), every leaf with the leading axis b.
 
-    Returns {"jacobian": ((b, *O, P_1), ...), "structured": ((A, G), ...)}: the Jacobians of the
+    Returns {"jacobian": ((b, *O, P_1), ...), "structured": ((A, G), ...), "pooled": ((M, U),
+    ...)}: the Jacobians of the
     fallback leaves and "jacobian"-form ops, one array each (scaled by each op's c; kept apart:
     concatenating them copies every entry once more; one empty array where there is none), and
-    per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f). Jit-able with
+    per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f), and under
+    "pooled", per "pooled"-form op M (b, g, c, f) (scaled by c) and U (b, *O, g, f). Jit-able with
     plan and apply_fn static. Raises ValueError if the model traced here differs from the plan's.
     """
     graph = _trace(apply_fn, params0, jax.ShapeDtypeStruct((1, *xb.shape[1:]), xb.dtype))

@@ -26,27 +26,27 @@ reach the threads JAX has started: the thresholds are set and `allocator_status`
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV", "allocator_status", "configure_allocator"]
+__all__ = ["ENV", "ENVIRONMENT", "allocator_status", "configure_allocator"]
 
 ENV = "JAXNTK_ALLOCATOR"
 """Environment variable: "system" leaves the C library's allocator as it is."""
 
 # mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-THRESHOLD = 1 << 30
-_MALLOC_ENV = (
-    "GLIBC_TUNABLES",
-    "MALLOC_ARENA_MAX",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-)
+ARENAS, THRESHOLD = 1, 1 << 30
+ENVIRONMENT = {
+    "MALLOC_ARENA_MAX": str(ARENAS),
+    "MALLOC_MMAP_THRESHOLD_": str(THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(THRESHOLD),
+}
+"""The same settings as glibc environment variables, for a process that does not import jaxntk
+(benchmarks/ntk_speed.py gives them to neural-tangents' side for a like-for-like comparison)."""
+_MALLOC_ENV = ("GLIBC_TUNABLES", *ENVIRONMENT)
 _PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
 _STATUS = ["not configured: jaxntk.host.configure_allocator has not run"]
 
@@ -80,16 +80,16 @@ def configure_allocator(
         changed.
     """
     environ = os.environ if environ is None else environ
-    reason = _reason_to_skip(environ, libc)
+    libc = _glibc() if libc is None else libc
+    reason = _reason_to_skip(environ) or (None if libc else "the C library is not glibc")
     if reason is not None:
         _STATUS[0] = f"system: {reason}"
         return _STATUS[0]
-    libc = ctypes.CDLL(ctypes.util.find_library("c")) if libc is None else libc
     if backend_started is None:
         backend_started = _backend_started()
     settings = [(M_MMAP_THRESHOLD, THRESHOLD), (M_TRIM_THRESHOLD, THRESHOLD)]
     if not backend_started:
-        settings.insert(0, (M_ARENA_MAX, 1))
+        settings.insert(0, (M_ARENA_MAX, ARENAS))
     failed = [p for p, value in settings if libc.mallopt(ctypes.c_int(p), ctypes.c_int(value)) != 1]
     if failed:
         _STATUS[0] = f"partly kept: mallopt refused parameters {failed}"
@@ -103,7 +103,7 @@ def configure_allocator(
     return _STATUS[0]
 
 
-def _reason_to_skip(environ: Mapping[str, str], libc: Any) -> str | None:
+def _reason_to_skip(environ: Mapping[str, str]) -> str | None:
     if environ.get(ENV, "") == "system":
         return f"{ENV}=system"
     if environ.get(ENV, "") not in ("", "keep"):
@@ -114,9 +114,20 @@ def _reason_to_skip(environ: Mapping[str, str], libc: Any) -> str | None:
     preload = environ.get("LD_PRELOAD", "")
     if any(name in preload for name in _PRELOADED):
         return f"LD_PRELOAD holds an allocator ({preload})"
-    if libc is None and (sys.platform != "linux" or platform.libc_ver()[0] != "glibc"):
-        return "the C library is not glibc"
     return None
+
+
+def _glibc() -> Any:
+    """The process's C library where it is glibc (it exports gnu_get_libc_version), else None.
+
+    The symbols of the running process itself: no search for the library on disk at import."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def _backend_started() -> bool:

@@ -57,6 +57,24 @@ def test_skipped_where_asked_or_where_the_environment_tunes_malloc(environ, why)
     assert libc.calls == [] and status.startswith("system:") and why in status
 
 
+def test_skipped_where_the_c_library_is_not_glibc(monkeypatch):
+    monkeypatch.setattr(host, "_glibc", lambda: None)
+    assert host.configure_allocator({}, backend_started=False) == (
+        "system: the C library is not glibc"
+    )
+
+
+def test_the_environment_form_names_the_same_settings():
+    # what benchmarks/ntk_speed.py gives neural-tangents' side: the values mallopt gets here
+    assert host.ENVIRONMENT == {
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    }
+    status = host.configure_allocator(host.ENVIRONMENT, libc=FakeLibc(), backend_started=False)
+    assert status.startswith("system: the environment tunes malloc (MALLOC_ARENA_MAX")
+
+
 def test_a_refused_setting_is_reported():
     status = host.configure_allocator({}, libc=FakeLibc(refuse={-8}), backend_started=False)
     assert status == "partly kept: mallopt refused parameters [-8]"
