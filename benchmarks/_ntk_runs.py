@@ -274,11 +274,14 @@ def _jsonable(value):
 
 
 def run_tasks(args) -> None:
-    allocator = None
+    allocator, compiler_options = None, None
     if args.side == "jaxntk":  # imported before any array exists, as a user's script does
         import jaxntk
 
         allocator = getattr(jaxntk, "allocator_status", lambda: "system: not configured")()
+        host = getattr(jaxntk, "host", None)
+        if host is not None and hasattr(host, "cpu_compiler_options"):
+            compiler_options = host.cpu_compiler_options()
     dtype = jnp.float64 if args.float64 else jnp.float32
     params, x_all = load_inputs(args.inputs, dtype)
     kernel_of = (jaxntk_kernels if args.side == "jaxntk" else nt_kernels)(args.model, params, x_all)
@@ -294,6 +297,8 @@ def run_tasks(args) -> None:
         row = {"model": args.model, "side": args.side, "impl": impl, "n": n, "repeats": 0}
         row["jax"] = jax.__version__
         row["allocator"] = allocator or _environment_allocator()
+        if compiler_options is not None:  # jaxntk's own programs' (jaxntk.host)
+            row["compiler_options"] = compiler_options
         projected = _projected(times_of.get(impl, []), n)
         skip = None
         if impl in failed:

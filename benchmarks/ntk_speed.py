@@ -26,7 +26,9 @@ With --allocator-variants, two more rows per model: auto with JAXNTK_ALLOCATOR=s
 without the malloc settings it makes at import, `jaxntk.host`), and neural-tangents with
 the same settings given to glibc as environment variables; the table then has a second ratio,
 auto over neural-tangents with jaxntk's malloc settings. The jaxntk child imports jaxntk before
-it creates any array, as a user's script does.
+it creates any array, as a user's script does. With --kernel-variants, one more row per model:
+auto with JAXNTK_CPU_KERNELS=xla (jaxntk's programs compiled with XLA's own choice of CPU kernels,
+YNNPACK on jax 0.10, instead of Eigen's; `jaxntk.host.cpu_compiler_options`).
 
 Each (model, implementation, n): one call that compiles, then the best of --repeats calls, each
 ended by block_until_ready (fewer repeats where they would exceed --max-seconds). A size whose time,
@@ -47,7 +49,7 @@ figure to docs/figures/ntk-speed.png.
     python benchmarks/ntk_speed.py --out DIR [--nt-venv PATH | --build-nt-venv] [--results]
         [--sizes 64 128] [--models mlp,cnn] [--methods auto,jacobian] [--nt-impls 1,2,3]
         [--repeats 3] [--max-seconds 120] [--tiny] [--float64] [--save-kernels]
-        [--allocator-variants]
+        [--allocator-variants] [--kernel-variants]
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ TINY_SIZES = (4, 8)
 # --allocator-variants: jaxntk's side without its malloc settings, and neural-tangents' side with
 # the same settings made through glibc's environment variables (jaxntk.host.ENVIRONMENT)
 SYSTEM_MALLOC, JAXNTK_MALLOC = "system malloc", "malloc as jaxntk"
+# --kernel-variants: jaxntk's side compiled with XLA's own choice of CPU kernels
+XLA_KERNELS = "XLA's CPU kernels"
 
 
 def init_params(model: str, dims: dict, key) -> dict:
@@ -481,6 +485,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="also auto with JAXNTK_ALLOCATOR=system and neural-tangents with jaxntk's malloc "
         "settings (as environment variables)",
     )
+    p.add_argument(
+        "--kernel-variants",
+        action="store_true",
+        help="also auto with JAXNTK_CPU_KERNELS=xla (XLA's own choice of CPU kernels)",
+    )
     add_output_arguments(p)
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")]
@@ -517,6 +526,11 @@ def main(argv: list[str] | None = None) -> dict:
             env = os.environ | {"JAXNTK_ALLOCATOR": "system"}
             got = run_child([sys.executable, *child, "--side", "jaxntk"], auto, hard_cap, log, env)
             rows += [r | {"variant": SYSTEM_MALLOC} for r in got]
+        if args.kernel_variants:
+            auto = [f"auto:{n}" for n in sizes]
+            env = os.environ | {"JAXNTK_CPU_KERNELS": "xla"}
+            got = run_child([sys.executable, *child, "--side", "jaxntk"], auto, hard_cap, log, env)
+            rows += [r | {"variant": XLA_KERNELS} for r in got]
         if nt_python:
             tasks = [f"{k}:{n}" for k in args.nt_impls.split(",") for n in nt_sizes]
             rows += run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, _nt_env())

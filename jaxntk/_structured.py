@@ -27,6 +27,10 @@ J_o = M ∘ U_o with M = Σ_p A[p] ⊗ D[p] formed once for all outputs (one mat
 a pair of examples contributes Σ_{g,f} (Σ_c M M')·(Σ_o U_o U'_o): features g·f·(c + |O|) wide
 instead of |O|·g·c·f (`_pooled`).
 
+A bias b added to such an op's output z (z + scale·b broadcast over the positions p, z used only
+there: a flax `Conv` or `Dense` with bias) has ∂f_o/∂b = scale·Σ_p G_o[p]: the op's A gains one
+column, all `scale`, and the bias needs no backward pass of its own (`_bias`).
+
 W' may reach the op from a parameter leaf W through x-independent layout and scale ops (reshape,
 transpose, dtype conversion, multiplication by a constant c, e.g. a 1/√fan_in scale):
 W' = c·π(W) for a permutation π, so ⟨J_W, J'_W⟩ = c²⟨J_{W'}, J'_{W'}⟩. Every other parameter leaf
@@ -95,6 +99,9 @@ class Rule:
     contracted and f free weight entries per group; `form` is "structured", "jacobian" or
     "pooled". A "pooled" convolution's output reaches the model only through the elementwise
     equations `chain` and then equation `pool`, a sum over all its pixels (see `_pooled`).
+    `bias` is the leaf of a bias added to the op's output (-1: none), as bias_scale·b broadcast
+    over the positions p: its Jacobian Σ_p G_o[p] is one more column of A, all bias_scale
+    (see `_bias`).
     """
 
     leaf: int
@@ -109,6 +116,13 @@ class Rule:
     f: int
     pool: int = -1
     chain: tuple[int, ...] = ()
+    bias: int = -1
+    bias_scale: float = 0.0
+
+    @property
+    def width(self) -> int:
+        """Entries of A per (position, group): c, and one more for a folded bias."""
+        return self.c + (self.bias >= 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +134,9 @@ class Plan:
     `forward_flops` estimates one example's forward pass, `fallback_flops` its ops that take a
     fallback leaf (for `cost`).
     `signature` (the inlined equations' primitive names) checks that `features` sees the same model.
+    `summed`: every output axis is traced, so the kernel only sums the Jacobian features over
+    (outputs, entries) and their order is free (a "jacobian"-form op's Jacobian is not transposed
+    to put the outputs first).
     """
 
     rules: tuple[Rule, ...]
@@ -131,6 +148,7 @@ class Plan:
     fallback_flops: float
     itemsize: int
     signature: tuple[str, ...]
+    summed: bool = False
 
     def summary(self) -> str:
         """One line: how many leaves take each route, e.g. for a report of the method chosen."""
@@ -139,6 +157,7 @@ class Plan:
             f"{len(self.rules)} structured leaves ({forms.count('structured')} from input and "
             f"cotangent products, {forms.count('jacobian')} from per-example Jacobians formed "
             f"as matmuls, {forms.count('pooled')} pooled before the head), "
+            f"{sum(r.bias >= 0 for r in self.rules)} biases folded into their ops, "
             f"{len(self.fallback)} fallback, {len(self.unused)} unused"
         )
 
@@ -185,6 +204,12 @@ def make_plan(
             unused.append(leaf)
         else:
             rules.append(_pooled(graph, uses, _rule(graph, leaf, *found, pairs, force), force))
+    for leaf in list(fallback):
+        folded = _bias(graph, known, uses, leaf, rules)
+        if folded is not None:
+            k, scale = folded
+            rules[k] = dataclasses.replace(rules[k], bias=leaf, bias_scale=scale)
+            fallback.remove(leaf)
     fallback_ids = {graph.invars[leaf] for leaf in fallback}
     return Plan(
         rules=tuple(rules),
@@ -196,6 +221,7 @@ def make_plan(
         fallback_flops=float(sum(_eqn_flops(e) for e in graph.eqns if set(e.ins) & fallback_ids)),
         itemsize=np.dtype(graph.out_aval.dtype).itemsize,
         signature=graph.signature,
+        summed=all(axis in trace for axis in range(1, 1 + len(out_shape))),
     )
 
 
@@ -276,19 +302,20 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     n_out = math.prod(plan.out_shape)
     pairs = _out_pairs(plan.out_shape, trace, diagonal)
     width = sum(plan.fallback_sizes) + sum(
-        r.g * r.c * r.f for r in plan.rules if r.form == "jacobian"
+        r.g * r.width * r.f for r in plan.rules if r.form == "jacobian"
     )
     pair_flops = 2.0 * pairs * width
     feature_flops = (1.0 + n_out) * plan.forward_flops + n_out * plan.fallback_flops
     stored = n_out * width
     for r in plan.rules:
         pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
-        feature_flops += 2.0 * n_out * r.p * r.g * r.c * r.f if r.form == "jacobian" else 0.0
-        stored += r.p * r.g * r.c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
+        c = r.width
+        feature_flops += 2.0 * n_out * r.p * r.g * c * r.f if r.form == "jacobian" else 0.0
+        stored += r.p * r.g * c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
         if r.form == "pooled":
-            feature_flops += 2.0 * r.p * r.g * r.c * r.f
-            pair_flops += 2.0 * r.g * r.f * (r.c + pairs)
-            stored += r.g * r.f * (r.c + n_out)
+            feature_flops += 2.0 * r.p * r.g * c * r.f
+            pair_flops += 2.0 * r.g * r.f * (c + pairs)
+            stored += r.g * r.f * (c + n_out)
     return Cost(feature_flops, pair_flops, float(plan.itemsize * stored))
 
 
@@ -500,6 +527,64 @@ def _rule(graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, 
     )
 
 
+def _bias(
+    graph: _Graph, known: dict[int, Any], uses: dict, leaf: int, rules: list[Rule]
+) -> tuple[int, float] | None:
+    """(index into rules, scale) where leaf b reaches, through x-independent layout, broadcast
+    and constant-scale ops, an add to a rule's op output z (z's only use) as scale·b[π(g, f)],
+    the same at every position p for a permutation π of b's entries; else None.
+
+    Then the cotangent at z is that of z + B, and ∂f_o/∂b = scale·Σ_p G_o[p] (permuted: only
+    inner products are taken): the bias is one more column of A, all `scale`. The mapping is
+    checked by evaluating the path on b = 1, 2, …, |b|.
+    """
+    var, path = graph.invars[leaf], []
+    while True:
+        users = uses.get(var, [])
+        if len(users) != 1 or users[0][0] < 0:
+            return None
+        k, pos = users[0]
+        eqn = graph.eqns[k]
+        name = eqn.prim.name
+        other = eqn.ins[1 - pos] if len(eqn.ins) == 2 else None
+        if name in _LAYOUT or name == "broadcast_in_dim" or name == "neg":
+            path.append(k)
+        elif name == "mul" and _uniform(known, other) is not None:
+            path.append(k)
+        elif name in ("add", "add_any"):
+            break
+        else:
+            return None
+        var = eqn.outs[0]
+    owner = [i for i, r in enumerate(rules) if graph.eqns[r.eqn].outs[0] == other]
+    if not owner or rules[owner[0]].bias >= 0 or len(uses.get(other, [])) != 1:
+        return None
+    rule = rules[owner[0]]
+    op = graph.eqns[rule.eqn]
+    if tuple(eqn.out_avals[0].shape) != tuple(op.out_avals[0].shape):
+        return None
+    size = math.prod(graph.invar_shapes[leaf])
+    if size != rule.g * rule.f:
+        return None
+    with jax.ensure_compile_time_eval():
+        env = {graph.invars[leaf]: np.arange(1.0, size + 1.0).reshape(graph.invar_shapes[leaf])}
+        for k in path:
+            step = graph.eqns[k]
+            if any(i not in env and i not in known for i in step.ins):
+                return None
+            (env[step.outs[0]],) = _bind(step, [env[i] if i in env else known[i] for i in step.ins])
+        # the add may broadcast size-1 axes itself
+        added = np.broadcast_to(np.asarray(env[var]), op.out_avals[0].shape)
+        added = np.asarray(_canonical_out(rule, op, jnp.asarray(added)[None]))[0]
+    if not np.all(added == added[:1]):  # the same at every position p
+        return None
+    values = added[0].reshape(-1)
+    scale = float(values.sum()) / (size * (size + 1) / 2)
+    if scale == 0.0 or not np.allclose(np.sort(values / scale), np.arange(1.0, size + 1.0)):
+        return None
+    return owner[0], scale
+
+
 def _pooled(graph: _Graph, uses: dict, rule: Rule, force) -> Rule:
     """The rule in "pooled" form where its convolution's output z reaches the model only as
     s = Σ_pixels h(z), h elementwise in z; else the rule unchanged.
@@ -537,7 +622,7 @@ def _pooled(graph: _Graph, uses: dict, rule: Rule, force) -> Rule:
 
 
 def _structured_pair_flops(rule: Rule, pairs: int) -> float:
-    return 2.0 * rule.p**2 * rule.g * (rule.c + pairs * rule.f)
+    return 2.0 * rule.p**2 * rule.g * (rule.width + pairs * rule.f)
 
 
 def _out_pairs(out_shape: tuple[int, ...], trace, diagonal) -> int:
@@ -587,16 +672,18 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
         a = operands[rule.eqn][1 - rule.position]
         if rule.form == "pooled":
             a, d = _canonical(rule, eqn, a, derivatives[rule.eqn][None])
-            m = jnp.einsum("pgc,pgf->gcf", rule.scale * a, d[0])
+            m = jnp.einsum("pgc,pgf->gcf", _with_bias(rule, rule.scale * a), d[0])
             u = g_eps[rule.pool].reshape(*plan.out_shape, rule.g, rule.f)
             feats["pooled"].append((m, u))
             continue
         a, g = _canonical(rule, eqn, a, g_eps[rule.eqn])
-        a = rule.scale * a
+        a = _with_bias(rule, rule.scale * a)
         if rule.form == "jacobian":
             # o in the middle of the GEMM's output, then moved: XLA CPU's GEMM writing o first
             # is slower than this copy
-            jacobian = jnp.einsum("pgc,opgf->gcof", a, g).transpose(2, 0, 1, 3)
+            jacobian = jnp.einsum("pgc,opgf->gcof", a, g)  # o inside: XLA's GEMM writes it so
+            if not plan.summed:  # else the entries' order is free: a reshape, not a copy
+                jacobian = jacobian.transpose(2, 0, 1, 3)
             feats["jacobian"].append(jacobian.reshape(*plan.out_shape, -1))
         else:
             feats["structured"].append((a, g.reshape(*plan.out_shape, *g.shape[1:])))
@@ -607,21 +694,35 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
 
 def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array]:
     """The op's input as A (p, g, c) and its output cotangents as G (|O|, p, g, f)."""
-    n_out = gy.shape[0]
     if eqn.prim.name == "conv_general_dilated":
-        spec = eqn.params["dimension_numbers"]
-        a = _patches(rule, eqn, a)
-        order = (spec.out_spec[0], *spec.out_spec[2:], spec.out_spec[1])
-        gy = gy.transpose(0, *(1 + d for d in order))
-        return a, gy.reshape(n_out, rule.p, rule.g, rule.f)
+        return _patches(rule, eqn, a), _canonical_out(rule, eqn, gy)
     contracting, batch = eqn.params["dimension_numbers"]
     a_contracting, a_batch = contracting[1 - rule.position], batch[1 - rule.position]
     a_free = [d for d in range(a.ndim) if d not in a_contracting and d not in a_batch]
     a = a.transpose(*a_free, *a_batch, *a_contracting).reshape(rule.p, rule.g, rule.c)
+    return a, _canonical_out(rule, eqn, gy)
+
+
+def _canonical_out(rule: Rule, eqn: _Eqn, gy: Array) -> Array:
+    """Arrays shaped like the op's output, stacked along axis 0 (|O|, *out), as (|O|, p, g, f)."""
+    n_out = gy.shape[0]
+    if eqn.prim.name == "conv_general_dilated":
+        spec = eqn.params["dimension_numbers"]
+        order = (spec.out_spec[0], *spec.out_spec[2:], spec.out_spec[1])
+        gy = gy.transpose(0, *(1 + d for d in order))
+        return gy.reshape(n_out, rule.p, rule.g, rule.f)
     # the output's axes: batch (the groups), then lhs free, then rhs free
     if rule.position == 0:
-        return a, gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
-    return a, gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
+        return gy.reshape(n_out, rule.g, rule.f, rule.p).transpose(0, 3, 1, 2)
+    return gy.reshape(n_out, rule.g, rule.p, rule.f).transpose(0, 2, 1, 3)
+
+
+def _with_bias(rule: Rule, a: Array) -> Array:
+    """A (p, g, c) with a column of bias_scale appended where the rule folds a bias."""
+    if rule.bias < 0:
+        return a
+    column = jnp.full((*a.shape[:-1], 1), rule.bias_scale, a.dtype)
+    return jnp.concatenate([a, column], axis=-1)
 
 
 def _patches(rule: Rule, eqn: _Eqn, a: Array) -> Array:
@@ -635,7 +736,7 @@ def _patches(rule: Rule, eqn: _Eqn, a: Array) -> Array:
     against 0.021 s for 128 inputs 16 × 16 × 32, 3 × 3 windows, float32, 2 cores).
     """
     spec = eqn.params["dimension_numbers"]
-    a = a.transpose(spec.lhs_spec[0], *spec.lhs_spec[2:], spec.lhs_spec[1])[0]  # (*spatial, C)
+    a = a.transpose(spec.lhs_spec[0], spec.lhs_spec[1], *spec.lhs_spec[2:])[0]  # (C, *spatial)
     window = tuple(rule.weight_shape[d] for d in spec.rhs_spec[2:])
     out = tuple(eqn.out_avals[0].shape[d] for d in spec.out_spec[2:])
     strides, dilation = eqn.params["window_strides"], eqn.params["rhs_dilation"]
@@ -643,14 +744,14 @@ def _patches(rule: Rule, eqn: _Eqn, a: Array) -> Array:
         (lo, hi, d - 1)
         for (lo, hi), d in zip(eqn.params["padding"], eqn.params["lhs_dilation"], strict=True)
     ]
-    a = jax.lax.pad(a, jnp.zeros((), a.dtype), [*config, (0, 0, 0)])
+    a = jax.lax.pad(a, jnp.zeros((), a.dtype), [(0, 0, 0), *config])
     slices = []
     for offset in itertools.product(*(range(w) for w in window)):
         start = [k * d for k, d in zip(offset, dilation, strict=True)]
         stop = [s + (o - 1) * t + 1 for s, o, t in zip(start, out, strides, strict=True)]
-        slices.append(jax.lax.slice(a, (*start, 0), (*stop, a.shape[-1]), (*strides, 1)))
-    stacked = jnp.stack(slices).reshape(len(slices), rule.p, rule.g, -1)  # (K, p, g, C/g)
-    return stacked.transpose(1, 2, 0, 3).reshape(rule.p, rule.g, rule.c)
+        slices.append(jax.lax.slice(a, (0, *start), (a.shape[0], *stop), (1, *strides)))
+    stacked = jnp.stack(slices, axis=1)  # (C, K, *out): c = (channel within group, offset)
+    return stacked.reshape(rule.g, rule.c, rule.p).transpose(2, 0, 1)
 
 
 def _gram(j1: Array, j2: Array, trace, diagonal) -> Array:

@@ -140,3 +140,61 @@ def test_imported_after_a_computation_the_status_says_partly():
         """
     )
     assert late["status"].startswith("partly kept:")
+
+
+# ---------------------------------------------------------------- compiler options
+
+
+def test_cpu_options_on_the_cpu_backend_where_the_jaxlib_accepts_them():
+    got = host.cpu_compiler_options({}, backend="cpu", accepted=lambda: True)
+    assert got == {"xla_cpu_experimental_ynn_fusion_type": ""} == host.CPU_OPTIONS
+    assert host.cpu_compiler_options({"JAXNTK_CPU_KERNELS": "eigen"}, "cpu", lambda: True) == got
+
+
+@pytest.mark.parametrize(
+    "environ, backend, accepted",
+    [
+        ({"JAXNTK_CPU_KERNELS": "xla"}, "cpu", True),  # the opt-out
+        ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, "cpu", True),  # the user's
+        ({}, "gpu", True),
+        ({}, "cpu", False),  # a jaxlib without the option
+    ],
+)
+def test_no_cpu_options_where_asked_elsewhere_or_unknown(environ, backend, accepted):
+    assert host.cpu_compiler_options(environ, backend, lambda: accepted) == {}
+
+
+def test_an_unknown_cpu_kernels_value_is_refused():
+    with pytest.raises(ValueError, match=r"JAXNTK_CPU_KERNELS must be 'eigen' or 'xla'.*'fast'"):
+        host.cpu_compiler_options({"JAXNTK_CPU_KERNELS": "fast"}, "cpu", lambda: True)
+
+
+def test_the_engine_compiles_its_blocks_without_ynn_fusions():
+    # XLA's compiled program of one block's features: no YNNPACK fusion under the options
+    # (this jaxlib: jax 0.10 fuses convolutions and matmuls into YNNPACK by default)
+    import jax
+    import jax.numpy as jnp
+
+    from jaxntk import _structured, ntk
+
+    def apply_fn(params, x):
+        dims = ("NHWC", "HWIO", "NHWC")
+        z = jax.lax.conv_general_dilated(x, params[0], (1, 1), "SAME", dimension_numbers=dims)
+        return jnp.tanh(z).mean(axis=(1, 2)) @ params[1]
+
+    params = (jnp.ones((3, 3, 2, 4)) / 6, jnp.ones((4, 3)))
+    x = jnp.ones((2, 5, 5, 2))
+    plan = _structured.make_plan(apply_fn, params, x[:1], (1,), ())
+    args = (jax.tree_util.Partial(apply_fn), params, x, "structured", plan)
+
+    def text(options):
+        jitted = ntk._compiled(ntk._features_of_block, (3, 4), options)
+        return jitted.lower(*args).compile().as_text()
+
+    options = ntk._cpu_options()
+    if not options:
+        pytest.skip("no CPU options here (another backend or jaxlib)")
+    if "__ynn_fusion" not in text(()):
+        pytest.skip("this jaxlib fuses nothing into YNNPACK")
+    assert "__ynn_fusion" not in text(options)
+    assert options == tuple(host.CPU_OPTIONS.items())

@@ -270,13 +270,39 @@ def test_the_default_budget_is_a_quarter_of_the_memory():
 
 def test_the_kernel_compiles_once_per_shape(x64):
     apply_fn, params, shape = mlp()
-    before = (ntk._block_features._cache_size(), ntk._block_pair._cache_size())
+    programs = ntk._block_programs()
+    before = [p._cache_size() for p in programs]
     for seed in (29, 30):
         jn.empirical_ntk(apply_fn, params, _normal(seed, (N1, *shape)), method="jacobian")
-    assert (ntk._block_features._cache_size(), ntk._block_pair._cache_size()) == (
-        before[0] + 1,
-        before[1] + 1,
-    )
+    assert [p._cache_size() for p in programs] == [before[0] + 1, before[1] + 1]
+
+
+def test_the_choice_is_kept_per_function_shapes_and_arguments(x64, monkeypatch):
+    """A second call with the same function, shapes and arguments chooses nothing anew (no
+    trace of the model, no plan); new shapes, another method or budget, or a call inside a
+    trace (values unknown) choose again."""
+    apply_fn, params, shape = mlp()
+    made = []
+    anew = ntk._choose_anew
+    monkeypatch.setattr(ntk, "_choose_anew", lambda *a: made.append(a[5:]) or anew(*a))
+    monkeypatch.setattr(ntk, "_CHOICES", {})
+    x = _normal(43, (N1, *shape))
+    first = jn.empirical_ntk(apply_fn, params, x)
+    again = jn.empirical_ntk(apply_fn, params, 2.0 * x)  # new values, same shapes
+    assert len(made) == 1
+    j = jacobian(apply_fn, params, 2.0 * x)
+    assert_close(again, expected(j, j, (1,), ()))
+    assert not np.allclose(first, again)
+    jn.empirical_ntk(apply_fn, params, x[:-1])  # another n
+    jn.empirical_ntk(apply_fn, params, x, method="jacobian")
+    jn.empirical_ntk(apply_fn, params, x, memory_budget=1 << 20)
+    assert len(made) == 4
+    inside = jax.jit(lambda x: jn.empirical_ntk(apply_fn, params, x))(x)  # traced: not kept
+    assert len(made) == 5 and len(ntk._CHOICES) == 4
+    assert_close(inside, first)
+    monkeypatch.setattr(ntk, "_CHOICES_KEPT", 4)
+    jn.empirical_ntk(apply_fn, params, x[:-2])  # the oldest goes
+    assert len(ntk._CHOICES) == 4 and len(made) == 6
 
 
 def test_bad_arguments_raise_before_anything_compiles(x64):

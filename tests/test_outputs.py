@@ -101,13 +101,11 @@ def test_ntk_of_outputs_with_two_axes(x64, trace, diagonal, spec, size):
 
 def test_ntk_compiles_once_per_shape(x64):
     apply_fn, params = flax_model()
-    before = (ntk._block_features._cache_size(), ntk._block_pair._cache_size())
+    programs = ntk._block_programs()
+    before = [p._cache_size() for p in programs]
     for seed in (5, 6):
         jn.empirical_ntk(apply_fn, params, inputs(seed, N), trace_axes=())
-    assert (ntk._block_features._cache_size(), ntk._block_pair._cache_size()) == (
-        before[0] + 1,
-        before[1] + 1,
-    )
+    assert [p._cache_size() for p in programs] == [before[0] + 1, before[1] + 1]
 
 
 @pytest.mark.parametrize(

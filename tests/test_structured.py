@@ -140,6 +140,37 @@ def partly_pooled_net(params, x):
     return s @ params["d"]
 
 
+def biased_net(params, x):
+    """Biases added to convolution and dense outputs (b, 4, 3, 2) -> (b, 3):
+
+    - b0 on a grouped convolution (2 groups), scaled by 0.5 and permuted: folded, jacobian form;
+    - bs broadcast along the image's first axis, not the channels: not folded (falls back);
+    - b2 negated on a pooled convolution: folded, pooled form;
+    - db on the dense head: folded, structured form.
+    """
+    dims = ("NHWC", "HWIO")
+    z0 = conv(x, params["c0"], dims, window_strides=(1, 1), padding="SAME", feature_group_count=2)
+    h = jnp.tanh(z0 + 0.5 * params["b0"].reshape(2, 2).T.reshape(1, 1, 1, 4))
+    z1 = conv(h, params["c1"], dims, window_strides=(1, 1), padding="SAME")
+    h = jnp.tanh(z1 + params["bs"][None, :, None, None])
+    z2 = conv(h, params["c2"], dims, window_strides=(1, 1), padding="SAME")
+    s = jnp.mean(jnp.tanh(z2 + (-params["b2"])[None, None, None]), axis=(1, 2))
+    return s @ params["d"] + params["db"][None]
+
+
+def _biased_params():
+    return {
+        "c0": _normal(90, (2, 2, 1, 4)),
+        "b0": _normal(91, (4,)),
+        "c1": _normal(92, (2, 2, 4, 4)),
+        "bs": _normal(93, (4,)),
+        "c2": _normal(94, (2, 2, 4, 3)),
+        "b2": _normal(95, (3,)),
+        "d": _normal(96, (3, 3)),
+        "db": _normal(97, (3,)),
+    }
+
+
 def _pooled_params():
     return {
         "c0": _normal(80, (3, 3, 2, 4)),
@@ -203,6 +234,8 @@ def _model(name):
         )
     if name == "pooled":
         return pooled_net, _pooled_params(), (4, 3, 2)
+    if name == "biased":
+        return biased_net, _biased_params(), (4, 3, 2)
     if name == "partly_pooled":
         return (
             partly_pooled_net,
@@ -256,7 +289,7 @@ def _axis_choices(ndim):
 
 
 MODELS = ["mlp", "mlp_two_axes", "heads", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax"]
-MODELS += ["fallback"]  # the pooled models are checked in the automatic forms only, below
+MODELS += ["fallback", "biased"]  # the pooled models: in the automatic forms only, below
 
 
 def _blocks(diagonal):
@@ -383,8 +416,32 @@ def test_plan_classifies_leaves(x64):
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
     idx = _leaf_index(params)
     kernels = {idx["['params']['Conv_0']['kernel']"], idx["['params']['Dense_0']['kernel']"]}
+    biases = {idx["['params']['Conv_0']['bias']"], idx["['params']['Dense_0']['bias']"]}
     assert {r.leaf for r in plan.rules} == kernels
-    assert set(plan.fallback) == set(idx.values()) - kernels
+    assert {r.bias for r in plan.rules} == biases  # added to the ops' outputs: folded
+    assert set(plan.fallback) == set(idx.values()) - kernels - biases  # LayerNorm's
+    assert "2 biases folded into their ops, 2 fallback" in plan.summary()
+
+    apply_fn, params, shape = _model("biased")
+    plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
+    idx = _leaf_index(params)
+    got = {r.leaf: (r.form, r.bias, r.bias_scale) for r in plan.rules}
+    assert got == {
+        idx["['c0']"]: ("jacobian", idx["['b0']"], 0.5),  # scaled and permuted
+        idx["['c1']"]: ("jacobian", -1, 0.0),  # bs varies along the image, not the channels
+        idx["['c2']"]: ("pooled", idx["['b2']"], -1.0),
+        idx["['d']"]: ("structured", idx["['db']"], 1.0),
+    }
+    assert plan.fallback == (idx["['bs']"],)
+
+    # a bias added to an output that has another use is not folded: the cotangent of z differs
+    def twice(p, x):
+        z = x @ p["w"]
+        return z * (z + p["b"][None])
+
+    params = {"b": _normal(99, (3,)), "w": _normal(98, (2, 3))}
+    plan = st.make_plan(twice, params, jnp.zeros((1, 2), F64), (1,), ())
+    assert [(r.leaf, r.bias) for r in plan.rules] == [(1, -1)] and plan.fallback == (0,)
 
     apply_fn, params, shape = _model("fallback")
     plan = st.make_plan(apply_fn, params, jnp.zeros((1, *shape), F64), (1,), ())
