@@ -50,6 +50,7 @@ figure to docs/figures/ntk-speed.png.
         [--sizes 64 128] [--models mlp,cnn] [--methods auto,jacobian] [--nt-impls 1,2,3]
         [--repeats 3] [--max-seconds 120] [--tiny] [--float64] [--save-kernels]
         [--allocator-variants] [--kernel-variants]
+    python benchmarks/ntk_speed.py --out DIR --redraw [--results]   # from DIR/ntk_speed.json
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def figure(rows: list[dict], models: list[str], path: Path) -> None:
     lines = -(-len(models) // cols)
     fig, axes = plt.subplots(lines, cols, figsize=(5 * cols, 3.8 * lines), squeeze=False)
     impls = sorted({label(r) for r in rows}, key=lambda s: (s.startswith("nt"), s))
-    colors = dict(zip(impls, plt.cm.tab10.colors, strict=False))
+    palette = plt.cm.tab20.colors if len(impls) > 10 else plt.cm.tab10.colors
+    colors = {impl: palette[i % len(palette)] for i, impl in enumerate(impls)}
     for ax in axes.flat[len(models) :]:
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models, strict=False):
@@ -490,8 +492,15 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also auto with JAXNTK_CPU_KERNELS=xla (XLA's own choice of CPU kernels)",
     )
+    p.add_argument(
+        "--redraw",
+        action="store_true",
+        help="measure nothing: the figure and tables again from DIR/ntk_speed.json",
+    )
     add_output_arguments(p)
     args = p.parse_args(argv)
+    if args.redraw:
+        return report(json.loads((args.out / "ntk_speed.json").read_text()), args.out, args.results)
     models = [m.strip() for m in args.models.split(",")]
     if set(models) - set(runs.MODELS):
         p.error(f"--models: unknown {sorted(set(models) - set(runs.MODELS))}; from {runs.MODELS}")
@@ -558,11 +567,16 @@ def main(argv: list[str] | None = None) -> dict:
         "total_seconds": time.perf_counter() - t_start,
     }
     (out / "ntk_speed.json").write_text(json.dumps(doc, indent=1))
-    figure(rows, models, out / "ntk_speed.png")
+    return report(doc, out, args.results)
+
+
+def report(doc: dict, out: Path, results: bool) -> dict:
+    """The figure, the tables (printed, in out and with `results` in RESULTS.md) of a run's doc."""
+    figure(doc["rows"], doc["models"], out / "ntk_speed.png")
     table = markdown(doc)
     print(table)
-    write_table(out, "ntk_speed", section(doc, table), args.results)
-    if args.results:
+    write_table(out, "ntk_speed", section(doc, table), results)
+    if results:
         shutil.copyfile(out / "ntk_speed.png", FIGURE)
     return doc
 

@@ -729,9 +729,10 @@ def _patches(rule: Rule, eqn: _Eqn, a: Array) -> Array:
     """A convolution's input of one example as image patches A (p, g, c), by slicing.
 
     The input (batch 1) is padded as the convolution pads it (lhs dilation as interior padding)
-    and one strided slice is taken per window offset (rhs dilation apart); c runs over (window
-    offset, channel within the group). Only inner products of A's rows are used, so the order
-    of c is free. Slicing moves memory only, where `lax.conv_general_dilated_patches` is a
+    and one strided slice is taken per window offset (rhs dilation apart); c runs over (channel
+    within the group, window offset), with the pixels innermost as the Jacobian's matmul reads
+    them (no copy between). Only inner products of A's rows are used, so the order of c is
+    free. Slicing moves memory only, where `lax.conv_general_dilated_patches` is a
     convolution with a one-hot kernel: c² multiply-adds per output pixel (measured: 0.067 s
     against 0.021 s for 128 inputs 16 × 16 × 32, 3 × 3 windows, float32, 2 cores).
     """

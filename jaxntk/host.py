@@ -23,15 +23,18 @@ malloc (a ``MALLOC_*`` setting, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD
 the C library is not glibc. Imported after JAX has run a computation, the arena setting cannot
 reach the threads JAX has started: the thresholds are set and `allocator_status` says so.
 
-`cpu_compiler_options` gives the compiler options jaxntk's own jitted programs (the empirical
-NTK's blocks) are compiled with on the CPU. JAX 0.10's CPU backend hands convolutions and
-matmuls to YNNPACK, which runs each one on one thread; the option
+`cpu_compiler_options` gives the compiler options jaxntk's own jitted programs (the features of
+the empirical NTK's blocks) are compiled with on the CPU. JAX 0.10's CPU backend hands
+convolutions and matmuls to YNNPACK, which ran each of them at about one core's speed here (two
+independent convolutions in one program ran side by side at twice the rate of one); the option
 ``xla_cpu_experimental_ynn_fusion_type=""`` keeps them in XLA's Eigen kernels, which use every
 core. Measured on 2 cores (float32, best of 7): a convolution of 1280 images 16 × 16 × 32 with a
 3 × 3 × 32 × 32 kernel 0.049 → 0.041 s, its transpose 0.071 → 0.041 s, 128 matmuls
-(288 × 256)·(256 × 320) 0.057 → 0.035 s. Only jaxntk's programs get the option, only on the
-CPU backend, only where this jaxlib knows it, and not where ``XLA_FLAGS`` already sets it;
-``JAXNTK_CPU_KERNELS=xla`` leaves XLA's choice.
+(288 × 256)·(256 × 320) 0.057 → 0.035 s; the NTK features of a block of 128 inputs of
+benchmarks/ntk_speed.py's CNN 0.18 → 0.12 s. (The NTK's contraction, one large matmul per pair
+of blocks, keeps XLA's choice: it ran faster there.) Only jaxntk's programs get the option, only
+on the CPU backend, only where this jaxlib knows it, and not where ``XLA_FLAGS`` already sets
+it; ``JAXNTK_CPU_KERNELS=xla`` leaves XLA's choice.
 """
 
 from __future__ import annotations

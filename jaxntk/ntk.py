@@ -814,12 +814,15 @@ def _block_features(apply_fn, params0, xb, method, extra):
 
 
 def _block_pair(apply_fn, params0, f1, f2, method, extra, trace, diagonal):
-    args = (apply_fn, params0, f1, f2, method, extra, trace, diagonal)
-    return _run(_contract_pair, (4, 5, 6, 7), *args)
+    # XLA's own kernels: the contraction's one large matmul ran faster under them (a pair of
+    # blocks of 128 of the CNN: 0.019 s against 0.025 s with Eigen's; the MLP 1.8 vs 3.0 ms)
+    jitted = _compiled(_contract_pair, (4, 5, 6, 7), ())
+    return jitted(apply_fn, params0, f1, f2, method, extra, trace, diagonal)
 
 
 def _run(fn, static_argnums, *args):
-    """fn(*args) jitted with the host's compiler options; inside a caller's jit (where a nested
+    """fn(*args) jitted with the host's compiler options (the features: a block of 128 of the
+    CNN 0.12 s against 0.18 s under XLA's own kernels); inside a caller's jit (where a nested
     jit takes no compiler options) without them."""
     options = _cpu_options()
     if options:
@@ -842,10 +845,9 @@ def _contract_pair(apply_fn, params0, f1, f2, method, extra, trace, diagonal):
 def _block_programs() -> tuple[Callable, Callable]:
     """The jitted programs of one block's features and of one pair's contraction, as compiled
     outside a caller's jit (their compile caches: tests)."""
-    options = _cpu_options()
     return (
-        _compiled(_features_of_block, (3, 4), options),
-        _compiled(_contract_pair, (4, 5, 6, 7), options),
+        _compiled(_features_of_block, (3, 4), _cpu_options()),
+        _compiled(_contract_pair, (4, 5, 6, 7), ()),
     )
 
 

@@ -87,6 +87,23 @@ def test_tables_and_figure(tiny_run):
     assert {"jax", "jaxlib", "flax", "numpy"} <= set(doc["versions"])
 
 
+@pytest.mark.slow  # the tiny run
+def test_redraw_makes_the_figure_and_tables_again_from_the_json(tiny_run, tmp_path):
+    _, doc = tiny_run
+    # more curves than a 10-colour palette: the jaxntk rows again as three variants
+    variants = ("XLA's CPU kernels", "system malloc", "other")
+    rows = doc["rows"] + [r | {"variant": v} for v in variants for r in doc["rows"]]
+    (tmp_path / "ntk_speed.json").write_text(json.dumps(doc | {"rows": rows}))
+    watched = (ROOT / "benchmarks" / "RESULTS.md", ntk_speed.FIGURE)
+    before = [p.read_bytes() if p.exists() else None for p in watched]
+    again = ntk_speed.main(["--out", str(tmp_path), "--redraw"])
+    assert len({ntk_speed.label(r) for r in again["rows"]}) > 10
+    assert (tmp_path / "ntk_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "ntk_speed.md").read_text()
+    assert "| auto, XLA's CPU kernels |" in table and f"| cnn | {N} |" in table
+    assert [p.read_bytes() if p.exists() else None for p in watched] == before
+
+
 def _row(impl, n, seconds, side="jaxntk", status="ok"):
     return {
         "model": "cnn",
