@@ -539,6 +539,7 @@ def _bias(
     checked by evaluating the path on b = 1, 2, …, |b|.
     """
     var, path = graph.invars[leaf], []
+    start = var
     while True:
         users = uses.get(var, [])
         if len(users) != 1 or users[0][0] < 0:
@@ -566,16 +567,19 @@ def _bias(
     size = math.prod(graph.invar_shapes[leaf])
     if size != rule.g * rule.f:
         return None
-    with jax.ensure_compile_time_eval():
-        env = {graph.invars[leaf]: np.arange(1.0, size + 1.0).reshape(graph.invar_shapes[leaf])}
-        for k in path:
-            step = graph.eqns[k]
-            if any(i not in env and i not in known for i in step.ins):
-                return None
-            (env[step.outs[0]],) = _bind(step, [env[i] if i in env else known[i] for i in step.ins])
-        # the add may broadcast size-1 axes itself
-        added = np.broadcast_to(np.asarray(env[var]), op.out_avals[0].shape)
-        added = np.asarray(_canonical_out(rule, op, jnp.asarray(added)[None]))[0]
+    var = start
+    value = np.arange(1.0, size + 1.0).reshape(graph.invar_shapes[leaf])
+    for k in path:  # in numpy: no XLA program compiled for these few small ops
+        step = graph.eqns[k]
+        if any(i != var and i not in known for i in step.ins):
+            return None
+        value = _numpy_step(step, [value if i == var else known[i] for i in step.ins])
+        if value is None:
+            return None
+        var = step.outs[0]
+    # the add may broadcast size-1 axes itself
+    added = np.broadcast_to(value, op.out_avals[0].shape)[None]
+    added = np.asarray(_canonical_out(rule, op, added))[0]
     if not np.all(added == added[:1]):  # the same at every position p
         return None
     values = added[0].reshape(-1)
@@ -583,6 +587,30 @@ def _bias(
     if scale == 0.0 or not np.allclose(np.sort(values / scale), np.arange(1.0, size + 1.0)):
         return None
     return owner[0], scale
+
+
+def _numpy_step(eqn: _Eqn, args: list[Any]) -> np.ndarray | None:
+    """A layout, broadcast or scale equation (those `_bias` follows) on numpy values; None for
+    any other."""
+    name, params = eqn.prim.name, eqn.params
+    x = np.asarray(args[0])
+    if name == "reshape" and params.get("dimensions") is None:
+        return x.reshape(params["new_sizes"])
+    if name == "broadcast_in_dim":
+        shape, dims = tuple(params["shape"]), tuple(params["broadcast_dimensions"])
+        kept = [x.shape[dims.index(d)] if d in dims else 1 for d in range(len(shape))]
+        return np.broadcast_to(x.reshape(kept), shape)
+    if name == "transpose":
+        return x.transpose(params["permutation"])
+    if name == "squeeze":
+        return np.squeeze(x, axis=tuple(params["dimensions"]))
+    if name in ("convert_element_type", "copy", "copy_p"):
+        return x
+    if name == "neg":
+        return -x
+    if name == "mul":
+        return x * np.asarray(args[1])
+    return None
 
 
 def _pooled(graph: _Graph, uses: dict, rule: Rule, force) -> Rule:
