@@ -458,16 +458,22 @@ def _uses(graph: _Graph) -> dict[int, list[tuple[int, int]]]:
     return uses
 
 
+def _sole_use(uses: dict, var: int) -> tuple[int, int] | None:
+    """(equation, operand position) of var's one use; None where it has several, none, or is the
+    model's output."""
+    users = uses.get(var, [])
+    return users[0] if len(users) == 1 and users[0][0] >= 0 else None
+
+
 def _follow(graph: _Graph, known: dict[int, Any], uses: dict, var: int):
     """(eqn, position, c) of the op a leaf reaches as c·π(W), "unused", or None (fall back)."""
     scale = 1.0
     while True:
-        users = uses.get(var, [])
-        if not users:
+        if not uses.get(var):
             return "unused"
-        if len(users) != 1 or users[0][0] < 0:
+        if (use := _sole_use(uses, var)) is None:
             return None
-        k, pos = users[0]
+        k, pos = use
         eqn = graph.eqns[k]
         name = eqn.prim.name
         if name in _LAYOUT:
@@ -541,10 +547,9 @@ def _bias(
     var, path = graph.invars[leaf], []
     start = var
     while True:
-        users = uses.get(var, [])
-        if len(users) != 1 or users[0][0] < 0:
+        if (use := _sole_use(uses, var)) is None:
             return None
-        k, pos = users[0]
+        k, pos = use
         eqn = graph.eqns[k]
         name = eqn.prim.name
         other = eqn.ins[1 - pos] if len(eqn.ins) == 2 else None
@@ -633,10 +638,9 @@ def _pooled(graph: _Graph, uses: dict, rule: Rule, force) -> Rule:
     shape = tuple(eqn.out_avals[0].shape)
     var, chain = eqn.outs[0], []
     while True:
-        users = uses.get(var, [])
-        if len(users) != 1 or users[0][0] < 0:
+        if (use := _sole_use(uses, var)) is None:
             return rule
-        k, _ = users[0]
+        k, _ = use
         user = graph.eqns[k]
         if user.prim.name == "reduce_sum":
             axes = set(user.params["axes"])
