@@ -122,10 +122,12 @@ def test_import_keeps_freed_buffers_so_calls_stop_page_faulting():
     assert kept["status"].startswith("kept:")
     assert system["status"] == "system: JAXNTK_ALLOCATOR=system"
     # the fewest page faults of 4 rounds of 5 calls: 5 × 64 MiB of fresh pages (4 KiB each) under
-    # the system settings; kept, the pages are reused (measured here: 82301 against 0 faults;
-    # some rounds fault in part, hence the fewest)
-    assert system["faults"] > 5 * 64 * 256 / 2
-    assert kept["faults"] < system["faults"] / 10, (kept, system)
+    # the system settings, every call; kept, the pages are reused (measured here: 82301 against
+    # 0 faults; some rounds fault in part, hence the fewest; one run of the whole suite on the
+    # CI machine saw 16385 against 81932 in every round, one output's pages per 5 calls)
+    one_output = 64 * 256
+    assert system["faults"] > 5 * one_output / 2
+    assert kept["faults"] <= 1.25 * one_output, (kept, system)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
