@@ -530,16 +530,13 @@ def main(argv: list[str] | None = None) -> dict:
         log = out / "logs" / f"{model}.log"
         child = [str(Path(runs.__file__)), *argv_model]
         rows += run_child([sys.executable, *child, "--side", "jaxntk"], tasks, hard_cap, log, None)
-        if args.allocator_variants:
+        variants = [(SYSTEM_MALLOC, {"JAXNTK_ALLOCATOR": "system"})] * args.allocator_variants
+        variants += [(XLA_KERNELS, {"JAXNTK_CPU_KERNELS": "xla"})] * args.kernel_variants
+        for variant, setting in variants:  # auto again, in a child with that setting
             auto = [f"auto:{n}" for n in sizes]
-            env = os.environ | {"JAXNTK_ALLOCATOR": "system"}
+            env = os.environ | setting
             got = run_child([sys.executable, *child, "--side", "jaxntk"], auto, hard_cap, log, env)
-            rows += [r | {"variant": SYSTEM_MALLOC} for r in got]
-        if args.kernel_variants:
-            auto = [f"auto:{n}" for n in sizes]
-            env = os.environ | {"JAXNTK_CPU_KERNELS": "xla"}
-            got = run_child([sys.executable, *child, "--side", "jaxntk"], auto, hard_cap, log, env)
-            rows += [r | {"variant": XLA_KERNELS} for r in got]
+            rows += [r | {"variant": variant} for r in got]
         if nt_python:
             tasks = [f"{k}:{n}" for k in args.nt_impls.split(",") for n in nt_sizes]
             rows += run_child([nt_python, *child, "--side", "nt"], tasks, hard_cap, log, _nt_env())

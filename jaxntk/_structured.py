@@ -545,7 +545,6 @@ def _bias(
     checked by evaluating the path on b = 1, 2, …, |b|.
     """
     var, path = graph.invars[leaf], []
-    start = var
     while True:
         if (use := _sole_use(uses, var)) is None:
             return None
@@ -563,7 +562,7 @@ def _bias(
             return None
         var = eqn.outs[0]
     owner = [i for i, r in enumerate(rules) if graph.eqns[r.eqn].outs[0] == other]
-    if not owner or rules[owner[0]].bias >= 0 or len(uses.get(other, [])) != 1:
+    if not owner or rules[owner[0]].bias >= 0 or _sole_use(uses, other) is None:
         return None
     rule = rules[owner[0]]
     op = graph.eqns[rule.eqn]
@@ -572,7 +571,7 @@ def _bias(
     size = math.prod(graph.invar_shapes[leaf])
     if size != rule.g * rule.f:
         return None
-    var = start
+    var = graph.invars[leaf]  # the path again, on b = 1, …, |b|
     value = np.arange(1.0, size + 1.0).reshape(graph.invar_shapes[leaf])
     for k in path:  # in numpy: no XLA program compiled for these few small ops
         step = graph.eqns[k]
