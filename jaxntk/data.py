@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -81,17 +82,23 @@ class Task:
     A pytree (arrays and the target are leaves; distribution and part names static), so a task can
     be passed to `jit` and stacked with `vmap` over keys.
 
+    The examples' axis is the first axis of x_train, after any seed axes: tasks of several seeds
+    made at once by `vmap` carry them in front, (S, n, *in). `input_ndim`, the rank of one input,
+    tells them apart, so `n`, `n_test` and `d` read the right axes for any input shape.
+
     Attributes:
-        x_train: (n, d) training inputs.
-        y_train: (n,) training labels f*(x_train), plus the label noise if any.
-        x_test: (n_test, d) test inputs.
-        y_test: (n_test,) = f*(x_test), noise-free.
-        parts_train: (P, n) each target part on x_train (noise-free).
-        parts_test: (P, n_test) each target part on x_test.
+        x_train: (n, *in) training inputs: (n, d) vectors, or (n, height, width, channels)
+            images and any other shape.
+        y_train: (n, *out) training labels f*(x_train), plus the label noise if any.
+        x_test: (n_test, *in) test inputs.
+        y_test: (n_test, *out) = f*(x_test), noise-free.
+        parts_train: (P, n, *out) each target part on x_train (noise-free).
+        parts_test: (P, n_test, *out) each target part on x_test.
         target: the `jaxntk.targets.Target` (None for a task from a user's arrays,
             `Task.from_arrays`).
         distribution: input law, "gaussian" or "sphere".
         part_names: the target's part names, the order of the rows of parts_train / parts_test.
+        input_ndim: the rank of one input, len(in): 1 for vectors (the default), 3 for images.
 
     Example:
         >>> import jax
@@ -99,6 +106,10 @@ class Task:
         >>> task = paper_task(jax.random.PRNGKey(0), d=10, n=100, n_test=1000)
         >>> task.n, task.n_test, task.d, task.part_names
         (100, 1000, 10, ('linear', 'quadratic'))
+        >>> stacked = jax.vmap(lambda k: paper_task(k, d=10, n=100, n_test=30))(
+        ...     jax.random.split(jax.random.PRNGKey(0), 3))
+        >>> stacked.seed_axes, stacked.n, stacked.n_test, stacked.d
+        (1, 100, 30, 10)
     """
 
     x_train: Array
@@ -110,6 +121,7 @@ class Task:
     target: Any  # a jaxntk.targets.Target, or None
     distribution: str = dataclasses.field(metadata={"static": True})
     part_names: tuple[str, ...] = dataclasses.field(metadata={"static": True})
+    input_ndim: int = dataclasses.field(default=1, metadata={"static": True})
 
     @classmethod
     def from_arrays(
@@ -118,14 +130,23 @@ class Task:
         """A checked task from a user's arrays (`task_from_arrays`).
 
         Args:
-            x_train: (n, d) training inputs, float32 or float64, every value finite.
-            y_train: (n,) training labels.
-            x_test: (n_test, d) test inputs.
-            y_test: (n_test,) test labels.
+            x_train: (n, *in) training inputs, float32 or float64, every value finite: vectors
+                (n, d) or any other shape, such as images (n, height, width, channels).
+            y_train: (n, *out) training labels.
+            x_test: (n_test, *in) test inputs.
+            y_test: (n_test, *out) test labels.
             distribution: the law R_pop draws fresh inputs from (`DISTRIBUTIONS`).
 
         Returns:
-            A `Task` with one target part, "y", and no `target`.
+            A `Task` with one target part, "y", and no `target`; n is x_train's first axis and d
+            the number of features of one input.
+
+        Example:
+            >>> import numpy as np
+            >>> images, labels = np.zeros((10, 8, 8, 1), np.float32), np.zeros(10, np.int32)
+            >>> task = Task.from_arrays(images, labels, images[:4], labels[:4])
+            >>> task.n, task.n_test, task.input_shape, task.d
+            (10, 4, (8, 8, 1), 64)
 
         Raises:
             ValueError, TypeError: a shape, dtype or value does not fit; the message names the
@@ -134,19 +155,30 @@ class Task:
         return task_from_arrays(x_train, y_train, x_test, y_test, distribution=distribution)
 
     @property
+    def seed_axes(self) -> int:
+        """The number of leading axes before the examples' axis: 0 for one task, 1 for tasks of
+        several seeds stacked by `vmap` (x_train (S, n, *in))."""
+        return self.x_train.ndim - self.input_ndim - 1
+
+    @property
     def n(self) -> int:
-        """The number of training points."""
-        return self.x_train.shape[-2]
+        """The number of training points: x_train's example axis, after any seed axes."""
+        return self.x_train.shape[self.seed_axes]
 
     @property
     def n_test(self) -> int:
-        """The number of test points."""
-        return self.x_test.shape[-2]
+        """The number of test points: x_test's example axis, after any seed axes."""
+        return self.x_test.shape[self.seed_axes]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, `in`: (d,) for vectors, (height, width, channels) for images."""
+        return tuple(self.x_train.shape[self.seed_axes + 1 :])
 
     @property
     def d(self) -> int:
-        """The input dimension d."""
-        return self.x_train.shape[-1]
+        """The number of input features, the product of `input_shape` (d for (n, d) inputs)."""
+        return math.prod(self.input_shape)
 
 
 def task_from_arrays(
@@ -192,6 +224,7 @@ def task_from_arrays(
         target=None,
         distribution=distribution,
         part_names=("y",),
+        input_ndim=x_train.ndim - 1,
     )
     check_task(task)
     return task
@@ -212,6 +245,12 @@ def check_task(task: Any, model: Any = None) -> None:
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a jaxntk.Task, got {type(task).__name__}")
+    if task.seed_axes != 0:
+        raise ValueError(
+            f"x_train has shape {tuple(task.x_train.shape)}, but the task's inputs have "
+            f"input_ndim = {task.input_ndim} axes: a task of several seeds stacked on leading "
+            "axes trains as a list of tasks, one per seed"
+        )
     arrays = {name: getattr(task, name) for name in _FIELDS}
     for name, value in arrays.items():
         _check_array(name, value)

@@ -238,7 +238,7 @@ def train(
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
-        dirs = _directions(pairs, out_train, task.d if reg.k is None else reg.k, subspace_method)
+        dirs = _directions(pairs, out_train, _direction_count(reg, task), subspace_method)
     objective = VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
@@ -664,6 +664,19 @@ def _regularizer_weights(
     weights = reg.weights()
     reg.validate(n)
     return reg, weights
+
+
+def _direction_count(reg: Regularizer, task: Any) -> int:
+    """The number k of good directions: `reg.k`, or by default the task's d input features
+    (the paper's k = d), which must not exceed its n training points."""
+    if reg.k is not None:
+        return reg.k
+    if task.d > task.n:
+        raise ValueError(
+            f"Regularizer.k defaults to d = {task.d} (the input features), more than the "
+            f"n = {task.n} training points: pass Regularizer(k=...) with k ≤ {task.n}"
+        )
+    return task.d
 
 
 def _check_model_for_variant(model: Any, variant: str, v: Any, init_scale: float | None) -> float:

@@ -56,11 +56,13 @@ def pytest_collection_modifyitems(config, items):
         if item.name in SLOW_DOCTESTS:
             item.add_marker(pytest.mark.slow)
     # a renamed example would silently join the fast loop: every name must still exist
-    modules = {item.name.rsplit(".", 1)[0] for item in doctests} | {item.name for item in doctests}
+    # (only among the modules collected: a run of one file does not see the others' examples)
+    root = config.rootpath
+    modules = {".".join(item.path.relative_to(root).with_suffix("").parts) for item in doctests}
     lost = {
         name
         for name in SLOW_DOCTESTS - {item.name for item in doctests}
-        if name.rsplit(".", 1)[0] in modules
+        if name in modules or name.rsplit(".", 1)[0] in modules
     }
     if lost:
         raise pytest.UsageError(f"SLOW_DOCTESTS names examples that are gone: {sorted(lost)}")

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +108,98 @@ def test_a_task_in_another_dtype_than_the_model_is_refused(x64):
     net = jn.TwoLayer.init(jax.random.PRNGKey(1), d=D, m=8, dtype=jnp.float32)
     with pytest.raises(TypeError, match="x_train has dtype float64, but the model's parameters"):
         jn.train(net, task, "ntk", steps=5, progress=False)
+
+
+# --- image-shaped inputs: n is the examples' axis, d the features of one input ----------------
+
+
+class ImageCNN(nn.Module):
+    """8 × 8 × 1 images ↦ one output; `flat` takes the same images flattened to (n, 64)."""
+
+    flat: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        f64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
+        x = x.reshape(-1, 8, 8, 1) if self.flat else x
+        h = jnp.tanh(nn.Conv(3, (3, 3), strides=2, **f64)(x))
+        return nn.Dense(1, **f64)(h.reshape(h.shape[0], -1))[:, 0]
+
+
+def image_task(seed, n=80, n_test=20):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + n_test, 8, 8, 1))
+    y = np.tanh(x[:, 2:5, 2:5, 0].sum(axis=(1, 2)) / 3) + 0.5 * x[:, 4, 4, 0] ** 2
+    return jn.Task.from_arrays(x[:n], y[:n], x[n:], y[n:])
+
+
+def flattened(task):
+    n, n_test = task.x_train.shape[0], task.x_test.shape[0]
+    return jn.Task.from_arrays(
+        task.x_train.reshape(n, -1), task.y_train, task.x_test.reshape(n_test, -1), task.y_test
+    )
+
+
+CNNS = (ImageCNN(), ImageCNN(flat=True))  # one module each: models alike stack per seed
+
+
+def image_models(seed):
+    params0 = CNNS[0].init(jax.random.PRNGKey(seed), jnp.ones((1, 8, 8, 1), jnp.float64))
+    return (jn.TaylorModel(cnn.apply, params0) for cnn in CNNS)
+
+
+def test_image_inputs_count_examples_on_the_first_axis():
+    x = np.zeros((10, 8, 8, 1), np.float32)
+    task = jn.Task.from_arrays(x, np.arange(10.0, dtype=np.float32), x[:4], np.zeros(4, np.float32))
+    assert (task.n, task.n_test, task.d, task.input_shape) == (10, 4, 64, (8, 8, 1))
+    assert (task.seed_axes, task.input_ndim) == (0, 3)
+    # a regularizer bounded by n reads 10, not the image width 8
+    jn.Regularizer(k=10).validate(task.n)
+
+
+def test_tasks_stacked_over_seeds_read_n_after_the_seed_axis():
+    x = jnp.zeros((3, 10, 8, 8, 1))
+    one = jn.Task.from_arrays(x[0], jnp.zeros(10), x[0, :4], jnp.zeros(4))
+    stacked = dataclasses.replace(
+        one, x_train=x, x_test=x[:, :4], y_train=jnp.zeros((3, 10)), y_test=jnp.zeros((3, 4))
+    )
+    assert (stacked.seed_axes, stacked.n, stacked.n_test, stacked.d) == (1, 10, 4, 64)
+    with pytest.raises(ValueError, match="list of tasks, one per seed"):
+        jn.data.check_task(stacked)
+
+
+def test_regularized_cnn_on_images_equals_the_run_on_flattened_inputs(x64):
+    task = image_task(0)
+    runs = [
+        jn.train(model, t, "regularized", steps=30, lr=0.05, eval_every=10, progress=False)
+        for model, t in zip(image_models(0), (task, flattened(task)), strict=True)
+    ]
+    for run in runs:
+        assert (run.config["n"], run.config["d"]) == (80, 64)
+    # the default k = d = 64 good directions on both: the penalty is on (R_bulk > 0) and equal
+    assert runs[0].history["bulk"][0, 0, -1] > 1e-6
+    for name in ("train_loss", "test_loss", "bulk"):
+        np.testing.assert_allclose(runs[0].history[name], runs[1].history[name], rtol=1e-6)
+    for a, b in zip(*(jax.tree_util.tree_leaves(r.params) for r in runs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_default_k_larger_than_n_is_named(x64):
+    task = image_task(0, n=40)
+    model, _ = image_models(0)
+    with pytest.raises(ValueError, match=r"Regularizer.k defaults to d = 64.*n = 40"):
+        jn.train(model, task, "regularized", steps=2, progress=False)
+
+
+@pytest.mark.slow
+def test_per_seed_image_tasks_train_the_regularized_variant_like_separate_runs(x64):
+    tasks = [image_task(s) for s in (1, 2)]
+    models = [next(image_models(s)) for s in (1, 2)]
+    kw = {"steps": 20, "lr": 0.05, "eval_every": 10, "progress": False}
+    together = jn.train(models, tasks, "regularized", seeds=[1, 2], **kw)
+    assert together.config["n"] == 80
+    for i, (model, task) in enumerate(zip(models, tasks, strict=True)):
+        alone = jn.train(model, task, "regularized", seeds=[i + 1], **kw)
+        np.testing.assert_allclose(
+            together.history["test_loss"][:, i], alone.history["test_loss"][:, 0], rtol=1e-10
+        )
