@@ -1,6 +1,7 @@
 """A user's arrays as a Task, and the checks `train` runs on every task before compiling."""
 
 import dataclasses
+import sys
 
 import flax.linen as nn
 import jax
@@ -203,3 +204,56 @@ def test_per_seed_image_tasks_train_the_regularized_variant_like_separate_runs(x
         np.testing.assert_allclose(
             together.history["test_loss"][:, i], alone.history["test_loss"][:, 0], rtol=1e-10
         )
+
+
+# --- MNIST-1D ----------------------------------------------------------------------------------
+
+
+def test_mnist1d_defaults_are_the_published_split(tmp_path):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    state = np.random.get_state()  # noqa: NPY002 (the global one the package seeds)
+    task = jn.data.mnist1d(cache_dir=tmp_path)
+    assert np.array_equal(np.random.get_state()[1], state[1])  # noqa: NPY002 (restored)
+    ref = make_dataset(get_dataset_args())  # the package's own 4000 / 1000 split of seed 42
+    np.testing.assert_array_equal(np.asarray(task.x_train), ref["x"].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(task.x_test), ref["x_test"].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(task.y_train), ref["y"])
+    np.testing.assert_array_equal(np.asarray(task.y_test), ref["y_test"])
+    assert (task.n, task.n_test, task.d, task.x_train.dtype) == (4000, 1000, 40, jnp.float32)
+
+
+def test_mnist1d_is_cached_and_regenerated_when_damaged(tmp_path, monkeypatch):
+    first = jn.data.mnist1d(n_train=30, n_test=10, seed=3, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    import mnist1d.data
+
+    def refuse(args):
+        raise AssertionError("generated again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mnist1d.data, "make_dataset", refuse)
+        again = jn.data.mnist1d(n_train=30, n_test=10, seed=3, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.asarray(again.x_train), np.asarray(first.x_train))
+    path.write_bytes(b"not an npz")
+    mended = jn.data.mnist1d(n_train=30, n_test=10, seed=3, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.asarray(mended.x_test), np.asarray(first.x_test))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left
+
+
+def test_mnist1d_shapes_one_hot_and_other_sizes(tmp_path):
+    task = jn.data.mnist1d(n_train=25, n_test=7, one_hot=True, signal=True, cache_dir=tmp_path)
+    assert task.x_train.shape == (25, 40, 1) and task.x_test.shape == (7, 40, 1)
+    labels = np.asarray(task.y_train)
+    assert labels.shape == (25, 10) and np.all(labels.sum(1) == 1) and set(labels.ravel()) <= {0, 1}
+    # 32 signals are drawn as 40 (whole classes): 25 train, the next 7 test
+    whole = jn.data.mnist1d(n_train=33, n_test=7, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.asarray(task.x_test)[..., 0], np.asarray(whole.x_train)[25:32])
+
+
+def test_mnist1d_bad_sizes_and_a_missing_package(monkeypatch):
+    with pytest.raises(ValueError, match="n_train"):
+        jn.data.mnist1d(n_train=0, cache_dir=False)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with pytest.raises(ModuleNotFoundError, match=r'pip install -e "\.\[mnist1d\]"'):
+        jn.data.mnist1d(n_train=10, n_test=10, cache_dir=False)
