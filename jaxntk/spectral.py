@@ -54,6 +54,7 @@ __all__ = [
     "DegreeBlock",
     "DegreeBlocks",
     "GoodDirections",
+    "LearningCurve",
     "ObservedBlock",
     "SpectrumReport",
     "SubspaceInfo",
@@ -62,10 +63,12 @@ __all__ = [
     "good_directions",
     "gram_matrix",
     "hermite_coefficients",
+    "learning_curve",
     "predict_degree_blocks",
     "project_good",
     "project_top",
     "right_singular_vectors",
+    "target_spectrum",
 ]
 
 METHODS = ("gram", "matrix_free")
@@ -700,6 +703,139 @@ def degree_block_report(eigenvalues: Array | np.ndarray, predicted: DegreeBlocks
     )
 
 
+class LearningCurve(NamedTuple):
+    """The eigenlearning estimate of kernel ridge regression at each n (`learning_curve`).
+
+    Attributes:
+        n: (N,) the sample sizes.
+        test_mse: (N,) the predicted test mean squared error (mean over the outputs).
+        train_mse: (N,) the predicted training mean squared error.
+        kappa: (N,) the effective ridge κ.
+        overfitting: (N,) the overfitting coefficient E_0 = n / (n − Σ_i L_i²).
+        learnability: (N, M) each eigenmode's learnability L_i = λ_i / (λ_i + κ).
+    """
+
+    n: np.ndarray
+    test_mse: np.ndarray
+    train_mse: np.ndarray
+    kappa: np.ndarray
+    overfitting: np.ndarray
+    learnability: np.ndarray
+
+
+def learning_curve(
+    eigenvalues: Any,
+    target_coefficients: Any,
+    n: Any,
+    ridge: float = 0.0,
+    *,
+    noise: float = 0.0,
+) -> LearningCurve:
+    """Kernel ridge regression's test error predicted from the kernel's spectrum (eigenlearning).
+
+    For a kernel with eigenvalues λ_i and orthonormal eigenfunctions φ_i under the input law, a
+    target y = Σ_i v_i φ_i(x) + ε (ε of variance `noise`, which also carries the target's power
+    outside the given modes), and the predictor f̂(x) = k(x)ᵀ (K + δ I)⁻¹ y fitted on n samples
+    (K the n × n kernel matrix, δ = `ridge`), the estimate of Bordelon, Canatar & Pehlevan (ICML
+    2020), Canatar et al. (2021) and Simon et al.'s eigenlearning framework (TMLR 2023) is
+
+        κ > 0 solves   Σ_i λ_i / (λ_i + κ) + δ / κ = n,     L_i = λ_i / (λ_i + κ),
+        E_0 = n / (n − Σ_i L_i²),
+        test MSE  = E_0 (Σ_i (1 − L_i)² v_i² + noise),
+        train MSE = (δ / (n κ))² · test MSE.
+
+    Exact as n and the number of modes grow together (Gaussian designs); a good estimate at
+    moderate n in practice. With δ = 0 and n at least the number of non-zero λ_i, κ = 0: every
+    mode is learned and only the noise remains, amplified by E_0 (infinite at n equal to the
+    rank). Multi-output targets (coefficients (M, c)) give the mean over the c outputs, the
+    convention of `loss="mse"`. `target_spectrum` estimates λ_i, v_i and the noise from the top
+    eigenpairs of a kernel matrix on a large sample. Computed in float64 with NumPy.
+
+    Args:
+        eigenvalues: (M,) the kernel operator's eigenvalues λ_i ≥ 0, for example the top
+            eigenvalues of K_N / N on N ≫ n points.
+        target_coefficients: (M,) or (M, c) the target's coefficients v_i on the same modes.
+        n: a sample size ≥ 1 or a 1-D sequence of them.
+        ridge: δ ≥ 0, added to the diagonal of the n × n kernel matrix.
+        noise: the variance ≥ 0 of what no mode carries (label noise, the target's power outside
+            the M modes), per output.
+
+    Returns:
+        `LearningCurve`, one entry per n.
+
+    Raises:
+        ValueError: eigenvalues not a 1-D array of finite values ≥ 0, coefficients of another
+            number of rows, n not integers ≥ 1, a negative or non-finite ridge or noise.
+
+    Example:
+        A flat spectrum of 50 modes of λ = 0.02, the target on the first 10, a ridge of 0.1:
+
+        >>> import numpy as np
+        >>> lam, v = np.full(50, 0.02), np.r_[np.ones(10), np.zeros(40)] / np.sqrt(10)
+        >>> curve = learning_curve(lam, v, [10, 100, 1000], ridge=0.1)
+        >>> [f"{mse:.3g}" for mse in curve.test_mse]
+        ['0.803', '0.0123', '2.88e-05']
+        >>> bool(np.all(np.diff(curve.test_mse) < 0))
+        True
+    """
+    lam, coef, sizes = _check_learning_curve(eigenvalues, target_coefficients, n, ridge, noise)
+    kappa = np.array([_effective_ridge(lam, float(size), ridge) for size in sizes])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        learn = np.where(
+            kappa[:, None] > 0, lam / (lam + kappa[:, None]), (lam > 0).astype(np.float64)
+        )
+        overfit = sizes / (sizes - np.sum(learn**2, axis=1))
+        overfit = np.where(overfit > 0, overfit, np.inf)
+        power = coef**2 if coef.ndim == 1 else np.mean(coef**2, axis=1)
+        test = overfit * (np.sum((1 - learn) ** 2 * power, axis=1) + noise)
+        train = np.where(kappa > 0, (ridge / (sizes * kappa)) ** 2, 0.0) * test
+    return LearningCurve(sizes, test, train, kappa, overfit, learn)
+
+
+def target_spectrum(eigenvalues: Any, eigenvectors: Any, y: Any) -> tuple[np.ndarray, ...]:
+    """The inputs of `learning_curve` estimated from eigenpairs of a kernel matrix on N points.
+
+    With K_N = Σ_i e_i u_i u_iᵀ the N × N kernel matrix of N samples and y (N, *out) the
+    targets there, the operator's eigenvalues are λ_i ≈ e_i / N, its eigenfunctions on the
+    samples φ_i(x_j) ≈ √N u_ij, and the target's coefficients v_i ≈ u_iᵀ y / √N; what the given
+    modes do not carry, mean(y²) − Σ_i v_i² (per output, averaged), is returned as the noise.
+
+    Args:
+        eigenvalues: (k,) top eigenvalues e_i of K_N (any order; sorted here, descending).
+        eigenvectors: (N, k) the orthonormal eigenvectors u_i, as columns.
+        y: (N,) or (N, c) the targets on the same N points (one-hot rows for classes).
+
+    Returns:
+        (λ (k,), v (k,) or (k, c), noise): float64 arrays and a float ≥ 0.
+
+    Raises:
+        ValueError: shapes that do not fit, or non-finite values.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(400, 3))
+        >>> e, u = np.linalg.eigh(x @ x.T)          # a linear kernel: 3 modes of λ = 1
+        >>> lam, v, noise = target_spectrum(e[-3:], u[:, -3:], x @ [1.0, 0.0, 0.0])
+        >>> np.round(lam, 1).tolist(), round(float(np.sum(v**2)), 3), round(noise, 6)
+        ([1.0, 0.9, 0.9], 0.982, 0.0)
+    """
+    e = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    u = np.asarray(eigenvectors, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != e.size or y.ndim not in (1, 2) or y.shape[0] != u.shape[0]:
+        raise ValueError(
+            f"eigenvectors must be (N, {e.size}) and y (N,) or (N, c) on the same N points, got "
+            f"eigenvectors {u.shape} and y {y.shape}"
+        )
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(u)) and np.all(np.isfinite(y))):
+        raise ValueError("eigenvalues, eigenvectors and y must be finite")
+    order = np.argsort(e)[::-1]
+    size = u.shape[0]
+    coef = u[:, order].T @ y / math.sqrt(size)
+    power = np.mean(y**2, axis=0) - np.sum(coef**2, axis=0)
+    return e[order] / size, coef, float(max(np.mean(power), 0.0))
+
+
 # ----------------------------------------------------------------------------------- helpers
 
 
@@ -828,3 +964,47 @@ def _sphere_cosine_quadrature(d: int, points: int) -> tuple[np.ndarray, np.ndarr
     beta = np.sqrt(j * (j + 2 * lam - 1) / (4.0 * (j + lam) * (j + lam - 1)))
     nodes, vectors = np.linalg.eigh(np.diag(beta, 1) + np.diag(beta, -1))
     return nodes, vectors[0] ** 2
+
+
+def _check_learning_curve(eigenvalues, coefficients, n, ridge, noise):
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.ndim != 1 or lam.size == 0 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+        raise ValueError(
+            f"eigenvalues must be a non-empty 1-D array of finite values ≥ 0, got shape {lam.shape}"
+        )
+    coef = np.asarray(coefficients, dtype=np.float64)
+    if coef.ndim not in (1, 2) or coef.shape[0] != lam.size or not np.all(np.isfinite(coef)):
+        raise ValueError(
+            f"target_coefficients must be finite, ({lam.size},) or ({lam.size}, c) like the "
+            f"eigenvalues, got shape {coef.shape}"
+        )
+    sizes = np.atleast_1d(np.asarray(n))
+    if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer) or np.any(sizes < 1):
+        raise ValueError(f"n must be an int ≥ 1 or a 1-D sequence of them, got {n!r}")
+    for name, value in (("ridge", ridge), ("noise", noise)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite float ≥ 0, got {value!r}")
+    return lam, coef, sizes.astype(np.float64)
+
+
+def _effective_ridge(lam: np.ndarray, n: float, ridge: float) -> float:
+    """κ > 0 with Σ λ/(λ + κ) + δ/κ = n (the left side falls from +∞, or from the rank, to 0):
+    bisection in log κ; 0 where δ = 0 and n ≥ the rank (no positive root)."""
+    if ridge == 0 and np.count_nonzero(lam) <= n:
+        return 0.0
+
+    def excess(kappa: float) -> float:
+        return float(np.sum(lam / (lam + kappa)) + ridge / kappa - n)
+
+    low, high = 1e-300, max(float(lam.max()), ridge, 1.0)
+    while excess(high) > 0:
+        high *= 2.0
+    for _ in range(2000):
+        mid = math.sqrt(low * high)
+        if excess(mid) > 0:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-15 * high:
+            break
+    return 0.5 * (low + high)
