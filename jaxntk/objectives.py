@@ -924,7 +924,7 @@ class VariantObjective:
         if self.use_pop:
             if data.pop_inputs is None:
                 x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
-                x = x.astype(data.y_train.dtype)
+                x = x.astype(data.x_train.dtype)  # y_train holds integers for cross-entropy
             else:  # held-out unlabelled inputs: pop_samples of them, drawn with replacement
                 rows = jax.random.randint(key, (self.pop_samples,), 0, data.pop_inputs.shape[0])
                 x = data.pop_inputs[rows]

@@ -237,6 +237,7 @@ def train(
     _batching_mode(batching)  # a bad value fails before any work
     layout, pairs = _place(pairs, devices)
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
+    pop_inputs = _pop_inputs(reg, pairs, use["pop"])
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
         dirs = _directions(pairs, out_train, reg, subspace_method)
@@ -252,7 +253,7 @@ def train(
         data_loss=loss,
         probe=probe,
     )
-    data = _seed_data(pairs, dirs, _pop_inputs(reg, pairs, use["pop"]))
+    data = _seed_data(pairs, dirs, pop_inputs)
     per_seed = len(pairs) > 1
     config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
     if per_seed:
