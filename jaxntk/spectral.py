@@ -271,20 +271,14 @@ def good_directions(
         >>> bool(jnp.allclose(free.s_k, dirs.s_k, rtol=1e-3))  # the same top-k spectrum
         True
 
-        Three outputs per input: 3·30 rows of J, or 30 of the traced kernel.
+        Three outputs per input: J has 3·10 rows ("traced": U_k of 10 rows, `top_basis` of 30).
 
         >>> from jaxntk.taylor import TaylorModel
-        >>> def f(w, x):
-        ...     return jnp.tanh(x @ w["hidden"]) @ w["out"]
-        >>> w = {"hidden": jax.random.normal(jax.random.PRNGKey(2), (5, 20)) / 5**0.5,
-        ...      "out": jax.random.normal(jax.random.PRNGKey(3), (20, 3)) / 20**0.5}
-        >>> model = TaylorModel(f, w)
-        >>> prep3 = model.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
-        >>> good_directions(model, prep3, k=15).u_k.shape
-        (90, 15)
-        >>> traced = good_directions(model, prep3, k=5, outputs="traced")
-        >>> traced.u_k.shape, traced.top_basis.shape, traced.out_shape
-        ((30, 5), (90, 15), (3,))
+        >>> w = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+        >>> model = TaylorModel(lambda w, x: jnp.tanh(x @ w), w)
+        >>> prep3 = model.prepare(jax.random.normal(jax.random.PRNGKey(1), (10, 5)), order=1)
+        >>> good_directions(model, prep3, k=6).u_k.shape
+        (30, 6)
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
