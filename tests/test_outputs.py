@@ -461,6 +461,31 @@ def test_traced_directions_equal_their_definition(x64, by):
     np.testing.assert_allclose(w.T @ (jac @ flat_good), 0.0, atol=1e-9)  # no top output
 
 
+def test_gram_matrix_of_outputs_with_two_axes_orders_rows_as_ravel(x64):
+    """Outputs (n, 3, 2): the full Gram matrix's rows follow f(X).ravel(); the traced one is the
+    mean over the 6 outputs."""
+    rng = np.random.default_rng(9)
+    w = {
+        "a": jnp.asarray(rng.standard_normal((D, 8))),
+        "b": jnp.asarray(rng.standard_normal((8, 6))),
+    }
+
+    def grid(w, x):
+        return (jnp.tanh(x @ w["a"]) @ w["b"]).reshape(x.shape[0], 3, 2)
+
+    x = inputs(4, 7)
+    flat, unravel = jax.flatten_util.ravel_pytree(w)
+    jac = np.asarray(jax.jit(jax.jacfwd(lambda p: grid(unravel(p), x)))(flat)).reshape(7, 6, -1)
+    model = jn.TaylorModel(grid, w)
+    prep = model.prepare(x, order=1)
+    full = jn.spectral.gram_matrix(model, prep)
+    expected = jac.reshape(42, -1) @ jac.reshape(42, -1).T
+    np.testing.assert_allclose(full, expected, rtol=1e-12, atol=1e-12)
+    traced = jn.spectral.gram_matrix(model, prep, outputs="traced")
+    expected = np.einsum("iaP,jaP->ij", jac, jac) / 6
+    np.testing.assert_allclose(traced, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_one_output_directions_are_those_of_either_form(x64):
     """With one output per input "traced" and "full" are the same directions, bit for bit."""
     net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=D, m=30, dtype=jnp.float64)
