@@ -254,8 +254,9 @@ def check_task(task: Any, model: Any = None) -> None:
     if task.seed_axes != 0:
         raise ValueError(
             f"x_train has shape {tuple(task.x_train.shape)}, but the task's inputs have "
-            f"input_ndim = {task.input_ndim} axes: a task of several seeds stacked on leading "
-            "axes trains as a list of tasks, one per seed"
+            f"input_ndim = {task.input_ndim} axes: build Task(..., input_ndim=len(in)) for "
+            "inputs (n, *in) (Task.from_arrays does), and train a task of several seeds stacked "
+            "on leading axes as a list of tasks, one per seed"
         )
     arrays = {name: getattr(task, name) for name in _FIELDS}
     for name, value in arrays.items():

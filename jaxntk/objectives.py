@@ -36,9 +36,17 @@ Models with several outputs per input, f(x) of shape (n, *out), train on either 
                      axis, y integer class labels of shape (n, *out[:-1]); also reports accuracy
 
 With one output per input "mse" is the objective above, unchanged. R_24 holds for any model.
-R_bulk and R_pop are built on the good directions of one output per input (`jaxntk.spectral`),
-so they, the "regularized" variant and `track_directions` are an error for other output shapes;
-so are the shares of the target parts unless the task's parts are shaped like the outputs.
+R_bulk and R_pop hold for any output shape too: the good directions of outputs (n, *out) with
+c = |out| entries per input live in the n·c training output entries (`jaxntk.spectral`,
+`Regularizer.outputs`: J's own top k, "full", or the traced kernel's top k per output, "traced"),
+and both are means over all output entries, like "mse":
+
+    R_bulk(U) = (1/(n·c)) ‖(I − Π_k) vec f_L(X; U)‖²   Π_k = U_k U_kᵀ ("full"), U_k U_kᵀ ⊗ I_c
+    R_pop(U)  = (1/c) E_x ‖f_L(x; P_⊥ U)‖²             ("traced"); c = 1: the formulas above
+
+R_pop's fresh inputs come from the task's input law (`Task.distribution`) or, for a task without
+one (a user's data), from held-out unlabelled inputs (`Regularizer.pop_inputs`). The shares of the
+target parts are reported only when the task's parts are shaped like the outputs.
 """
 
 from __future__ import annotations
@@ -399,11 +407,13 @@ def bulk_penalty(dirs: Any, f_linear_train: Array) -> Array:
     """R_bulk = (1/n) ‖(I − U_k U_kᵀ) f_L(X; U)‖²: the NTK's training output outside its top-k
     directions, as a per-sample mean.
 
-    The mean square of `jaxntk.spectral.bulk_residual` (docs/science.md §5).
+    The mean square of `jaxntk.spectral.bulk_residual` (docs/science.md §5); for outputs
+    (n, *out) of c entries each, the mean over all n·c entries, (1/(n·c)) ‖(I − Π_k) vec f_L‖²,
+    as "mse" is (Π_k the projector of dirs: U_k U_kᵀ, or U_k U_kᵀ ⊗ I_c for "traced").
 
     Args:
         dirs: the top-k directions on the training inputs (`jaxntk.spectral.good_directions`).
-        f_linear_train: (n,) f_L(X_train; U).
+        f_linear_train: (n, *out) f_L(X_train; U), (n,) for one output.
 
     Returns:
         () R_bulk.
@@ -427,7 +437,8 @@ def bulk_penalty(dirs: Any, f_linear_train: Array) -> Array:
 
 
 def population_penalty(model: Any, prep_train: Any, dirs: Any, u: Any, prep_pop: Any) -> Array:
-    """R_pop = E_x f_L(x; P_⊥ U)², estimated on the prepared samples `prep_pop`.
+    """R_pop = E_x f_L(x; P_⊥ U)², estimated on the prepared samples `prep_pop` (a mean over the
+    samples and, for several outputs, over their output entries).
 
     Args:
         model: a model of the protocol (module docstring).
@@ -498,8 +509,18 @@ class Regularizer:
         bulk: λ_b on R_bulk = (1/n)‖(I − U_k U_kᵀ) f_L(X; U)‖² (the mean over training points).
         pop: λ_p on R_pop = E_x f_L(x; P_⊥U)², fresh samples every step.
         norm24: λ_4 on R_24 = ‖U‖_{2,4}^8.
-        k: number of top NTK directions kept out (default: d, as the authors).
+        k: number of top NTK directions kept out (default: d, as the authors; for outputs of
+            c entries per input, d·c with outputs "full" and d with "traced": d per output).
         pop_samples: fresh samples per step for R_pop.
+        outputs: for several outputs per input, the kernel whose top-k directions are kept
+            out: "full" (the (n·c) × (n·c) J Jᵀ) or "traced" (the n × n mean over outputs,
+            each direction applied to every output); `jaxntk.spectral.OUTPUTS`, docs/science.md
+            §5. The same for one output.
+        pop_inputs: held-out unlabelled inputs (n_pop, ...) shaped like the training inputs:
+            R_pop draws its pop_samples inputs at random from these every step instead of from
+            the task's input law; needed for R_pop on a task whose inputs have no law to draw
+            from (a user's data of other than (n, d) inputs), and the right choice for real
+            data. None (default): the task's law.
 
     Example:
         >>> from jaxntk.objectives import Regularizer
@@ -513,6 +534,8 @@ class Regularizer:
     norm24: float | Sequence[float] = 0.0
     k: int | None = None
     pop_samples: int = 100
+    outputs: str = "full"
+    pop_inputs: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_sum_scale(cls, bulk_sum: float | Sequence[float], n: int, **kwargs) -> Regularizer:
@@ -522,7 +545,8 @@ class Regularizer:
         Args:
             bulk_sum: λ_1, a float or a sequence (a sweep), on (n R_bulk), the sum over points.
             n: the number of training points.
-            **kwargs (Any): the other fields (pop, norm24, k, pop_samples).
+            **kwargs (Any): the other fields (pop, norm24, k, pop_samples, outputs,
+                pop_inputs).
 
         Returns:
             The `Regularizer` with bulk = n · bulk_sum (a float, or a list for a sequence).
@@ -532,7 +556,7 @@ class Regularizer:
             >>> Regularizer.from_sum_scale(1e-3, n=1000).bulk  # the authors' figure
             1.0
             >>> Regularizer.from_sum_scale([1e-4, 1e-3], n=1000, k=5)
-            Regularizer(bulk=[0.1, 1.0], pop=0.0, norm24=0.0, k=5, pop_samples=100)
+            Regularizer(bulk=[0.1, 1.0], pop=0.0, norm24=0.0, k=5, pop_samples=100, outputs='full')
         """
         return cls(bulk=(np.asarray(bulk_sum, dtype=np.float64) * n).tolist(), **kwargs)
 
@@ -565,17 +589,20 @@ class Regularizer:
         size = sizes.pop() if sizes else 1
         return {k: np.broadcast_to(v, (size,)).copy() for k, v in arrs.items()}
 
-    def validate(self, n: int) -> None:
-        """ValueError for a k or pop_samples out of range (k ≤ n training points).
+    def validate(self, n: int, outputs: int = 1) -> None:
+        """ValueError for a k, pop_samples or outputs out of range (k ≤ the rows of the kernel).
 
         Args:
             n: the number of training points.
+            outputs: the number c of output entries per input: k may reach n·c with
+                outputs="full".
 
         Returns:
-            None, when k is None or an int in [1, n] and pop_samples an int ≥ 1.
+            None, when k is None or an int in [1, n] (n·c for "full"), pop_samples an int ≥ 1
+            and outputs in `jaxntk.spectral.OUTPUTS`.
 
         Raises:
-            ValueError: k or pop_samples out of range, or not an int.
+            ValueError: k, pop_samples or outputs out of range, or k or pop_samples not an int.
 
         Example:
             >>> from jaxntk.objectives import Regularizer
@@ -584,13 +611,47 @@ class Regularizer:
             Traceback (most recent call last):
                 ...
             ValueError: Regularizer.k must be an int in [1, n = 10], got 50
+            >>> Regularizer(k=50).validate(n=10, outputs=10)  # 50 of the 100 output entries
         """
-        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= n):
-            raise ValueError(f"Regularizer.k must be an int in [1, n = {n}], got {self.k!r}")
+        if self.outputs not in spectral.OUTPUTS:
+            raise ValueError(
+                f"Regularizer.outputs must be one of {list(spectral.OUTPUTS)}, got {self.outputs!r}"
+            )
+        if self.outputs == "full" and outputs > 1:
+            high, what = n * outputs, f"n·c = {n}·{outputs}"
+        else:
+            high, what = n, f"n = {n}"
+        if self.outputs == "traced" and outputs > 1:
+            what += ", k per output for outputs='traced'"
+        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= high):
+            raise ValueError(f"Regularizer.k must be an int in [1, {what}], got {self.k!r}")
         if not isinstance(self.pop_samples, int) or self.pop_samples < 1:
             raise ValueError(
                 f"Regularizer.pop_samples must be an int ≥ 1, got {self.pop_samples!r}"
             )
+
+    def default_k(self, d: int, outputs: int = 1) -> int:
+        """k, or its default: d for one output or "traced" (d per output), d·c for "full".
+
+        Args:
+            d: the input dimension (the number of degree-1 spikes of the kernel).
+            outputs: the number c of output entries per input.
+
+        Returns:
+            The number of top directions kept out.
+
+        Example:
+            >>> from jaxntk.objectives import Regularizer
+            >>> Regularizer().default_k(8, outputs=10)  # d per class
+            80
+            >>> Regularizer(outputs="traced").default_k(8, outputs=10)  # d, for every class
+            8
+            >>> Regularizer(k=3).default_k(8, outputs=10)
+            3
+        """
+        if self.k is not None:
+            return self.k
+        return d * outputs if self.outputs == "full" else d
 
 
 class Data(NamedTuple):
@@ -616,6 +677,9 @@ class Data(NamedTuple):
         prep_pop: `model.prepare(x_pop)` when dirs is given, else None.
         laziness: the `jaxntk.diagnostics.Reference` on the first `VariantObjective.probe`
             training inputs, filled in by `VariantObjective.prepare` when probe > 0, else None.
+        pop_inputs: held-out unlabelled inputs that R_pop in the training loss draws its
+            samples from (`Regularizer.pop_inputs`), or None: fresh draws from
+            `VariantObjective.distribution`.
     """
 
     model: Any
@@ -630,6 +694,7 @@ class Data(NamedTuple):
     prep_test: Any = None
     prep_pop: Any = None
     laziness: Any = None
+    pop_inputs: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -647,7 +712,8 @@ class VariantObjective:
         use_pop: whether R_pop is computed at all (needs `Data.dirs`).
         use_norm24: whether R_24 is computed at all.
         pop_samples: fresh samples per step for R_pop.
-        distribution: the input law of R_pop's fresh samples, "gaussian" or "sphere".
+        distribution: the input law of R_pop's fresh samples, "gaussian" or "sphere" (unused
+            when `Data.pop_inputs` is given: the samples are drawn from those).
         d: the input dimension of R_pop's fresh samples.
         data_loss: a name in `LOSSES`, the loss on the data ("mse": the history's "mse" term;
             "cross_entropy": its "cross_entropy" term and the accuracies).
@@ -856,8 +922,12 @@ class VariantObjective:
                 f_linear = model.linear_term(u, data.prep_train)
             regs["bulk"] = bulk_penalty(data.dirs, f_linear)
         if self.use_pop:
-            x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
-            x = x.astype(data.y_train.dtype)
+            if data.pop_inputs is None:
+                x = sample_inputs(key, self.pop_samples, self.d, self.distribution)
+                x = x.astype(data.x_train.dtype)  # y_train holds integers for cross-entropy
+            else:  # held-out unlabelled inputs: pop_samples of them, drawn with replacement
+                rows = jax.random.randint(key, (self.pop_samples,), 0, data.pop_inputs.shape[0])
+                x = data.pop_inputs[rows]
             prep_pop = model.prepare(x, order=1)
             regs["pop"] = population_penalty(model, data.prep_train, data.dirs, u, prep_pop)
         if self.use_norm24:

@@ -211,7 +211,8 @@ class Layout:
         """A `jaxntk.objectives.Data` of a `TwoLayer`, every array placed on the mesh.
 
         Fields are placed by what they hold: the model, prepared inputs (`Prepared`), the good
-        directions, and the per-sample arrays named in `SAMPLE_AXES`; None stays None.
+        directions, R_pop's pool `pop_inputs` (replicated), and the per-sample arrays named in
+        `SAMPLE_AXES`; None stays None.
 
         Args:
             data: the run's `jaxntk.objectives.Data`.
@@ -241,6 +242,8 @@ class Layout:
                 placed[name] = GoodDirections(
                     self._put(value.u_k, P(SAMPLES, None)), self._put(value.s_k, P())
                 )
+            elif name == "pop_inputs":  # R_pop's pool of inputs: drawn from, whole, by every device
+                placed[name] = self._put(value, P())
             elif name in SAMPLE_AXES:
                 axis = SAMPLE_AXES[name]
                 self._check_samples(value.shape[axis], f"{name}.shape[{axis}]")

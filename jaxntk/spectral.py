@@ -10,7 +10,25 @@ top-k right singular vectors, and V_k = Jᵀ U_k S_k⁻¹ is kept in factored fo
 
 J·u is the model's `linear_term(u, prep)` and Jᵀ·c its vector-Jacobian product, so everything here
 works for any model with the protocol of `jaxntk.network.TwoLayer` (prepare, zeros, linear_term) and
-never forms J. The top-k pairs (U_k, S_k) come from
+never forms J.
+
+Several outputs per input, f(X) of shape (n, *out) with c = |out| entries each: J has N = n·c rows,
+the output entries in the row-major order of f(X).ravel(), and ``outputs`` picks the kernel whose
+top eigenvectors are kept out (docs/science.md §5):
+
+- ``outputs="full"`` (default): the top-k singular pairs of the N × P matrix J itself, K = J Jᵀ
+  of size N × N, and everything above holds with n replaced by N; the exact generalization;
+- ``outputs="traced"``: the top-k eigenvectors U_k (n × k) of the traced kernel
+  K_tr = (1/c) Σ_a J_a J_aᵀ (n × n, J_a the rows of output a; the normalization of
+  neural-tangents' ``trace_axes``, `jaxntk.ntk.empirical_ntk`'s default), applied to every
+  output: the output-space projector is U_k U_kᵀ ⊗ I_c, on k·c directions. Those are not
+  singular vectors of J, so P_top is the orthogonal projector on the span of Jᵀ(U_k ⊗ I_c),
+    P_top U = Jᵀ B Bᵀ (J U),  B = (U_k ⊗ I_c) G^{-1/2},  G = (U_k ⊗ I_c)ᵀ K (U_k ⊗ I_c),
+  (B is `GoodDirections.top_basis`, from k·c products with K once); the bulk residual
+  (I − U_k U_kᵀ ⊗ I_c) f_L is then not J P_⊥ U exactly, but the component of f_L(X; P_⊥ U)
+  along the top directions is 0, as for the full form.
+
+With one output both are the one-output directions above. The top-k pairs (U_k, S_k) come from
 
 - ``method="gram"``: K (closed form for `TwoLayer`, the kernel engine `jaxntk.ntk` for a
   `TaylorModel`, n products J(Jᵀ e_i) otherwise) and `eigh`;
@@ -51,6 +69,7 @@ PyTree = Any
 
 __all__ = [
     "METHODS",
+    "OUTPUTS",
     "DegreeBlock",
     "DegreeBlocks",
     "GoodDirections",
@@ -71,6 +90,11 @@ __all__ = [
     "target_spectrum",
 ]
 
+OUTPUTS = ("full", "traced")
+"""The kernels whose top eigenvectors `good_directions` keeps out for several outputs per input:
+"full" (the (n·c) × (n·c) J Jᵀ, its top-k singular pairs) and "traced" (the n × n mean over the
+c outputs of J_a J_aᵀ, k directions applied to every output; see the module docstring)."""
+
 METHODS = ("gram", "matrix_free")
 """Ways to compute the top-k singular pairs of J in `good_directions`: "gram" (eigh of the n×n
 NTK Gram matrix) and "matrix_free" (randomized subspace iteration on J(Jᵀ·); see the module
@@ -84,10 +108,18 @@ class GoodDirections:
 
     J = U S Vᵀ; the right vectors V_k = Jᵀ U_k S_k⁻¹ are implicit (see `right_singular_vectors`).
     The good directions are the complement of span(V_k). A pytree: pass it to `jit` as an argument.
+    For outputs (n, *out) of c = |out| entries per input, J has n·c rows (module docstring):
+    U_k is (n·c, k) for outputs="full", (n, k) of the traced kernel for outputs="traced".
 
     Attributes:
-        u_k: (n, k) top-k left singular vectors U_k, orthonormal columns, largest first.
-        s_k: (k,) singular values S_k, descending (eigenvalues of K = J Jᵀ are S_k²).
+        u_k: (rows, k) top-k left singular vectors U_k, orthonormal columns, largest first; rows
+            = n·c for "full" (the entries of f(X).ravel()), n for "traced".
+        s_k: (k,) singular values S_k, descending (eigenvalues of K = J Jᵀ are S_k²; for
+            "traced", of the traced kernel (1/c) Σ_a J_a J_aᵀ).
+        top_basis: for "traced" with c > 1, the (n·c, k·c) B with P_top U = Jᵀ B Bᵀ J U (Jᵀ B
+            orthonormal, up to zero columns where J has no rank); None otherwise.
+        out_shape: the shape of one input's output, () for one output (static).
+        outputs: "full" or "traced" (`OUTPUTS`, static).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -96,23 +128,27 @@ class GoodDirections:
         >>> net = TwoLayer.init(jax.random.PRNGKey(0), d=5, m=40)
         >>> prep = net.prepare(jax.random.normal(jax.random.PRNGKey(1), (30, 5)))
         >>> dirs = good_directions(net, prep, k=5)
-        >>> dirs.n, dirs.k
-        (30, 5)
+        >>> dirs.n, dirs.k, dirs.out_shape
+        (30, 5, ())
         >>> bool(jnp.allclose(dirs.u_k.T @ dirs.u_k, jnp.eye(5), atol=1e-5))
         True
     """
 
     u_k: Array
     s_k: Array
+    top_basis: Array | None = None
+    out_shape: tuple[int, ...] = dataclasses.field(default=(), metadata={"static": True})
+    outputs: str = dataclasses.field(default="full", metadata={"static": True})
 
     @property
     def n(self) -> int:
-        """The number of training inputs n (rows of u_k)."""
-        return self.u_k.shape[0]
+        """The number of training inputs n (rows of u_k, over c for "full")."""
+        rows = self.u_k.shape[0]
+        return rows if self.outputs == "traced" else rows // math.prod(self.out_shape)
 
     @property
     def k(self) -> int:
-        """The number of top directions k (columns of u_k)."""
+        """The number of top directions k (columns of u_k; for "traced", per output)."""
         return self.u_k.shape[1]
 
 
@@ -140,22 +176,28 @@ class SubspaceInfo(NamedTuple):
     residual: Array
 
 
-def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
-    """K = J Jᵀ on prepared inputs, (n, n), without forming J.
+def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32, outputs: str = "full") -> Array:
+    """K = J Jᵀ on prepared inputs, (n, n) for one output per input, without forming J.
 
     Closed form K_ij = (x_i·x_j) Σ_r a_r² σ'(w0_r·x_i) σ'(w0_r·x_j) for `TwoLayer`; for a
     `jaxntk.taylor.TaylorModel` of array inputs, the empirical NTK of its apply_fn at params0 by
     the kernel engine (`jaxntk.ntk.empirical_ntk`, method "auto", blocks from the default memory
-    budget); for any other model of the protocol, the n products J(Jᵀ e_i), batch_size at a time.
+    budget); for any other model of the protocol, the products J(Jᵀ e_i), batch_size at a time.
 
     Args:
         model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
         prep: `model.prepare(x)` of the n inputs.
         batch_size: columns per batched product (models other than `TwoLayer` and
             `TaylorModel`).
+        outputs: for outputs (n, *out) of c entries each, "full" (the (n·c, n·c) J Jᵀ, rows in
+            the order of f(X).ravel()) or "traced" (the (n, n) (1/c) Σ_a J_a J_aᵀ); `OUTPUTS`.
 
     Returns:
-        (n, n) K, the empirical NTK on the inputs (docs/science.md §4).
+        K, the empirical NTK on the inputs (docs/science.md §4): (n, n), or (n·c, n·c) for
+        "full" with c outputs.
+
+    Raises:
+        ValueError: an unknown `outputs`.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -168,7 +210,8 @@ def gram_matrix(model: Any, prep: Any, *, batch_size: int = 32) -> Array:
         ((30, 30), True)
     """
     check_int("batch_size", batch_size, low=1)
-    return _gram_matrix(model, prep, batch_size)
+    _check_outputs(outputs)
+    return _gram_matrix(model, prep, batch_size, outputs)
 
 
 def good_directions(
@@ -176,6 +219,7 @@ def good_directions(
     prep: Any,
     k: int,
     *,
+    outputs: str = "full",
     method: str = "gram",
     key: Array | None = None,
     oversampling: int = 10,
@@ -188,15 +232,21 @@ def good_directions(
 
     J = ∂f_L(X; U)/∂U is never formed (module docstring). Columns of U_k are signed so that
     their largest entry is positive; U_k is determined up to that and ties between singular values.
+    A model with outputs (n, *out), c = |out| entries per input, has J of n·c rows; `outputs`
+    chooses between its own top-k pairs and those of the traced kernel (module docstring).
 
     Args:
         model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
         prep: `model.prepare(x_train)`.
-        k: number of directions, 1 ≤ k ≤ n (the paper uses k = d; d + 1 adds the degree-0 spike).
+        k: number of directions, 1 ≤ k ≤ n (the paper uses k = d; d + 1 adds the degree-0 spike);
+            with c outputs, 1 ≤ k ≤ n·c for "full" (k directions of the n·c output entries:
+            (d + 1)·c keeps d + 1 per class) and 1 ≤ k ≤ n for "traced" (k per output).
+        outputs: "full" (J's own top-k pairs, default) or "traced" (the traced kernel's top k,
+            applied to every output); the same for one output. `OUTPUTS`.
         method: "gram" (eigh of K) or "matrix_free" (randomized subspace iteration on J(Jᵀ·)).
         key: PRNG key of the random start of "matrix_free" (default PRNGKey(0); the converged
             subspace does not depend on it).
-        oversampling: extra columns of the iterated block ("matrix_free"); l = min(k + it, n).
+        oversampling: extra columns of the iterated block ("matrix_free"); l = min(k + it, rows).
         max_iters: most K-products ("matrix_free").
         tol: stop once every relative residual ‖K u_i − s_i² u_i‖ / s_i² ≤ tol ("matrix_free";
             default 0.1·√eps of the dtype: 3e-5 in float32, 1.5e-9 in float64).
@@ -207,8 +257,8 @@ def good_directions(
         `GoodDirections` (and `SubspaceInfo` if return_info).
 
     Raises:
-        ValueError: an unknown method, a model whose linear_term is not (n,), an integer
-            argument out of range (k > n included), or tol ≤ 0.
+        ValueError: an unknown method or outputs, an integer argument out of range (k above the
+            number of rows included), or tol ≤ 0.
         TypeError: an integer argument is not an int.
 
     Example:
@@ -223,14 +273,28 @@ def good_directions(
         >>> free = good_directions(net, prep, k=5, method="matrix_free")
         >>> bool(jnp.allclose(free.s_k, dirs.s_k, rtol=1e-3))  # the same top-k spectrum
         True
+
+        Three outputs per input: J has 3·10 rows ("traced": U_k of 10 rows, `top_basis` of 30).
+
+        >>> from jaxntk.taylor import TaylorModel
+        >>> w = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+        >>> model = TaylorModel(lambda w, x: jnp.tanh(x @ w), w)
+        >>> prep3 = model.prepare(jax.random.normal(jax.random.PRNGKey(1), (10, 5)), order=1)
+        >>> good_directions(model, prep3, k=6).u_k.shape
+        (30, 6)
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    _check_outputs(outputs)
     f_shape = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
-    if len(f_shape.shape) != 1:
-        raise ValueError(f"model.linear_term must return one output per input (n,), got {f_shape}")
-    n = f_shape.shape[0]
-    check_int("k", k, low=1, high=n, high_name="n, the number of training inputs")
+    if len(f_shape.shape) < 1:
+        raise ValueError(f"model.linear_term must return outputs (n, *out), got {f_shape}")
+    n, out_shape = f_shape.shape[0], tuple(f_shape.shape[1:])
+    c = math.prod(out_shape)
+    if outputs == "full" and c > 1:
+        check_int("k", k, low=1, high=n * c, high_name="n·c, the training outputs' entries")
+    else:
+        check_int("k", k, low=1, high=n, high_name="n, the number of training inputs")
     check_int("oversampling", oversampling, low=0)
     check_int("max_iters", max_iters, low=1)
     check_int("batch_size", batch_size, low=1)
@@ -239,27 +303,31 @@ def good_directions(
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     key = jax.random.PRNGKey(0) if key is None else key
+    rows = n if outputs == "traced" else n * c
+    width = min(k + oversampling, rows)
     dirs, info = _good_directions(
-        model, prep, key, k, method, min(k + oversampling, n), max_iters, float(tol), batch_size
+        model, prep, key, k, method, width, max_iters, float(tol), batch_size, outputs
     )
     return (dirs, info) if return_info else dirs
 
 
 def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
-    """(I − U_k U_kᵀ) f: the part of the training output outside the top-k directions, (n,).
+    """(I − U_k U_kᵀ) f: the part of the training output outside the top-k directions.
 
     For f = f_L(X_train; U) this is J P_⊥ U, and R_bulk(U) = mean(bulk_residual²)
-    (docs/science.md §5).
+    (docs/science.md §5). Outputs (n, *out): U_k acts on f.ravel() ("full") or, as
+    U_k U_kᵀ ⊗ I_c, on each output's column of f ("traced").
 
     Args:
         dirs: the top-k directions on the training inputs (`good_directions`).
-        f_train: (n,) an output on the training inputs, usually f_L(X_train; U).
+        f_train: (n, *out) an output on the training inputs, usually f_L(X_train; U), of the
+            shape dirs were computed for ((n,) for one output).
 
     Returns:
-        (n,) f_train minus its projection on span(U_k).
+        f_train minus its projection on the top directions, shaped like f_train.
 
     Raises:
-        ValueError: f_train is not (n,) with the n of dirs.
+        ValueError: f_train is not shaped (n, *out) with the n and outputs of dirs.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -276,19 +344,24 @@ def bulk_residual(dirs: GoodDirections, f_train: Array) -> Array:
         >>> bool(jnp.allclose(r, net.linear_term(good, prep), atol=1e-4))
         True
     """
-    if f_train.shape != (dirs.n,):
+    expected = (dirs.n, *dirs.out_shape)
+    if f_train.shape != expected:
         raise ValueError(
-            f"f_train must have shape ({dirs.n},), one output per training input, "
-            f"got {f_train.shape}"
+            f"f_train must have shape {expected}, the outputs on the {dirs.n} training inputs "
+            f"dirs were computed on, got {f_train.shape}"
         )
-    return f_train - dirs.u_k @ (dirs.u_k.T @ f_train)
+    # one output: f.reshape(-1) is f itself, the residual bit for bit the one-output formula
+    flat = f_train.reshape(dirs.u_k.shape[0], -1) if _traced(dirs) else f_train.reshape(-1)
+    return (flat - dirs.u_k @ (dirs.u_k.T @ flat)).reshape(f_train.shape)
 
 
 def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTree:
     """P_top U = V_k V_kᵀ U = Jᵀ U_k S_k⁻² U_kᵀ (J U), params-shaped; J is never formed.
 
     Linear in u; jit- and grad-friendly (one J product and one Jᵀ product). A zero singular
-    value (k above the rank of J) contributes nothing.
+    value (k above the rank of J) contributes nothing. For outputs="traced" (several outputs),
+    P_top U = Jᵀ B Bᵀ (J U) with B = `GoodDirections.top_basis`: the orthogonal projector on the
+    parameter directions that move the training outputs along U_k ⊗ I_c (module docstring).
 
     Args:
         model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
@@ -314,14 +387,18 @@ def project_top(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTre
         ((40, 5), True)
     """
     f, pullback = jax.vjp(lambda v: model.linear_term(v, prep), u)
-    if f.shape != (dirs.n,):
+    if f.shape != (dirs.n, *dirs.out_shape):
         raise ValueError(
             f"prep has {f.shape[0]} inputs but dirs were computed on {dirs.n}: pass the training "
             "inputs' prep to project_top / project_good"
         )
+    flat = f.reshape(-1)
+    if dirs.top_basis is not None:
+        (top,) = pullback((dirs.top_basis @ (dirs.top_basis.T @ flat)).reshape(f.shape))
+        return top
     # a zero singular value (k above the rank of J) spans no direction of parameter space: drop it
     inv_s2 = jnp.where(dirs.s_k > 0, 1.0 / jnp.where(dirs.s_k > 0, dirs.s_k, 1.0) ** 2, 0.0)
-    (top,) = pullback(dirs.u_k @ ((dirs.u_k.T @ f) * inv_s2))
+    (top,) = pullback((dirs.u_k @ ((dirs.u_k.T @ flat) * inv_s2)).reshape(f.shape))
     return top
 
 
@@ -361,7 +438,9 @@ def project_good(model: Any, prep: Any, dirs: GoodDirections, u: PyTree) -> PyTr
 def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTree:
     """V_k = Jᵀ U_k S_k⁻¹ as a params-shaped pytree with a leading axis of size k.
 
-    Materializes k·P numbers: for inspection and tests; the projectors do not need it.
+    Materializes k·P numbers: for inspection and tests; the projectors do not need it. For
+    outputs="traced" with c outputs, the k·c vectors Jᵀ B (`GoodDirections.top_basis`): an
+    orthonormal basis of the top subspace, not singular vectors of J.
 
     Args:
         model: a model of the protocol (`TwoLayer`, `jaxntk.taylor.TaylorModel`).
@@ -369,8 +448,8 @@ def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTre
         dirs: the top-k directions (`good_directions`).
 
     Returns:
-        V_k, a params-shaped pytree with a leading axis k ((k, m, d) for `TwoLayer`); its k
-        vectors are orthonormal.
+        V_k, a params-shaped pytree with a leading axis k ((k, m, d) for `TwoLayer`; k·c for
+        "traced"); its vectors are orthonormal.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -385,7 +464,8 @@ def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTre
         True
     """
     _, jt = _feature_products(model, prep)
-    return jax.vmap(jt)((dirs.u_k / dirs.s_k[None, :]).T)
+    coefficients = dirs.u_k / dirs.s_k[None, :] if dirs.top_basis is None else dirs.top_basis
+    return jax.vmap(jt)(coefficients.T)
 
 
 # ----------------------------------------------------------------------------------- theory
@@ -839,18 +919,29 @@ def target_spectrum(eigenvalues: Any, eigenvectors: Any, y: Any) -> tuple[np.nda
 # ----------------------------------------------------------------------------------- helpers
 
 
+def _check_outputs(outputs: str) -> None:
+    if outputs not in OUTPUTS:
+        raise ValueError(f"unknown outputs {outputs!r}; expected one of {list(OUTPUTS)}")
+
+
+def _traced(dirs: GoodDirections) -> bool:
+    """Whether dirs act as U_k U_kᵀ ⊗ I_c (traced, several outputs) rather than on f.ravel()."""
+    return dirs.outputs == "traced" and math.prod(dirs.out_shape) > 1
+
+
 def _feature_products(model: Any, prep: Any) -> tuple[Callable, Callable]:
-    """(u ↦ J u, c ↦ Jᵀ c) on prepared inputs, from `linear_term` and its VJP."""
+    """(u ↦ J u, c ↦ Jᵀ c) on prepared inputs, from `linear_term` and its VJP; J u and c are
+    flat, (n·c,), the outputs' entries in row-major order (for one output: (n,), unchanged)."""
 
     def jv(u):
-        return model.linear_term(u, prep)
+        return model.linear_term(u, prep).reshape(-1)
 
-    _, pullback = jax.vjp(jv, model.zeros())
-    return jv, lambda c: pullback(c)[0]
+    f, pullback = jax.vjp(lambda u: model.linear_term(u, prep), model.zeros())
+    return jv, lambda c: pullback(c.reshape(f.shape))[0]
 
 
 def _gram_product(model: Any, prep: Any) -> Callable[[Array], Array]:
-    """c ↦ K c = J (Jᵀ c) for one column c (n,)."""
+    """c ↦ K c = J (Jᵀ c) for one column c (n·c,)."""
     if isinstance(model, TwoLayer):
         # Jᵀc = Dᵀ(c ∘ X) and J V = rowsum((D V) ∘ X) with D = σ'(X W0ᵀ) diag(a): batched by
         # vmap, each becomes one GEMM over all columns, with no (columns, n, m) intermediate.
@@ -865,37 +956,75 @@ def _gram_product(model: Any, prep: Any) -> Callable[[Array], Array]:
 
 
 def _apply_gram(model: Any, prep: Any, q: Array, batch_size: int) -> Array:
-    """K Q = J (Jᵀ Q) for Q (n, l), batch_size columns at a time."""
+    """K Q = J (Jᵀ Q) for Q (n·c, l), batch_size columns at a time."""
     return jax.lax.map(_gram_product(model, prep), q.T, batch_size=batch_size).T
 
 
-def _gram_matrix(model: Any, prep: Any, batch_size: int) -> Array:
+def _apply_traced_gram(model: Any, prep: Any, q: Array, batch_size: int, c: int) -> Array:
+    """K_tr Q = (1/c) Σ_a J_a J_aᵀ Q for Q (n, l): each column times every output's e_a."""
+    n, width = q.shape
+    eye = jnp.eye(c, dtype=q.dtype)
+    columns = (q[:, None, :, None] * eye[None, :, None, :]).reshape(n * c, width * c)
+    out = _apply_gram(model, prep, columns, batch_size).reshape(n, c, width, c)
+    return jnp.einsum("iala->il", out) / c
+
+
+def _gram_matrix(model: Any, prep: Any, batch_size: int, outputs: str = "full") -> Array:
     if isinstance(model, TwoLayer):
         d1 = prep.d1.astype(model.a.dtype)  # σ' stored in bfloat16 (TwoLayer.storage): upcast
         return (prep.x @ prep.x.T) * ((d1 * (model.a**2)[None, :]) @ d1.T)
     f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
-    if isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array) and len(f.shape) == 1:
+    n, out = f.shape[0], f.shape[1:]
+    c, axes = math.prod(out), tuple(range(1, len(f.shape)))
+    if isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array):
         # K of f(params0; x) itself, from the kernel engine (features once per block)
-        return ntk._kernel(model.apply_fn, model.params0, prep.x, None, (), ())
-    return _apply_gram(model, prep, jnp.eye(f.shape[0], dtype=f.dtype), batch_size)
+        if len(f.shape) == 1 or outputs == "traced":  # the engine divides a trace by c
+            return ntk._kernel(model.apply_fn, model.params0, prep.x, None, axes, ())
+        # (n, n, o1, o1, o2, o2, ...) → (n, o1, o2, ..., n, o1, o2, ...)
+        k = ntk._kernel(model.apply_fn, model.params0, prep.x, None, (), ())
+        order = (0, *range(2, 2 * len(out) + 2, 2), 1, *range(3, 2 * len(out) + 2, 2))
+        return k.transpose(order).reshape(n * c, n * c)
+    full = _apply_gram(model, prep, jnp.eye(n * c, dtype=f.dtype), batch_size)
+    if outputs == "traced":
+        return jnp.einsum("iaja->ij", full.reshape(n, c, n, c)) / c
+    return full
 
 
-@partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
-def _good_directions(model, prep, key, k, method, width, max_iters, tol, batch_size):
+@partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
+def _good_directions(model, prep, key, k, method, width, max_iters, tol, batch_size, outputs):
+    f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
+    n, out_shape = f.shape[0], tuple(f.shape[1:])
+    c = math.prod(out_shape)
+    traced = outputs == "traced" and c > 1
     if method == "gram":
-        gram = _gram_matrix(model, prep, batch_size)
+        gram = _gram_matrix(model, prep, batch_size, outputs)
         evals, evecs = jnp.linalg.eigh(gram)
         evals, u = evals[::-1][:k], evecs[:, ::-1][:, :k]
         resid = jnp.linalg.norm(gram @ u - u * evals[None, :], axis=0) / evals
         info = SubspaceInfo(jnp.asarray(1), jnp.max(resid))
     else:
-        f = jax.eval_shape(lambda: model.linear_term(model.zeros(), prep))
-        start = jax.random.normal(key, (f.shape[0], width), dtype=f.dtype)
-        evals, u, info = _subspace_iteration(
-            lambda q: _apply_gram(model, prep, q, batch_size), start, k, max_iters, tol
-        )
+        if traced:
+            matmat = partial(_apply_traced_gram, model, prep, batch_size=batch_size, c=c)
+        else:
+            matmat = partial(_apply_gram, model, prep, batch_size=batch_size)
+        start = jax.random.normal(key, (n if traced else n * c, width), dtype=f.dtype)
+        evals, u, info = _subspace_iteration(matmat, start, k, max_iters, tol)
     signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
-    return GoodDirections(u_k=u * signs[None, :], s_k=jnp.sqrt(jnp.maximum(evals, 0.0))), info
+    u = u * signs[None, :]
+    s_k = jnp.sqrt(jnp.maximum(evals, 0.0))
+    basis = _top_basis(model, prep, u, c, batch_size) if traced else None
+    return GoodDirections(u, s_k, basis, out_shape, outputs), info
+
+
+def _top_basis(model: Any, prep: Any, u: Array, c: int, batch_size: int) -> Array:
+    """B = W G^{-1/2} for W = U_k ⊗ I_c and G = Wᵀ K W (k·c products with K): Jᵀ B is an
+    orthonormal basis of span(Jᵀ W); directions where G vanishes (no rank) get zero columns."""
+    w = jnp.kron(u, jnp.eye(c, dtype=u.dtype))  # W[(i, a), (j, b)] = U_k[i, j] δ_ab
+    g = w.T @ _apply_gram(model, prep, w, batch_size)
+    lam, q = jnp.linalg.eigh(0.5 * (g + g.T))
+    cutoff = jnp.finfo(u.dtype).eps * g.shape[0] * jnp.max(lam)
+    scale = jnp.where(lam > cutoff, 1.0 / jnp.sqrt(jnp.where(lam > cutoff, lam, 1.0)), 0.0)
+    return w @ (q * scale[None, :])
 
 
 def _subspace_iteration(matmat, start, k, max_iters, tol):

@@ -166,7 +166,8 @@ def train(
         init_scale: norm of the rows of a random initial U; default 0.1 for variants whose
             gradient vanishes at U = 0 (quadntk), 0 otherwise.
         track_directions: compute the good directions (and log R_bulk, R_pop) even when no
-            regularizer needs them.
+            regularizer needs them. For a model with several outputs per input (a classifier's
+            logits: any loss) they are those of `Regularizer.outputs` ("full" or "traced").
         subspace_method: how `jaxntk.spectral.good_directions` finds the top-k subspace.
         progress: print a line per chunk (True), stay silent (False), or call this with a dict.
         checkpoint: folder to save the state and the history after every chunk
@@ -198,11 +199,11 @@ def train(
     Raises:
         ValueError: for an unknown variant, optimizer, batching mode or loss, a non-positive
             step count, a probe out of [0, n], devices that do not fit the model, task labels
-            that do not fit the model's outputs and the loss (naming y_train or y_test), or the
-            good-direction regularizers (R_bulk, R_pop, "regularized", track_directions) on a
-            model with other outputs than one per input; for lists of models and tasks, not one
-            of each per seed, models or tasks that differ in structure or shapes, or several
-            devices.
+            that do not fit the model's outputs and the loss (naming y_train or y_test), a
+            `Regularizer` field out of range (k, outputs, pop_inputs), or R_pop on inputs with no
+            law to draw from (not (n, d)) and no `Regularizer.pop_inputs`; for lists of models
+            and tasks, not one of each per seed, models or tasks that differ in structure or
+            shapes, or several devices.
         TypeError: if `reg` is not a `Regularizer`, or only one of model and task is a list.
 
     Example:
@@ -230,15 +231,16 @@ def train(
     pairs = _pairs(model, task, seeds)
     out_train = _check_tasks(pairs, loss)
     model, task = pairs[0]
-    reg, weights = _regularizer_weights(reg, v, task.n)
+    reg, weights = _regularizer_weights(reg, v, task.n, out_train)
     init_scale = _check_model_for_variant(model, variant, v, init_scale)
     check_int("probe", probe, 0, task.n, "the number of training points")
     _batching_mode(batching)  # a bad value fails before any work
     layout, pairs = _place(pairs, devices)
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
+    pop_inputs = _pop_inputs(reg, pairs, use["pop"])
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
-        dirs = _directions(pairs, out_train, _direction_count(reg, task), subspace_method)
+        dirs = _directions(pairs, out_train, reg, subspace_method)
     objective = VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
@@ -251,7 +253,7 @@ def train(
         data_loss=loss,
         probe=probe,
     )
-    data = _seed_data(pairs, dirs)
+    data = _seed_data(pairs, dirs, pop_inputs)
     per_seed = len(pairs) > 1
     config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
     if per_seed:
@@ -633,6 +635,7 @@ def _train_config(
             **{k: w.tolist() for k, w in weights.items()},
             "k": reg.k,
             "pop_samples": reg.pop_samples,
+            **_direction_config(reg),
         },
         "init_scale": float(init_scale),
         "n": task.n,
@@ -654,29 +657,17 @@ def _check_tasks(pairs: list[tuple[Any, Any]], loss: str) -> tuple[int, ...]:
 
 
 def _regularizer_weights(
-    reg: Regularizer | None, v: Any, n: int
+    reg: Regularizer | None, v: Any, n: int, out_train: tuple[int, ...]
 ) -> tuple[Regularizer, dict[str, np.ndarray]]:
-    """`reg` (or the variant's default), checked for n training points, and its (L,) weights."""
+    """`reg` (or the variant's default), checked for n training points with outputs of shape
+    out_train, and its (L,) weights."""
     if reg is None:
         reg = Regularizer(bulk=DEFAULT_BULK) if v.regularized else Regularizer()
     if not isinstance(reg, Regularizer):
         raise TypeError(f"reg must be a jaxntk.Regularizer, got {type(reg).__name__}")
     weights = reg.weights()
-    reg.validate(n)
+    reg.validate(n, math.prod(out_train[1:]))
     return reg, weights
-
-
-def _direction_count(reg: Regularizer, task: Any) -> int:
-    """The number k of good directions: `reg.k`, or by default the task's d input features
-    (the paper's k = d), which must not exceed its n training points."""
-    if reg.k is not None:
-        return reg.k
-    if task.d > task.n:
-        raise ValueError(
-            f"Regularizer.k defaults to d = {task.d} (the input features), more than the "
-            f"n = {task.n} training points: pass Regularizer(k=...) with k ≤ {task.n}"
-        )
-    return task.d
 
 
 def _check_model_for_variant(model: Any, variant: str, v: Any, init_scale: float | None) -> float:
@@ -715,21 +706,63 @@ def _place(
 
 
 def _directions(
-    pairs: list[tuple[Any, Any]], out_train: tuple[int, ...], k: int, method: str
+    pairs: list[tuple[Any, Any]], out_train: tuple[int, ...], reg: Regularizer, method: str
 ) -> list[spectral.GoodDirections]:
-    """The top-k good directions of each pair's model on its x_train."""
-    if len(out_train) != 1:
+    """The top-k good directions of each pair's model on its x_train: k = `reg.k`, or d (d·c
+    for c outputs per input with outputs "full"), of the kernel `reg.outputs` names."""
+    task, outputs = pairs[0][1], math.prod(out_train[1:])
+    k = reg.default_k(task.d, outputs)
+    rows = task.n * outputs if reg.outputs == "full" else task.n
+    if k > rows:  # only a default can be: `reg.validate` bounds a given k
+        per = f" × {outputs} outputs" if reg.outputs == "full" and outputs > 1 else ""
         raise ValueError(
-            "the good directions (R_bulk, R_pop, variant 'regularized', track_directions) "
-            f"need one output per input; the model's outputs on x_train have shape "
-            f"{out_train}: train another variant, with at most Regularizer(norm24=...)"
+            f"Regularizer.k defaults to d = {task.d}{per} (the input features), more than the "
+            f"{rows} rows of the feature matrix (n = {task.n} training points{per}): pass "
+            f"Regularizer(k=...) with k ≤ {rows}"
         )
-    return [_good_directions(m_s, t_s.x_train, k, method) for m_s, t_s in pairs]
+    return [_good_directions(m_s, t_s.x_train, k, method, reg.outputs) for m_s, t_s in pairs]
 
 
-def _seed_data(pairs: list[tuple[Any, Any]], dirs: list | None) -> Data:
+def _pop_inputs(reg: Regularizer, pairs: list[tuple[Any, Any]], use_pop: bool) -> Array | None:
+    """`reg.pop_inputs` as an array checked against the training inputs, or None (R_pop draws
+    from the task's law); ValueError when R_pop is on and the inputs have no law to draw from."""
+    x_train = pairs[0][1].x_train
+    if reg.pop_inputs is None:
+        if use_pop and x_train.ndim != 2:
+            raise ValueError(
+                "R_pop (Regularizer.pop > 0) draws fresh inputs from the task's input law, but "
+                f"the training inputs have shape {tuple(x_train.shape)}, not (n, d) vectors of "
+                "a law in jaxntk.polynomials.DISTRIBUTIONS: pass held-out unlabelled inputs as "
+                "Regularizer(pop_inputs=...), or turn R_pop off with Regularizer(pop=0)"
+            )
+        return None
+    pool = jnp.asarray(reg.pop_inputs)
+    if pool.ndim < 1 or pool.shape[0] < 1 or pool.shape[1:] != x_train.shape[1:]:
+        raise ValueError(
+            "Regularizer.pop_inputs must be (n_pop, ...) inputs shaped like x_train's rows "
+            f"{tuple(x_train.shape[1:])}, with n_pop ≥ 1, got shape {tuple(pool.shape)}"
+        )
+    if pool.dtype != x_train.dtype:
+        raise ValueError(
+            f"Regularizer.pop_inputs must have x_train's dtype {x_train.dtype}, got {pool.dtype}"
+        )
+    if not bool(jnp.all(jnp.isfinite(pool))):
+        raise ValueError("Regularizer.pop_inputs must be finite")
+    return pool
+
+
+def _direction_config(reg: Regularizer) -> dict[str, Any]:
+    """The good directions' settings for `Run.config` where they are not the defaults (the
+    configuration, and the checkpoints' check of it, of a default run are unchanged)."""
+    out = {} if reg.outputs == "full" else {"outputs": reg.outputs}
+    if reg.pop_inputs is not None:
+        out["pop_inputs"] = int(np.shape(reg.pop_inputs)[0])
+    return out
+
+
+def _seed_data(pairs: list[tuple[Any, Any]], dirs: list | None, pop_inputs=None) -> Data:
     """The arrays the objective reads, one `Data` per pair stacked along a leading seed axis when
-    there are several (each seed its own task and model)."""
+    there are several (each seed its own task and model); pop_inputs (shared) for R_pop."""
     # R_pop is logged on at most POP_EVAL_SAMPLES test inputs: enough for its scale, and cheap
     data = [
         Data(
@@ -741,17 +774,19 @@ def _seed_data(pairs: list[tuple[Any, Any]], dirs: list | None) -> Data:
             t_s.parts_test,
             None if dirs is None else dirs[i],
             t_s.x_test[:POP_EVAL_SAMPLES],
+            pop_inputs=pop_inputs,
         )
         for i, (m_s, t_s) in enumerate(pairs)
     ]
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *data) if len(data) > 1 else data[0]
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _good_directions(model, x_train, k: int, method: str):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _good_directions(model, x_train, k: int, method: str, outputs: str = "full"):
     # prepared inside the program, so a model whose prep is not a stable cache key (a
     # TaylorModel's linearization) compiles this once per shape, like the rest of the run
-    return spectral.good_directions(model, model.prepare(x_train), k, method=method)
+    prep = model.prepare(x_train)
+    return spectral.good_directions(model, prep, k, method=method, outputs=outputs)
 
 
 def _resolve_optimizer(optimizer: str | optax.GradientTransformation):

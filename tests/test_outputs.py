@@ -2,6 +2,8 @@
 linearized dynamics (jaxntk/predict.py), and training with MSE over all outputs or softmax
 cross-entropy (jaxntk/objectives.py, jaxntk/training.py)."""
 
+import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxntk as jn
-from jaxntk import ntk, predict, training
+from jaxntk import ntk, objectives, predict, training
 
 N, N_TEST, D, C = 12, 7, 5, 10
 
@@ -140,6 +142,7 @@ def task_of(x, y, x_test, y_test):
         target=None,
         distribution="gaussian",
         part_names=(),
+        input_ndim=x.ndim - 1,
     )
 
 
@@ -337,9 +340,285 @@ def test_test_labels_are_checked_too(x64):
         jn.train(model, task, "ntk", steps=1, loss="cross_entropy", progress=False)
 
 
-def test_good_direction_regularizers_need_one_output_per_input(x64):
-    apply_fn, params, task = regression_problem()
-    model = jn.TaylorModel(apply_fn, params)
-    for kwargs in ({"variant": "regularized"}, {"reg": jn.Regularizer(pop=1.0)}):
-        with pytest.raises(ValueError, match="one output per input"):
-            jn.train(model, task, steps=1, progress=False, **kwargs)
+# ------------------------------------------------- good directions and regularizer, c outputs
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Generic:
+    """A model of the protocol that is no `jn.TaylorModel`: its Gram matrix comes from the
+    products J(Jᵀ e_i) (jaxntk.spectral's generic path) instead of the kernel engine."""
+
+    model: jn.TaylorModel
+
+    def prepare(self, x, order=2):
+        return self.model.prepare(x, order)
+
+    def zeros(self):
+        return self.model.zeros()
+
+    def linear_term(self, u, prep):
+        return self.model.linear_term(u, prep)
+
+
+@functools.cache  # one flax init and one Jacobian per size for the tests below (all in x64)
+def three_outputs(n=N, seed=1):
+    """A 3-output MLP as a TaylorModel, n inputs, its explicit (n·3) × P Jacobian (rows in the
+    order of f(X).ravel(), by forward mode of a plain function) and the parameters' unravel."""
+    apply_fn, params = flax_model(MLP(outputs=3))
+    x = inputs(seed, n)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    jac = np.asarray(jax.jit(jax.jacfwd(lambda p: apply_fn(unravel(p), x)))(flat)).reshape(
+        n * 3, -1
+    )
+    return jn.TaylorModel(apply_fn, params), x, jac, unravel
+
+
+def projector(a):
+    """The orthogonal projector on the column span of a."""
+    q = np.linalg.qr(a)[0]
+    return q @ q.T
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["engine", "products"])
+def test_multi_output_good_directions_and_r_bulk_equal_the_svd_of_the_jacobian(x64, generic):
+    """outputs="full": U_k, S_k, V_k of the explicit (n·c) × P J by numpy's SVD; R_bulk the mean
+    over the n·c entries of (I − U_k U_kᵀ) vec f_L; P_top = V_k V_kᵀ."""
+    model, x, jac, unravel = three_outputs()
+    model = Generic(model) if generic else model
+    prep, k = model.prepare(x), 7
+    u_np, s_np, vt_np = np.linalg.svd(jac, full_matrices=False)
+    dirs = jn.good_directions(model, prep, k)
+    assert dirs.u_k.shape == (N * 3, k) and (dirs.n, dirs.out_shape) == (N, (3,))
+    np.testing.assert_allclose(dirs.s_k, s_np[:k], rtol=1e-10)
+    np.testing.assert_allclose(dirs.u_k @ dirs.u_k.T, projector(u_np[:, :k]), atol=1e-10)
+    step = np.random.default_rng(5).standard_normal(jac.shape[1])
+    f_lin = model.linear_term(unravel(jnp.asarray(step)), prep)
+    assert f_lin.shape == (N, 3)
+    vec = jac @ step
+    residual = vec - u_np[:, :k] @ (u_np[:, :k].T @ vec)
+    bulk = objectives.bulk_penalty(dirs, f_lin)
+    np.testing.assert_allclose(bulk, residual @ residual / (N * 3), rtol=1e-10)
+    top = jax.flatten_util.ravel_pytree(
+        jn.spectral.project_top(model, prep, dirs, unravel(jnp.asarray(step)))
+    )[0]
+    np.testing.assert_allclose(top, vt_np[:k].T @ (vt_np[:k] @ step), atol=1e-10)
+    v_k = jax.vmap(lambda t: jax.flatten_util.ravel_pytree(t)[0])(
+        jn.spectral.right_singular_vectors(model, prep, dirs)
+    )
+    np.testing.assert_allclose(v_k.T @ v_k, projector(vt_np[:k].T), atol=1e-10)
+
+
+TRACED_BY = {
+    "engine": {},
+    "products": {"generic": True},
+    "matrix_free": {"method": "matrix_free", "tol": 1e-13},
+}
+
+
+@pytest.mark.parametrize(
+    "by",
+    [
+        "engine",
+        pytest.param("products", marks=pytest.mark.slow),
+        pytest.param("matrix_free", marks=pytest.mark.slow),
+    ],
+)
+def test_traced_directions_equal_their_definition(x64, by):
+    """outputs="traced": U_k the top-k eigenvectors of (1/c) Σ_a J_a J_aᵀ (the traced NTK of
+    jn.empirical_ntk), applied to every output (U_k U_kᵀ ⊗ I_c); P_top the orthogonal projector
+    on span Jᵀ(U_k ⊗ I_c); by the kernel engine, by the products of a generic model, and
+    matrix-free."""
+    model, x, jac, unravel = three_outputs()
+    kwargs = dict(TRACED_BY[by])
+    prep, k, c = model.prepare(x), 4, 3
+    per_output = jac.reshape(N, c, -1)
+    traced = np.einsum("iaP,jaP->ij", per_output, per_output) / c
+    np.testing.assert_allclose(
+        jn.empirical_ntk(model.apply_fn, model.params0, x), traced, rtol=1e-12, atol=1e-12
+    )
+    evals, evecs = np.linalg.eigh(traced)
+    u_top = evecs[:, ::-1][:, :k]
+    w = np.kron(u_top, np.eye(c))
+    p_top = projector(jac.T @ w)
+    step = np.random.default_rng(6).standard_normal(jac.shape[1])
+    vec = jac @ step
+    generic = kwargs.pop("generic", False)
+    dirs = jn.good_directions(
+        Generic(model) if generic else model, prep, k, outputs="traced", **kwargs
+    )
+    assert dirs.u_k.shape == (N, k) and dirs.top_basis.shape == (N * c, k * c)
+    np.testing.assert_allclose(dirs.s_k**2, evals[::-1][:k], rtol=1e-10)
+    np.testing.assert_allclose(dirs.u_k @ dirs.u_k.T, u_top @ u_top.T, atol=1e-9)
+    f_lin = model.linear_term(unravel(jnp.asarray(step)), prep)
+    residual = jn.spectral.bulk_residual(dirs, f_lin)
+    np.testing.assert_allclose(residual.ravel(), vec - w @ (w.T @ vec), atol=1e-9)
+    np.testing.assert_allclose(
+        objectives.bulk_penalty(dirs, f_lin), np.mean((vec - w @ (w.T @ vec)) ** 2), rtol=1e-9
+    )
+    good = jn.spectral.project_good(model, prep, dirs, unravel(jnp.asarray(step)))
+    flat_good = jax.flatten_util.ravel_pytree(good)[0]
+    np.testing.assert_allclose(flat_good, step - p_top @ step, atol=1e-9)
+    np.testing.assert_allclose(w.T @ (jac @ flat_good), 0.0, atol=1e-9)  # no top output
+
+
+def test_gram_matrix_of_outputs_with_two_axes_orders_rows_as_ravel(x64):
+    """Outputs (n, 3, 2): the full Gram matrix's rows follow f(X).ravel(); the traced one is the
+    mean over the 6 outputs."""
+    rng = np.random.default_rng(9)
+    w = {
+        "a": jnp.asarray(rng.standard_normal((D, 8))),
+        "b": jnp.asarray(rng.standard_normal((8, 6))),
+    }
+
+    def grid(w, x):
+        return (jnp.tanh(x @ w["a"]) @ w["b"]).reshape(x.shape[0], 3, 2)
+
+    x = inputs(4, 7)
+    flat, unravel = jax.flatten_util.ravel_pytree(w)
+    jac = np.asarray(jax.jit(jax.jacfwd(lambda p: grid(unravel(p), x)))(flat)).reshape(7, 6, -1)
+    model = jn.TaylorModel(grid, w)
+    prep = model.prepare(x, order=1)
+    full = jn.spectral.gram_matrix(model, prep)
+    expected = jac.reshape(42, -1) @ jac.reshape(42, -1).T
+    np.testing.assert_allclose(full, expected, rtol=1e-12, atol=1e-12)
+    traced = jn.spectral.gram_matrix(model, prep, outputs="traced")
+    expected = np.einsum("iaP,jaP->ij", jac, jac) / 6
+    np.testing.assert_allclose(traced, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_one_output_directions_are_those_of_either_form(x64):
+    """With one output per input "traced" and "full" are the same directions, bit for bit."""
+    net = jn.TwoLayer.init(jax.random.PRNGKey(0), d=D, m=30, dtype=jnp.float64)
+    prep = net.prepare(inputs(3, N))
+    full = jn.good_directions(net, prep, 4)
+    traced = jn.good_directions(net, prep, 4, outputs="traced")
+    assert full.out_shape == traced.out_shape == () and traced.top_basis is None
+    np.testing.assert_array_equal(full.u_k, traced.u_k)
+    f = net.linear_term(jax.random.normal(jax.random.PRNGKey(1), net.w0.shape), prep)
+    np.testing.assert_array_equal(
+        jn.spectral.bulk_residual(full, f), jn.spectral.bulk_residual(traced, f)
+    )
+
+
+def test_bad_outputs_and_k_raise_naming_them(x64):
+    model, x, _, _ = three_outputs()
+    prep = model.prepare(x)
+    with pytest.raises(ValueError, match="unknown outputs 'summed'"):
+        jn.good_directions(model, prep, 2, outputs="summed")
+    with pytest.raises(ValueError, match=r"k must be between 1 and 36 \(n·c"):
+        jn.good_directions(model, prep, 37)
+    with pytest.raises(ValueError, match=r"k must be between 1 and 12 \(n,"):
+        jn.good_directions(model, prep, 13, outputs="traced")
+    dirs = jn.good_directions(model, prep, 7)  # compiled by the first test above
+    with pytest.raises(ValueError, match=r"f_train must have shape \(12, 3\)"):
+        jn.spectral.bulk_residual(dirs, jnp.zeros(N))
+    with pytest.raises(ValueError, match=r"Regularizer\.outputs"):
+        jn.Regularizer(outputs="summed").validate(4, 3)
+    with pytest.raises(ValueError, match=r"Regularizer\.k .*k per output"):
+        jn.Regularizer(k=5, outputs="traced").validate(4, 3)
+    jn.Regularizer(k=12).validate(4, 3)
+
+
+def ten_class_problem(one_hot=False):
+    """10 Gaussian clusters in R^5, 30 training and 20 test points, and a 10-output MLP of
+    width 16."""
+    rng = np.random.default_rng(0)
+    centers = 2.0 * rng.standard_normal((C, D))
+    labels, labels_test = rng.integers(0, C, 30), rng.integers(0, C, 20)
+    x = jnp.asarray(rng.standard_normal((30, D)) + centers[labels])
+    x_test = jnp.asarray(rng.standard_normal((20, D)) + centers[labels_test])
+    params = {
+        "hidden": jnp.asarray(rng.standard_normal((D, 16)) / math.sqrt(D)),
+        "out": jnp.asarray(rng.standard_normal((16, C)) / 4.0),
+    }
+    if one_hot:
+        y, y_test = jnp.eye(C)[labels], jnp.eye(C)[labels_test]
+    else:
+        y, y_test = jnp.asarray(labels, jnp.int32), jnp.asarray(labels_test, jnp.int32)
+    return jn.TaylorModel(plain_mlp, params), task_of(x, y, x_test, y_test)
+
+
+def plain_mlp(params, x):
+    """A 10-output MLP as a plain function (no flax init to run)."""
+    return jnp.tanh(x @ params["hidden"]) @ params["out"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outputs", ["full", "traced"])
+def test_regularized_variant_trains_a_classifier_with_cross_entropy(x64, outputs):
+    model, task = ten_class_problem()
+    reg = jn.Regularizer(bulk=1.0, pop=0.5, pop_samples=16, outputs=outputs)
+    run = jn.train(
+        model,
+        task,
+        "regularized",
+        steps=40,
+        lr=1.0,
+        eval_every=20,
+        reg=reg,
+        loss="cross_entropy",
+        progress=False,
+    )
+    loss, bulk = run.history["train_loss"][0, 0], run.history["bulk"][0, 0]
+    assert loss[-1] < 0.5 * loss[0], loss
+    assert bulk[0] == 0.0 and np.all(np.isfinite(bulk)) and np.all(bulk[1:] > 0), bulk
+    assert set(run.trace) >= {"cross_entropy", "bulk", "pop"}
+    assert run.config["regularizer"].get("outputs", "full") == outputs
+
+
+@pytest.mark.slow
+def test_regularized_variant_trains_on_one_hot_targets_with_held_out_inputs(x64):
+    """mse on one-hot targets; R_pop from held-out unlabelled inputs: its value in the loss is
+    the mean of f_L(x; P_⊥U)² over pop_samples of them."""
+    model, task = ten_class_problem(one_hot=True)
+    pool = task.x_test
+    reg = jn.Regularizer(bulk=1.0, pop=0.5, pop_inputs=pool)
+    run = jn.train(
+        model, task, "regularized", steps=40, lr=0.5, eval_every=20, reg=reg, progress=False
+    )
+    loss = run.history["train_loss"][0, 0]
+    assert loss[-1] < 0.5 * loss[0], loss
+    assert run.config["regularizer"]["pop_inputs"] == pool.shape[0]
+    u = jax.tree.map(lambda leaf: leaf[0, 0], run.params)
+    dirs = jn.good_directions(model, model.prepare(task.x_train), D * C)
+    good = jn.spectral.project_good(model, model.prepare(task.x_train), dirs, u)
+    values = np.mean(np.asarray(model.linear_term(good, model.prepare(pool))) ** 2, axis=1)
+    data = objectives.Data(
+        model,
+        task.x_train,
+        task.x_test,
+        task.y_train,
+        task.y_test,
+        task.parts_test,
+        dirs,
+        pop_inputs=pool,
+    )
+    obj = objectives.VariantObjective("regularized", use_pop=True, pop_samples=1000)
+    hyper = {"bulk": 0.0, "pop": 1.0, "norm24": 0.0}
+    _, terms = obj.loss(u, obj.prepare(data), hyper, jax.random.PRNGKey(0))
+    se = values.std() / math.sqrt(1000)
+    assert abs(float(terms["pop"]) - values.mean()) < 5 * se + 1e-12
+
+
+def test_r_pop_on_inputs_with_no_law_needs_held_out_inputs(x64):
+    """Inputs (n, 5, 1) are no vectors of a law R_pop could draw: an error that names
+    Regularizer(pop_inputs=...) and pop=0; held-out inputs of another shape are an error too."""
+    model, task = ten_class_problem()
+
+    def apply_fn(params, x):
+        return model.apply_fn(params, x[..., 0])
+
+    images = task_of(task.x_train[..., None], task.y_train, task.x_test[..., None], task.y_test)
+    image_model = jn.TaylorModel(apply_fn, model.params0)
+    kwargs = {"steps": 1, "loss": "cross_entropy", "progress": False}
+    with pytest.raises(ValueError, match=r"Regularizer\(pop_inputs=...\).*Regularizer\(pop=0\)"):
+        jn.train(image_model, images, "regularized", reg=jn.Regularizer(pop=1.0), **kwargs)
+    with pytest.raises(ValueError, match=r"Regularizer.pop_inputs must be .* got shape \(20, 5\)"):
+        jn.train(
+            image_model,
+            images,
+            "regularized",
+            reg=jn.Regularizer(pop=1.0, pop_inputs=task.x_test),
+            **kwargs,
+        )
