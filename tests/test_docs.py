@@ -94,10 +94,14 @@ def test_site_renders_the_guides_notebooks_and_headline_figure(site):
         "guides/regularizer",
         "guides/devices",
         "guides/benchmarks",
+        "guides/comparison",
+        "guides/lazy-rich",
         "science",
         "notebooks/01_quickstart",
         "notebooks/02_reproduce_paper",
         "notebooks/03_good_directions",
+        "notebooks/04_real_data",
+        "notebooks/05_lazy_rich",
     ):
         assert (site / page / "index.html").is_file(), page
     assert (site / "figures" / "variants-cpu.png").stat().st_size > 10_000
