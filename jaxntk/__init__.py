@@ -1,8 +1,11 @@
 """jaxntk: exact Taylor models of wide networks and good directions to escape the NTK regime.
 
-The public API, re-exported from the modules (see DESIGN.md for the one-way data flow
-targets → network → taylor → ntk → spectral → predict → objectives → train → experiments →
-plots/cli).
+The public API, re-exported from the modules. Imports run one way, up these layers (a module
+imports only from its own layer and those before it; tests/test_structure.py checks it):
+host → polynomials → data → targets → network / taylor → scaling → ntk → spectral →
+predict / onestep → diagnostics → objectives → sharding / checkpoint → training → plots →
+experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
+with ntk).
 
 Importing jaxntk keeps freed host memory in the process for XLA's CPU backend (glibc only; set
 JAXNTK_ALLOCATOR=system to opt out): see `jaxntk.host`.

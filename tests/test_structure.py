@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxntk"
 
 # The layers, lowest first: a module may import from its own layer and the ones below, never from
-# one above. The order is the imports' own; three places differ from the first sketch in DESIGN.md:
+# one above. The order is the imports' own; three places differ from the project's first sketch:
 # - data sits below targets: `Task`, its checks and the user's arrays are the base that the
 #   synthetic targets build their tasks on (targets re-exports Task, so its old import works);
 # - sharding and checkpoint sit below training, which places and saves its state with them;
