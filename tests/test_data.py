@@ -185,6 +185,20 @@ def test_regularized_cnn_on_images_equals_the_run_on_flattened_inputs(x64):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
 
 
+def test_ten_images_take_k_up_to_ten_and_train_like_their_flattened_rows(x64):
+    """The issue's own case, x (10, 8, 8, 1): k = 9 fits n = 10 (not the image width 8)."""
+    task = image_task(0, n=10, n_test=4)
+    reg, kw = jn.Regularizer(k=9), {"steps": 10, "lr": 0.05, "eval_every": 5, "progress": False}
+    runs = [
+        jn.train(model, t, "regularized", reg=reg, **kw)
+        for model, t in zip(image_models(0), (task, flattened(task)), strict=True)
+    ]
+    assert runs[0].config["n"] == 10
+    np.testing.assert_allclose(
+        runs[0].history["test_loss"], runs[1].history["test_loss"], rtol=1e-6
+    )
+
+
 def test_default_k_larger_than_n_is_named(x64):
     task = image_task(0, n=40)
     model, _ = image_models(0)

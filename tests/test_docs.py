@@ -403,3 +403,12 @@ def test_license_and_citation_files():
     assert "Identifying good directions to escape the NTK regime" in " ".join(
         paper["title"].split()
     )
+
+
+def test_the_installed_metadata_carries_the_license():
+    """What `pip install -e .` wrote: an SPDX expression (setuptools ≥ 77, as a fresh install
+    builds it) or, in an environment installed before that change, the License field."""
+    import importlib.metadata
+
+    meta = importlib.metadata.metadata("jaxntk")
+    assert "Apache-2.0" in (meta.get("License-Expression"), meta.get("License"))
