@@ -15,6 +15,7 @@ host.configure_allocator()  # before JAX starts its CPU backend: its threads tak
 from jaxntk import (
     data,
     diagnostics,
+    minibatch,
     network,
     ntk,
     objectives,
@@ -25,6 +26,7 @@ from jaxntk import (
 )
 from jaxntk.data import check_task
 from jaxntk.host import allocator_status
+from jaxntk.minibatch import Minibatch
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
@@ -78,6 +80,7 @@ __all__ = [
     "VARIANTS",
     "DivergenceWarning",
     "GoodDirections",
+    "Minibatch",
     "NTKPrediction",
     "Prepared",
     "Regularizer",
@@ -111,6 +114,7 @@ __all__ = [
     "make_target",
     "make_task",
     "mean_field",
+    "minibatch",
     "mlp_target",
     "network",
     "ntk",

@@ -238,10 +238,7 @@ def train(
     v = get_variant(variant)
     pairs = _pairs(model, task, seeds)
     out_train = _check_tasks(pairs, loss)
-    split = None
-    if minibatch is not None:
-        pairs, split = _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe)
-        steps = minibatch.epochs * split.steps_per_epoch
+    pairs, split, steps = _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe)
     model, task = pairs[0]
     reg, weights = _regularizer_weights(reg, v, task.n)
     init_scale = _check_model_for_variant(model, variant, v, init_scale)
@@ -252,7 +249,41 @@ def train(
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
         dirs = _directions(pairs, out_train, task.d if reg.k is None else reg.k, subspace_method)
-    objective = VariantObjective(
+    objective = _variant_objective(variant, init_scale, use, reg, task, loss, probe)
+    data = _seed_data(pairs, dirs)
+    per_seed = len(pairs) > 1
+    config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
+    if per_seed:
+        config["data_per_seed"] = True
+    if probe:
+        config["probe"] = probe
+    common = {
+        "hyper": weights,
+        "seeds": seeds,
+        "lr": lr,
+        "optimizer": optimizer,
+        "evals_per_chunk": evals_per_chunk,
+        "progress": progress,
+        "checkpoint": checkpoint,
+        "resume": resume,
+        "label": variant,
+        "config": config,
+        "layout": layout,
+        "batching": batching,
+        "per_seed": per_seed,
+    }
+    if split is not None:
+        config["minibatch"] = minibatch.as_config()
+        objective = BatchObjective(objective, minibatch.eval_block)
+        data = _batch_data(pairs, data, split, per_seed)
+        return _fit_minibatch(objective, data, minibatch, split.steps_per_epoch, **common)
+    steps_given = {"eval_every": eval_every, "eval_at": eval_at, "eval_points": eval_points}
+    return fit(objective, data, steps=steps, **steps_given, **common)
+
+
+def _variant_objective(variant, init_scale, use, reg, task, loss, probe) -> VariantObjective:
+    """The `VariantObjective` of `train`'s settings."""
+    return VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
         use_bulk=use["bulk"],
@@ -263,55 +294,6 @@ def train(
         d=task.d,
         data_loss=loss,
         probe=probe,
-    )
-    data = _seed_data(pairs, dirs)
-    per_seed = len(pairs) > 1
-    config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
-    if per_seed:
-        config["data_per_seed"] = True
-    if probe:
-        config["probe"] = probe
-    if split is not None:
-        config["minibatch"] = minibatch.as_config()
-        return _fit_minibatch(
-            BatchObjective(objective, minibatch.eval_block),
-            _batch_data(pairs, data, split, per_seed),
-            minibatch,
-            split.steps_per_epoch,
-            hyper=weights,
-            seeds=seeds,
-            lr=lr,
-            optimizer=optimizer,
-            evals_per_chunk=evals_per_chunk,
-            progress=progress,
-            checkpoint=checkpoint,
-            resume=resume,
-            label=variant,
-            config=config,
-            layout=layout,
-            batching=batching,
-            per_seed=per_seed,
-        )
-    return fit(
-        objective,
-        data,
-        hyper=weights,
-        seeds=seeds,
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
-        eval_every=eval_every,
-        evals_per_chunk=evals_per_chunk,
-        eval_at=eval_at,
-        eval_points=eval_points,
-        progress=progress,
-        checkpoint=checkpoint,
-        resume=resume,
-        label=variant,
-        config=config,
-        layout=layout,
-        batching=batching,
-        per_seed=per_seed,
     )
 
 
@@ -1188,8 +1170,13 @@ class _Split(NamedTuple):
 
 
 def _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe):
-    """The pairs with their tasks cut to the rows trained on, and their validation sets: the
-    minibatch settings checked against the tasks before anything compiles."""
+    """(pairs, split, steps): without `minibatch` the arguments as given (steps required); with
+    it, the pairs with their tasks cut to the rows trained on, their validation sets and the
+    number of steps, the settings checked against the tasks before anything compiles."""
+    if minibatch is None:
+        if steps is None:
+            raise TypeError("steps is required (an int ≥ 1), or minibatch=Minibatch(...)")
+        return pairs, None, steps
     if not isinstance(minibatch, Minibatch):
         raise TypeError(f"minibatch must be a jaxntk.Minibatch, got {type(minibatch).__name__}")
     for name, value, why in (
@@ -1220,7 +1207,7 @@ def _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe):
         else:
             val.append((None, None))
         out.append((m_s, t_s))
-    return out, _Split(steps_per_epoch, val)
+    return out, _Split(steps_per_epoch, val), minibatch.epochs * steps_per_epoch
 
 
 def _explicit_validation(minibatch, model, task, loss) -> tuple[Array, Array]:
@@ -1244,8 +1231,10 @@ def _batch_data(pairs, data: Data, split: _Split, per_seed: bool) -> BatchData:
     stacked along the seeds when each has its own task."""
     items = []
     for i, ((m_s, t_s), (x_val, y_val)) in enumerate(zip(pairs, split.validation, strict=True)):
-        own = jax.tree_util.tree_map(lambda a: a[i], data) if per_seed else data
-        v_k = None if own.dirs is None else _right_vectors(m_s, t_s.x_train, own.dirs)
+        dirs = data.dirs
+        if per_seed and dirs is not None:
+            dirs = jax.tree_util.tree_map(lambda a, i=i: a[i], dirs)
+        v_k = None if dirs is None else _right_vectors(m_s, t_s.x_train, dirs)
         items.append((x_val, y_val, v_k))
     if per_seed:
         stacked = [

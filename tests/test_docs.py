@@ -30,6 +30,7 @@ MODULES = (
     "onestep",
     "diagnostics",
     "objectives",
+    "minibatch",
     "training",
     "sharding",
     "checkpoint",
