@@ -450,5 +450,7 @@ def right_vectors(model: Any, x_train: Any, dirs: spectral.GoodDirections) -> An
         V_k, params-shaped with a leading axis k.
     """
     ok = dirs.s_k > 0
-    safe = spectral.GoodDirections(dirs.u_k * ok[None, :], jnp.where(ok, dirs.s_k, 1.0))
+    safe = spectral.GoodDirections(
+        jnp.where(ok[None, :], dirs.u_k, 0.0), jnp.where(ok, dirs.s_k, 1.0)
+    )
     return spectral.right_singular_vectors(model, model.prepare(x_train, order=1), safe)
