@@ -9,7 +9,7 @@ After every epoch the train, test and validation sets are evaluated whole, in bl
 
 Nothing is prepared over all n rows while training: the model's per-input constants
 (`model.prepare`) are computed on each batch inside the step. The good-direction regularizers
-read their constants in batch form (docs/science.md §9):
+read their constants in batch form (docs/science.md §10):
 
     R_bulk on a batch B of b rows (unbiased for the full-batch R_bulk, exact at b = n):
         R̂_bulk = (1/b) Σ_{i∈B} f_i² − (1/n) [ (n/b) Σ_{i∈B} ‖a_i‖²
@@ -215,7 +215,7 @@ def bulk_penalty_batch(u_k_rows: Array, f_batch: Array, n: int) -> Array:
 
     R_bulk = (1/n)(‖f‖² − ‖U_kᵀ f‖²) for orthonormal U_k. With a_i = U_k[i] f_i and the batch a
     uniform draw of b distinct rows, (1/b) Σ_B f_i² estimates ‖f‖²/n, and (n/b) Σ_B ‖a_i‖² +
-    n(n−1)/(b(b−1)) Σ_{i≠j∈B} a_i·a_j estimates ‖Σ_i a_i‖² = ‖U_kᵀ f‖² (docs/science.md §9).
+    n(n−1)/(b(b−1)) Σ_{i≠j∈B} a_i·a_j estimates ‖Σ_i a_i‖² = ‖U_kᵀ f‖² (docs/science.md §10).
     For b = 1 the pair term has no estimate and is left out.
 
     Args:

@@ -158,7 +158,7 @@ def train(
         task: a `jaxntk.targets.Task` (x/y train and test, target parts, distribution), or a
             list of them, one per seed (see `model`).
         variant: a name in `jaxntk.objectives.VARIANTS`.
-        steps: number of optimizer steps T ≥ 1.
+        steps: number of optimizer steps T ≥ 1 (full batch; leave unset with `minibatch`).
         lr: learning rate of a named optimizer.
         optimizer: a name in `OPTIMIZERS` or an optax GradientTransformation (then `lr` is unused).
         reg: the regularizer weights (sequences sweep); default: none, except for "regularized",
@@ -200,6 +200,14 @@ def train(
             network's NTK at θ0), "alignment", "displacement", "probe_outputs" (L, S, E, P) and,
             for "full", "distance_linear" and "distance_quadratic" on the test inputs. 0 (the
             default): none.
+        minibatch: a `jaxntk.Minibatch`: train on batches of its batch_size rows for its
+            epochs (a fresh permutation per epoch from each seed, inside the compiled program;
+            the objective's batch form, `jaxntk.minibatch`), evaluate after every epoch on the
+            whole sets in blocks, optionally hold out a validation set and stop early. Then
+            `steps`, `eval_at` and `probe` must stay unset, `eval_every` is unused,
+            `evals_per_chunk` counts epochs, the history adds "epoch" (and "val_loss",
+            "val_accuracy"), `Run.params` are each setting's best validation epoch's and
+            `Run.best_epoch`, `Run.stopped_at_epoch` say when. None (the default): full batch.
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
@@ -211,8 +219,11 @@ def train(
             good-direction regularizers (R_bulk, R_pop, "regularized", track_directions) on a
             model with other outputs than one per input; for lists of models and tasks, not one
             of each per seed, models or tasks that differ in structure or shapes, or several
-            devices.
-        TypeError: if `reg` is not a `Regularizer`, or only one of model and task is a list.
+            devices; for `minibatch`, a batch size, epoch count, validation fraction or arrays,
+            patience or monitor that do not fit the task (`Minibatch.check`), or steps,
+            eval_at or probe given, or several devices.
+        TypeError: if `reg` is not a `Regularizer`, `minibatch` not a `Minibatch`, only one of
+            model and task is a list, or steps missing without `minibatch`.
 
     Example:
         >>> import jax
@@ -234,6 +245,13 @@ def train(
         >>> run = jn.train(nets, tasks, steps=40, eval_every=20, seeds=[1, 2], progress=False)
         >>> run.history["test_loss"].shape, run.config["data_per_seed"]
         ((1, 2, 3), True)
+
+        Minibatches of 4 rows for 3 epochs, 4 of the 20 rows held out, early stopping:
+
+        >>> mb = jn.Minibatch(batch_size=4, epochs=3, validation=0.2, patience=2)
+        >>> run = jn.train(net, task, "ntk", minibatch=mb, seeds=[1, 2], progress=False)
+        >>> run.history["epoch"].tolist(), run.history["val_loss"].shape, run.best_epoch.shape
+        ([0, 1, 2, 3], (1, 2, 4), (1, 2))
     """
     v = get_variant(variant)
     pairs = _pairs(model, task, seeds)
