@@ -25,6 +25,7 @@ read their constants in batch form (docs/science.md §10):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -171,10 +172,14 @@ class Minibatch:
         return np.sort(order[held:]), np.sort(order[:held])
 
     def as_config(self) -> dict[str, Any]:
-        """The settings as JSON-serialisable data (arrays of validation by their shapes)."""
+        """The settings as JSON-serialisable data (arrays of validation by their shapes and
+        SHA-256, so that a resume with other arrays is refused)."""
         out = dataclasses.asdict(self)
         if self.explicit_validation:
-            out["validation"] = [list(np.shape(a)) for a in self.validation]
+            out["validation"] = [
+                [list(np.shape(a)), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()]
+                for a in self.validation
+            ]
         return out
 
 

@@ -269,3 +269,26 @@ def test_divergence_names_its_epoch_and_progress_counts_epochs(capsys):
     assert run.diverged
     err = capsys.readouterr().err
     assert "[ntk] epoch 3/3" in err or "[ntk] epoch 1/3" in err
+
+
+@pytest.mark.slow
+def test_vmapped_settings_and_one_task_per_seed_equal_separate_runs(x64):
+    net, task = problem()
+    mb = jn.Minibatch(5, 3, validation=0.25, patience=2)
+    reg = jn.Regularizer(bulk=[0.0, 1.0], pop=0.3)
+    kw = dict(minibatch=mb, reg=reg, progress=False)
+    mapped = jn.train(net, task, "regularized", seeds=[1, 2], batching="map", **kw)
+    vmapped = jn.train(net, task, "regularized", seeds=[1, 2], batching="vmap", **kw)
+    for key in mapped.history:
+        np.testing.assert_allclose(vmapped.history[key], mapped.history[key], atol=1e-12)
+    np.testing.assert_allclose(vmapped.params, mapped.params, atol=1e-12)
+    tasks = [problem(seed=s)[1] for s in (3, 4)]
+    nets = [problem(seed=s)[0] for s in (5, 6)]
+    both = jn.train(nets, tasks, "regularized", seeds=[1, 2], **kw)
+    for i, seed in enumerate((1, 2)):
+        alone = jn.train(nets[i], tasks[i], "regularized", seeds=[seed], **kw)
+        for key in set(alone.history) - {"step", "epoch"}:
+            np.testing.assert_allclose(
+                both.history[key][:, i], alone.history[key][:, 0], atol=1e-12
+            )
+        np.testing.assert_array_equal(both.best_epoch[:, i], alone.best_epoch[:, 0])
