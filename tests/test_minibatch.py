@@ -46,6 +46,12 @@ def one_batch_against_full_batch(model, task, variant, reg=None, **kw):
     np.testing.assert_array_equal(mini.history["epoch"], np.arange(EPOCHS + 1))
 
 
+def test_one_batch_of_all_rows_is_the_full_batch_run_with_the_bulk_penalty(x64):
+    net, task = problem()
+    one_batch_against_full_batch(net, task, "ntk", jn.Regularizer(bulk=[0.0, 1.0], k=3))
+
+
+@pytest.mark.slow
 def test_one_batch_of_all_rows_is_the_full_batch_run_with_every_regularizer(x64):
     net, task = problem()
     reg = jn.Regularizer(bulk=[0.0, 1.0], pop=0.5, norm24=0.1, k=3)
