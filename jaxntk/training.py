@@ -564,7 +564,7 @@ def _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ck
     latest = next(h for h in reversed(history) if h["step"].size)
     warned = np.asarray(state.diverged_at) >= 0
     t0 = time.perf_counter()
-    while step < steps:
+    while step < steps and not np.all(warned | _stopped(state)):
         start = step
         state, chunk, step, trace = run_chunk(state, step)
         for k, v in _to_host(trace).items():
@@ -578,22 +578,26 @@ def _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ck
         if ckpt is not None:
             checkpoints.save_chunk(ckpt, chunk)
             checkpoints.save_state(ckpt, step, state)
-        stopped = np.asarray(getattr(state, "stopped_at", -1)) >= 0
-        if np.all(warned | stopped):
-            break
     return state
+
+
+def _stopped(state) -> np.ndarray:
+    """The runs that early stopping froze (a minibatch run's state), else False."""
+    return np.asarray(getattr(state, "stopped_at", -1)) >= 0
 
 
 def _warn_divergence(
     bad: np.ndarray, warned: np.ndarray, label: str, seeds: list[int], per_epoch: int = 0
 ):
     """A DivergenceWarning for each run that diverged since the last chunk (its step, and its
-    epoch, counted from 1, when `per_epoch` steps make one); returns the runs warned of so far."""
+    epoch and batch, counted from 1, when `per_epoch` steps make one); returns the runs warned
+    of so far."""
     fresh = (bad >= 0) & ~warned
     for idx in zip(*np.nonzero(fresh), strict=True):
         at = f"step {int(bad[idx])}"
         if per_epoch:
-            at += f" (epoch {int(bad[idx]) // per_epoch + 1}, batch {int(bad[idx]) % per_epoch})"
+            epoch, batch = divmod(int(bad[idx]), per_epoch)
+            at += f" (epoch {epoch + 1}, batch {batch + 1} of {per_epoch})"
         warnings.warn(
             f"{label}: non-finite training loss at {at} "
             f"(setting {idx[0]}, seed {seeds[idx[1]]}); run stopped, history kept",
