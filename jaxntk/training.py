@@ -207,7 +207,8 @@ def train(
             `steps`, `eval_at` and `probe` must stay unset, `eval_every` is unused,
             `evals_per_chunk` counts epochs, the history adds "epoch" (and "val_loss",
             "val_accuracy"), `Run.params` are each setting's best validation epoch's and
-            `Run.best_epoch`, `Run.stopped_at_epoch` say when. None (the default): full batch.
+            `Run.best_epoch`, `Run.stopped_at_epoch` say when; one device (devices None or
+            1). None (the default): full batch.
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
@@ -262,7 +263,10 @@ def train(
     init_scale = _check_model_for_variant(model, variant, v, init_scale)
     check_int("probe", probe, 0, task.n, "the number of training points")
     _batching_mode(batching)  # a bad value fails before any work
-    layout, pairs = _place(pairs, devices)
+    # a minibatch run trains on one device: by default the first, not all of them
+    layout, pairs = _place(pairs, 1 if split is not None and devices is None else devices)
+    if split is not None and layout is not None:
+        raise ValueError("devices: minibatch training runs on one device; pass devices=1")
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
@@ -1288,9 +1292,9 @@ def _fit_minibatch(
     per_seed: bool,
 ) -> Run:
     """`fit` for a minibatch run: `evals_per_chunk` epochs per compiled chunk, each a scan over
-    its batches then the evaluation and the early-stopping bookkeeping."""
-    if layout is not None:
-        raise ValueError("devices: minibatch training runs on one device; pass devices=1")
+    its batches then the evaluation and the early-stopping bookkeeping (one device: `train`
+    refuses a layout)."""
+    del layout
     mode = _batching_mode(batching)
     steps = minibatch.epochs * steps_per_epoch
     seeds, opt, _ = _check_fit(
