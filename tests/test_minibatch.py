@@ -37,8 +37,8 @@ def assert_same_run(full, mini):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
 
 
-def one_batch_against_full_batch(model, task, variant, reg=None, **kw):
-    kw = dict(seeds=[1, 2], lr=0.5, progress=False, evals_per_chunk=EPOCHS, reg=reg, **kw)
+def one_batch_against_full_batch(model, task, variant, reg=None, seeds=(1, 2), **kw):
+    kw = dict(seeds=seeds, lr=0.5, progress=False, evals_per_chunk=EPOCHS, reg=reg, **kw)
     full = jn.train(model, task, variant, steps=EPOCHS, eval_every=1, **kw)
     n = task.x_train.shape[0]
     mini = jn.train(model, task, variant, minibatch=jn.Minibatch(n, EPOCHS), **kw)
@@ -48,7 +48,7 @@ def one_batch_against_full_batch(model, task, variant, reg=None, **kw):
 
 def test_one_batch_of_all_rows_is_the_full_batch_run_with_the_bulk_penalty(x64):
     net, task = problem()
-    one_batch_against_full_batch(net, task, "ntk", jn.Regularizer(bulk=[0.0, 1.0], k=3))
+    one_batch_against_full_batch(net, task, "ntk", jn.Regularizer(bulk=1.0, k=3), seeds=[1])
 
 
 @pytest.mark.slow
