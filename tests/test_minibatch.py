@@ -298,3 +298,21 @@ def test_vmapped_settings_and_one_task_per_seed_equal_separate_runs(x64):
                 both.history[key][:, i], alone.history[key][:, 0], atol=1e-12
             )
         np.testing.assert_array_equal(both.best_epoch[:, i], alone.best_epoch[:, 0])
+
+
+@pytest.mark.slow
+def test_image_inputs_through_a_cnn_one_batch_is_the_full_batch_run(x64):
+    flax = pytest.importorskip("flax.linen")
+
+    class CNN(flax.Module):
+        @flax.compact
+        def __call__(self, x):
+            x = jnp.tanh(flax.Conv(3, (3, 3), param_dtype=jnp.float64)(x))
+            return flax.Dense(1, param_dtype=jnp.float64)(x.mean(axis=(1, 2)))[:, 0]
+
+    rng = np.random.default_rng(0)
+    x, x_test = rng.standard_normal((10, 5, 5, 1)), rng.standard_normal((7, 5, 5, 1))
+    task = jn.Task.from_arrays(x, x.mean(axis=(1, 2, 3)), x_test, x_test.mean(axis=(1, 2, 3)))
+    module = CNN()
+    model = jn.TaylorModel(module.apply, module.init(jax.random.PRNGKey(0), x[:1]))
+    one_batch_against_full_batch(model, task, "ntk+quadntk")
