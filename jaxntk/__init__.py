@@ -3,8 +3,8 @@
 The public API, re-exported from the modules. Imports run one way, up these layers (a module
 imports only from its own layer and those before it; tests/test_structure.py checks it):
 host → polynomials → data → targets → network / taylor → scaling → ntk → spectral →
-predict / onestep → diagnostics → objectives → sharding / checkpoint → training → plots →
-experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
+predict / onestep → diagnostics → objectives → minibatch → sharding / checkpoint → training →
+plots → experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
 with ntk).
 
 Importing jaxntk keeps freed host memory in the process for XLA's CPU backend (glibc only; set
@@ -18,6 +18,7 @@ host.configure_allocator()  # before JAX starts its CPU backend: its threads tak
 from jaxntk import (
     data,
     diagnostics,
+    minibatch,
     network,
     ntk,
     objectives,
@@ -28,6 +29,7 @@ from jaxntk import (
 )
 from jaxntk.data import check_task
 from jaxntk.host import allocator_status
+from jaxntk.minibatch import Minibatch
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.ntk import choose_method, empirical_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
@@ -81,6 +83,7 @@ __all__ = [
     "VARIANTS",
     "DivergenceWarning",
     "GoodDirections",
+    "Minibatch",
     "NTKPrediction",
     "Prepared",
     "Regularizer",
@@ -114,6 +117,7 @@ __all__ = [
     "make_target",
     "make_task",
     "mean_field",
+    "minibatch",
     "mlp_target",
     "network",
     "ntk",

@@ -40,6 +40,7 @@ from jaxntk import checkpoint as checkpoints
 from jaxntk import data as task_data
 from jaxntk import network, sharding, spectral
 from jaxntk._checks import check_int
+from jaxntk.minibatch import BatchData, BatchObjective, Minibatch, permutation_key, right_vectors
 from jaxntk.objectives import (
     DEFAULT_BULK,
     Data,
@@ -88,13 +89,18 @@ class Run:
 
     Attributes:
         params: final parameters (U), every leaf with leading axes (L, S).
-        history: "step" (E,) evaluation steps, and each metric (L, S, E) or (L, S, E, P).
+        history: "step" (E,) evaluation steps (and, minibatch, "epoch" (E,) their epochs), and
+            each metric (L, S, E) or (L, S, E, P).
         config: the settings, JSON-serialisable.
         diverged_at_step: (L, S) step at which the loss became non-finite, −1 where it did not.
         trace: the training objective at every step, free to record since each step computes it:
             "step" (T,) and "loss" (the total), the data loss ("mse" or "cross_entropy") and
             each regularizer in use, (L, S, T), evaluated at U_t before update t + 1 (with the
             training prediction: random signs for "randomized").
+        best_epoch: minibatch runs with a validation set: (L, S) the epoch (0 = before
+            training) of the best validation score, whose parameters are `params`; else None.
+        stopped_at_epoch: minibatch runs: (L, S) the epoch after which early stopping froze the
+            setting, −1 where it ran every epoch; else None.
     """
 
     params: Any
@@ -102,11 +108,13 @@ class Run:
     config: dict[str, Any]
     diverged_at_step: np.ndarray
     trace: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    best_epoch: np.ndarray | None = None
+    stopped_at_epoch: np.ndarray | None = None
 
     @property
     def final(self) -> dict[str, np.ndarray]:
         """The last evaluation of each metric, name -> (L, S) or (L, S, P) array."""
-        return {k: v[:, :, -1] for k, v in self.history.items() if k != "step"}
+        return {k: v[:, :, -1] for k, v in self.history.items() if k not in ("step", "epoch")}
 
     @property
     def diverged(self) -> bool:
@@ -119,7 +127,7 @@ def train(
     task: Any,
     variant: str = "ntk+quadntk",
     *,
-    steps: int,
+    steps: int | None = None,
     lr: float = 1.0,
     optimizer: str | optax.GradientTransformation = "sgd",
     reg: Regularizer | None = None,
@@ -138,6 +146,7 @@ def train(
     batching: str = "auto",
     loss: str = "mse",
     probe: int = 0,
+    minibatch: Minibatch | None = None,
 ) -> Run:
     """Train one variant of `model` on `task` for several regularizer weights and seeds at once.
 
@@ -149,7 +158,7 @@ def train(
         task: a `jaxntk.targets.Task` (x/y train and test, target parts, distribution), or a
             list of them, one per seed (see `model`).
         variant: a name in `jaxntk.objectives.VARIANTS`.
-        steps: number of optimizer steps T ≥ 1.
+        steps: number of optimizer steps T ≥ 1 (full batch; leave unset with `minibatch`).
         lr: learning rate of a named optimizer.
         optimizer: a name in `OPTIMIZERS` or an optax GradientTransformation (then `lr` is unused).
         reg: the regularizer weights (sequences sweep); default: none, except for "regularized",
@@ -192,6 +201,15 @@ def train(
             network's NTK at θ0), "alignment", "displacement", "probe_outputs" (L, S, E, P) and,
             for "full", "distance_linear" and "distance_quadratic" on the test inputs. 0 (the
             default): none.
+        minibatch: a `jaxntk.Minibatch`: train on batches of its batch_size rows for its
+            epochs (a fresh permutation per epoch from each seed, inside the compiled program;
+            the objective's batch form, `jaxntk.minibatch`), evaluate after every epoch on the
+            whole sets in blocks, optionally hold out a validation set and stop early. Then
+            `steps`, `eval_at` and `probe` must stay unset, `eval_every` is unused,
+            `evals_per_chunk` counts epochs, the history adds "epoch" (and "val_loss",
+            "val_accuracy"), `Run.params` are each setting's best validation epoch's and
+            `Run.best_epoch`, `Run.stopped_at_epoch` say when; one device (devices None or
+            1). None (the default): full batch.
 
     Returns:
         A `Run`; history metrics have leading axes (L, S) for L regularizer settings, S seeds.
@@ -203,8 +221,11 @@ def train(
             `Regularizer` field out of range (k, outputs, pop_inputs), or R_pop on inputs with no
             law to draw from (not (n, d)) and no `Regularizer.pop_inputs`; for lists of models
             and tasks, not one of each per seed, models or tasks that differ in structure or
-            shapes, or several devices.
-        TypeError: if `reg` is not a `Regularizer`, or only one of model and task is a list.
+            shapes, or several devices; for `minibatch`, a batch size, epoch count, validation
+            fraction or arrays, patience or monitor that do not fit the task
+            (`Minibatch.check`), or steps, eval_at or probe given, or several devices.
+        TypeError: if `reg` is not a `Regularizer`, `minibatch` not a `Minibatch`, only one of
+            model and task is a list, or steps missing without `minibatch`.
 
     Example:
         >>> import jax
@@ -226,22 +247,67 @@ def train(
         >>> run = jn.train(nets, tasks, steps=40, eval_every=20, seeds=[1, 2], progress=False)
         >>> run.history["test_loss"].shape, run.config["data_per_seed"]
         ((1, 2, 3), True)
+
+        Minibatches of 4 rows for 3 epochs, 4 of the 20 rows held out, early stopping:
+
+        >>> mb = jn.Minibatch(batch_size=4, epochs=3, validation=0.2, patience=2)
+        >>> run = jn.train(net, task, "ntk", minibatch=mb, seeds=[1, 2], progress=False)
+        >>> run.history["epoch"].tolist(), run.history["val_loss"].shape, run.best_epoch.shape
+        ([0, 1, 2, 3], (1, 2, 4), (1, 2))
     """
     v = get_variant(variant)
     pairs = _pairs(model, task, seeds)
     out_train = _check_tasks(pairs, loss)
+    pairs, split, steps = _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe)
     model, task = pairs[0]
     reg, weights = _regularizer_weights(reg, v, task.n, out_train)
     init_scale = _check_model_for_variant(model, variant, v, init_scale)
     check_int("probe", probe, 0, task.n, "the number of training points")
     _batching_mode(batching)  # a bad value fails before any work
-    layout, pairs = _place(pairs, devices)
+    # a minibatch run trains on one device: by default the first, not all of them
+    layout, pairs = _place(pairs, 1 if split is not None and devices is None else devices)
+    if split is not None and layout is not None:
+        raise ValueError("devices: minibatch training runs on one device; pass devices=1")
     use = {name: bool(np.any(w > 0)) for name, w in weights.items()}
     pop_inputs = _pop_inputs(reg, pairs, use["pop"])
     dirs = None
     if use["bulk"] or use["pop"] or track_directions or v.regularized:
         dirs = _directions(pairs, out_train, reg, subspace_method)
-    objective = VariantObjective(
+    objective = _variant_objective(variant, init_scale, use, reg, task, loss, probe)
+    data = _seed_data(pairs, dirs, pop_inputs)
+    per_seed = len(pairs) > 1
+    config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
+    if per_seed:
+        config["data_per_seed"] = True
+    if probe:
+        config["probe"] = probe
+    common = {
+        "hyper": weights,
+        "seeds": seeds,
+        "lr": lr,
+        "optimizer": optimizer,
+        "evals_per_chunk": evals_per_chunk,
+        "progress": progress,
+        "checkpoint": checkpoint,
+        "resume": resume,
+        "label": variant,
+        "config": config,
+        "layout": layout,
+        "batching": batching,
+        "per_seed": per_seed,
+    }
+    if split is not None:
+        config["minibatch"] = minibatch.as_config()
+        objective = BatchObjective(objective, minibatch.eval_block)
+        data = _batch_data(pairs, data, split, per_seed)
+        return _fit_minibatch(objective, data, minibatch, split.steps_per_epoch, **common)
+    steps_given = {"eval_every": eval_every, "eval_at": eval_at, "eval_points": eval_points}
+    return fit(objective, data, steps=steps, **steps_given, **common)
+
+
+def _variant_objective(variant, init_scale, use, reg, task, loss, probe) -> VariantObjective:
+    """The `VariantObjective` of `train`'s settings."""
+    return VariantObjective(
         variant=variant,
         init_scale=float(init_scale),
         use_bulk=use["bulk"],
@@ -252,34 +318,6 @@ def train(
         d=task.d,
         data_loss=loss,
         probe=probe,
-    )
-    data = _seed_data(pairs, dirs, pop_inputs)
-    per_seed = len(pairs) > 1
-    config = _train_config(variant, steps, lr, optimizer, reg, weights, init_scale, task, loss)
-    if per_seed:
-        config["data_per_seed"] = True
-    if probe:
-        config["probe"] = probe
-    return fit(
-        objective,
-        data,
-        hyper=weights,
-        seeds=seeds,
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
-        eval_every=eval_every,
-        evals_per_chunk=evals_per_chunk,
-        eval_at=eval_at,
-        eval_points=eval_points,
-        progress=progress,
-        checkpoint=checkpoint,
-        resume=resume,
-        label=variant,
-        config=config,
-        layout=layout,
-        batching=batching,
-        per_seed=per_seed,
     )
 
 
@@ -376,9 +414,11 @@ def fit(
     if layout is not None:
         state = layout.state(state)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    state, step, history = _resume_or_evaluate(
-        state, ckpt, config, resume, objective, data, hyper_arrays, per_seed
-    )
+
+    def first(state):
+        return state, _to_host(_evaluate_jit(state.params, data, hyper_arrays, objective, per_seed))
+
+    state, step, history = _resume_or_evaluate(state, ckpt, config, resume, first)
     run_chunk = _chunk_runner(
         objective,
         opt,
@@ -452,16 +492,17 @@ def _settings(hyper: dict[str, Any], data: Any) -> tuple[dict[str, Array], int, 
     return hyper_arrays, n_settings.pop(), dtype
 
 
-def _resume_or_evaluate(state, ckpt, config, resume, objective, data, hyper, per_seed):
+def _resume_or_evaluate(state, ckpt, config, resume, evaluate_first: Callable):
     """(state, step, history) to train from: with `resume`, the checkpoint's newest complete
-    state and its history; otherwise the initial state and its evaluation at t = 0 (saved as the
-    checkpoint's first chunk)."""
+    state and its history; otherwise the initial state and its evaluation at t = 0,
+    `evaluate_first(state) -> (state, metrics on the host)` (saved as the checkpoint's first
+    chunk)."""
     history: list[dict[str, np.ndarray]] = []
     step = 0
     if ckpt is not None and checkpoints.begin(ckpt, config, resume=resume):
         state, step, history = checkpoints.restore(ckpt, state)
     if not history:
-        first = _to_host(_evaluate_jit(state.params, data, hyper, objective, per_seed))
+        state, first = evaluate_first(state)
         first["step"] = np.zeros(1, dtype=np.int64)
         history.append(first)
         if ckpt is not None:
@@ -521,39 +562,50 @@ def _chunk_runner(
     return run_scheduled
 
 
-def _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ckpt):
-    """Chunks from `step` to `steps`, or until every run has diverged: each chunk's evaluations
-    and per-step trace appended to `history`, a warning for each run that newly diverged, the
-    progress reported and the checkpoint saved. Returns the last state."""
+def _chunk_loop(state, step, steps, history, run_chunk, report, label, seeds, ckpt, per_epoch=0):
+    """Chunks from `step` to `steps`, or until every run has diverged (or, minibatch, stopped
+    early): each chunk's evaluations and per-step trace appended to `history`, a warning for each
+    run that newly diverged (with its epoch when `per_epoch` steps make one), the progress
+    reported and the checkpoint saved. Returns the last state."""
     latest = next(h for h in reversed(history) if h["step"].size)
     warned = np.asarray(state.diverged_at) >= 0
     t0 = time.perf_counter()
-    while step < steps:
+    while step < steps and not np.all(warned | _stopped(state)):
         start = step
         state, chunk, step, trace = run_chunk(state, step)
         for k, v in _to_host(trace).items():
             chunk[f"{TRACE}{k}"] = v[:, :, : step - start]
         chunk[f"{TRACE}step"] = np.arange(start, step, dtype=np.int64)
         history.append(chunk)
-        warned = _warn_divergence(np.asarray(state.diverged_at), warned, label, seeds)
+        warned = _warn_divergence(np.asarray(state.diverged_at), warned, label, seeds, per_epoch)
         if chunk["step"].size:  # a chunk of a schedule may hold no evaluation
             latest = chunk
         report(step, latest, time.perf_counter() - t0)
         if ckpt is not None:
             checkpoints.save_chunk(ckpt, chunk)
             checkpoints.save_state(ckpt, step, state)
-        if np.all(warned):
-            break
     return state
 
 
-def _warn_divergence(bad: np.ndarray, warned: np.ndarray, label: str, seeds: list[int]):
-    """A DivergenceWarning for each run that diverged since the last chunk; returns the runs
-    warned of so far."""
+def _stopped(state) -> np.ndarray:
+    """The runs that early stopping froze (a minibatch run's state), else False."""
+    return np.asarray(getattr(state, "stopped_at", -1)) >= 0
+
+
+def _warn_divergence(
+    bad: np.ndarray, warned: np.ndarray, label: str, seeds: list[int], per_epoch: int = 0
+):
+    """A DivergenceWarning for each run that diverged since the last chunk (its step, and its
+    epoch and batch, counted from 1, when `per_epoch` steps make one); returns the runs warned
+    of so far."""
     fresh = (bad >= 0) & ~warned
     for idx in zip(*np.nonzero(fresh), strict=True):
+        at = f"step {int(bad[idx])}"
+        if per_epoch:
+            epoch, batch = divmod(int(bad[idx]), per_epoch)
+            at += f" (epoch {epoch + 1}, batch {batch + 1} of {per_epoch})"
         warnings.warn(
-            f"{label}: non-finite training loss at step {int(bad[idx])} "
+            f"{label}: non-finite training loss at {at} "
             f"(setting {idx[0]}, seed {seeds[idx[1]]}); run stopped, history kept",
             DivergenceWarning,
             stacklevel=4,  # the caller of fit
@@ -906,13 +958,14 @@ def _chunk_fns(objective, optimizer, data, batching: str, per_seed: bool):
 
 
 def _step_fn(objective, optimizer) -> Callable:
-    """one_step(state, hyper, t, data) -> (state', trace): one optimizer step of one setting; a
-    run whose loss became non-finite keeps its state and records the step."""
+    """one_step(state, hyper, t, data, *rows) -> (state', trace): one optimizer step of one
+    setting (`rows`, a minibatch's rows, passed on to the loss); a run whose loss became
+    non-finite keeps its state and records the step."""
 
-    def one_step(s: TrainState, hyp, t, data):
+    def one_step(s: TrainState, hyp, t, data, *rows):
         key, sub = jax.random.split(s.key)
         (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-            s.params, data, hyp, sub
+            s.params, data, hyp, sub, *rows
         )
         updates, opt_state = optimizer.update(grads, s.opt_state, s.params)
         params = optax.apply_updates(s.params, updates)
@@ -1087,7 +1140,9 @@ def _concat(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Chunks joined along time: axis 0 of the step counters, axis 2 of (L, S, time) arrays."""
     keys = dict.fromkeys(k for h in history for k in h)
     return {
-        k: np.concatenate([h[k] for h in history if k in h], axis=0 if k.endswith("step") else 2)
+        k: np.concatenate(
+            [h[k] for h in history if k in h], axis=0 if k.endswith("step") or k == "epoch" else 2
+        )
         for k in keys
     }
 
@@ -1101,7 +1156,12 @@ def _mask_after_divergence(hist: dict[str, np.ndarray], bad: np.ndarray) -> None
             hist[key] = np.where(mask, np.nan, val)
 
 
-def _reporter(progress, label: str, steps: int) -> Callable[[int, dict, float], None]:
+def _reporter(
+    progress, label: str, steps: int, per_epoch: int = 0
+) -> Callable[[int, dict, float], None]:
+    """report(step, chunk, elapsed): the progress line (or callback) of a chunk; with
+    `per_epoch` steps to an epoch (minibatch), it counts epochs and adds the validation loss."""
+
     def report(step: int, chunk: dict[str, np.ndarray], elapsed: float) -> None:
         info = {
             "label": label,
@@ -1111,12 +1171,20 @@ def _reporter(progress, label: str, steps: int) -> Callable[[int, dict, float], 
             "train_loss": _finite_mean(chunk["train_loss"][:, :, -1]),
             "test_loss": _finite_mean(chunk["test_loss"][:, :, -1]),
         }
+        at = f"step {step}/{steps}"
+        if per_epoch:
+            info.update(epoch=step // per_epoch, epochs=steps // per_epoch)
+            at = f"epoch {info['epoch']}/{info['epochs']}"
+        val = ""
+        if "val_loss" in chunk:
+            info["val_loss"] = _finite_mean(chunk["val_loss"][:, :, -1])
+            val = f"  val {info['val_loss']:.4g}"
         if callable(progress):
             progress(info)
         elif progress:
             print(
-                f"[{label}] step {step}/{steps}  train {info['train_loss']:.4g}  "
-                f"test {info['test_loss']:.4g}  ({elapsed:.1f} s)",
+                f"[{label}] {at}  train {info['train_loss']:.4g}  "
+                f"test {info['test_loss']:.4g}{val}  ({elapsed:.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -1140,3 +1208,349 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
         if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
             raise ValueError(f"seeds must be ints ≥ 0, got {s!r}")
     return [int(s) for s in seeds]
+
+
+# ------------------------------------------------------------------------------- minibatch
+
+
+class BatchState(NamedTuple):
+    """Per-run state of a minibatch run, every leaf with leading axes (L, S).
+
+    best_params is None without a validation set; scores are "lower is better" (an accuracy is
+    kept negated)."""
+
+    train: TrainState
+    perm_key: Array  # the seed's key of the epochs' permutations
+    best_params: Any
+    best_score: Array
+    best_epoch: Array  # int32; −1 before any evaluation
+    waited: Array  # int32: evaluations since the best
+    stopped_at: Array  # int32: the epoch after which patience ran out, −1 while running
+
+    @property
+    def params(self):
+        """The current parameters."""
+        return self.train.params
+
+    @property
+    def diverged_at(self):
+        """The step at which the loss became non-finite, −1 where it did not."""
+        return self.train.diverged_at
+
+
+class _Split(NamedTuple):
+    steps_per_epoch: int
+    validation: list  # per (model, task) pair: (x_val, y_val), or (None, None)
+
+
+def _minibatch_split(minibatch, pairs, loss, steps, eval_at, probe):
+    """(pairs, split, steps): without `minibatch` the arguments as given (steps required); with
+    it, the pairs with their tasks cut to the rows trained on, their validation sets and the
+    number of steps, the settings checked against the tasks before anything compiles."""
+    if minibatch is None:
+        if steps is None:
+            raise TypeError("steps is required (an int ≥ 1), or minibatch=Minibatch(...)")
+        return pairs, None, steps
+    if not isinstance(minibatch, Minibatch):
+        raise TypeError(f"minibatch must be a jaxntk.Minibatch, got {type(minibatch).__name__}")
+    for name, value, why in (
+        ("steps", steps, "a minibatch run is counted in epochs (Minibatch.epochs)"),
+        ("eval_at", eval_at, "a minibatch run evaluates after every epoch"),
+    ):
+        if value is not None:
+            raise ValueError(f"{name}: {why}; leave {name} unset, got {value!r}")
+    if probe:
+        raise ValueError(f"probe: minibatch runs record no laziness probe; got probe={probe}")
+    if minibatch.monitor == "accuracy" and loss != "cross_entropy":
+        raise ValueError("monitor='accuracy' needs loss='cross_entropy'")
+    n = pairs[0][1].x_train.shape[0]
+    steps_per_epoch = minibatch.check(n)[1]
+    fit_rows, val_rows = minibatch.split(n)
+    out, val = [], []
+    for m_s, t_s in pairs:
+        if minibatch.explicit_validation:
+            val.append(_explicit_validation(minibatch, m_s, t_s, loss))
+        elif val_rows.size:
+            val.append((t_s.x_train[val_rows], t_s.y_train[val_rows]))
+            t_s = dataclasses.replace(
+                t_s,
+                x_train=t_s.x_train[fit_rows],
+                y_train=t_s.y_train[fit_rows],
+                parts_train=t_s.parts_train[:, fit_rows],
+            )
+        else:
+            val.append((None, None))
+        out.append((m_s, t_s))
+    return out, _Split(steps_per_epoch, val), minibatch.epochs * steps_per_epoch
+
+
+def _explicit_validation(minibatch, model, task, loss) -> tuple[Array, Array]:
+    """(x_val, y_val) given by the user, checked like the task's arrays."""
+    x_val, y_val = (jnp.asarray(a) for a in minibatch.validation)
+    if x_val.shape[1:] != task.x_train.shape[1:] or x_val.dtype != task.x_train.dtype:
+        raise ValueError(
+            f"validation: x_val must be shaped and typed like x_train's rows, "
+            f"{task.x_train.shape[1:]} {task.x_train.dtype}, got {x_val.shape[1:]} {x_val.dtype}"
+        )
+    out = tuple(jax.eval_shape(lambda x: model.initial_output(model.prepare(x)), x_val).shape)
+    check_targets(loss, y_val, out, "validation's y_val", "validation's x_val")
+    return x_val, y_val
+
+
+_right_vectors = jax.jit(right_vectors)
+
+
+def _batch_data(pairs, data: Data, split: _Split, per_seed: bool) -> BatchData:
+    """The `BatchData` of the run: its `Data`, validation sets and (with good directions) V_k,
+    stacked along the seeds when each has its own task."""
+    items = []
+    for i, ((m_s, t_s), (x_val, y_val)) in enumerate(zip(pairs, split.validation, strict=True)):
+        dirs = data.dirs
+        if per_seed and dirs is not None:
+            dirs = jax.tree_util.tree_map(lambda a, i=i: a[i], dirs)
+        v_k = None if dirs is None else _right_vectors(m_s, t_s.x_train, dirs)
+        items.append((x_val, y_val, v_k))
+    if per_seed:
+        stacked = [
+            None if parts[0] is None else jax.tree_util.tree_map(lambda *a: jnp.stack(a), *parts)
+            for parts in zip(*items, strict=True)
+        ]
+        return BatchData(data, *stacked)
+    return BatchData(data, *items[0])
+
+
+def _fit_minibatch(
+    objective: BatchObjective,
+    data: BatchData,
+    minibatch: Minibatch,
+    steps_per_epoch: int,
+    *,
+    hyper: dict[str, Any],
+    seeds: Sequence[int],
+    lr: float,
+    optimizer: str | optax.GradientTransformation,
+    evals_per_chunk: int,
+    progress: bool | Callable[[dict], None],
+    checkpoint: str | Path | None,
+    resume: bool,
+    label: str,
+    config: dict[str, Any],
+    layout: sharding.Layout | None,
+    batching: str,
+    per_seed: bool,
+) -> Run:
+    """`fit` for a minibatch run: `evals_per_chunk` epochs per compiled chunk, each a scan over
+    its batches then the evaluation and the early-stopping bookkeeping (one device: `train`
+    refuses a layout)."""
+    del layout
+    mode = _batching_mode(batching)
+    steps = minibatch.epochs * steps_per_epoch
+    seeds, opt, _ = _check_fit(
+        data, seeds, steps, lr, optimizer, 1, evals_per_chunk, None, 2, None, per_seed
+    )
+    hyper_arrays, n_lambda, dtype = _settings(hyper, data)
+    config = dict(config)
+    config.update(seeds=list(seeds), evals_per_chunk=evals_per_chunk)
+    train_state = _init_state(
+        objective,
+        opt,
+        data,
+        jnp.asarray(seeds),
+        n_lambda,
+        jnp.asarray(lr, dtype),
+        isinstance(optimizer, str),
+        per_seed,
+    )
+    state = _batch_state(train_state, seeds, dtype, data.x_val is not None)
+    program = {
+        "objective": objective,
+        "batching": mode,
+        "per_seed": per_seed,
+        "monitor": minibatch.monitor,
+        "patience": minibatch.patience,
+    }
+
+    def first(state):
+        state, metrics = _evaluate_first(state, data, hyper_arrays, **program)
+        metrics = _to_host(metrics)
+        metrics["epoch"] = np.zeros(1, dtype=np.int64)
+        return state, metrics
+
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state, step, history = _resume_or_evaluate(state, ckpt, config, resume, first)
+
+    def run_chunk(state, step):
+        epoch = step // steps_per_epoch
+        state, metrics, trace = _run_epochs(
+            state,
+            jnp.asarray(epoch, jnp.int32),
+            jnp.asarray(minibatch.epochs, jnp.int32),
+            data,
+            hyper_arrays,
+            optimizer=opt,
+            n_epochs=evals_per_chunk,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=minibatch.batch_size,
+            **program,
+        )
+        done = min(evals_per_chunk, minibatch.epochs - epoch)
+        chunk = {k: v[:, :, :done] for k, v in _to_host(metrics).items()}
+        chunk["epoch"] = np.arange(epoch + 1, epoch + done + 1, dtype=np.int64)
+        chunk["step"] = chunk["epoch"] * steps_per_epoch
+        return state, chunk, int(chunk["step"][-1]), trace
+
+    report = _reporter(progress, label, steps, steps_per_epoch)
+    state = _chunk_loop(
+        state, step, steps, history, run_chunk, report, label, seeds, ckpt, steps_per_epoch
+    )
+    return _assemble_batch_run(history, state, config, steps_per_epoch)
+
+
+def _batch_state(train: TrainState, seeds: list[int], dtype, validation: bool) -> BatchState:
+    """The initial `BatchState` around `train`: each seed's permutation key, no best yet."""
+    n_lambda, n_seeds = train.diverged_at.shape
+    keys = jnp.stack([permutation_key(s) for s in seeds])
+    shape = (n_lambda, n_seeds)
+    return BatchState(
+        train,
+        jnp.broadcast_to(keys, (n_lambda, *keys.shape)),
+        jax.tree_util.tree_map(jnp.copy, train.params) if validation else None,
+        jnp.full(shape, jnp.inf, dtype),
+        jnp.full(shape, -1, jnp.int32),
+        jnp.zeros(shape, jnp.int32),
+        jnp.full(shape, -1, jnp.int32),
+    )
+
+
+def _track_best(bs: BatchState, metrics, epoch, active, monitor: str, patience: int | None):
+    """One setting's early-stopping bookkeeping after the evaluation of `epoch`: the best
+    validation score and its parameters kept, the evaluations since counted, and the setting
+    stopped once they reach `patience`."""
+    if bs.best_params is None:
+        return bs
+    score = metrics[f"val_{monitor}"]
+    score = -score if monitor == "accuracy" else score
+    running = active & (bs.stopped_at < 0) & (bs.train.diverged_at < 0)
+    better = running & (score < bs.best_score)  # False for a NaN score
+
+    def keep(new, old):
+        return jnp.where(better, new, old)
+
+    waited = jnp.where(better, 0, bs.waited + running.astype(jnp.int32))
+    stopped = bs.stopped_at
+    if patience is not None:
+        stopped = jnp.where(running & (waited >= patience), epoch, stopped)
+    return bs._replace(
+        best_params=jax.tree_util.tree_map(keep, bs.train.params, bs.best_params),
+        best_score=keep(score.astype(bs.best_score.dtype), bs.best_score),
+        best_epoch=keep(jnp.asarray(epoch, jnp.int32), bs.best_epoch),
+        waited=waited,
+        stopped_at=stopped,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("objective", "batching", "per_seed", "monitor", "patience")
+)
+def _evaluate_first(state, data, hyper, *, objective, batching, per_seed, monitor, patience):
+    """The evaluation at epoch 0 of every setting, and the best so far set to it."""
+
+    def one(bs, h, d):
+        metrics = objective.evaluate(bs.train.params, d, h)
+        return _track_best(bs, metrics, 0, jnp.asarray(True), monitor, patience), metrics
+
+    state, metrics = _for_each_setting(one, batching, data, per_seed)(state, hyper)
+    return state, jax.tree_util.tree_map(lambda x: x[:, :, None], metrics)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "objective",
+        "optimizer",
+        "n_epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "batching",
+        "per_seed",
+        "monitor",
+        "patience",
+    ),
+)
+def _run_epochs(
+    state,
+    epoch,
+    total,
+    data,
+    hyper,
+    *,
+    objective,
+    optimizer,
+    n_epochs,
+    steps_per_epoch,
+    batch_size,
+    batching,
+    per_seed,
+    monitor,
+    patience,
+):
+    """`n_epochs` epochs of every setting from epoch `epoch` (those at or past `total` skipped):
+    each a fresh permutation, a scan over its batches, the evaluation and the early-stopping
+    bookkeeping. Returns (state, metrics (L, S, n_epochs, ...), trace (L, S, steps, ...))."""
+    one_step = _step_fn(objective, optimizer)
+
+    def one_epoch(bs, hyp, d, e):
+        active = e < total
+        n_fit = jax.tree_util.tree_leaves(d.data.x_train)[0].shape[0]
+        perm = jax.random.permutation(jax.random.fold_in(bs.perm_key, e), n_fit)
+
+        def batch(s, j):
+            rows = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
+            return one_step(s, hyp, (e * steps_per_epoch + j).astype(jnp.int32), d, rows)
+
+        def run(s):
+            return jax.lax.scan(batch, s, jnp.arange(steps_per_epoch, dtype=jnp.int32))
+
+        def skip(s):
+            shapes = jax.eval_shape(run, s)[1]
+            return s, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+        train, trace = jax.lax.cond(active & (bs.stopped_at < 0), run, skip, bs.train)
+        evaluate = functools.partial(objective.evaluate, data=d, hyper=hyp)
+        metrics = jax.lax.cond(
+            active,
+            evaluate,
+            lambda p: jax.tree_util.tree_map(jnp.zeros_like, evaluate(p)),
+            train.params,
+        )
+        bs = _track_best(bs._replace(train=train), metrics, e + 1, active, monitor, patience)
+        return bs, (metrics, trace)
+
+    def one(bs, hyp, d):
+        bs, (metrics, trace) = jax.lax.scan(
+            lambda b, i: one_epoch(b, hyp, d, epoch + i), bs, jnp.arange(n_epochs, dtype=jnp.int32)
+        )
+        trace = jax.tree_util.tree_map(
+            lambda a: a.reshape(n_epochs * steps_per_epoch, *a.shape[2:]), trace
+        )
+        return bs, metrics, trace
+
+    return _for_each_setting(one, batching, data, per_seed)(state, hyper)
+
+
+def _assemble_batch_run(history, state: BatchState, config, steps_per_epoch: int) -> Run:
+    """The `Run` of a minibatch run: `_assemble_run`'s, the metrics and trace after a setting
+    stopped early masked like those after a divergence, the best validation epoch's
+    parameters and the epochs."""
+    run = _assemble_run(history, state, config, None)
+    stopped = np.asarray(state.stopped_at)
+    after = np.where(stopped >= 0, stopped * steps_per_epoch, -1)
+    _mask_after_divergence(run.history, after)
+    _mask_after_divergence(run.trace, after - 1)  # the trace's step t is U_t, before update t+1
+    run.stopped_at_epoch = stopped
+    config["stopped_at_epoch"] = stopped.tolist()
+    if state.best_params is not None:
+        run.params = jax.device_get(state.best_params)
+        run.best_epoch = np.asarray(state.best_epoch)
+        config["best_epoch"] = run.best_epoch.tolist()
+    return run

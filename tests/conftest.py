@@ -43,6 +43,7 @@ collect_ignore_glob = ["*_worker.py"]
 SLOW_DOCTESTS = {
     "jaxntk.training.train",
     "jaxntk.objectives.VariantObjective",
+    "jaxntk.minibatch.BatchObjective",
     "jaxntk.spectral.degree_block_report",
     "jaxntk.sharding",
     "jaxntk.targets.paper_task",

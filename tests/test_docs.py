@@ -35,6 +35,7 @@ MODULES = (
     "onestep",
     "diagnostics",
     "objectives",
+    "minibatch",
     "training",
     "sharding",
     "checkpoint",

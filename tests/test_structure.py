@@ -31,6 +31,7 @@ LAYERS = (
     ("predict", "onestep"),
     ("diagnostics",),
     ("objectives",),
+    ("minibatch",),
     ("sharding", "checkpoint"),
     ("training",),
     ("plots",),
