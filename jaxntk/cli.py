@@ -258,6 +258,7 @@ def _plot(args: argparse.Namespace) -> int:
             d / "dense-plus-sparse.json", d / "dense-plus-sparse.npz", d / "dense-plus-sparse.png"
         ),
         "lazy-rich": lambda: plots.lazy_rich_figure(d / "lazy-rich.json", d / "lazy-rich.png"),
+        "mnist1d": lambda: plots.mnist1d_chart(d / "mnist1d.json", d / "mnist1d.png"),
     }
     found = [name for name in drawers if (d / f"{name}.json").exists()]
     if not found:
@@ -268,7 +269,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 #: What `jaxntk reproduce` runs without --only; sample-complexity, mlp, dense-plus-sparse and
-#: lazy-rich (grids of many runs) and taylorized (real data, an optional extra) are opt-in.
+#: lazy-rich (grids of many runs), taylorized and mnist1d (real data, optional extras) are opt-in.
 DEFAULT_EXPERIMENTS = ["variants", "lambda-sweep", "spectrum"]
 
 
@@ -278,6 +279,7 @@ def _experiments() -> dict:
         lambda_sweep,
         lazy_rich,
         mlp,
+        mnist1d,
         sample_complexity,
         spectrum,
         taylorized,
@@ -293,6 +295,7 @@ def _experiments() -> dict:
         "taylorized": taylorized,
         "dense-plus-sparse": dense_plus_sparse,
         "lazy-rich": lazy_rich,
+        "mnist1d": mnist1d,
     }
 
 

@@ -272,3 +272,48 @@ def lazy_rich_figure(json_path: Path, png_path: Path) -> Path:
     )
     fig.savefig(png_path, dpi=120)
     return Path(png_path)
+
+
+def mnist1d_chart(json_path: Path, png_path: Path) -> Path:
+    """Grouped bars of MNIST-1D's test accuracy by variant, one bar per loss (mean ± std over
+    seeds), with the published anchors (logistic regression, MLP, CNN) as lines.
+
+    Args:
+        json_path: the experiment's JSON file (mnist1d.json).
+        png_path: where to write the figure.
+
+    Returns:
+        png_path, as a `pathlib.Path`.
+    """
+    doc = json.loads(Path(json_path).read_text())
+    summary, cfg = doc["summary"], doc["config"]
+    variants = list(dict.fromkeys(key.split("/")[0] for key in summary))
+    losses = list(dict.fromkeys(key.split("/")[1] for key in summary))
+    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(losses)
+    colors = ("#4c72b0", "#dd8452", "#55a868")
+    for j, loss in enumerate(losses):
+        at = np.arange(len(variants)) + (j - (len(losses) - 1) / 2) * width
+        mean = np.array([100 * summary[f"{v}/{loss}"]["test_accuracy_mean"] for v in variants])
+        std = np.array([100 * summary[f"{v}/{loss}"]["test_accuracy_std"] for v in variants])
+        ax.bar(at, mean, width, yerr=std, capsize=3, color=colors[j % 3], label=loss)
+        for x, m in zip(at, mean, strict=True):
+            ax.text(x, m + 1, f"{m:.0f}", ha="center", va="bottom", fontsize=7)
+    for (name, (acc, _)), style in zip(
+        [(k, v) for k, v in doc["anchors"].items() if k in ("logistic regression", "MLP", "CNN")],
+        (":", "-.", "--"),
+        strict=False,
+    ):
+        ax.axhline(acc, color="gray", ls=style, lw=1, label=f"published {name} {acc} %")
+    ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="lower left", ncols=2)
+    ax.set_title(
+        f"MNIST-1D, n = {cfg['n_train']}: the CNN ({cfg['channels']} channels) and its Taylor "
+        f"models, {len(cfg['seeds'])} seeds",
+        fontsize=9,
+    )
+    fig.savefig(png_path, dpi=120)
+    return Path(png_path)
