@@ -267,7 +267,8 @@ class BatchData(NamedTuple):
         x_val: validation inputs, or None.
         y_val: validation targets, or None.
         v_k: V_k, params-shaped with a leading axis k (`jaxntk.spectral.right_singular_vectors`,
-            zero where a singular value is 0), when the data has good directions; else None.
+            zero where a singular value is 0), when the run trains or logs R_pop; else None
+            (the evaluation then has no "pop").
     """
 
     data: Data
@@ -386,6 +387,7 @@ class BatchObjective:
             out["test_accuracy"] = _accuracy(test["pred"], d.y_test)
         if d.dirs is not None:
             out["bulk"] = bulk_penalty(d.dirs, train["linear"])
+        if data.v_k is not None:  # R_pop trained or asked for (track_directions)
             good = _project_good(data.v_k, u)
             x_pop = d.x_test if d.x_pop is None else d.x_pop
             f_pop = _blocked(

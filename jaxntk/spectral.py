@@ -465,7 +465,9 @@ def right_singular_vectors(model: Any, prep: Any, dirs: GoodDirections) -> PyTre
     """
     _, jt = _feature_products(model, prep)
     coefficients = dirs.u_k / dirs.s_k[None, :] if dirs.top_basis is None else dirs.top_basis
-    return jax.vmap(jt)(coefficients.T)
+    # one product at a time: vmapped, a convolution's weight gradient becomes a grouped
+    # convolution, which XLA's CPU backend runs far slower than k separate ones
+    return jax.lax.map(jt, coefficients.T)
 
 
 # ----------------------------------------------------------------------------------- theory

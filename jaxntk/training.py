@@ -299,7 +299,8 @@ def train(
     if split is not None:
         config["minibatch"] = minibatch.as_config()
         objective = BatchObjective(objective, minibatch.eval_block)
-        data = _batch_data(pairs, data, split, per_seed)
+        # V_k (k·|params| numbers, k products with Jᵀ) only where R_pop is trained or logged
+        data = _batch_data(pairs, data, split, per_seed, use["pop"] or track_directions)
         return _fit_minibatch(objective, data, minibatch, split.steps_per_epoch, **common)
     steps_given = {"eval_every": eval_every, "eval_at": eval_at, "eval_points": eval_points}
     return fit(objective, data, steps=steps, **steps_given, **common)
@@ -1300,15 +1301,15 @@ def _explicit_validation(minibatch, model, task, loss) -> tuple[Array, Array]:
 _right_vectors = jax.jit(right_vectors)
 
 
-def _batch_data(pairs, data: Data, split: _Split, per_seed: bool) -> BatchData:
-    """The `BatchData` of the run: its `Data`, validation sets and (with good directions) V_k,
-    stacked along the seeds when each has its own task."""
+def _batch_data(pairs, data: Data, split: _Split, per_seed: bool, with_v: bool) -> BatchData:
+    """The `BatchData` of the run: its `Data`, validation sets and (with good directions, where
+    `with_v`: R_pop trained or logged) V_k, stacked along the seeds when each has its own task."""
     items = []
     for i, ((m_s, t_s), (x_val, y_val)) in enumerate(zip(pairs, split.validation, strict=True)):
         dirs = data.dirs
         if per_seed and dirs is not None:
             dirs = jax.tree_util.tree_map(lambda a, i=i: a[i], dirs)
-        v_k = None if dirs is None else _right_vectors(m_s, t_s.x_train, dirs)
+        v_k = None if dirs is None or not with_v else _right_vectors(m_s, t_s.x_train, dirs)
         items.append((x_val, y_val, v_k))
     if per_seed:
         stacked = [

@@ -42,10 +42,10 @@ def test_mnist1d_experiment_end_to_end(tmp_path, monkeypatch):
     # optax's Adam raises its int32 step count to a float power: the suite's strict promotion
     # (tests/conftest.py) refuses that, so this test runs under JAX's standard rules
     with jax.numpy_dtype_promotion("standard"):
-        _end_to_end(tmp_path)
+        _end_to_end(tmp_path, monkeypatch)
 
 
-def _end_to_end(tmp_path):
+def _end_to_end(tmp_path, monkeypatch):
     doc = exp.run(TINY, tmp_path, progress=False)
     saved = json.loads((tmp_path / "mnist1d.json").read_text())
     assert saved["summary"] == doc["summary"] and (tmp_path / "mnist1d.png").stat().st_size > 0
@@ -58,6 +58,13 @@ def _end_to_end(tmp_path):
         assert summary["test_accuracy_std"] == pytest.approx(np.std(accs))
     # 3 epochs in chunks of 5: no chunk after the compiling one to time an epoch by
     assert doc["summary"]["full/mse"]["seconds_per_epoch"] is None
+    # run again on the same folder: everything is there, nothing is trained again
+    def refuse(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(exp, "_train", refuse)
+    again = exp.run(TINY, tmp_path, progress=False)
+    assert again["results"] == rows
 
 
 def test_a_rows_accuracy_is_the_trained_network_evaluated_by_flax_alone(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,9 @@ PRESETS = {
 def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = True) -> dict:
     """Train every variant with every loss for every seed; write mnist1d.json/.npz/.png.
 
+    The JSON and NPZ are written after every variant; run again with the same settings and
+    `out`, it trains only what they do not hold yet.
+
     Args:
         config: the settings (`PRESETS["cpu"]`, `PRESETS["paper"]`, or your own).
         out: the folder to write into (created if missing).
@@ -144,11 +148,15 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
     """
     _check(config)
     out.mkdir(parents=True, exist_ok=True)
-    rows, curves = [], {}
+    rows, curves = _finished(config, out)
     for loss in config.losses:
+        if all((v, loss) in {(r["variant"], r["loss"]) for r in rows} for v in config.variants):
+            continue
         task = data.mnist1d(n_train=config.n_train, n_test=config.n_test, one_hot=loss == "mse")
         models = [_model(config, seed, task.x_train[:1]) for seed in config.seeds]
         for variant in config.variants:
+            if any((r["variant"], r["loss"]) == (variant, loss) for r in rows):
+                continue  # finished by an earlier, killed run of the same settings
             label = f"{variant} {loss}"
             t0, chunks = time.perf_counter(), []
             r = _train(config, models, task, variant, loss, _progress(progress, label, chunks))
@@ -158,18 +166,40 @@ def run(config: Config, out: Path, progress: bool | Callable[[dict], None] = Tru
             for name in ("train_loss", "test_loss", "val_loss", "test_accuracy"):
                 if name in r.history:
                     curves[f"{variant}/{loss}/{name}"] = r.history[name][0]
-    doc = {
+            doc = _document(config, rows)
+            write_results(out, NAME, doc, curves)  # after every variant: a kill loses one
+    doc = _document(config, rows)
+    write_results(out, NAME, doc, curves)
+    from jaxntk import plots
+
+    plots.mnist1d_chart(out / f"{NAME}.json", out / f"{NAME}.png")
+    return doc
+
+
+def _document(config: Config, rows: list[dict]) -> dict:
+    return {
         "experiment": NAME,
         "config": dataclasses.asdict(config),
         "anchors": {k: list(v) for k, v in ANCHORS.items()},
         "results": rows,
         "summary": summarize(rows),
     }
-    write_results(out, NAME, doc, curves)
-    from jaxntk import plots
 
-    plots.mnist1d_chart(out / f"{NAME}.json", out / f"{NAME}.png")
-    return doc
+
+def _finished(config: Config, out: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The rows and curves an earlier run of the same settings wrote to `out`, or none."""
+    path, arrays = out / f"{NAME}.json", out / f"{NAME}.npz"
+    if not (path.exists() and arrays.exists()):
+        return [], {}
+    try:
+        doc = json.loads(path.read_text())
+        with np.load(arrays) as saved:
+            curves = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError):
+        return [], {}
+    if doc.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
+        return [], {}
+    return doc["results"], curves
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
