@@ -102,10 +102,10 @@ def check_budget(what: str, nbytes: int, memory_budget: int | None, *, size: int
         >>> from jaxntk.linalg import check_budget
         >>> check_budget("a 10 × 10 matrix", 400, 1000, size=10, ways="")
         1000
-        >>> check_budget("a 10 × 10 matrix", 400, 100, size=10, ways="Use less.")  # doctest: +ELLIPSIS
+        >>> check_budget("a matrix", 400, 100, size=10, ways="Use less.")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: a 10 × 10 matrix needs about 400 bytes (N = n·|out| = 10), over ...
+        ValueError: a matrix needs about 400 bytes (N = n·|out| = 10), over memory_budget = ...
     """
     budget = ntk.default_memory_budget() if memory_budget is None else memory_budget
     check_int("memory_budget", budget, low=1)
@@ -247,7 +247,7 @@ def solve(
         Array([1., 1.], dtype=float32)
         >>> solve(lambda v: k @ v, np.array([3.0, 3.0]), n=2, method="cg").round(5)
         Array([1., 1.], dtype=float32)
-        >>> solve(k, np.array([3.0, 3.0]), method="cholesky")
+        >>> solve(k, np.array([3.0, 3.0]), method="cholesky").round(5)
         Array([1., 1.], dtype=float32)
     """
     if method not in SOLVE_METHODS:
@@ -483,7 +483,8 @@ def matrix_function(
         >>> k = np.diag([4.0, 1.0]).astype(np.float32)
         >>> matrix_function(k, np.ones(2), jnp.sqrt).round(5)
         Array([2., 1.], dtype=float32)
-        >>> inverse, decay = matrix_function(k, np.ones(2), [lambda v: 1 / v, lambda v: jnp.exp(-v)])
+        >>> fns = [lambda v: 1 / v, lambda v: jnp.exp(-v)]
+        >>> inverse, decay = matrix_function(k, np.ones(2), fns)
         >>> inverse.round(5), decay.round(5)
         (Array([0.25, 1.  ], dtype=float32), Array([0.01832, 0.36788], dtype=float32))
     """
@@ -700,17 +701,15 @@ class NTKOperator:
 
     def trace(self) -> Array:
         """tr K: the squared norm of the features (over blocks in mode "products")."""
-        if self.features is not None:
-            return _squared_norm(self.features, self.traced)
-        return sum(_squared_norm(self._features(xb), self.traced) for xb in self._blocks(self.x))
+        features = self.features if self.features is not None else self._features(self.x)
+        return sum(_squared_norm(f, self.traced) for f in features)
 
     def _blocks(self, x):
         return [x[i : i + self.batch_size] for i in range(0, x.shape[0], self.batch_size)]
 
     def _features(self, x):
-        return jnp.concatenate(
-            [_block_features(self.apply_fn, self.params0, xb) for xb in self._blocks(x)]
-        )
+        """The features of x's blocks, a tuple (kept apart: no concatenated copy)."""
+        return tuple(_block_features(self.apply_fn, self.params0, xb) for xb in self._blocks(x))
 
     def _pull(self, v):
         """Gᵀ V: (|out|·P or P, l) from the features, a pytree of (l, [c,] *leaf) by VJPs."""
@@ -725,7 +724,9 @@ class NTKOperator:
 
     def _push(self, xb, w):
         if self.features is not None:
-            return _push_features(_block_features(self.apply_fn, self.params0, xb), w, self.traced)
+            return _push_features(
+                (_block_features(self.apply_fn, self.params0, xb),), w, self.traced
+            )
         return _push_products(self.apply_fn, self.params0, xb, w, self.traced)
 
 
@@ -744,13 +745,19 @@ def _as_rows(features, traced):
 
 @partial(jax.jit, static_argnums=2)
 def _pull_features(features, v, traced):
-    g = _as_rows(features, traced)
-    return jax.lax.dot_general(g, v, (((0,), (0,)), ((), ())))
+    """Gᵀ V = Σ over blocks of G_bᵀ V_b."""
+    total, start = 0.0, 0
+    for block in features:
+        g = _as_rows(block, traced)
+        vb = v[start : start + g.shape[0]]
+        total = total + jax.lax.dot_general(g, vb, (((0,), (0,)), ((), ())))
+        start += g.shape[0]
+    return total
 
 
 @partial(jax.jit, static_argnums=2)
 def _push_features(features, w, traced):
-    return _as_rows(features, traced) @ w
+    return jnp.concatenate([_as_rows(block, traced) @ w for block in features])
 
 
 @partial(jax.jit, static_argnums=1)

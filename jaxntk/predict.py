@@ -33,13 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxntk import ntk
+from jaxntk import linalg, ntk
 from jaxntk._checks import check_int
 
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["NTKPrediction", "ntk_predict"]
+__all__ = ["METHODS", "NTKPrediction", "ntk_predict"]
+
+METHODS = ("eigh", "lanczos")
+"""Ways of `ntk_predict`: "eigh" (the dense kernel's eigendecomposition) and "lanczos"
+(matrix-free Krylov, `jaxntk.linalg`)."""
 
 
 class NTKPrediction(NamedTuple):
@@ -67,6 +71,12 @@ def ntk_predict(
     lr: float = 1.0,
     flow: bool = False,
     batch_size: int = 64,
+    trace_axes: Sequence[int] = (),
+    method: str = "eigh",
+    ridge: float = 0.0,
+    memory_budget: int | None = None,
+    tol: float = 1e-6,
+    max_iters: int | None = None,
 ) -> NTKPrediction:
     """Outputs of the linearized model after t steps of gradient descent on the MSE, in closed form.
 
@@ -75,6 +85,18 @@ def ntk_predict(
     steps of `jaxntk.train(jaxntk.TaylorModel(apply_fn, params0), task, "ntk", lr=lr)` with
     the "sgd" optimizer (module docstring). One eigendecomposition of the empirical NTK serves
     every step; compiled once per shape.
+
+    With trace_axes=() the kernel is the full output kernel (N × N, N = n·|out|: the exact
+    dynamics); with every output axis traced it is K_tr ⊗ I (K_tr the n × n traced kernel, each
+    output column moving on its own), as neural-tangents' `predict.gradient_descent_mse` does
+    with a traced kernel: |out|² times less memory, |out|³ less time in the eigendecomposition.
+    `ridge` ρ adds ρI to the training kernel (neural-tangents' `diag_reg` in absolute scale).
+    method "eigh" forms the kernel and decomposes it: its bytes (three N × N matrices and the
+    test kernel) are checked against `memory_budget` before any work. method "lanczos" never
+    forms it: the kernel is an operator J(Jᵀ·) (`jaxntk.linalg.ntk_operator`) and every
+    factor comes from one Lanczos run per output column (`jaxntk.linalg.matrix_function`),
+    run until the outputs change by at most `tol` (relative) over 10 steps or `max_iters`
+    products; at t = ∞ it needs a ridge > 0 or a well-conditioned kernel.
 
     Args:
         apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
@@ -87,6 +109,16 @@ def ntk_predict(
         lr: the learning rate η > 0.
         flow: gradient flow dθ/dt = −η ∇L instead of discrete steps (then t is a time).
         batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`, method "auto").
+        trace_axes: () for the full output kernel, or every output axis (e.g. (-1,)) for the
+            traced one.
+        method: "eigh" (the dense kernel's eigendecomposition, inside one jit) or "lanczos"
+            (matrix-free, `jaxntk.linalg`).
+        ridge: ρ ≥ 0 added to the training kernel's diagonal.
+        memory_budget: bytes the kernel work may take (default
+            `jaxntk.ntk.default_memory_budget()`): "eigh" raises over it, "lanczos" keeps the
+            Jacobian features in memory when they fit it and recomputes them otherwise.
+        tol: "lanczos": the relative change of the outputs at which it stops.
+        max_iters: "lanczos": most products with the kernel (default min(N, 300)).
 
     Returns:
         An `NTKPrediction`; its arrays lead with the shape of `steps` (none for one step count).
@@ -96,7 +128,9 @@ def ntk_predict(
     Raises:
         ValueError: if y_train is not a finite float array shaped like the model's outputs on
             x_train (integer class labels: one-hot encode them), steps are negative or, for
-            gradient descent, not whole numbers, or lr is not a finite float > 0.
+            gradient descent, not whole numbers, lr is not a finite float > 0, ridge < 0,
+            trace_axes trace some output axes but not all, an unknown method, or method "eigh"
+            over memory_budget (before any kernel work; the message names the ways out).
         TypeError: if flow is not a bool.
 
     Example:
@@ -118,7 +152,43 @@ def ntk_predict(
         raise TypeError(f"apply_fn must be callable as apply_fn(params, x), got {apply_fn!r}")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    ridge = linalg._check_ridge(ridge)
     t = _check_steps(steps, flow)
+    x_train, f_train, y, x_test = _check_data(apply_fn, params0, x_train, y_train, x_test)
+    traced = linalg._traced(trace_axes, f_train.ndim)
+    trace = tuple(range(1, f_train.ndim)) if traced else ()
+    if not isinstance(apply_fn, Partial):
+        apply_fn = Partial(apply_fn)
+    y = jnp.asarray(y, dtype=f_train.dtype)
+    times = jnp.asarray(t, dtype=f_train.dtype)
+    args = (apply_fn, params0, x_train, y, x_test, times.reshape(-1), lr, flow, ridge)
+    if method == "eigh":
+        _check_eigh_budget(y, x_test, traced, memory_budget)
+        b_train = min(batch_size, x_train.shape[0])
+        b_test = None if x_test is None else min(batch_size, x_test.shape[0])
+        lr = jnp.asarray(lr, f_train.dtype)
+        train, test = _ntk_predict(*args[:6], lr, ridge, flow, b_train, b_test, trace)
+    else:
+        check_int("max_iters", 1 if max_iters is None else max_iters, low=1)
+        op = linalg.ntk_operator(
+            apply_fn,
+            params0,
+            x_train,
+            trace_axes=trace,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+        )
+        train, test = _lanczos_predict(op, *args, tol, max_iters)
+    lead = times.shape
+    train = train.reshape(*lead, *train.shape[1:])
+    test = None if test is None else test.reshape(*lead, *test.shape[1:])
+    return NTKPrediction(times, train, test)
+
+
+def _check_data(apply_fn, params0, x_train, y_train, x_test):
+    """(x_train, the shape of f(x_train), y, x_test): ValueError on bad data, before any work."""
     x_train = jnp.asarray(x_train)
     f_train = jax.eval_shape(apply_fn, params0, x_train)
     y = np.asarray(y_train) if not isinstance(y_train, jax.Array) else y_train
@@ -144,28 +214,32 @@ def ntk_predict(
             raise ValueError(
                 f"x_test must have x_train's trailing shape {x_train.shape[1:]}, got {x_test.shape}"
             )
-    b_train = min(batch_size, x_train.shape[0])
-    b_test = None if x_test is None else min(batch_size, x_test.shape[0])
-    if not isinstance(apply_fn, Partial):
-        apply_fn = Partial(apply_fn)
-    y = jnp.asarray(y, dtype=f_train.dtype)
-    times = jnp.asarray(t, dtype=f_train.dtype)
-    train, test = _ntk_predict(
-        apply_fn,
-        params0,
-        x_train,
-        y,
-        x_test,
-        times.reshape(-1),
-        jnp.asarray(lr, f_train.dtype),
-        flow,
-        b_train,
-        b_test,
+    return x_train, f_train, y, x_test
+
+
+def _check_eigh_budget(y, x_test, traced, memory_budget) -> None:
+    """ValueError before any kernel work when method "eigh" would exceed the budget: the kernel,
+    its symmetrized copy and its eigenvectors (N × N each) and the test kernel (twice)."""
+    n = y.shape[0]
+    size = n if traced else y.size
+    n_test = 0 if x_test is None else x_test.shape[0] * (size // n)
+    need = linalg.kernel_bytes(size, dtype=y.dtype, copies=3)
+    need += linalg.kernel_bytes(n_test, size, y.dtype, copies=2)
+    kind = "traced" if traced else "full output"
+    ways = (
+        "Ways out: trace_axes=(-1,) (the traced n × n kernel"
+        + ("" if traced else f", {linalg._human(linalg.kernel_bytes(n, dtype=y.dtype, copies=3))}")
+        + '), method="lanczos" (matrix-free: the kernel is never formed), or the kernel in a '
+        "memmap (jaxntk.empirical_ntk(..., output=path)) and jaxntk.linalg's solve, "
+        "matrix_function and top_eigh on it; or a larger memory_budget."
     )
-    lead = times.shape
-    train = train.reshape(*lead, *train.shape[1:])
-    test = None if test is None else test.reshape(*lead, *test.shape[1:])
-    return NTKPrediction(times, train, test)
+    linalg.check_budget(
+        f'method "eigh" on the {kind} kernel ({size} × {size})',
+        need,
+        memory_budget,
+        size=size,
+        ways=ways,
+    )
 
 
 def _check_steps(steps: Any, flow: bool) -> np.ndarray:
@@ -181,27 +255,63 @@ def _check_steps(steps: Any, flow: bool) -> np.ndarray:
     return t
 
 
-@partial(jax.jit, static_argnums=(7, 8, 9))
-def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, flow, b_train, b_test):
+@partial(jax.jit, static_argnums=(8, 9, 10, 11))
+def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, ridge, flow, b_train, b_test, trace):
     def kernel(x1, x2, b):  # x2 None: the symmetric kernel, half the block pairs
-        return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, (), (), batch_size=b))
+        return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, trace, (), batch_size=b))
 
-    n_out = y.size
     k_train = kernel(x_train, None, b_train)
     evals, evecs = jnp.linalg.eigh(0.5 * (k_train + k_train.T))
-    residual0 = (apply_fn(params0, x_train) - y).reshape(-1)
-    coeff = evecs.T @ residual0
-    a = 2.0 * lr / n_out
-    cutoff = jnp.max(jnp.abs(evals)) * n_out * jnp.finfo(evals.dtype).eps
+    evals = evals + ridge
+    cols = _columns(y, trace)  # (N, 1), or (n, |out|) traced: one column per output
+    coeff = evecs.T @ (apply_fn(params0, x_train).reshape(cols.shape) - cols)
+    a = 2.0 * lr / y.size
+    cutoff = jnp.max(jnp.abs(evals)) * evals.shape[0] * jnp.finfo(evals.dtype).eps
     learned, gain = _factors(evals[None, :], t[:, None], a, flow, cutoff)  # (T, N) each
-    train = y.reshape(-1)[None] + ((1.0 - learned) * coeff[None, :]) @ evecs.T
+    train = cols[None] + jnp.einsum("kj,tjc->tkc", evecs, (1.0 - learned)[..., None] * coeff)
     train = train.reshape(t.shape[0], *y.shape)
     if x_test is None:
         return train, None
     f0_test = apply_fn(params0, x_test)
-    k_test = kernel(x_test, x_train, b_test)
-    test = f0_test.reshape(-1)[None] - (gain * coeff[None, :]) @ (k_test @ evecs).T
+    k_test = kernel(x_test, x_train, b_test) @ evecs
+    test = _columns(f0_test, trace)[None] - jnp.einsum(
+        "kj,tjc->tkc", k_test, gain[..., None] * coeff
+    )
     return train, test.reshape(t.shape[0], *f0_test.shape)
+
+
+def _columns(y, trace):
+    """Outputs (n, *out) as the kernel's columns: (n·|out|, 1), or (n, |out|) when traced."""
+    return y.reshape(y.shape[0], -1) if trace else y.reshape(-1, 1)
+
+
+def _lanczos_predict(op, apply_fn, params0, x_train, y, x_test, t, lr, flow, ridge, tol, iters):
+    """ntk_predict's outputs from one Lanczos run per column on the NTK operator."""
+    trace = (1,) if op.traced else ()
+    cols = _columns(y, trace)
+    residual0 = apply_fn(params0, x_train).reshape(cols.shape) - cols
+    a = 2.0 * lr / y.size
+    fns = []
+    for step in np.asarray(t).tolist():
+        fns += [partial(_lanczos_factor, step, a, flow, ridge, op.n, i) for i in (0, 1)]
+    out = linalg.matrix_function(op, residual0, fns, tol=tol, max_iters=iters)
+    train = cols[None] + jnp.stack(out[0::2])
+    train = train.reshape(t.shape[0], *y.shape)
+    if x_test is None:
+        return train, None
+    f0_test = apply_fn(params0, x_test)
+    gains = jnp.concatenate(out[1::2], axis=1)  # (N, T·columns): one pass over the test inputs
+    pushed = op.cross(x_test)(gains).reshape(-1, t.shape[0], cols.shape[1])
+    test = _columns(f0_test, trace)[None] - jnp.moveaxis(pushed, 1, 0)
+    return train, test.reshape(t.shape[0], *f0_test.shape)
+
+
+def _lanczos_factor(step, a, flow, ridge, size, which, theta):
+    """The train factor 1 − learned (which 0) or the gain (which 1) at Ritz values θ."""
+    lam = theta + ridge
+    cutoff = jnp.max(jnp.abs(lam)) * size * jnp.finfo(lam.dtype).eps
+    learned, gain = _factors(lam, jnp.asarray(step, lam.dtype), a, flow, cutoff)
+    return 1.0 - learned if which == 0 else gain
 
 
 def _factors(lam, t, a, flow, cutoff):
