@@ -169,7 +169,8 @@ def ntk_predict(
         b_train = min(batch_size, x_train.shape[0])
         b_test = None if x_test is None else min(batch_size, x_test.shape[0])
         lr = jnp.asarray(lr, f_train.dtype)
-        train, test = _ntk_predict(*args[:6], lr, ridge, flow, b_train, b_test, trace)
+        cholesky = ridge > 0 and x_test is not None and bool(np.any(np.isinf(t)))
+        train, test = _ntk_predict(*args[:6], lr, ridge, flow, b_train, b_test, trace, cholesky)
     else:
         check_int("max_iters", 1 if max_iters is None else max_iters, low=1)
         op = linalg.ntk_operator(
@@ -255,8 +256,10 @@ def _check_steps(steps: Any, flow: bool) -> np.ndarray:
     return t
 
 
-@partial(jax.jit, static_argnums=(8, 9, 10, 11))
-def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, ridge, flow, b_train, b_test, trace):
+@partial(jax.jit, static_argnums=(8, 9, 10, 11, 12))
+def _ntk_predict(
+    apply_fn, params0, x_train, y, x_test, t, lr, ridge, flow, b_train, b_test, trace, cholesky
+):
     def kernel(x1, x2, b):  # x2 None: the symmetric kernel, half the block pairs
         return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, trace, (), batch_size=b))
 
@@ -273,10 +276,13 @@ def _ntk_predict(apply_fn, params0, x_train, y, x_test, t, lr, ridge, flow, b_tr
     if x_test is None:
         return train, None
     f0_test = apply_fn(params0, x_test)
-    k_test = kernel(x_test, x_train, b_test) @ evecs
-    test = _columns(f0_test, trace)[None] - jnp.einsum(
-        "kj,tjc->tkc", k_test, gain[..., None] * coeff
-    )
+    k_cross = kernel(x_test, x_train, b_test)
+    gained = jnp.einsum("kj,tjc->tkc", evecs, gain[..., None] * coeff)
+    if cholesky:  # t = ∞ with a ridge: K + ρI is positive definite, and Cholesky more accurate
+        factor = jax.scipy.linalg.cho_factor(k_train + ridge * jnp.eye(k_train.shape[0]))
+        limit = jax.scipy.linalg.cho_solve(factor, evecs @ coeff)
+        gained = jnp.where(jnp.isinf(t)[:, None, None], limit[None], gained)
+    test = _columns(f0_test, trace)[None] - jnp.einsum("kj,tjc->tkc", k_cross, gained)
     return train, test.reshape(t.shape[0], *f0_test.shape)
 
 
