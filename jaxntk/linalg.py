@@ -383,17 +383,24 @@ def _lanczos_start(b, capacity):
 def _lanczos_extend(state, matmat):
     """One step: α_j, β_j and q_{j+1} from K q_j (full reorthogonalization, twice)."""
     j = state.steps - 1
-    qs, alpha, beta = _lanczos_step(state.qs, j, matmat(state.qs[j]))
+    qs, alpha, beta = _lanczos_step(state.qs, j, matmat(_row(state.qs, j)))
     return _LanczosState(qs, [*state.alpha, alpha], [*state.beta, beta], state.norm, j + 2)
 
 
 def _lanczos_basis(state, matmat):
     """The basis of the filled vectors: the last α from one more product."""
     j = state.steps - 1
-    alpha = jnp.sum(state.qs[j] * matmat(state.qs[j]), axis=0)
+    q = _row(state.qs, j)
+    alpha = jnp.sum(q * matmat(q), axis=0)
     alphas = jnp.stack([*state.alpha, alpha])
     betas = jnp.stack(state.beta) if state.beta else jnp.zeros((0, alpha.shape[0]), alpha.dtype)
     return LanczosBasis(state.qs[: j + 1], alphas, betas, state.norm)
+
+
+@jax.jit
+def _row(qs, j):
+    """qs[j] for a traced j: one program for every step (an eager qs[j] compiles one per j)."""
+    return jax.lax.dynamic_index_in_dim(qs, j, keepdims=False)
 
 
 @partial(jax.jit, donate_argnums=0)
