@@ -43,7 +43,8 @@ ROOT = HERE.parent
 STEPS = [100.0, 1000.0, math.inf]
 LR = 1.0
 N_TEST = 1000
-RIDGE_REL = 1e-3  # ρ = RIDGE_REL × the mean diagonal of the traced kernel
+RIDGE_REL = 1e-3  # ρ = RIDGE_REL × the mean diagonal of the traced kernel (n = 4000)
+RIDGE_LARGE = 1e-4  # the large run's ρ = RIDGE_LARGE × tr K (kernel ridge regression's n·λ)
 
 
 # ---------------------------------------------------------------------- the model, both sides
@@ -255,8 +256,18 @@ def child_large_predict(data: Path, out: Path) -> dict:
     import jax
 
     import jaxntk as jn
+    from jaxntk import linalg
 
     params, x, y, x_test, ridge = load(data)
+    ridge *= RIDGE_LARGE * x.shape[0] / RIDGE_REL
+    infos, function = [], linalg.matrix_function
+
+    def recorded(*args, **kwargs):  # ntk_predict's Lanczos run, with its KrylovInfo kept
+        out, info = function(*args, **kwargs, return_info=True)
+        infos.append(info)
+        return out
+
+    linalg.matrix_function = recorded
     t0 = time.perf_counter()
     result = jn.ntk_predict(
         flax_cnn().apply,
@@ -270,13 +281,17 @@ def child_large_predict(data: Path, out: Path) -> dict:
         trace_axes=(-1,),
         method="lanczos",
         ridge=ridge,
-        tol=1e-4,
+        tol=1e-3,
+        max_iters=150,
     )
     jax.block_until_ready(result.test)
     seconds = time.perf_counter() - t0
     y_np, test = np.asarray(y), np.asarray(result.test)
     return {
         "seconds": seconds,
+        "ridge": ridge,
+        "iterations": infos[0].iterations,
+        "change": infos[0].error,
         "train_accuracy": [float(np.mean(a.argmax(-1) == y_np.argmax(-1))) for a in result.train],
         "test_outputs_norm": [float(np.linalg.norm(a)) for a in test],
     }
@@ -384,7 +399,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--n-large", type=int, default=20000)
     p.add_argument("--k", type=int, default=100, help="eigenpairs of the large run")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="timed calls after the first")
+    p.add_argument("--nt-repeats", type=int, default=0, help="neural-tangents': its first call")
     p.add_argument("--nt-venv", type=Path, help="virtual environment with neural-tangents")
     p.add_argument("--build-nt-venv", action="store_true")
     p.add_argument("--nt-impls", default="1")
@@ -439,11 +455,12 @@ def _parent(args, impls) -> dict:
         data = make_data(args.out, args.n)
         ridge = float(np.load(data)["ridge"])
         extra = ["--repeats", str(args.repeats), "--nt-impls", args.nt_impls]
+        nt_extra = ["--repeats", str(args.nt_repeats), "--nt-impls", args.nt_impls]
         small = {"n": args.n, "ridge": ridge}
         small["jaxntk"] = run_child(python, "jaxntk-small", data, args.out, extra)
         small["nt"] = {}
         if nt_python:
-            rows = run_child(nt_python, "nt-small", data, args.out, extra)
+            rows = run_child(nt_python, "nt-small", data, args.out, nt_extra)
             peak = rows.pop("peak_bytes", 0)
             small["nt"] = {k: {**v, "peak_bytes": peak} for k, v in rows.items() if k != "error"}
             small["nt_error"] = rows.get("error")
