@@ -132,7 +132,8 @@ def _operator(k: Kernel, n: int | None) -> tuple[Callable[[Array], Array], int, 
         if isinstance(k, NTKOperator):
             return k, k.n, k.dtype
         check_int("n", n, low=1)
-        out = jax.eval_shape(k, jax.ShapeDtypeStruct((n, 1), jnp.float32))
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled
+        out = jax.eval_shape(k, jax.ShapeDtypeStruct((n, 1), dtype))
         if out.shape != (n, 1):
             raise ValueError(
                 f"the operator k must map (n, l) to (n, l), got {out.shape} for (n, 1)"
@@ -226,7 +227,8 @@ def solve(
         method: one of `SOLVE_METHODS`.
         n: N, for a callable k.
         tol: relative residual to reach ("cg"; default 10·eps of the dtype).
-        max_iters: most products with K ("cg"; default N).
+        max_iters: most products with K ("cg"; default 10·N: in floating point CG may need more
+            than N).
         memory_budget: bytes the factorization may take ("cholesky"; default
             `jaxntk.ntk.default_memory_budget()`).
         return_info: also return a `SolveInfo`.
@@ -272,7 +274,7 @@ def solve(
         info = SolveInfo(0, float(_residual(matmat, x, rhs, ridge)))
     else:
         tol = _check_tol(tol, dtype)
-        max_iters = size if max_iters is None else max_iters
+        max_iters = 10 * size if max_iters is None else max_iters
         check_int("max_iters", max_iters, low=1)
         x, info = _cg(matmat, rhs, ridge, tol, max_iters)
     x = x[:, 0] if vector else x
@@ -307,11 +309,11 @@ def _cg(matmat, b, ridge, tol, max_iters):
 def _cg_step(x, r, p, rs, kp, ridge):
     ap = kp + ridge * p
     curvature = jnp.sum(p * ap, axis=0)
-    alpha = jnp.where(curvature > 0, rs / jnp.where(curvature > 0, curvature, 1.0), 0.0)
+    alpha = jnp.where(curvature > 0, rs / jnp.where(curvature > 0, curvature, 1.0), 0.0)[None]
     x = x + alpha * p
     r = r - alpha * ap
     rs_new = jnp.sum(r * r, axis=0)
-    p = r + jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0) * p
+    p = r + jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0)[None] * p
     return x, r, p, rs_new
 
 
@@ -375,7 +377,7 @@ class _LanczosState(NamedTuple):
 
 def _lanczos_start(b, capacity):
     norm = jnp.linalg.norm(b, axis=0)
-    q0 = b / jnp.where(norm > 0, norm, 1.0)
+    q0 = b / jnp.where(norm > 0, norm, 1.0)[None]
     qs = jnp.zeros((capacity, *b.shape), b.dtype).at[0].set(q0)
     return _LanczosState(qs, [], [], norm, 1)
 
@@ -414,28 +416,37 @@ def _lanczos_step(qs, j, w):
     eps = jnp.finfo(w.dtype).eps
     alive = beta > 10 * eps * math.sqrt(w.shape[0]) * scale  # else: an invariant subspace
     beta = jnp.where(alive, beta, 0.0)
-    q_next = jnp.where(alive, w / jnp.where(alive, beta, 1.0), 0.0)
+    q_next = jnp.where(alive[None], w / jnp.where(alive, beta, 1.0)[None], 0.0)
     return qs.at[j + 1].set(q_next), alpha, beta
 
 
-def _tridiagonal_eigh(alpha, beta):
-    """Eigenpairs (θ (l, m), S (l, m, m)) of each column's T."""
+def _tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs (θ (l, m), S (l, m, m)) of each column's T, in numpy (float64): small, and no
+    program to compile for each new m."""
     m = alpha.shape[0]
-    t = jax.vmap(jnp.diag)(alpha.T)
-    if m > 1:
-        off = jax.vmap(lambda v: jnp.diag(v, 1))(beta.T)
-        t = t + off + jnp.swapaxes(off, 1, 2)
-    return jnp.linalg.eigh(t)
+    t = np.zeros((alpha.shape[1], m, m))
+    index = np.arange(m)
+    t[:, index, index] = alpha.T
+    t[:, index[:-1], index[1:]] = beta.T
+    t[:, index[1:], index[:-1]] = beta.T
+    return np.linalg.eigh(t)
 
 
-def _function_coefficients(basis, fn):
-    """c (l, m) with f(K) b ≈ Q c per column: ‖b‖ S f(θ) S[0]."""
-    theta, s = _tridiagonal_eigh(basis.alpha, basis.beta)
-    return basis.norm[:, None] * jnp.einsum("lmk,lk,lk->lm", s, fn(theta), s[:, 0, :])
+def _function_coefficients(basis, fn, capacity):
+    """c (l, m) with f(K) b ≈ Q c per column: ‖b‖ S f(θ) S[0] (numpy). f is evaluated on θ padded
+    with zeros to `capacity` entries: one shape for every check, one compile of its ops."""
+    alpha, beta = np.asarray(basis.alpha, np.float64), np.asarray(basis.beta, np.float64)
+    theta, s = _tridiagonal_eigh(alpha, beta)
+    m = theta.shape[1]
+    padded = np.zeros((theta.shape[0], max(capacity, m)), dtype=basis.alpha.dtype)
+    padded[:, :m] = theta
+    values = np.asarray(fn(jnp.asarray(padded)), np.float64)[:, :m]
+    norm = np.asarray(basis.norm, np.float64)
+    return norm[:, None] * np.einsum("lmk,lk,lk->lm", s, values, s[:, 0, :])
 
 
 def _combine(basis, coeff):
-    return jnp.einsum("mnl,lm->nl", basis.q, coeff)
+    return jnp.einsum("mnl,lm->nl", basis.q, jnp.asarray(coeff, basis.q.dtype))
 
 
 class KrylovInfo(NamedTuple):
@@ -496,7 +507,7 @@ def matrix_function(
         (Array([0.25, 1.  ], dtype=float32), Array([0.01832, 0.36788], dtype=float32))
     """
     several = not callable(fns)
-    fns = list(fns) if several else [fns]
+    fns = list(fns) if several and isinstance(fns, (list, tuple)) else [fns]
     if not fns or not all(callable(f) for f in fns):
         raise TypeError("fns must be a callable or a non-empty sequence of callables")
     matmat, size, dtype = _operator(k, n)
@@ -521,7 +532,7 @@ def _run_lanczos(matmat, b, fns, tol, max_iters, check_every):
         check = steps == max_iters or steps % check_every == 0
         if check:
             basis = _lanczos_basis(state, matmat)
-            coeffs = [_function_coefficients(basis, f) for f in fns]
+            coeffs = [_function_coefficients(basis, f, max_iters) for f in fns]
             error = _change(previous, coeffs)
             dead = bool(jnp.all(basis.beta[-1] == 0)) if steps > 1 else False
             if steps == max_iters or error <= tol or dead:
@@ -530,7 +541,7 @@ def _run_lanczos(matmat, b, fns, tol, max_iters, check_every):
         state = _lanczos_extend(state, matmat)
         if bool(jnp.all(state.beta[-1] == 0)) or state.steps == max_iters:
             basis = _lanczos_basis(state, matmat)
-            coeffs = [_function_coefficients(basis, f) for f in fns]
+            coeffs = [_function_coefficients(basis, f, max_iters) for f in fns]
             return basis, coeffs, _change(previous, coeffs)
 
 
@@ -541,9 +552,9 @@ def _change(previous, coeffs) -> float:
     worst = 0.0
     for old, new in zip(previous, coeffs, strict=True):
         pad = new.shape[1] - old.shape[1]
-        diff = jnp.linalg.norm(new - jnp.pad(old, ((0, 0), (0, pad))), axis=1)
-        rel = diff / jnp.maximum(jnp.linalg.norm(new, axis=1), jnp.finfo(new.dtype).tiny)
-        worst = max(worst, float(jnp.max(jnp.where(jnp.isfinite(rel), rel, jnp.inf))))
+        diff = np.linalg.norm(new - np.pad(old, ((0, 0), (0, pad))), axis=1)
+        rel = diff / np.maximum(np.linalg.norm(new, axis=1), np.finfo(np.float64).tiny)
+        worst = max(worst, float(np.max(np.where(np.isfinite(rel), rel, np.inf))))
     return worst
 
 

@@ -271,13 +271,13 @@ def _ntk_predict(
     a = 2.0 * lr / y.size
     cutoff = jnp.max(jnp.abs(evals)) * evals.shape[0] * jnp.finfo(evals.dtype).eps
     learned, gain = _factors(evals[None, :], t[:, None], a, flow, cutoff)  # (T, N) each
-    train = cols[None] + jnp.einsum("kj,tjc->tkc", evecs, (1.0 - learned)[..., None] * coeff)
+    train = cols[None] + jnp.einsum("kj,tjc->tkc", evecs, (1.0 - learned)[..., None] * coeff[None])
     train = train.reshape(t.shape[0], *y.shape)
     if x_test is None:
         return train, None
     f0_test = apply_fn(params0, x_test)
     k_cross = kernel(x_test, x_train, b_test)
-    gained = jnp.einsum("kj,tjc->tkc", evecs, gain[..., None] * coeff)
+    gained = jnp.einsum("kj,tjc->tkc", evecs, gain[..., None] * coeff[None])
     if cholesky:  # t = ∞ with a ridge: K + ρI is positive definite, and Cholesky more accurate
         factor = jax.scipy.linalg.cho_factor(k_train + ridge * jnp.eye(k_train.shape[0]))
         limit = jax.scipy.linalg.cho_solve(factor, evecs @ coeff)
