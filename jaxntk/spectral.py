@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxntk import ntk
+from jaxntk import linalg, ntk
 from jaxntk._checks import check_int
 from jaxntk.network import TwoLayer, get_activation
 from jaxntk.ntk import empirical_ntk  # noqa: F401  (its old home: spectral.empirical_ntk works on)
@@ -236,6 +236,9 @@ def good_directions(
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     key = jax.random.PRNGKey(0) if key is None else key
+    if method == "matrix_free" and isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array):
+        dirs, info = _good_directions_ntk(model, prep, key, k, oversampling, max_iters, float(tol))
+        return (dirs, info) if return_info else dirs
     dirs, info = _good_directions(
         model, prep, key, k, method, min(k + oversampling, n), max_iters, float(tol), batch_size
     )
@@ -760,6 +763,18 @@ def _good_directions(model, prep, key, k, method, width, max_iters, tol, batch_s
         )
     signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
     return GoodDirections(u_k=u * signs[None, :], s_k=jnp.sqrt(jnp.maximum(evals, 0.0))), info
+
+
+def _good_directions_ntk(model, prep, key, k, oversampling, max_iters, tol):
+    """ "matrix_free" for a `TaylorModel` on array inputs: randomized block Krylov
+    (`jaxntk.linalg.top_eigh`) on the NTK operator, its Jacobian features kept in memory when
+    they fit the default budget (`jaxntk.linalg.ntk_operator`); for large n."""
+    op = linalg.ntk_operator(model.apply_fn, model.params0, prep.x, trace_axes=())
+    values, u, info = linalg.top_eigh(
+        op, k, oversampling=oversampling, max_iters=max_iters, tol=tol, key=key, return_info=True
+    )
+    s_k = jnp.sqrt(jnp.maximum(values, 0.0))
+    return GoodDirections(u_k=u, s_k=s_k), SubspaceInfo(jnp.asarray(info.iterations), info.error)
 
 
 def _subspace_iteration(matmat, start, k, max_iters, tol):
