@@ -15,6 +15,7 @@ host.configure_allocator()  # before JAX starts its CPU backend: its threads tak
 from jaxntk import (
     data,
     diagnostics,
+    linalg,
     network,
     ntk,
     objectives,
@@ -106,6 +107,7 @@ __all__ = [
     "hermite_coefficients",
     "host",
     "legendre",
+    "linalg",
     "linear_term",
     "linearize",
     "make_target",
