@@ -179,6 +179,9 @@ def child_jaxntk_small(data: Path, out: Path, repeats: int) -> dict:
 
     result, first, best = _timed(call, repeats)
     np.savez(out / "jaxntk-small.npz", train=result.train, test=result.test)
+    # its kernels, for neural-tangents' predict on the same kernel (not timed)
+    k_train, k_test = jn.empirical_ntk(apply, params, x), jn.empirical_ntk(apply, params, x_test, x)
+    np.savez(out / "kernels-small.npz", k_train=k_train, k_test=k_test)
     return {"first_s": first, "best_s": best}
 
 
@@ -249,6 +252,20 @@ def child_nt_small(data: Path, out: Path, repeats: int, impls: list[int]) -> dic
             continue
         rows[f"nt {impl}"] = {"first_s": first, "best_s": best}
         np.savez(out / f"nt-small-{impl}.npz", train=train, test=test)
+    if (out / "kernels-small.npz").exists():  # its predict on jaxntk's kernels: the algebra alone
+        with np.load(out / "kernels-small.npz") as kernels:
+            k_train, k_test = jnp.asarray(kernels["k_train"]), jnp.asarray(kernels["k_test"])
+        predict = nt.predict.gradient_descent_mse(
+            k_train, y, learning_rate=2 * LR, diag_reg=ridge, diag_reg_absolute_scale=True
+        )
+        f0, f0_test = cnn_apply(params, x), cnn_apply(params, x_test)
+        train, test = predict(jnp.asarray(STEPS[:-1]), f0, f0_test, k_test)
+        train_inf, test_inf = predict(None, f0, f0_test, k_test)
+        train, test = (
+            jnp.concatenate([train, train_inf[None]]),
+            jnp.concatenate([test, test_inf[None]]),
+        )
+        np.savez(out / "nt-same-kernel.npz", train=train, test=test)
     return rows
 
 
@@ -346,6 +363,7 @@ def compare(out: Path, impls: list[int]) -> dict:
     to the float64 one."""
     runs = {f"nt {impl}": out / f"nt-small-{impl}.npz" for impl in impls}
     pairs = [("jaxntk", name, path) for name, path in runs.items()]
+    pairs.append(("jaxntk", "nt on jaxntk's kernel", out / "nt-same-kernel.npz"))
     reference = out / "float64-small.npz"
     for name in ["jaxntk", *runs]:
         pairs.append((name, "float64", reference))

@@ -70,7 +70,7 @@ def ntk_predict(
     steps: float | Sequence[float],
     lr: float = 1.0,
     flow: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     trace_axes: Sequence[int] = (),
     method: str = "eigh",
     ridge: float = 0.0,
@@ -84,7 +84,8 @@ def ntk_predict(
     (1/N) ‖f(X) − Y‖² over all N = y_train.size outputs and learning rate `lr`, exactly the
     steps of `jaxntk.train(jaxntk.TaylorModel(apply_fn, params0), task, "ntk", lr=lr)` with
     the "sgd" optimizer (module docstring). One eigendecomposition of the empirical NTK serves
-    every step; compiled once per shape.
+    every step: the kernels come from the engine's block programs (`jaxntk.empirical_ntk`), the
+    algebra is one program compiled once per shape.
 
     With trace_axes=() the kernel is the full output kernel (N × N, N = n·|out|: the exact
     dynamics); with every output axis traced it is K_tr ⊗ I (K_tr the n × n traced kernel, each
@@ -108,7 +109,8 @@ def ntk_predict(
             the flow; `math.inf` for the limit t → ∞.
         lr: the learning rate η > 0.
         flow: gradient flow dθ/dt = −η ∇L instead of discrete steps (then t is a time).
-        batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`, method "auto").
+        batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`, method "auto"; default
+            its own, from its memory budget) and of the "lanczos" operator (default 256).
         trace_axes: () for the full output kernel, or every output axis (e.g. (-1,)) for the
             traced one.
         method: "eigh" (the dense kernel's eigendecomposition, inside one jit) or "lanczos"
@@ -145,7 +147,8 @@ def ntk_predict(
                [0.5, 1.5],
                [1. , 3. ]], dtype=float32)
     """
-    check_int("batch_size", batch_size, low=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, low=1)
     if not isinstance(flow, bool):
         raise TypeError(f"flow must be a bool, got {type(flow).__name__}")
     if not callable(apply_fn):
@@ -166,11 +169,14 @@ def ntk_predict(
     args = (apply_fn, params0, x_train, y, x_test, times.reshape(-1), lr, flow, ridge)
     if method == "eigh":
         _check_eigh_budget(y, x_test, traced, memory_budget)
-        b_train = min(batch_size, x_train.shape[0])
-        b_test = None if x_test is None else min(batch_size, x_test.shape[0])
+        kernels = _kernels(apply_fn, params0, x_train, x_test, trace, batch_size)
+        f0 = apply_fn(params0, x_train)
+        f0_test = None if x_test is None else apply_fn(params0, x_test)
         lr = jnp.asarray(lr, f_train.dtype)
         cholesky = ridge > 0 and x_test is not None and bool(np.any(np.isinf(t)))
-        train, test = _ntk_predict(*args[:6], lr, ridge, flow, b_train, b_test, trace, cholesky)
+        train, test = _ntk_predict(
+            *kernels, f0, f0_test, y, times.reshape(-1), lr, ridge, flow, trace, cholesky
+        )
     else:
         check_int("max_iters", 1 if max_iters is None else max_iters, low=1)
         op = linalg.ntk_operator(
@@ -178,7 +184,7 @@ def ntk_predict(
             params0,
             x_train,
             trace_axes=trace,
-            batch_size=batch_size,
+            batch_size=256 if batch_size is None else batch_size,
             memory_budget=memory_budget,
         )
         train, test = _lanczos_predict(op, *args, tol, max_iters)
@@ -256,27 +262,31 @@ def _check_steps(steps: Any, flow: bool) -> np.ndarray:
     return t
 
 
-@partial(jax.jit, static_argnums=(8, 9, 10, 11, 12))
-def _ntk_predict(
-    apply_fn, params0, x_train, y, x_test, t, lr, ridge, flow, b_train, b_test, trace, cholesky
-):
-    def kernel(x1, x2, b):  # x2 None: the symmetric kernel, half the block pairs
-        return _as_matrix(ntk._kernel(apply_fn, params0, x1, x2, trace, (), batch_size=b))
+def _kernels(apply_fn, params0, x_train, x_test, trace, batch_size):
+    """K(X, X) and K(X', X) as matrices, from the engine's block programs (outside any jit: one
+    program per block shape, not one unrolled program of every block pair)."""
 
-    k_train = kernel(x_train, None, b_train)
+    def kernel(x1, x2):
+        k = ntk.empirical_ntk(apply_fn, params0, x1, x2, trace_axes=trace, batch_size=batch_size)
+        return _as_matrix(k)
+
+    return kernel(x_train, None), None if x_test is None else kernel(x_test, x_train)
+
+
+@partial(jax.jit, static_argnums=(8, 9, 10))
+def _ntk_predict(k_train, k_cross, f0, f0_test, y, t, lr, ridge, flow, trace, cholesky):
+    """The algebra of method "eigh": one eigendecomposition of K + ρI for every step."""
     evals, evecs = jnp.linalg.eigh(0.5 * (k_train + k_train.T))
     evals = evals + ridge
     cols = _columns(y, trace)  # (N, 1), or (n, |out|) traced: one column per output
-    coeff = evecs.T @ (apply_fn(params0, x_train).reshape(cols.shape) - cols)
+    coeff = evecs.T @ (f0.reshape(cols.shape) - cols)
     a = 2.0 * lr / y.size
-    cutoff = jnp.max(jnp.abs(evals)) * evals.shape[0] * jnp.finfo(evals.dtype).eps
+    cutoff = _cutoff(evals, ridge)
     learned, gain = _factors(evals[None, :], t[:, None], a, flow, cutoff)  # (T, N) each
     train = cols[None] + jnp.einsum("kj,tjc->tkc", evecs, (1.0 - learned)[..., None] * coeff[None])
     train = train.reshape(t.shape[0], *y.shape)
-    if x_test is None:
+    if k_cross is None:
         return train, None
-    f0_test = apply_fn(params0, x_test)
-    k_cross = kernel(x_test, x_train, b_test)
     gained = jnp.einsum("kj,tjc->tkc", evecs, gain[..., None] * coeff[None])
     if cholesky:  # t = ∞ with a ridge: K + ρI is positive definite, and Cholesky more accurate
         factor = jax.scipy.linalg.cho_factor(k_train + ridge * jnp.eye(k_train.shape[0]))
@@ -284,6 +294,13 @@ def _ntk_predict(
         gained = jnp.where(jnp.isinf(t)[:, None, None], limit[None], gained)
     test = _columns(f0_test, trace)[None] - jnp.einsum("kj,tjc->tkc", k_cross, gained)
     return train, test.reshape(t.shape[0], *f0_test.shape)
+
+
+def _cutoff(evals, ridge):
+    """Eigenvalues at or below it count as K's null space (t = ∞): eps-level ones without a
+    ridge; none with a ridge (K + ρI is positive definite: every mode learns its target)."""
+    eps_level = jnp.max(jnp.abs(evals)) * evals.shape[-1] * jnp.finfo(evals.dtype).eps
+    return jnp.where(ridge > 0, 0.0, eps_level)
 
 
 def _columns(y, trace):
@@ -315,7 +332,7 @@ def _lanczos_predict(op, apply_fn, params0, x_train, y, x_test, t, lr, flow, rid
 def _lanczos_factor(step, a, flow, ridge, size, which, theta):
     """The train factor 1 − learned (which 0) or the gain (which 1) at Ritz values θ."""
     lam = theta + ridge
-    cutoff = jnp.max(jnp.abs(lam)) * size * jnp.finfo(lam.dtype).eps
+    cutoff = _cutoff(lam, ridge)
     learned, gain = _factors(lam, jnp.asarray(step, lam.dtype), a, flow, cutoff)
     return 1.0 - learned if which == 0 else gain
 
