@@ -296,7 +296,7 @@ def child_large_predict(data: Path, out: Path) -> dict:
         lr=LR,
         flow=True,
         trace_axes=(-1,),
-        method="lanczos",
+        method="matrix_free",
         ridge=ridge,
         tol=1e-3,
         max_iters=150,

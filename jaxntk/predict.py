@@ -41,9 +41,10 @@ PyTree = Any
 
 __all__ = ["METHODS", "NTKPrediction", "ntk_predict"]
 
-METHODS = ("eigh", "lanczos")
-"""Ways of `ntk_predict`: "eigh" (the dense kernel's eigendecomposition) and "lanczos"
-(matrix-free Krylov, `jaxntk.linalg`)."""
+METHODS = ("eigh", "lanczos", "matrix_free")
+"""Ways of `ntk_predict`: "eigh" (the dense kernel's eigendecomposition), "lanczos" (Lanczos on
+the dense kernel, Cholesky at t = ∞ with a ridge: no O(N³) eigendecomposition) and "matrix_free"
+(Lanczos on the NTK operator J(Jᵀ·): the kernel is never formed)."""
 
 
 class NTKPrediction(NamedTuple):
@@ -93,11 +94,14 @@ def ntk_predict(
     with a traced kernel: |out|² times less memory, |out|³ less time in the eigendecomposition.
     `ridge` ρ adds ρI to the training kernel (neural-tangents' `diag_reg` in absolute scale).
     method "eigh" forms the kernel and decomposes it: its bytes (three N × N matrices and the
-    test kernel) are checked against `memory_budget` before any work. method "lanczos" never
-    forms it: the kernel is an operator J(Jᵀ·) (`jaxntk.linalg.ntk_operator`) and every
-    factor comes from one Lanczos run per output column (`jaxntk.linalg.matrix_function`),
-    run until the outputs change by at most `tol` (relative) over 10 steps or `max_iters`
-    products; at t = ∞ it needs a ridge > 0 or a well-conditioned kernel.
+    test kernel) are checked against `memory_budget` before any work. method "lanczos" forms
+    the kernel (two N × N matrices checked) but no eigendecomposition: every factor comes from
+    one Lanczos run per output column (`jaxntk.linalg.matrix_function`) and t = ∞ with a ridge
+    from a Cholesky solve. method "matrix_free" never forms it: the same Lanczos run on the
+    operator J(Jᵀ·) (`jaxntk.linalg.ntk_operator`). The Lanczos runs stop when the outputs
+    change by at most `tol` (relative) over 10 steps, or after `max_iters` products; at t = ∞
+    "matrix_free" needs a ridge > 0 (or a well-conditioned kernel), its iterations growing
+    as √(λ_max/ρ).
 
     Args:
         apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
@@ -110,17 +114,19 @@ def ntk_predict(
         lr: the learning rate η > 0.
         flow: gradient flow dθ/dt = −η ∇L instead of discrete steps (then t is a time).
         batch_size: examples per block of the NTK (`jaxntk.empirical_ntk`, method "auto"; default
-            its own, from its memory budget) and of the "lanczos" operator (default 256).
+            its own, from its memory budget) and of the "matrix_free" operator (default 256).
         trace_axes: () for the full output kernel, or every output axis (e.g. (-1,)) for the
             traced one.
-        method: "eigh" (the dense kernel's eigendecomposition, inside one jit) or "lanczos"
-            (matrix-free, `jaxntk.linalg`).
+        method: one of `METHODS`: "eigh" (the dense kernel's eigendecomposition), "lanczos"
+            (Lanczos on the dense kernel) or "matrix_free" (Lanczos on NTK-vector products).
         ridge: ρ ≥ 0 added to the training kernel's diagonal.
         memory_budget: bytes the kernel work may take (default
-            `jaxntk.ntk.default_memory_budget()`): "eigh" raises over it, "lanczos" keeps the
-            Jacobian features in memory when they fit it and recomputes them otherwise.
-        tol: "lanczos": the relative change of the outputs at which it stops.
-        max_iters: "lanczos": most products with the kernel (default min(N, 300)).
+            `jaxntk.ntk.default_memory_budget()`): "eigh" and "lanczos" raise over it,
+            "matrix_free" keeps the Jacobian features in memory when they fit it and recomputes
+            them otherwise.
+        tol: "lanczos", "matrix_free": the relative change of the outputs at which they stop.
+        max_iters: "lanczos", "matrix_free": most products with the kernel (default
+            min(N, 300)).
 
     Returns:
         An `NTKPrediction`; its arrays lead with the shape of `steps` (none for one step count).
@@ -132,7 +138,8 @@ def ntk_predict(
             x_train (integer class labels: one-hot encode them), steps are negative or, for
             gradient descent, not whole numbers, lr is not a finite float > 0, ridge < 0,
             trace_axes trace some output axes but not all, an unknown method, or method "eigh"
-            over memory_budget (before any kernel work; the message names the ways out).
+            or "lanczos" over memory_budget (before any kernel work; the message names the ways
+            out).
         TypeError: if flow is not a bool.
 
     Example:
@@ -167,17 +174,7 @@ def ntk_predict(
     y = jnp.asarray(y, dtype=f_train.dtype)
     times = jnp.asarray(t, dtype=f_train.dtype)
     args = (apply_fn, params0, x_train, y, x_test, times.reshape(-1), lr, flow, ridge)
-    if method == "eigh":
-        _check_eigh_budget(y, x_test, traced, memory_budget)
-        kernels = _kernels(apply_fn, params0, x_train, x_test, trace, batch_size)
-        f0 = apply_fn(params0, x_train)
-        f0_test = None if x_test is None else apply_fn(params0, x_test)
-        lr = jnp.asarray(lr, f_train.dtype)
-        cholesky = ridge > 0 and x_test is not None and bool(np.any(np.isinf(t)))
-        train, test = _ntk_predict(
-            *kernels, f0, f0_test, y, times.reshape(-1), lr, ridge, flow, trace, cholesky
-        )
-    else:
+    if method == "matrix_free":
         check_int("max_iters", 1 if max_iters is None else max_iters, low=1)
         op = linalg.ntk_operator(
             apply_fn,
@@ -187,7 +184,25 @@ def ntk_predict(
             batch_size=256 if batch_size is None else batch_size,
             memory_budget=memory_budget,
         )
-        train, test = _lanczos_predict(op, *args, tol, max_iters)
+        f0_test = None if x_test is None else apply_fn(params0, x_test)
+        cross = None if x_test is None else op.cross(x_test)
+        f0 = apply_fn(params0, x_train)
+        train, test = _lanczos_predict(op, cross, f0, f0_test, *args[3:], tol, max_iters)
+    else:
+        _check_eigh_budget(y, x_test, traced, memory_budget, method)
+        kernels = _kernels(apply_fn, params0, x_train, x_test, trace, batch_size)
+        f0 = apply_fn(params0, x_train)
+        f0_test = None if x_test is None else apply_fn(params0, x_test)
+        cholesky = ridge > 0 and x_test is not None and bool(np.any(np.isinf(t)))
+        if method == "eigh":
+            lr = jnp.asarray(lr, f_train.dtype)
+            train, test = _ntk_predict(
+                *kernels, f0, f0_test, y, times.reshape(-1), lr, ridge, flow, trace, cholesky
+            )
+        else:
+            train, test = _dense_lanczos_predict(
+                kernels, f0, f0_test, *args[3:], tol, max_iters, cholesky
+            )
     lead = times.shape
     train = train.reshape(*lead, *train.shape[1:])
     test = None if test is None else test.reshape(*lead, *test.shape[1:])
@@ -224,24 +239,27 @@ def _check_data(apply_fn, params0, x_train, y_train, x_test):
     return x_train, f_train, y, x_test
 
 
-def _check_eigh_budget(y, x_test, traced, memory_budget) -> None:
-    """ValueError before any kernel work when method "eigh" would exceed the budget: the kernel,
-    its symmetrized copy and its eigenvectors (N × N each) and the test kernel (twice)."""
+def _check_eigh_budget(y, x_test, traced, memory_budget, method) -> None:
+    """ValueError before any kernel work when the kernel and its algebra would exceed the budget:
+    "eigh" the kernel, its symmetrized copy and its eigenvectors (N × N each), "lanczos" the
+    kernel and a Cholesky factor; both the test kernel (twice)."""
     n = y.shape[0]
     size = n if traced else y.size
     n_test = 0 if x_test is None else x_test.shape[0] * (size // n)
-    need = linalg.kernel_bytes(size, dtype=y.dtype, copies=3)
+    copies = 3 if method == "eigh" else 2
+    need = linalg.kernel_bytes(size, dtype=y.dtype, copies=copies)
     need += linalg.kernel_bytes(n_test, size, y.dtype, copies=2)
     kind = "traced" if traced else "full output"
+    traced_bytes = linalg._human(linalg.kernel_bytes(n, dtype=y.dtype, copies=copies))
     ways = (
         "Ways out: trace_axes=(-1,) (the traced n × n kernel"
-        + ("" if traced else f", {linalg._human(linalg.kernel_bytes(n, dtype=y.dtype, copies=3))}")
-        + '), method="lanczos" (matrix-free: the kernel is never formed), or the kernel in a '
-        "memmap (jaxntk.empirical_ntk(..., output=path)) and jaxntk.linalg's solve, "
-        "matrix_function and top_eigh on it; or a larger memory_budget."
+        + ("" if traced else f", {traced_bytes}")
+        + '), method="matrix_free" (Lanczos on NTK-vector products: the kernel is never '
+        "formed), or the kernel in a memmap (jaxntk.empirical_ntk(..., output=path)) and "
+        "jaxntk.linalg's solve, matrix_function and top_eigh on it; or a larger memory_budget."
     )
     linalg.check_budget(
-        f'method "eigh" on the {kind} kernel ({size} × {size})',
+        f'method "{method}" on the {kind} kernel ({size} × {size})',
         need,
         memory_budget,
         size=size,
@@ -308,28 +326,66 @@ def _columns(y, trace):
     return y.reshape(y.shape[0], -1) if trace else y.reshape(-1, 1)
 
 
-def _lanczos_predict(op, apply_fn, params0, x_train, y, x_test, t, lr, flow, ridge, tol, iters):
-    """ntk_predict's outputs from one Lanczos run per column on the NTK operator."""
-    trace = (1,) if op.traced else ()
+def _lanczos_predict(k, cross, f0, f0_test, y, x_test, t, lr, flow, ridge, tol, iters):
+    """ntk_predict's outputs from one Lanczos run per column on the kernel k (a matrix or the NTK
+    operator); `cross` applies K(X', X)."""
+    n = k.n if isinstance(k, linalg.NTKOperator) else k.shape[0]
+    trace = (1,) if n == y.shape[0] and y.size > n else ()
     cols = _columns(y, trace)
-    residual0 = apply_fn(params0, x_train).reshape(cols.shape) - cols
+    residual0 = f0.reshape(cols.shape) - cols
     a = 2.0 * lr / y.size
     fns = []
     for step in np.asarray(t).tolist():
-        fns += [partial(_lanczos_factor, step, a, flow, ridge, op.n, i) for i in (0, 1)]
-    out = linalg.matrix_function(op, residual0, fns, tol=tol, max_iters=iters)
+        fns += [partial(_lanczos_factor, step, a, flow, ridge, i) for i in (0, 1)]
+    out = linalg.matrix_function(k, residual0, fns, tol=tol, max_iters=iters)
     train = cols[None] + jnp.stack(out[0::2])
     train = train.reshape(t.shape[0], *y.shape)
-    if x_test is None:
+    if cross is None:
         return train, None
-    f0_test = apply_fn(params0, x_test)
     gains = jnp.concatenate(out[1::2], axis=1)  # (N, T·columns): one pass over the test inputs
-    pushed = op.cross(x_test)(gains).reshape(-1, t.shape[0], cols.shape[1])
+    pushed = cross(gains).reshape(-1, t.shape[0], cols.shape[1])
     test = _columns(f0_test, trace)[None] - jnp.moveaxis(pushed, 1, 0)
     return train, test.reshape(t.shape[0], *f0_test.shape)
 
 
-def _lanczos_factor(step, a, flow, ridge, size, which, theta):
+def _dense_lanczos_predict(kernels, f0, f0_test, y, x_test, t, lr, flow, ridge, tol, iters, chol):
+    """method "lanczos": Lanczos on the kernel in memory for the finite steps, and t = ∞ with a
+    ridge by a Cholesky solve (`jaxntk.linalg.solve`), as neural-tangents does."""
+    k_train, k_cross = kernels
+    cross = None if k_cross is None else partial(_dense_product, k_cross)
+    finite = np.isfinite(np.asarray(t)) if chol else np.ones(t.shape, bool)
+    steps, limits = np.flatnonzero(finite), np.flatnonzero(~finite)
+    train = jnp.zeros((t.shape[0], *y.shape), y.dtype)
+    test = None if k_cross is None else jnp.zeros((t.shape[0], *f0_test.shape), y.dtype)
+    if steps.size:
+        part = _lanczos_predict(
+            k_train, cross, f0, f0_test, y, x_test, t[steps], lr, flow, ridge, tol, iters
+        )
+        train = train.at[steps].set(part[0])
+        test = None if test is None else test.at[steps].set(part[1])
+    if limits.size:  # with a ridge: train at t = ∞ is y, the test output kernel ridge regression
+        trace = (1,) if k_train.shape[0] == y.shape[0] and y.size > y.shape[0] else ()
+        cols = _columns(y, trace)
+        alpha = linalg.solve(
+            k_train,
+            f0.reshape(cols.shape) - cols,
+            ridge=ridge,
+            method="cholesky",
+            memory_budget=2**62,
+        )
+        limit = _columns(f0_test, trace) - k_cross @ alpha
+        train = train.at[limits].set(jnp.broadcast_to(y, (limits.size, *y.shape)))
+        limit = jnp.broadcast_to(limit.reshape(f0_test.shape), (limits.size, *f0_test.shape))
+        test = test.at[limits].set(limit)
+    return train, test
+
+
+@jax.jit
+def _dense_product(k, v):
+    return k @ v
+
+
+def _lanczos_factor(step, a, flow, ridge, which, theta):
     """The train factor 1 − learned (which 0) or the gain (which 1) at Ritz values θ."""
     lam = theta + ridge
     cutoff = _cutoff(lam, ridge)

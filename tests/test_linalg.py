@@ -154,7 +154,7 @@ def test_ntk_predict_eigh_and_lanczos_are_the_dense_dynamics(x64, trace_axes, fl
     lr, ridge, a = 0.7, 0.05, 2 * 0.7 / y.size
     steps = [0.5, 20.0, math.inf] if flow else [0, 3, 50, math.inf]
     big = k + ridge * np.eye(k.shape[0])
-    for method in ("eigh", "lanczos"):
+    for method in predict.METHODS:
         out = jn.ntk_predict(
             f,
             params,
@@ -194,7 +194,7 @@ def test_ntk_predict_over_the_budget_raises_before_any_kernel_work(monkeypatch):
         jn.ntk_predict(f, params, x, y, steps=[math.inf], memory_budget=10_000)
     message = str(err.value)
     assert "36 × 36" in message and "N = n·|out| = 36" in message
-    assert "trace_axes" in message and 'method="lanczos"' in message and "memmap" in message
+    assert "trace_axes" in message and 'method="matrix_free"' in message and "memmap" in message
     # the 71 GB case's arithmetic: n = 4000, 10 outputs, full kernel: 3 · 40000² float32
     assert linalg.kernel_bytes(40000, copies=3) == 19_200_000_000
 
@@ -236,7 +236,7 @@ def test_bad_arguments_are_named(call, error, match):
         ({"ridge": -0.1}, ValueError, "ridge"),
         ({"trace_axes": (0,)}, ValueError, "trace_axes"),
         ({"trace_axes": 1}, TypeError, "trace_axes"),
-        ({"method": "lanczos", "max_iters": 0}, ValueError, "max_iters"),
+        ({"method": "matrix_free", "max_iters": 0}, ValueError, "max_iters"),
     ],
 )
 def test_ntk_predict_bad_arguments_are_named_before_any_work(kwargs, error, match, monkeypatch):
