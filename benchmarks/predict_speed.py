@@ -5,7 +5,7 @@ kernel 3 stride 2, each padding 1 and relu, Dense(10) on the 125 flattened featu
 parameters) on inputs (n, 40, 1), one-hot targets of the 10 classes (mnist1d's make_dataset).
 
 - small (n = 4000, 1000 test inputs): `jaxntk.ntk_predict(..., trace_axes=(-1,), flow=True,
-  steps=[100, 1000, inf], ridge=ρ)` (method "eigh", kernel included) against neural-tangents
+  steps=[100, 1000, inf], ridge=ρ, method="lanczos")` (kernel included) against neural-tangents
   0.6.5: its `empirical_ntk_fn(trace_axes=(-1,))` kernels (implementation 1 and 3, the faster
   counted) and `predict.gradient_descent_mse(k, y, learning_rate=2·lr, diag_reg=ρ,
   diag_reg_absolute_scale=True)` at t = [100, 1000] and t = None (∞). Its flow is
@@ -13,7 +13,7 @@ parameters) on inputs (n, 40, 1), one-hot targets of the 10 classes (mnist1d's m
   ½): learning_rate = 2·lr is the same dynamics. The neural-tangents side runs the same
   network written with lax.conv (checked equal to the flax one) in a virtual environment of
   its own (--nt-venv, or --build-nt-venv as benchmarks/ntk_speed.py builds it).
-- large (n = 20000): ntk_predict method "lanczos" (matrix-free) at steps [1000, inf] in one
+- large (n = 20000): ntk_predict method "matrix_free" at steps [1000, inf] in one
   call, and the top-100 eigenpairs of the traced kernel (`jaxntk.linalg.top_eigh` on
   `ntk_operator`: what the traced good directions compute), each in a child process of its own
   whose peak resident memory (ru_maxrss) is reported.
@@ -43,6 +43,7 @@ ROOT = HERE.parent
 STEPS = [100.0, 1000.0, math.inf]
 LR = 1.0
 N_TEST = 1000
+SMALL_METHOD = "lanczos"  # ntk_predict's method at n = 4000 (the kernel formed, no eigh)
 RIDGE_REL = 1e-3  # ρ = RIDGE_REL × the mean diagonal of the traced kernel (n = 4000)
 RIDGE_LARGE = 1e-4  # the large run's ρ = RIDGE_LARGE × tr K (kernel ridge regression's n·λ)
 
@@ -175,6 +176,8 @@ def child_jaxntk_small(data: Path, out: Path, repeats: int) -> dict:
             flow=True,
             trace_axes=(-1,),
             ridge=ridge,
+            method=SMALL_METHOD,
+            tol=1e-6,
         )
 
     result, first, best = _timed(call, repeats)
@@ -182,7 +185,7 @@ def child_jaxntk_small(data: Path, out: Path, repeats: int) -> dict:
     # its kernels, for neural-tangents' predict on the same kernel (not timed)
     k_train, k_test = jn.empirical_ntk(apply, params, x), jn.empirical_ntk(apply, params, x_test, x)
     np.savez(out / "kernels-small.npz", k_train=k_train, k_test=k_test)
-    return {"first_s": first, "best_s": best}
+    return {"first_s": first, "best_s": best, "method": SMALL_METHOD}
 
 
 def child_float64(data: Path, out: Path) -> dict:
