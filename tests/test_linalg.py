@@ -182,6 +182,29 @@ def test_ntk_predict_eigh_and_lanczos_are_the_dense_dynamics(x64, trace_axes, fl
             np.testing.assert_allclose(cols(out.test[i]), test, rtol=1e-9, atol=1e-12)
 
 
+def test_ntk_predict_methods_agree_in_float32():
+    f, params, x = mlp()
+    y = jnp.sin(x[:, :3])
+    outs = [
+        jn.ntk_predict(
+            f,
+            params,
+            x,
+            y,
+            x[:4],
+            steps=[10.0, math.inf],
+            flow=True,
+            trace_axes=(-1,),
+            ridge=0.1,
+            method=method,
+        )
+        for method in predict.METHODS
+    ]
+    for out in outs[1:]:
+        np.testing.assert_allclose(out.train, outs[0].train, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out.test, outs[0].test, rtol=1e-4, atol=1e-5)
+
+
 def test_ntk_predict_over_the_budget_raises_before_any_kernel_work(monkeypatch):
     f, params, x = mlp()
     y = jnp.zeros((12, 3))
