@@ -755,10 +755,15 @@ def _block_features(apply_fn, params0, xb):
     return f.reshape(f.shape[0], -1, f.shape[-1])
 
 
-def _as_rows(features, traced):
-    """G: (n, |out|·P) / √|out| traced, else (n·|out|, P)."""
+def _as_rows(features):
+    """F: (n, |out|·P) traced, else (n·|out|, P) — a reshape, no copy; G = F / √|out| traced."""
     b, c, p = features.shape
-    return features.reshape(b, c * p) / math.sqrt(c) if traced else features.reshape(b * c, p)
+    return features.reshape(b, c * p), features.reshape(b * c, p)
+
+
+def _scale(features, traced):
+    """1/√|out| for the traced kernel (applied to the small results, never to the features)."""
+    return 1.0 / math.sqrt(features[0].shape[1]) if traced else 1.0
 
 
 @partial(jax.jit, static_argnums=2)
@@ -766,16 +771,17 @@ def _pull_features(features, v, traced):
     """Gᵀ V = Σ over blocks of G_bᵀ V_b."""
     total, start = 0.0, 0
     for block in features:
-        g = _as_rows(block, traced)
+        g = _as_rows(block)[0 if traced else 1]
         vb = v[start : start + g.shape[0]]
         total = total + jax.lax.dot_general(g, vb, (((0,), (0,)), ((), ())))
         start += g.shape[0]
-    return total
+    return total * _scale(features, traced)
 
 
 @partial(jax.jit, static_argnums=2)
 def _push_features(features, w, traced):
-    return jnp.concatenate([_as_rows(block, traced) @ w for block in features])
+    rows = [_as_rows(block)[0 if traced else 1] @ w for block in features]
+    return jnp.concatenate(rows) * _scale(features, traced)
 
 
 @partial(jax.jit, static_argnums=1)
