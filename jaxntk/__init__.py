@@ -2,7 +2,7 @@
 
 The public API, re-exported from the modules. Imports run one way, up these layers (a module
 imports only from its own layer and those before it; tests/test_structure.py checks it):
-host → polynomials → data → targets → network / taylor → scaling → ntk → spectral →
+host → polynomials → data → targets → network / taylor → scaling → ntk → linalg → spectral →
 predict / onestep → diagnostics → objectives → minibatch → sharding / checkpoint → training →
 plots → experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
 with ntk).
@@ -18,6 +18,7 @@ host.configure_allocator()  # before JAX starts its CPU backend: its threads tak
 from jaxntk import (
     data,
     diagnostics,
+    linalg,
     minibatch,
     network,
     ntk,
@@ -112,6 +113,7 @@ __all__ = [
     "hermite_coefficients",
     "host",
     "legendre",
+    "linalg",
     "linear_term",
     "linearize",
     "make_target",

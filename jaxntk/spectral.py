@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxntk import ntk
+from jaxntk import linalg, ntk
 from jaxntk._checks import check_int
 from jaxntk.network import TwoLayer, get_activation
 from jaxntk.ntk import empirical_ntk  # noqa: F401  (its old home: spectral.empirical_ntk works on)
@@ -305,6 +305,11 @@ def good_directions(
     key = jax.random.PRNGKey(0) if key is None else key
     rows = n if outputs == "traced" else n * c
     width = min(k + oversampling, rows)
+    if method == "matrix_free" and isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array):
+        dirs, info = _good_directions_ntk(
+            model, prep, key, k, width - k, max_iters, float(tol), outputs, out_shape, batch_size
+        )
+        return (dirs, info) if return_info else dirs
     dirs, info = _good_directions(
         model, prep, key, k, method, width, max_iters, float(tol), batch_size, outputs
     )
@@ -1027,6 +1032,28 @@ def _top_basis(model: Any, prep: Any, u: Array, c: int, batch_size: int) -> Arra
     cutoff = jnp.finfo(u.dtype).eps * g.shape[0] * jnp.max(lam)
     scale = jnp.where(lam > cutoff, 1.0 / jnp.sqrt(jnp.where(lam > cutoff, lam, 1.0)), 0.0)
     return w @ (q * scale[None, :])
+
+
+def _good_directions_ntk(
+    model, prep, key, k, oversampling, max_iters, tol, outputs, out_shape, batch_size
+):
+    """ "matrix_free" for a `TaylorModel` on array inputs: randomized block Krylov
+    (`jaxntk.linalg.top_eigh`) on the NTK operator (the full (n·c) × (n·c) kernel, or the traced
+    n × n one), its Jacobian features kept in memory when they fit the default budget
+    (`jaxntk.linalg.ntk_operator`); for large n."""
+    c = math.prod(out_shape)
+    traced = outputs == "traced" and c > 1
+    trace_axes = tuple(range(-len(out_shape), 0)) if traced else ()
+    op = linalg.ntk_operator(model.apply_fn, model.params0, prep.x, trace_axes=trace_axes)
+    values, u, info = linalg.top_eigh(
+        op, k, oversampling=oversampling, max_iters=max_iters, tol=tol, key=key, return_info=True
+    )
+    signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
+    u = u * signs[None, :]
+    s_k = jnp.sqrt(jnp.maximum(values, 0.0))
+    basis = _top_basis(model, prep, u, c, batch_size) if traced else None
+    dirs = GoodDirections(u, s_k, basis, out_shape, outputs)
+    return dirs, SubspaceInfo(jnp.asarray(info.iterations), info.error)
 
 
 def _subspace_iteration(matmat, start, k, max_iters, tol):

@@ -58,6 +58,7 @@ def _end_to_end(tmp_path, monkeypatch):
         assert summary["test_accuracy_std"] == pytest.approx(np.std(accs))
     # 3 epochs in chunks of 5: no chunk after the compiling one to time an epoch by
     assert doc["summary"]["full/mse"]["seconds_per_epoch"] is None
+
     # run again on the same folder: everything is there, nothing is trained again
     def refuse(*args):
         raise AssertionError("trained again")

@@ -27,6 +27,7 @@ LAYERS = (
     ("network", "taylor"),
     ("scaling",),
     ("ntk", "_structured"),
+    ("linalg",),
     ("spectral",),
     ("predict", "onestep"),
     ("diagnostics",),
