@@ -307,7 +307,7 @@ def good_directions(
     width = min(k + oversampling, rows)
     if method == "matrix_free" and isinstance(model, TaylorModel) and isinstance(prep.x, jax.Array):
         dirs, info = _good_directions_ntk(
-            model, prep, key, k, width - k, max_iters, float(tol), outputs, out_shape, batch_size
+            model, prep, key, k, width - k, max_iters, float(tol), outputs, out_shape
         )
         return (dirs, info) if return_info else dirs
     dirs, info = _good_directions(
@@ -1019,24 +1019,25 @@ def _good_directions(model, prep, key, k, method, width, max_iters, tol, batch_s
     signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
     u = u * signs[None, :]
     s_k = jnp.sqrt(jnp.maximum(evals, 0.0))
-    basis = _top_basis(model, prep, u, c, batch_size) if traced else None
+    basis = None
+    if traced:
+        basis = _top_basis(partial(_apply_gram, model, prep, batch_size=batch_size), u, c)
     return GoodDirections(u, s_k, basis, out_shape, outputs), info
 
 
-def _top_basis(model: Any, prep: Any, u: Array, c: int, batch_size: int) -> Array:
-    """B = W G^{-1/2} for W = U_k ⊗ I_c and G = Wᵀ K W (k·c products with K): Jᵀ B is an
-    orthonormal basis of span(Jᵀ W); directions where G vanishes (no rank) get zero columns."""
+def _top_basis(gram: Callable[[Array], Array], u: Array, c: int) -> Array:
+    """B = W G^{-1/2} for W = U_k ⊗ I_c and G = Wᵀ K W (k·c products with the full kernel K,
+    `gram`: Q ↦ K Q): Jᵀ B is an orthonormal basis of span(Jᵀ W); directions where G vanishes
+    (no rank) get zero columns."""
     w = jnp.kron(u, jnp.eye(c, dtype=u.dtype))  # W[(i, a), (j, b)] = U_k[i, j] δ_ab
-    g = w.T @ _apply_gram(model, prep, w, batch_size)
+    g = w.T @ gram(w)
     lam, q = jnp.linalg.eigh(0.5 * (g + g.T))
     cutoff = jnp.finfo(u.dtype).eps * g.shape[0] * jnp.max(lam)
     scale = jnp.where(lam > cutoff, 1.0 / jnp.sqrt(jnp.where(lam > cutoff, lam, 1.0)), 0.0)
     return w @ (q * scale[None, :])
 
 
-def _good_directions_ntk(
-    model, prep, key, k, oversampling, max_iters, tol, outputs, out_shape, batch_size
-):
+def _good_directions_ntk(model, prep, key, k, oversampling, max_iters, tol, outputs, out_shape):
     """ "matrix_free" for a `TaylorModel` on array inputs: randomized block Krylov
     (`jaxntk.linalg.top_eigh`) on the NTK operator (the full (n·c) × (n·c) kernel, or the traced
     n × n one), its Jacobian features kept in memory when they fit the default budget
@@ -1051,7 +1052,10 @@ def _good_directions_ntk(
     signs = jnp.sign(u[jnp.argmax(jnp.abs(u), axis=0), jnp.arange(k)])
     u = u * signs[None, :]
     s_k = jnp.sqrt(jnp.maximum(values, 0.0))
-    basis = _top_basis(model, prep, u, c, batch_size) if traced else None
+    basis = None
+    if traced:  # the full (n·c) kernel's products on the k·c columns: matmuls on its features
+        full = linalg.ntk_operator(model.apply_fn, model.params0, prep.x, trace_axes=())
+        basis = _top_basis(full, u, c)
     dirs = GoodDirections(u, s_k, basis, out_shape, outputs)
     return dirs, SubspaceInfo(jnp.asarray(info.iterations), info.error)
 

@@ -773,6 +773,13 @@ def _directions(
             f"{rows} rows of the feature matrix (n = {task.n} training points{per}): pass "
             f"Regularizer(k=...) with k ≤ {rows}"
         )
+    if method == "matrix_free":  # outside jit: the NTK operator's engine runs its own programs
+        return [
+            spectral.good_directions(
+                m_s, m_s.prepare(t_s.x_train, order=1), k, method=method, outputs=reg.outputs
+            )
+            for m_s, t_s in pairs
+        ]
     return [_good_directions(m_s, t_s.x_train, k, method, reg.outputs) for m_s, t_s in pairs]
 
 

@@ -622,3 +622,19 @@ def test_r_pop_on_inputs_with_no_law_needs_held_out_inputs(x64):
             reg=jn.Regularizer(pop=1.0, pop_inputs=task.x_test),
             **kwargs,
         )
+
+
+@pytest.mark.parametrize("outputs", ["full", "traced"])
+def test_a_classifier_trains_alike_with_either_subspace_method(x64, outputs):
+    """`subspace_method="matrix_free"` (the NTK operator on a TaylorModel, found outside the
+    compiled program) gives the run of "gram" (the kernel and eigh)."""
+    model, task = ten_class_problem()
+    reg = jn.Regularizer(bulk=1.0, k=4, outputs=outputs)
+    kw = {"steps": 6, "eval_every": 3, "lr": 0.1, "loss": "cross_entropy", "progress": False}
+    runs = [
+        jn.train(model, task, "regularized", reg=reg, subspace_method=method, **kw)
+        for method in ("gram", "matrix_free")
+    ]
+    assert runs[0].history["bulk"][0, 0, -1] > 1e-6
+    for name in ("bulk", "train_loss", "test_loss"):
+        np.testing.assert_allclose(runs[1].history[name], runs[0].history[name], rtol=1e-6)
