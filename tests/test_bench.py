@@ -288,3 +288,27 @@ def test_pass_variants_agree_with_the_closed_form_and_count_their_traffic():
     # σ' and σ'' read twice each at least; in bfloat16 those four reads cost half
     assert r32 >= 4 and w32 >= 1
     assert r16 == r32 - 2 and w16 == w32
+
+
+@pytest.mark.slow
+def test_epoch_time_script_times_the_variants_and_writes_only_to_out(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("JAXNTK_CACHE", str(tmp_path / "cache"))
+    root = Path(__file__).parents[1]
+    results = root / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    argv = ["--n-train", "120", "--e1", "1", "--e2", "2", "--repeats", "1"]
+    argv += ["--variants", "full,regularized", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "epoch_time.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "out" / "epoch_time.md").read_text()
+    rows = [line.split("|")[1:4] for line in table.splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in rows[1:]] == ["full", "regularized"]
+    assert float(rows[1][2]) == 1.0  # full against itself
+    assert results.read_bytes() == before
