@@ -190,11 +190,16 @@ def _pages_with_code() -> list[str]:
 @pytest.mark.parametrize("page", _pages_with_code())
 def test_doc_python_blocks_run(page):
     """Each page's Python blocks, in order in one namespace, run as they stand (warnings are
-    errors); a block after `<!-- no-run: why -->` is skipped."""
+    errors); a block after `<!-- no-run: why -->` is skipped. They run under JAX's standard
+    dtype promotion, a reader's default (the suite's strict one refuses optax's Adam, which
+    raises its int32 step count to a float power)."""
+    import jax
+
     namespace: dict = {"__name__": "__doc_page__"}
-    for no_run, code in _python_blocks(ROOT / page):
-        if not no_run:
-            exec(compile(code, page, "exec"), namespace)
+    with jax.numpy_dtype_promotion("standard"):
+        for no_run, code in _python_blocks(ROOT / page):
+            if not no_run:
+                exec(compile(code, page, "exec"), namespace)
     if page == "README.md":
         # the ± is over three draws and is not 0; run.params are the trained parameters: seed
         # 1's test loss recomputed from them (numpy, on the order-2 Taylor model) is the history's

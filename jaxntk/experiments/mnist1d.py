@@ -58,6 +58,11 @@ class CNN1D(nn.Module):
     each followed by the activation, then a dense readout of the flattened features: 5210
     parameters at 25 channels and 10 classes.
 
+    Attributes:
+        channels: the channels of each convolution.
+        classes: the outputs (logits) per signal.
+        activation: a name in `ACTIVATIONS`.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> cnn = CNN1D()
@@ -281,7 +286,18 @@ def _train(config, models, task, variant, loss, progress) -> training.Run:
 
 def accuracy_at(model, variant: str, u, x_test, labels) -> float:
     """The accuracy on (x_test, labels) of `variant`'s prediction at displacement u (argmax of
-    the logits or of the one-hot outputs): the evaluation of the trained `Run.params`."""
+    the logits or of the one-hot outputs): the evaluation of the trained `Run.params`.
+
+    Args:
+        model: the `TaylorModel` of the CNN at θ0.
+        variant: a name in `jaxntk.objectives.VARIANTS`: how the model predicts.
+        u: the displacement U, params-shaped (one setting's and seed's leaves of `Run.params`).
+        x_test: (n, 40) test signals.
+        labels: (n,) integer classes.
+
+    Returns:
+        The fraction of signals whose largest output is their class.
+    """
     logits = _predict(model, variant, u, x_test)
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)))
 
