@@ -788,7 +788,7 @@ def _pop_inputs(reg: Regularizer, pairs: list[tuple[Any, Any]], use_pop: bool) -
     from the task's law); ValueError when R_pop is on and the inputs have no law to draw from."""
     x_train = pairs[0][1].x_train
     if reg.pop_inputs is None:
-        if use_pop and x_train.ndim != 2:
+        if use_pop and pairs[0][1].input_ndim != 1:  # inputs that are not (n, d) vectors
             raise ValueError(
                 "R_pop (Regularizer.pop > 0) draws fresh inputs from the task's input law, but "
                 f"the training inputs have shape {tuple(x_train.shape)}, not (n, d) vectors of "
