@@ -39,3 +39,15 @@ def add_output_arguments(parser) -> None:
     parser.add_argument(
         "--results", action="store_true", help="also append the table to benchmarks/RESULTS.md"
     )
+
+
+def configure_host() -> str:
+    """Opt in to jaxntk's host malloc settings (`jaxntk.configure_allocator`) before JAX runs
+    anything, as every benchmark script does when started: its timings are those of the settings
+    (``JAXNTK_ALLOCATOR=system`` leaves the C library's). A Python without jaxntk (a peer's
+    virtual environment running the same script) keeps its own: "system: jaxntk not importable"."""
+    try:
+        from jaxntk.host import configure_allocator
+    except ImportError:
+        return "system: jaxntk not importable"
+    return configure_allocator()

@@ -380,4 +380,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    argv = sys.argv[:-1]
+    side = sys.argv[argv.index("--side") + 1] if "--side" in argv else "jaxntk"
+    if side != "nt":  # jaxntk's side opts in to its malloc settings (jaxntk.host); the peer's not
+        configure_host()
     sys.exit(main())

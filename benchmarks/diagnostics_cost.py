@@ -88,4 +88,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

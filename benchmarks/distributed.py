@@ -177,4 +177,7 @@ def _checkpoint_costs(args) -> dict:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

@@ -598,4 +598,7 @@ def section(doc: dict, table: str) -> str:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

@@ -121,4 +121,7 @@ def _machine() -> str:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

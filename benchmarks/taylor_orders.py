@@ -145,4 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

@@ -7,16 +7,14 @@ predict / onestep → diagnostics → objectives → minibatch → sharding / ch
 plots → experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
 with ntk).
 
-Importing jaxntk keeps freed host memory in the process for XLA's CPU backend (glibc only; set
-JAXNTK_ALLOCATOR=system to opt out): see `jaxntk.host`.
+Importing jaxntk changes nothing in the process. XLA's CPU backend runs faster when freed host
+memory stays in the process (glibc): `jaxntk.configure_allocator()`, called before the first
+computation, opts in; the `jaxntk` command and the benchmarks do. See `jaxntk.host`.
 """
-
-from jaxntk import host
-
-host.configure_allocator()  # before JAX starts its CPU backend: its threads take their arenas then
 
 from jaxntk import (
     data,
+    host,
     diagnostics,
     linalg,
     minibatch,
@@ -29,7 +27,7 @@ from jaxntk import (
     training,
 )
 from jaxntk.data import check_task
-from jaxntk.host import allocator_status
+from jaxntk.host import allocator_status, configure_allocator
 from jaxntk.minibatch import Minibatch
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
 from jaxntk.ntk import choose_method, empirical_ntk
@@ -100,6 +98,7 @@ __all__ = [
     "bulk_residual",
     "check_task",
     "choose_method",
+    "configure_allocator",
     "data",
     "degree_block_report",
     "dense_part",

@@ -527,5 +527,18 @@ def _nonnegative_float(s: str) -> float:
     return v
 
 
+def entry() -> int:
+    """The `jaxntk` executable: opts in to the host malloc settings (`jaxntk.configure_allocator`,
+    before any computation; ``JAXNTK_ALLOCATOR=system`` leaves them), then runs `main`.
+
+    Returns:
+        `main`'s exit status.
+    """
+    from jaxntk import host
+
+    host.configure_allocator()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

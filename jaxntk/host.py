@@ -17,11 +17,21 @@ time; 0.24 s and no system time with the settings below; a lone convolution of 1
 - ``M_TRIM_THRESHOLD = 1 GiB``: the heap gives memory back only when more than that is free.
 
 The cost: the process keeps up to 1 GiB of freed memory for reuse (its resident set stays near
-its peak). `jaxntk` calls `configure_allocator` when imported. It does nothing where the environment
-variable ``JAXNTK_ALLOCATOR=system`` is set (the opt-out), where the environment already tunes
-malloc (a ``MALLOC_*`` setting, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD``), or where
-the C library is not glibc. Imported after JAX has run a computation, the arena setting cannot
-reach the threads JAX has started: the thresholds are set and `allocator_status` says so.
+its peak), and the settings hold for the whole process: a data loader or another library beside
+JAX gets them too. So importing jaxntk changes nothing; a program opts in with one call, before
+its first JAX computation::
+
+    import jaxntk
+    jaxntk.configure_allocator()  # or: jaxntk.host.configure_allocator()
+
+The `jaxntk` command and the benchmark scripts make that call when they start. The same settings
+without jaxntk are glibc's environment variables, `ENVIRONMENT` (``MALLOC_ARENA_MAX=1
+MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``). `configure_allocator`
+does nothing where ``JAXNTK_ALLOCATOR=system`` is set (the opt-out for the command and the
+benchmarks), where the environment already tunes malloc (a ``MALLOC_*`` setting,
+``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD``), or where the C library is not glibc. Called
+after JAX has run a computation, the arena setting cannot reach the threads JAX has started: the
+thresholds are set and `allocator_status` says so.
 
 `cpu_compiler_options` gives the compiler options jaxntk's own jitted programs (the features of
 the empirical NTK's blocks) are compiled with on the CPU. JAX 0.10's CPU backend hands
@@ -71,7 +81,7 @@ ENVIRONMENT = {
 (benchmarks/ntk_speed.py gives them to neural-tangents' side for a like-for-like comparison)."""
 _MALLOC_ENV = ("GLIBC_TUNABLES", *ENVIRONMENT)
 _PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
-_STATUS = ["not configured: jaxntk.host.configure_allocator has not run"]
+_STATUS = ["system: jaxntk.configure_allocator has not run (the C library's own settings)"]
 
 
 def allocator_status() -> str:
@@ -101,6 +111,22 @@ def configure_allocator(
         One line: "kept: ..." when all three settings were made, "partly kept: ..." when JAX's
         threads were already running or mallopt refused one, "system: <why>" when nothing was
         changed.
+
+    Example:
+        A program's first lines (here with a stand-in for the C library, which records the calls):
+
+        >>> from jaxntk import host
+        >>> class Libc:
+        ...     calls = []
+        ...     def mallopt(self, param, value):
+        ...         self.calls.append((param.value, value.value))
+        ...         return 1
+        >>> libc = Libc()
+        >>> host.configure_allocator({}, libc=libc, backend_started=False)
+        'kept: one arena, large buffers from the heap, freed memory kept up to 1 GiB'
+        >>> libc.calls == [(host.M_ARENA_MAX, 1), (host.M_MMAP_THRESHOLD, 2**30),
+        ...                (host.M_TRIM_THRESHOLD, 2**30)]
+        True
     """
     environ = os.environ if environ is None else environ
     libc = _glibc() if libc is None else libc

@@ -1,5 +1,6 @@
-"""jaxntk.host: the malloc settings made at import, when they are skipped, and their effect
-(page faults of a program whose buffers are allocated on every call)."""
+"""jaxntk.host: the malloc settings a program opts in to, when they are skipped, their effect
+(page faults of a program whose buffers are allocated on every call), and that importing jaxntk
+leaves the process's allocator as it was."""
 
 import json
 import os
@@ -93,8 +94,10 @@ def _child(code: str, **env) -> dict:
 
 
 FAULTS = """
-    import json, resource
+    import json, os, resource
     import jaxntk
+    if os.environ.get("OPT_IN"):
+        jaxntk.configure_allocator()
     import jax, jax.numpy as jnp
 
     @jax.jit
@@ -116,9 +119,9 @@ FAULTS = """
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
-def test_import_keeps_freed_buffers_so_calls_stop_page_faulting():
-    kept = _child(FAULTS)
-    system = _child(FAULTS, JAXNTK_ALLOCATOR="system")
+def test_the_opt_in_keeps_freed_buffers_so_calls_stop_page_faulting():
+    kept = _child(FAULTS, OPT_IN="1")
+    system = _child(FAULTS, OPT_IN="1", JAXNTK_ALLOCATOR="system")
     assert kept["status"].startswith("kept:")
     assert system["status"] == "system: JAXNTK_ALLOCATOR=system"
     # the fewest page faults of 4 rounds of 5 calls: 5 × 64 MiB of fresh pages (4 KiB each) under
@@ -131,72 +134,73 @@ def test_import_keeps_freed_buffers_so_calls_stop_page_faulting():
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
-def test_imported_after_a_computation_the_status_says_partly():
+def test_called_after_a_computation_the_status_says_partly():
     late = _child(
         """
         import json
         import jax.numpy as jnp
         jnp.ones(3).block_until_ready()
         import jaxntk
+        jaxntk.configure_allocator()
         print(json.dumps({"status": jaxntk.allocator_status()}))
         """
     )
     assert late["status"].startswith("partly kept:")
 
 
-# ---------------------------------------------------------------- compiler options
+READBACK = """
+    import ctypes, json, os
 
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
 
-def test_cpu_options_on_the_cpu_backend_where_the_jaxlib_accepts_them():
-    got = host.cpu_compiler_options({}, backend="cpu", accepted=lambda: True)
-    assert got == {"xla_cpu_experimental_ynn_fusion_type": ""} == host.CPU_OPTIONS
-    assert host.cpu_compiler_options({"JAXNTK_CPU_KERNELS": "eigen"}, "cpu", lambda: True) == got
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Mallinfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
 
+    def mmapped(nbytes):  # bytes of one fresh malloc(nbytes) that glibc served by mmap
+        before = libc.mallinfo2().hblkhd
+        block = libc.malloc(nbytes)
+        after = libc.mallinfo2().hblkhd
+        libc.free(block)
+        return after - before
 
-@pytest.mark.parametrize(
-    "environ, backend, accepted",
-    [
-        ({"JAXNTK_CPU_KERNELS": "xla"}, "cpu", True),  # the opt-out
-        ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, "cpu", True),  # the user's
-        ({}, "gpu", True),
-        ({}, "cpu", False),  # a jaxlib without the option
-    ],
-)
-def test_no_cpu_options_where_asked_elsewhere_or_unknown(environ, backend, accepted):
-    assert host.cpu_compiler_options(environ, backend, lambda: accepted) == {}
-
-
-def test_an_unknown_cpu_kernels_value_is_refused():
-    with pytest.raises(ValueError, match=r"JAXNTK_CPU_KERNELS must be 'eigen' or 'xla'.*'fast'"):
-        host.cpu_compiler_options({"JAXNTK_CPU_KERNELS": "fast"}, "cpu", lambda: True)
-
-
-def test_the_engine_compiles_its_blocks_without_ynn_fusions():
-    # XLA's compiled program of one block's features: no YNNPACK fusion under the options
-    # (this jaxlib: jax 0.10 fuses convolutions and matmuls into YNNPACK by default)
-    import jax
+    import jaxntk
+    if os.environ.get("OPT_IN"):
+        jaxntk.configure_allocator()
     import jax.numpy as jnp
+    jnp.ones(3).block_until_ready()
+    print(json.dumps({"status": jaxntk.allocator_status(), "mmapped": mmapped(64 << 20)}))
+"""
 
-    from jaxntk import _structured, ntk
 
-    def apply_fn(params, x):
-        dims = ("NHWC", "HWIO", "NHWC")
-        z = jax.lax.conv_general_dilated(x, params[0], (1, 1), "SAME", dimension_numbers=dims)
-        return jnp.tanh(z).mean(axis=(1, 2)) @ params[1]
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
+def test_import_leaves_the_allocator_as_it_was():
+    # read back from glibc itself: a 64 MiB request is above the largest threshold glibc sets by
+    # itself (32 MiB on 64-bit), so under its own settings it is served by mmap; under the opt-in's
+    # 1 GiB threshold it comes from the heap
+    imported = _child(READBACK)
+    opted_in = _child(READBACK, OPT_IN="1")
+    assert imported["status"].startswith("system: jaxntk.configure_allocator has not run")
+    assert imported["mmapped"] >= 64 << 20, imported
+    assert opted_in["status"].startswith("kept:")
+    assert opted_in["mmapped"] == 0, opted_in
 
-    params = (jnp.ones((3, 3, 2, 4)) / 6, jnp.ones((4, 3)))
-    x = jnp.ones((2, 5, 5, 2))
-    plan = _structured.make_plan(apply_fn, params, x[:1], (1,), ())
-    args = (jax.tree_util.Partial(apply_fn), params, x, "structured", plan)
 
-    def text(options):
-        jitted = ntk._compiled(ntk._features_of_block, (3, 4), options)
-        return jitted.lower(*args).compile().as_text()
-
-    options = ntk._cpu_options()
-    if not options:
-        pytest.skip("no CPU options here (another backend or jaxlib)")
-    if "__ynn_fusion" not in text(()):
-        pytest.skip("this jaxlib fuses nothing into YNNPACK")
-    assert "__ynn_fusion" not in text(options)
-    assert options == tuple(host.CPU_OPTIONS.items())
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
+def test_the_command_opts_in_and_its_main_does_not():
+    # the executable's entry point makes the call; `cli.main`, what a program embeds, does not
+    code = """
+        import json, sys
+        import jaxntk
+        from jaxntk import cli
+        sys.argv = ["jaxntk"]
+        {call}  # no verb: prints the help, exit status 2
+        print(json.dumps({{"status": jaxntk.allocator_status()}}))
+        """
+    assert _child(code.format(call="cli.entry()"))["status"].startswith("kept:")
+    assert _child(code.format(call="cli.main()"))["status"].startswith("system:")
