@@ -45,6 +45,7 @@ LR = 1.0
 N_TEST = 1000
 SMALL_METHOD = "lanczos"  # ntk_predict's method at n = 4000 (the kernel formed, no eigh)
 RIDGE_REL = 1e-3  # ρ = RIDGE_REL × the mean diagonal of the traced kernel (n = 4000)
+RIDGE_SCALE = {"small": 1.0}  # --ridge-rel / RIDGE_REL: the small run's ρ, set by main
 RIDGE_LARGE = 1e-4  # the large run's ρ = RIDGE_LARGE × tr K (kernel ridge regression's n·λ)
 
 
@@ -105,7 +106,7 @@ def load(path: Path):
                     node = node.setdefault(key, {})
                 node[leaf] = jnp.asarray(data[name])
         arrays = [jnp.asarray(data[k]) for k in ("x", "y", "x_test")]
-        ridge = float(data["ridge"])
+        ridge = float(data["ridge"]) * RIDGE_SCALE["small"]
     return (tree, *arrays, ridge)
 
 
@@ -214,8 +215,14 @@ def child_float64(data: Path, out: Path) -> dict:
         ridge=ridge,
     )
     jax.block_until_ready(result.test)
+    seconds = time.perf_counter() - t0
     np.savez(out / "float64-small.npz", train=result.train, test=result.test)
-    return {"seconds": time.perf_counter() - t0}
+    # its float64 kernels, for neural-tangents' float64 predict on the same kernel (not timed)
+    apply = flax_cnn().apply
+    k_train = jn.empirical_ntk(apply, params, x, trace_axes=(-1,))
+    k_test = jn.empirical_ntk(apply, params, x_test, x, trace_axes=(-1,))
+    np.savez(out / "kernels-float64.npz", k_train=k_train, k_test=k_test)
+    return {"seconds": seconds}
 
 
 def child_nt_small(data: Path, out: Path, repeats: int, impls: list[int]) -> dict:
@@ -272,6 +279,34 @@ def child_nt_small(data: Path, out: Path, repeats: int, impls: list[int]) -> dic
     return rows
 
 
+def child_nt_float64(data: Path, out: Path) -> dict:
+    """neural-tangents' `gradient_descent_mse` in float64 on jaxntk's float64 kernels: the two
+    libraries' algebra compared where float32's rounding does not set the difference."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import neural_tangents as nt
+
+    params, x, y, x_test, ridge = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float64) if hasattr(a, "dtype") else a, load(data)
+    )
+    with np.load(out / "kernels-float64.npz") as kernels:
+        k_train, k_test = jnp.asarray(kernels["k_train"]), jnp.asarray(kernels["k_test"])
+    predict = nt.predict.gradient_descent_mse(
+        k_train, y, learning_rate=2 * LR, diag_reg=ridge, diag_reg_absolute_scale=True
+    )
+    f0, f0_test = cnn_apply(params, x), cnn_apply(params, x_test)
+    train, test = predict(jnp.asarray(STEPS[:-1]), f0, f0_test, k_test)
+    train_inf, test_inf = predict(None, f0, f0_test, k_test)
+    np.savez(
+        out / "nt-float64.npz",
+        train=jnp.concatenate([train, train_inf[None]]),
+        test=jnp.concatenate([test, test_inf[None]]),
+    )
+    return {}
+
+
 def child_large_predict(data: Path, out: Path) -> dict:
     import jax
 
@@ -279,7 +314,7 @@ def child_large_predict(data: Path, out: Path) -> dict:
     from jaxntk import linalg
 
     params, x, y, x_test, ridge = load(data)
-    ridge *= RIDGE_LARGE * x.shape[0] / RIDGE_REL
+    ridge *= RIDGE_LARGE * x.shape[0] / (RIDGE_REL * RIDGE_SCALE["small"])
     infos, function = [], linalg.matrix_function
 
     def recorded(*args, **kwargs):  # ntk_predict's Lanczos run, with its KrylovInfo kept
@@ -318,31 +353,40 @@ def child_large_predict(data: Path, out: Path) -> dict:
 
 
 def child_large_directions(data: Path, out: Path, k: int) -> dict:
-    from jaxntk import linalg
+    """`jaxntk.good_directions(outputs="traced", method="matrix_free")` on the CNN's TaylorModel:
+    the traced kernel's top-k eigenvectors and the (n·c) × k basis of J that the regularizer
+    uses, timed whole (compile, prepare and the products included)."""
+    import jax
+
+    import jaxntk as jn
+    from jaxntk.taylor import TaylorModel
 
     params, x, _, _, _ = load(data)
     t0 = time.perf_counter()
-    op = linalg.ntk_operator(flax_cnn().apply, params, x, trace_axes=(-1,))
-    features = time.perf_counter() - t0
-    values, _, info = linalg.top_eigh(op, k, tol=1e-3, return_info=True)
-    values.block_until_ready()
+    model = TaylorModel(flax_cnn().apply, params)
+    prep = model.prepare(x)
+    dirs, info = jn.good_directions(
+        model, prep, k, outputs="traced", method="matrix_free", tol=1e-3, return_info=True
+    )
+    jax.block_until_ready((dirs.u_k, dirs.top_basis))
     seconds = time.perf_counter() - t0
+    s2 = np.asarray(dirs.s_k) ** 2
     return {
         "seconds": seconds,
-        "features_s": features,
-        "mode": op.mode,
-        "iterations": info.iterations,
-        "residual": info.error,
-        "top": [float(v) for v in values[:3]],
-        "kth": float(values[-1]),
+        "iterations": int(info.iterations),
+        "residual": float(info.residual),
+        "u_k": list(dirs.u_k.shape),
+        "top_basis": list(dirs.top_basis.shape),
+        "top": [float(v) for v in s2[:3]],
+        "kth": float(s2[-1]),
     }
 
 
 def run_child(python: str, kind: str, data: Path, out: Path, extra: list[str]) -> dict:
     """One child process's JSON, with its peak resident memory in bytes."""
     cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--data", str(data)]
-    cmd += ["--out", str(out), *extra]
-    env_path = {"PYTHONPATH": str(ROOT)} if kind != "nt-small" else {}
+    cmd += ["--out", str(out), "--ridge-rel", repr(RIDGE_SCALE["small"] * RIDGE_REL), *extra]
+    env_path = {"PYTHONPATH": str(ROOT)} if not kind.startswith("nt-") else {}
     import os
 
     env = {**os.environ, **env_path}
@@ -370,6 +414,8 @@ def compare(out: Path, impls: list[int]) -> dict:
     reference = out / "float64-small.npz"
     for name in ["jaxntk", *runs]:
         pairs.append((name, "float64", reference))
+    pairs.append(("jaxntk float64", "nt float64 on the same kernel", out / "nt-float64.npz"))
+    runs["jaxntk float64"] = reference
     runs["jaxntk"] = out / "jaxntk-small.npz"
     rows = {}
     for mine, other, path in pairs:
@@ -393,7 +439,8 @@ def report(summary: dict) -> str:
     if small:
         ours = small["jaxntk"]
         lines.append(
-            f"n = {small['n']}, 10 outputs, traced, t = 100, 1000, ∞, ρ = {small['ridge']:.3g}:\n"
+            f"n = {small['n']}, 10 outputs, traced, t = 100, 1000, ∞, ρ = {small['ridge']:.3g} "
+            f"({small.get('ridge_rel', RIDGE_REL):g} × the mean diagonal):\n"
         )
         lines.append("| run | first call (s) | best (s) | peak RSS (GB) |")
         lines.append("|---|---|---|---|")
@@ -405,9 +452,15 @@ def report(summary: dict) -> str:
                     f"| {name} | {row['first_s']:.1f} | {best} | "
                     f"{row.get('peak_bytes', 0) / 1e9:.2f} |"
                 )
+        lines.append(
+            "\nRelative differences ‖a − b‖ / ‖b‖ of the test outputs (train in brackets) at "
+            "t = 100, 1000, ∞:\n"
+        )
+        lines.append("| a to b | t = 100 | t = 1000 | t = ∞ |")
+        lines.append("|---|---|---|---|")
         for name, errs in small["errors"].items():
-            worst = max(max(e["train"][0], e["test"][0]) for e in errs.values())
-            lines.append(f"\n{name}: relative difference (‖·‖ over ‖·‖), worst of t: {worst:.2e}")
+            cells = [f"{e['test'][0]:.1e} ({e['train'][0]:.1e})" for e in errs.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for key in ("large_predict", "large_directions"):
         row = summary.get(key)
         if row:
@@ -420,6 +473,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
     p.add_argument("--results", action="store_true", help="append to benchmarks/RESULTS.md")
     p.add_argument("--n", type=int, default=4000)
+    p.add_argument(
+        "--ridge-rel",
+        type=float,
+        default=RIDGE_REL,
+        help="the n = 4000 run's ρ as a multiple of the traced kernel's mean diagonal",
+    )
     p.add_argument("--n-large", type=int, default=20000)
     p.add_argument("--k", type=int, default=100, help="eigenpairs of the large run")
     p.add_argument("--repeats", type=int, default=1, help="timed calls after the first")
@@ -432,6 +491,7 @@ def main(argv=None) -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    RIDGE_SCALE["small"] = args.ridge_rel / RIDGE_REL
     impls = [int(i) for i in args.nt_impls.split(",") if i]
     if args.child:
         row = _child(args, impls)
@@ -456,6 +516,8 @@ def _child(args, impls) -> dict:
         return child_nt_small(args.data, args.out, args.repeats, impls)
     if args.child == "float64":
         return child_float64(args.data, args.out)
+    if args.child == "nt-float64":
+        return child_nt_float64(args.data, args.out)
     if args.child == "large-predict":
         return child_large_predict(args.data, args.out)
     return child_large_directions(args.data, args.out, args.k)
@@ -476,10 +538,10 @@ def _parent(args, impls) -> dict:
         nt_python = str(args.nt_venv / "bin" / "python") if args.nt_venv else None
     if not args.skip_small:
         data = make_data(args.out, args.n)
-        ridge = float(np.load(data)["ridge"])
+        ridge = float(np.load(data)["ridge"]) * RIDGE_SCALE["small"]
         extra = ["--repeats", str(args.repeats), "--nt-impls", args.nt_impls]
         nt_extra = ["--repeats", str(args.nt_repeats), "--nt-impls", args.nt_impls]
-        small = {"n": args.n, "ridge": ridge}
+        small = {"n": args.n, "ridge": ridge, "ridge_rel": args.ridge_rel}
         small["jaxntk"] = run_child(python, "jaxntk-small", data, args.out, extra)
         small["nt"] = {}
         if nt_python:
@@ -488,6 +550,8 @@ def _parent(args, impls) -> dict:
             small["nt"] = {k: {**v, "peak_bytes": peak} for k, v in rows.items() if k != "error"}
             small["nt_error"] = rows.get("error")
         small["float64"] = run_child(python, "float64", data, args.out, extra)
+        if nt_python:
+            run_child(nt_python, "nt-float64", data, args.out, extra)
         small["errors"] = compare(args.out, impls)
         summary["small"] = small
         print(json.dumps(small, indent=1), flush=True)
@@ -500,4 +564,7 @@ def _parent(args, impls) -> dict:
 
 
 if __name__ == "__main__":
+    from _machine import configure_host
+
+    configure_host()  # before JAX runs anything (jaxntk.host)
     main()

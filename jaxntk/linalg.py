@@ -376,10 +376,15 @@ class _LanczosState(NamedTuple):
 
 
 def _lanczos_start(b, capacity):
+    qs, norm = _first_vector(b, capacity)
+    return _LanczosState(qs, [], [], norm, 1)
+
+
+@partial(jax.jit, static_argnums=1)
+def _first_vector(b, capacity):
     norm = jnp.linalg.norm(b, axis=0)
     q0 = b / jnp.where(norm > 0, norm, 1.0)[None]
-    qs = jnp.zeros((capacity, *b.shape), b.dtype).at[0].set(q0)
-    return _LanczosState(qs, [], [], norm, 1)
+    return jnp.zeros((capacity, *b.shape), b.dtype).at[0].set(q0), norm
 
 
 def _lanczos_extend(state, matmat):
@@ -389,14 +394,28 @@ def _lanczos_extend(state, matmat):
     return _LanczosState(qs, [*state.alpha, alpha], [*state.beta, beta], state.norm, j + 2)
 
 
-def _lanczos_basis(state, matmat):
-    """The basis of the filled vectors: the last α from one more product."""
+def _lanczos_basis(state, matmat, trim=True):
+    """The basis of the filled vectors: the last α from one more product. Untrimmed, q keeps
+    every row of the state's capacity (zero past the filled ones): one shape for every check."""
     j = state.steps - 1
     q = _row(state.qs, j)
-    alpha = jnp.sum(q * matmat(q), axis=0)
-    alphas = jnp.stack([*state.alpha, alpha])
-    betas = jnp.stack(state.beta) if state.beta else jnp.zeros((0, alpha.shape[0]), alpha.dtype)
-    return LanczosBasis(state.qs[: j + 1], alphas, betas, state.norm)
+    alpha = _rayleigh(q, matmat(q))
+    # the coefficients are small: stacked on the host (an eager stack compiles once per length)
+    alphas = jnp.asarray(np.stack([np.asarray(a) for a in [*state.alpha, alpha]]))
+    width = (0, alpha.shape[0])
+    betas = np.stack([np.asarray(b) for b in state.beta]) if state.beta else np.zeros(width)
+    q = _leading(state.qs, j + 1) if trim else state.qs
+    return LanczosBasis(q, alphas, jnp.asarray(betas, alpha.dtype), state.norm)
+
+
+@jax.jit
+def _rayleigh(q, w):
+    return jnp.sum(q * w, axis=0)
+
+
+@partial(jax.jit, static_argnums=1)
+def _leading(qs, m):
+    return qs[:m]
 
 
 @jax.jit
@@ -446,7 +465,14 @@ def _function_coefficients(basis, fn, capacity):
 
 
 def _combine(basis, coeff):
-    return jnp.einsum("mnl,lm->nl", basis.q, jnp.asarray(coeff, basis.q.dtype))
+    pad = basis.q.shape[0] - coeff.shape[1]  # an untrimmed basis: zero coefficients past m
+    coeff = np.pad(coeff, ((0, 0), (0, pad)))
+    return _combined(basis.q, jnp.asarray(coeff, basis.q.dtype))
+
+
+@jax.jit
+def _combined(q, coeff):
+    return jnp.einsum("mnl,lm->nl", q, coeff)
 
 
 class KrylovInfo(NamedTuple):
@@ -531,16 +557,16 @@ def _run_lanczos(matmat, b, fns, tol, max_iters, check_every):
         steps = state.steps
         check = steps == max_iters or steps % check_every == 0
         if check:
-            basis = _lanczos_basis(state, matmat)
+            basis = _lanczos_basis(state, matmat, trim=False)
             coeffs = [_function_coefficients(basis, f, max_iters) for f in fns]
             error = _change(previous, coeffs)
-            dead = bool(jnp.all(basis.beta[-1] == 0)) if steps > 1 else False
+            dead = bool(np.all(np.asarray(state.beta[-1]) == 0)) if steps > 1 else False
             if steps == max_iters or error <= tol or dead:
                 return basis, coeffs, error
             previous = coeffs
         state = _lanczos_extend(state, matmat)
-        if bool(jnp.all(state.beta[-1] == 0)) or state.steps == max_iters:
-            basis = _lanczos_basis(state, matmat)
+        if bool(np.all(np.asarray(state.beta[-1]) == 0)) or state.steps == max_iters:
+            basis = _lanczos_basis(state, matmat, trim=False)
             coeffs = [_function_coefficients(basis, f, max_iters) for f in fns]
             return basis, coeffs, _change(previous, coeffs)
 

@@ -184,15 +184,15 @@ def ntk_predict(
             batch_size=256 if batch_size is None else batch_size,
             memory_budget=memory_budget,
         )
-        f0_test = None if x_test is None else apply_fn(params0, x_test)
+        f0_test = None if x_test is None else _apply(apply_fn, params0, x_test)
         cross = None if x_test is None else op.cross(x_test)
-        f0 = apply_fn(params0, x_train)
+        f0 = _apply(apply_fn, params0, x_train)
         train, test = _lanczos_predict(op, cross, f0, f0_test, *args[3:], tol, max_iters)
     else:
         _check_eigh_budget(y, x_test, traced, memory_budget, method)
         kernels = _kernels(apply_fn, params0, x_train, x_test, trace, batch_size)
-        f0 = apply_fn(params0, x_train)
-        f0_test = None if x_test is None else apply_fn(params0, x_test)
+        f0 = _apply(apply_fn, params0, x_train)
+        f0_test = None if x_test is None else _apply(apply_fn, params0, x_test)
         cholesky = ridge > 0 and x_test is not None and bool(np.any(np.isinf(t)))
         if method == "eigh":
             lr = jnp.asarray(lr, f_train.dtype)
@@ -207,6 +207,12 @@ def ntk_predict(
     train = train.reshape(*lead, *train.shape[1:])
     test = None if test is None else test.reshape(*lead, *test.shape[1:])
     return NTKPrediction(times, train, test)
+
+
+@jax.jit
+def _apply(apply_fn, params0, x):
+    """f(θ0; x) as one program (eager, every operation of the model compiles on its own)."""
+    return apply_fn(params0, x)
 
 
 def _check_data(apply_fn, params0, x_train, y_train, x_test):
@@ -385,6 +391,7 @@ def _dense_product(k, v):
     return k @ v
 
 
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _lanczos_factor(step, a, flow, ridge, which, theta):
     """The train factor 1 − learned (which 0) or the gain (which 1) at Ritz values θ."""
     lam = theta + ridge
