@@ -167,12 +167,14 @@ def empirical_ntk(
     *,
     trace_axes: Sequence[int] = (-1,),
     diagonal_axes: Sequence[int] = (),
+    params_mask: PyTree | Callable[[str, Any], bool] | None = None,
+    per_layer: bool | str = False,
     method: str = "auto",
     batch_size: int | None = None,
     memory_budget: int | None = None,
     output: str | Path | None = None,
     progress: bool = False,
-) -> Array | np.ndarray:
+) -> Array | np.ndarray | dict[str, Array | np.ndarray]:
     """Empirical NTK K(x, x') = ⟨∇_θ f(x; θ0), ∇_θ f(x'; θ0)⟩ of a model with any output shape.
 
     For f(x) of shape (n, *out) (axis 0 the batch), the kernel has, as in neural-tangents'
@@ -193,6 +195,13 @@ def empirical_ntk(
     structured plan) is kept for later calls with the same apply_fn, parameter and input shapes
     and arguments: like `jax.jit`, it reads what apply_fn closes over when it first sees it.
 
+    `params_mask` takes the kernel of a subset of the parameter leaves, Σ over those leaves'
+    entries only: the other leaves are held at their values (constants of the model; the
+    choice of a subset kernel is made anew each call, its programs compiled once per mask).
+    `per_layer` splits the kernel into one term per layer or per leaf, which sum to it: each is
+    computed as the subset kernel of its leaves, so G groups cost G kernels, each with the whole
+    model's forward and backward passes.
+
     Args:
         apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...).
         params0: the parameters θ0 at which the NTK is taken (any pytree of float arrays).
@@ -201,6 +210,14 @@ def empirical_ntk(
             kernel is computed on the block pairs j ≥ i only).
         trace_axes: output axes to trace over (sum of the diagonal, divided by its length).
         diagonal_axes: output axes of which only the diagonal is kept.
+        params_mask: the parameter leaves to differentiate, the others held at their values:
+            None for all; a pytree of bools with params0's structure, or a prefix of it (one
+            bool for a whole subtree); or a callable (path, leaf) -> bool, path the leaf's keys
+            joined by "/" ("params/Conv_0/kernel" for a flax model, "0/1" for a list of pairs).
+        per_layer: False for one kernel; True for a dict {layer: its kernel}, a layer the path
+            of a leaf without its last key ("params/Conv_0" holds its kernel and bias; "" for
+            the leaves at params0's root); "leaves" for a dict {leaf path: its kernel}. Only the
+            leaves `params_mask` selects are grouped, in params0's order of leaves.
         method: one of `METHODS`; "auto" picks by estimated cost (`choose_method`).
         batch_size: examples per block (default: from the memory budget, at most 128).
         memory_budget: bytes the features may take (default `default_memory_budget()`).
@@ -212,12 +229,16 @@ def empirical_ntk(
         The kernel: (n1, n2) for scalar outputs or with the output axes traced, (n1, n2, c, c)
         for outputs (n, c) with trace_axes=(), and so on (see above). With several processes
         (`jax.distributed`), each computes its share of the block rows and every process
-        returns the whole kernel (a path is written by process 0 only).
+        returns the whole kernel (a path is written by process 0 only). With `per_layer`, a
+        dict of such kernels keyed by layer or leaf path.
 
     Raises:
         ValueError: for an unknown method or output, axes out of range, repeated or in both
             arguments, a traced batch axis, inputs of different trailing shapes, a diagonal
-            batch axis with n1 ≠ n2, or a memory_budget too small for one example's features.
+            batch axis with n1 ≠ n2, a memory_budget too small for one example's features, a
+            params_mask that is not bools, does not fit params0's structure or selects no
+            leaf, a per_layer other than False, True or "leaves", or per_layer with a path
+            output.
         TypeError: if an axis, batch_size or memory_budget is not an int, or progress not a bool.
 
     Example:
@@ -243,7 +264,36 @@ def empirical_ntk(
                [0., 5., 0., 0.],
                [0., 0., 5., 0.],
                [0., 0., 0., 5.]], dtype=float32)
+        >>> def g(p, x):                      # a dense layer with a bias: ⟨x_i, x_j⟩ + 1
+        ...     return x @ p["dense"]["w"] + p["dense"]["b"]
+        >>> p = {"dense": {"w": w, "b": jnp.zeros(4)}}
+        >>> empirical_ntk(g, p, ones, params_mask={"dense": {"b": True, "w": False}})[0]
+        Array([1., 1., 1.], dtype=float32)
+        >>> {k: float(v[0, 1]) for k, v in empirical_ntk(g, p, ones, per_layer="leaves").items()}
+        {'dense/b': 1.0, 'dense/w': 5.0}
+        >>> {k: float(v[0, 1]) for k, v in empirical_ntk(g, p, ones, per_layer=True).items()}
+        {'dense': 6.0}
     """
+    if per_layer is not False:  # one kernel per group of leaves, each by the branch below
+        groups = _groups(params0, params_mask, per_layer, output)
+        return {
+            name: empirical_ntk(
+                apply_fn,
+                params0,
+                x1,
+                x2,
+                trace_axes=trace_axes,
+                diagonal_axes=diagonal_axes,
+                params_mask=mask,
+                method=method,
+                batch_size=batch_size,
+                memory_budget=memory_budget,
+                output=output,
+                progress=progress,
+            )
+            for name, mask in groups.items()
+        }
+    apply_fn, params0 = _restrict(apply_fn, params0, params_mask)
     spec, apply_fn, x1, x2 = _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes)
     if output is not None and output != "host" and not isinstance(output, (str, Path)):
         raise ValueError(f"output must be None, 'host' or a path, got {output!r}")
@@ -264,6 +314,7 @@ def choose_method(
     *,
     trace_axes: Sequence[int] = (-1,),
     diagonal_axes: Sequence[int] = (),
+    params_mask: PyTree | Callable[[str, Any], bool] | None = None,
     method: str = "auto",
     batch_size: int | None = None,
     memory_budget: int | None = None,
@@ -278,8 +329,8 @@ def choose_method(
     FLOPs are estimated only then: for a named method they are reported as 0).
 
     Args:
-        apply_fn, params0, x1, x2, trace_axes, diagonal_axes, method, batch_size,
-            memory_budget: as `empirical_ntk`.
+        apply_fn, params0, x1, x2, trace_axes, diagonal_axes, params_mask, method,
+            batch_size, memory_budget: as `empirical_ntk`.
 
     Returns:
         A `Choice`: the method, the estimates of every implementation, a one-line reason, the
@@ -295,6 +346,7 @@ def choose_method(
         >>> choice.method in ("jacobian", "products", "structured"), choice.batch_size
         (True, 8)
     """
+    apply_fn, params0 = _restrict(apply_fn, params0, params_mask)
     spec, apply_fn, x1, _ = _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes)
     return _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)[0]
 
@@ -395,6 +447,125 @@ def _ntk_axes(
             f"diagonal_axes={tuple(diagonal_axes)}"
         )
     return tuple(sorted(trace)), tuple(sorted(diagonal))
+
+
+# ------------------------------------------------------------------------ parameter subsets
+
+
+def _leaf_paths(params0) -> list[str]:
+    """Each leaf's path in params0, its keys joined by "/" ("params/Conv_0/kernel", "0/1")."""
+    flat = jax.tree_util.tree_flatten_with_path(params0)[0]
+    return [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in flat]
+
+
+def _as_bool(value) -> bool | None:
+    """value as a bool where it is one (a Python or numpy bool, a 0-d bool array), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if (
+        isinstance(value, (np.ndarray, jax.Array))
+        and value.shape == ()
+        and value.dtype == np.bool_
+        and not isinstance(value, jax.core.Tracer)
+    ):
+        return bool(value)
+    return None
+
+
+def _selection(params0, params_mask) -> list[bool]:
+    """Whether each leaf of params0 (in flattening order) is differentiated; ValueError for a
+    mask that is not bools, does not fit params0's structure or selects nothing."""
+    paths = _leaf_paths(params0)
+    if callable(params_mask):
+        selected = []
+        for path, leaf in zip(paths, jax.tree_util.tree_leaves(params0), strict=True):
+            answer = params_mask(path, leaf)
+            if _as_bool(answer) is None:
+                raise ValueError(
+                    f"params_mask(path, leaf) must return a bool, got {answer!r} for the leaf "
+                    f"{path!r}"
+                )
+            selected.append(_as_bool(answer))
+    else:
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params_mask)
+        for path, value in flat:
+            if _as_bool(value) is None:
+                where = jax.tree_util.keystr(path, simple=True, separator="/")
+                raise ValueError(
+                    f"params_mask must hold one bool per leaf (or per subtree) of params0, got "
+                    f"{value!r} at {where or 'its root'!r}"
+                )
+        try:
+            subtrees = treedef.flatten_up_to(params0)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"params_mask must have the structure of params0 or of a prefix of it: {err} "
+                f"(params0's leaves: {paths})"
+            ) from None
+        selected = [
+            bool(value)
+            for (_, value), sub in zip(flat, subtrees, strict=True)
+            for _ in jax.tree_util.tree_leaves(sub)
+        ]
+    if not any(selected):
+        raise ValueError(f"params_mask selects no leaf of params0 (its leaves: {paths})")
+    return selected
+
+
+@dataclasses.dataclass(frozen=True)
+class _Merged:
+    """apply_fn(θ, x) of the selected leaves, the others held at their values: called as
+    `Partial(_Merged(treedef, selected), apply_fn, rest)(chosen, x)`. Compared by value, so that
+    the block programs compile once per mask, whatever the values held."""
+
+    treedef: Any
+    selected: tuple[bool, ...]
+
+    def __call__(self, apply_fn, rest, chosen, x):
+        chosen, rest = iter(chosen), iter(rest)
+        leaves = [next(chosen) if keep else next(rest) for keep in self.selected]
+        return apply_fn(self.treedef.unflatten(leaves), x)
+
+
+def _restrict(apply_fn, params0, params_mask):
+    """(apply_fn, params0) differentiated in the leaves params_mask selects only: a Partial of
+    `_Merged` holding the other leaves as arguments (traced by the block programs, constants of
+    the structured plan) and the list of the selected leaves. Unchanged for no mask or one that
+    selects every leaf. The Partial has arguments: its choice is made anew each call
+    (`_choice_key`), never that of the whole kernel."""
+    if params_mask is None or not callable(apply_fn):  # _check names a bad apply_fn
+        return apply_fn, params0
+    selected = _selection(params0, params_mask)
+    if all(selected):
+        return apply_fn, params0
+    leaves, treedef = jax.tree_util.tree_flatten(params0)
+    inner = apply_fn if isinstance(apply_fn, Partial) else Partial(apply_fn)
+    # jax arrays: the plan's trace stages the ops on them as the block programs' trace does
+    rest = [jnp.asarray(leaf) for leaf, keep in zip(leaves, selected, strict=True) if not keep]
+    chosen = [leaf for leaf, keep in zip(leaves, selected, strict=True) if keep]
+    return Partial(_Merged(treedef, tuple(selected)), inner, rest), chosen
+
+
+def _groups(params0, params_mask, per_layer, output) -> dict[str, PyTree]:
+    """{layer or leaf path: the mask of its selected leaves} for `per_layer`, in the order of
+    params0's leaves; ValueError for a bad per_layer or a path output."""
+    if not (isinstance(per_layer, bool) or (isinstance(per_layer, str) and per_layer == "leaves")):
+        raise ValueError(f"per_layer must be False, True or 'leaves', got {per_layer!r}")
+    if output is not None and output != "host":
+        raise ValueError(
+            f"per_layer gives one kernel per group of parameters: output must be None or "
+            f"'host', got {output!r}"
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(params0)
+    selected = [True] * len(leaves) if params_mask is None else _selection(params0, params_mask)
+    names = []
+    for path in _leaf_paths(params0):
+        names.append(path if per_layer == "leaves" else path.rpartition("/")[0])
+    groups = {}
+    for k, name in enumerate(names):
+        if selected[k]:
+            groups.setdefault(name, [False] * len(leaves))[k] = True
+    return {name: treedef.unflatten(mask) for name, mask in groups.items()}
 
 
 # ----------------------------------------------------------------------- choice and budget
@@ -548,8 +719,8 @@ def _estimate(name, extra, apply_fn, params0, x1, spec, budget, with_flops) -> E
 def _has_convolution(apply_fn, params0, xb) -> bool:
     """Whether the model's jaxpr (sub-jaxprs included) holds a convolution."""
     return _analysed(
-        ("convolution", apply_fn),
-        (params0, xb),
+        ("convolution",),
+        (apply_fn, params0, xb),  # keyed on apply_fn's function and its arguments' shapes
         lambda: "conv_general_dilated" in str(jax.make_jaxpr(apply_fn)(params0, xb)),
     )
 

@@ -156,6 +156,8 @@ def test_taylor_models_guide_code_runs(capsys):
     accuracy = [float(a) for a in re.search(r"train accuracy \[([^\]]*)\]", out)[1].split()]
     assert accuracy[-1] > accuracy[0] + 0.3
     assert "(8, 8, 3, 3) (8, 8)" in out
+    assert "['params/Dense_0', 'params/Dense_1'] True" in out
+    assert "layers sum to the kernel: True" in out
     assert "(3, 64, 3) (3, 256, 3)" in out
 
 
