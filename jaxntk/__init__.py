@@ -2,10 +2,10 @@
 
 The public API, re-exported from the modules. Imports run one way, up these layers (a module
 imports only from its own layer and those before it; tests/test_structure.py checks it):
-host → polynomials → data → targets → network / taylor → scaling → ntk → linalg → spectral →
-predict / onestep → diagnostics → objectives → minibatch → sharding / checkpoint → training →
-plots → experiments → cli (the private helpers _checks, _jet and _staging sit with host, _structured
-with ntk).
+host → polynomials → data → targets → network / taylor → scaling → ntk / store → linalg →
+spectral → predict / onestep → diagnostics → objectives → minibatch → sharding / checkpoint →
+training → plots → experiments → cli (the private helpers _checks, _jet and _staging sit with host,
+_structured with ntk).
 
 Importing jaxntk changes nothing in the process. XLA's CPU backend runs faster when freed host
 memory stays in the process (glibc): `jaxntk.configure_allocator()`, called before the first
@@ -23,6 +23,7 @@ from jaxntk import (
     objectives,
     predict,
     sharding,
+    store,
     targets,
     training,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "right_singular_vectors",
     "sample_inputs",
     "sharding",
+    "store",
     "sparse_part",
     "targets",
     "taylor",

@@ -3,8 +3,11 @@
 A kernel here is a symmetric positive semi-definite N × N matrix K given one of three ways:
 
 - a jax or numpy array (N, N) in memory;
-- a `numpy.memmap` (or any numpy array) on disk, e.g. `jaxntk.empirical_ntk(..., output=path)`
+- a `numpy.memmap` (or any numpy array) on disk, e.g. `jaxntk.empirical_ntk(..., output="k.npy")`
   read back with `np.load(path, mmap_mode="r")`: its products stream block rows of it;
+- a `jaxntk.store.KernelStore`, what `jaxntk.empirical_ntk(..., output=folder)` returns: its
+  products read tiles of rows from disk into memory (no mapping, so the resident set stays at a
+  tile and the vectors however large the kernel);
 - a linear operator: a callable V ↦ K V on (N, l) blocks, with its size `n` passed alongside,
   e.g. the empirical NTK as J (Jᵀ V) from `ntk_operator`, when K itself is never formed.
 
@@ -16,7 +19,9 @@ On any of them:
   (full reorthogonalization): ‖b‖ Q f(T) e₁, the way `jaxntk.predict.ntk_predict` applies
   (1 − aλ)^t, exp(−aλt) and 1/λ without an eigendecomposition of K;
 - `top_eigh`: the top-k eigenpairs by randomized block subspace iteration with Rayleigh-Ritz;
-- `trace`: tr K, exact from the diagonal of a matrix, by Hutchinson's estimate for an operator.
+- `trace`: tr K, exact from the diagonal of a matrix, by Hutchinson's estimate for an operator;
+- `effective_rank`: (tr K)² / ‖K‖_F²; `spectral_density`: the eigenvalue density by stochastic
+  Lanczos quadrature; `alignment`: the centred kernel-target alignment, streamed.
 
 Every function that forms or factorizes an N × N matrix estimates its bytes first
 (`kernel_bytes`) and raises a ValueError naming `memory_budget` before any work when they exceed
@@ -44,10 +49,11 @@ from jax.tree_util import Partial
 
 from jaxntk import ntk
 from jaxntk._checks import check_int
+from jaxntk.store import KernelStore
 
 Array = jax.Array
 PyTree = Any
-Kernel = Any  # a jax/numpy array (N, N), a numpy memmap, or a callable V ↦ K V with n given
+Kernel = Any  # a jax/numpy array (N, N), a numpy memmap, a KernelStore, or a callable V ↦ K V
 
 __all__ = [
     "NTK_MODES",
@@ -61,7 +67,11 @@ __all__ = [
     "lanczos",
     "matrix_function",
     "ntk_operator",
+    "SpectralDensity",
+    "alignment",
+    "effective_rank",
     "solve",
+    "spectral_density",
     "top_eigh",
     "trace",
 ]
@@ -128,6 +138,9 @@ def _human(nbytes: int) -> str:
 
 def _operator(k: Kernel, n: int | None) -> tuple[Callable[[Array], Array], int, Any]:
     """(V ↦ K V on (N, l) blocks, N, dtype) of a kernel in any of its forms."""
+    if isinstance(k, KernelStore):
+        k._require_square()
+        return partial(_store_product, k), k.n, k.dtype
     if callable(k) and not isinstance(k, (np.ndarray, jax.Array)):
         if isinstance(k, NTKOperator):
             return k, k.n, k.dtype
@@ -152,6 +165,10 @@ def _operator(k: Kernel, n: int | None) -> tuple[Callable[[Array], Array], int, 
 @jax.jit
 def _dense_product(k, v):
     return k @ v.astype(k.dtype)
+
+
+def _store_product(k: KernelStore, v: Array) -> Array:
+    return jnp.asarray(k.matmat(np.asarray(v)))
 
 
 def _host_product(k: np.ndarray, rows: int, v: Array) -> Array:
@@ -270,7 +287,8 @@ def solve(
             size=size,
             ways='Use method="cg", which streams a memmap or runs matrix-free.',
         )
-        x = _cholesky_solve(jnp.asarray(k), rhs, ridge)
+        dense = k.array() if isinstance(k, KernelStore) else k
+        x = _cholesky_solve(jnp.asarray(dense), rhs, ridge)
         info = SolveInfo(0, float(_residual(matmat, x, rhs, ridge)))
     else:
         tol = _check_tol(tol, dtype)
@@ -689,6 +707,9 @@ def trace(k: Kernel, *, n: int | None = None, probes: int = 64, key: Array | Non
     """
     if isinstance(k, NTKOperator):
         return k.trace()
+    if isinstance(k, KernelStore):
+        _operator(k, n)
+        return jnp.asarray(np.sum(k.diagonal(), dtype=np.float64), k.dtype)
     if isinstance(k, (np.ndarray, jax.Array)):
         _operator(k, n)
         return jnp.asarray(np.trace(k) if isinstance(k, np.ndarray) else jnp.trace(k))
@@ -697,6 +718,176 @@ def trace(k: Kernel, *, n: int | None = None, probes: int = 64, key: Array | Non
     key = jax.random.PRNGKey(0) if key is None else key
     z = jax.random.rademacher(key, (size, probes), dtype)
     return jnp.sum(z * matmat(z)) / probes
+
+
+def _frobenius_sq(k: Kernel, n, probes, key) -> float:
+    """‖K‖_F²: exact for a matrix or a store (streamed), E‖K z‖² over Rademacher z for an
+    operator."""
+    if isinstance(k, KernelStore):
+        return k.frobenius_sq()
+    if isinstance(k, (np.ndarray, jax.Array)):
+        return float(sum(np.sum(np.square(np.asarray(t), dtype=np.float64)) for t in _tiles(k)))
+    matmat, size, dtype = _operator(k, n)
+    check_int("probes", probes, low=1)
+    z = jax.random.rademacher(jax.random.PRNGKey(0) if key is None else key, (size, probes), dtype)
+    return float(jnp.sum(jnp.square(matmat(z))) / probes)
+
+
+def _tiles(k):
+    rows = max(1, _HOST_TILE_BYTES // max(1, k.shape[1] * k.dtype.itemsize))
+    for i in range(0, k.shape[0], rows):
+        yield k[i : i + rows]
+
+
+def effective_rank(
+    k: Kernel, *, n: int | None = None, probes: int = 64, key: Array | None = None
+) -> float:
+    """The effective rank (tr K)² / ‖K‖_F² = (Σλ)² / Σλ²: N for K ∝ I, 1 for rank one.
+
+    Exact for a matrix, a memmap or a `KernelStore` (streamed); for an operator, ‖K‖_F² and tr K
+    are Hutchinson estimates over `probes` Rademacher vectors (`trace`).
+
+    Args:
+        k: the kernel in any form (module docstring).
+        n: N, for a callable k.
+        probes: probe vectors for an operator.
+        key: PRNG key of the probes (default PRNGKey(0)).
+
+    Returns:
+        The effective rank, a float in [1, N].
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxntk.linalg import effective_rank
+        >>> effective_rank(np.diag([1.0, 1.0, 1.0, 1.0]).astype(np.float32))
+        4.0
+        >>> effective_rank(np.diag([3.0, 1.0]).astype(np.float32))  # 16 / 10
+        1.6
+    """
+    total = float(trace(k, n=n, probes=probes, key=key))
+    return total**2 / _frobenius_sq(k, n, probes, key)
+
+
+class SpectralDensity(NamedTuple):
+    """The eigenvalue density of a kernel by stochastic Lanczos quadrature (`spectral_density`).
+
+    Attributes:
+        grid: (g,) eigenvalues at which the density is given.
+        density: (g,) the smoothed density: ∫ density dλ ≈ N, the number of eigenvalues.
+        nodes: (probes, m) Ritz values of each probe's Lanczos run.
+        weights: (probes, m) their quadrature weights: Σ_j N·w_pj f(θ_pj) estimates tr f(K), one
+            estimate per probe (exact for a diagonal K with Rademacher probes and m ≥ its distinct
+            eigenvalues).
+    """
+
+    grid: Array
+    density: Array
+    nodes: Array
+    weights: Array
+
+
+def spectral_density(
+    k: Kernel,
+    *,
+    n: int | None = None,
+    probes: int = 8,
+    iters: int = 60,
+    grid: int | Any = 256,
+    width: float | None = None,
+    key: Array | None = None,
+) -> SpectralDensity:
+    """The eigenvalue density of K: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017).
+
+    Each Rademacher probe z gives `iters` Lanczos steps; the eigenpairs (θ_j, s_j) of its
+    tridiagonal T are the nodes and s_j[0]² the weights of a Gauss quadrature of
+    zᵀ f(K) z / ‖z‖². The density is N/probes · Σ_p Σ_j w_pj · 𝒩(λ; θ_pj, width²) on the grid.
+    Costs probes·iters products with K (all probes in each product).
+
+    Args:
+        k: the kernel in any form (module docstring).
+        n: N, for a callable k.
+        probes: Rademacher probe vectors.
+        iters: Lanczos steps per probe (at most N).
+        grid: number of points from 0 to 1.05 × the largest node, or the points themselves.
+        width: the Gaussian's standard deviation (default: 2 grid steps of a uniform grid).
+        key: PRNG key of the probes (default PRNGKey(0)).
+
+    Returns:
+        A `SpectralDensity`.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxntk.linalg import spectral_density
+        >>> k = np.diag([1.0, 1.0, 4.0]).astype(np.float32)
+        >>> sd = spectral_density(k, probes=2, iters=3)
+        >>> nodes = np.asarray(sd.nodes); w = np.asarray(sd.weights)
+        >>> [round(float(3 * np.sum(w[p] * nodes[p] ** 2)), 3) for p in range(2)]  # tr K² = 18
+        [18.0, 18.0]
+    """
+    matmat, size, dtype = _operator(k, n)
+    check_int("probes", probes, low=1)
+    check_int("iters", iters, low=1, high=size, high_name="N, the kernel's size")
+    key = jax.random.PRNGKey(0) if key is None else key
+    z = jax.random.rademacher(key, (size, probes), dtype)
+    basis = lanczos(k, z, iters, n=n)
+    theta, s = _tridiagonal_eigh(np.asarray(basis.alpha, np.float64), np.asarray(basis.beta))
+    weights = s[:, 0, :] ** 2  # (probes, m), each row sums to 1
+    if isinstance(grid, numbers.Integral):
+        check_int("grid", grid, low=2)
+        points = np.linspace(0.0, 1.05 * max(float(theta.max()), 0.0) or 1.0, int(grid))
+    else:
+        points = np.asarray(grid, np.float64)
+        if points.ndim != 1 or points.size < 2:
+            raise ValueError(f"grid must be an int ≥ 2 or a 1-D array of points, got {grid!r}")
+    sigma = 2 * (points[-1] - points[0]) / (points.size - 1) if width is None else float(width)
+    if not sigma > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    gauss = np.exp(-0.5 * ((points[:, None, None] - theta[None]) / sigma) ** 2)
+    density = size / probes * np.sum(weights[None] * gauss, axis=(1, 2)) / (sigma * np.sqrt(2 * np.pi))
+    return SpectralDensity(
+        jnp.asarray(points), jnp.asarray(density), jnp.asarray(theta), jnp.asarray(weights)
+    )
+
+
+def alignment(
+    k: Kernel, y: Any, *, n: int | None = None, probes: int = 64, key: Array | None = None
+) -> float:
+    """The centred kernel-target alignment ⟨K_c, Y_c Y_cᵀ⟩ / (‖K_c‖_F ‖Y_c Y_cᵀ‖_F), streamed.
+
+    K_c = H K H and Y_c = H Y with H = I − 11ᵀ/N (Cortes, Mohri & Rostamizadeh 2012). With one
+    product K [Y_c, 1]: ⟨K_c, Y_c Y_cᵀ⟩ = tr(Y_cᵀ K Y_c) and ‖K_c‖_F² = ‖K‖_F² − 2‖K1‖²/N +
+    (1ᵀK1)²/N²; ‖K‖_F² exact for a matrix or a store, estimated for an operator (`probes`).
+    `jaxntk.diagnostics.centered_alignment` is the same number for a kernel in memory.
+
+    Args:
+        k: the kernel in any form (module docstring).
+        y: (N,) or (N, c) targets.
+        n: N, for a callable k.
+        probes: probe vectors for an operator's ‖K‖_F².
+        key: PRNG key of the probes.
+
+    Returns:
+        The alignment, in [−1, 1].
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxntk.linalg import alignment
+        >>> y = np.array([1.0, -1.0, 2.0, 0.0], dtype=np.float32)
+        >>> k = np.outer(y, y) + 3.0        # a constant is centred away
+        >>> round(alignment(k, y), 5)
+        1.0
+    """
+    matmat, size, dtype = _operator(k, n)
+    cols, _ = _columns(y, size)
+    cols = np.asarray(cols, np.float64)
+    yc = cols - cols.mean(axis=0, keepdims=True)
+    both = np.concatenate([yc, np.ones((size, 1))], axis=1)
+    product = np.asarray(matmat(jnp.asarray(both, dtype)), np.float64)
+    inner = float(np.sum(yc * product[:, :-1]))
+    k1 = product[:, -1]
+    kc_sq = _frobenius_sq(k, n, probes, key) - 2 * float(k1 @ k1) / size + float(k1.sum()) ** 2 / size**2
+    yy = float(np.linalg.norm(yc.T @ yc))
+    return inner / (math.sqrt(max(kc_sq, 0.0)) * yy)
 
 
 # ------------------------------------------------------------------------- the NTK operator

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxntk import host
+from jaxntk import host, store
 from jaxntk._checks import check_int
 from jaxntk.taylor import _memory_bytes
 
@@ -222,15 +222,21 @@ def empirical_ntk(
         batch_size: examples per block (default: from the memory budget, at most 128).
         memory_budget: bytes the features may take (default `default_memory_budget()`).
         output: None for a jax Array; "host" for a numpy array filled block row by block row;
-            a path for a .npy file written as a memmap block row by block row (n beyond RAM).
-        progress: print a line per block row to stderr.
+            a folder path for a kernel store on disk (`jaxntk.store`: each block row written and
+            recorded with its checksum as it finishes; called again with the same arguments
+            after a kill, it computes only the missing rows; several processes each write their
+            own rows and nothing is gathered); a path ending in ".npy" for one .npy file
+            written as a memmap (no resumption).
+        progress: print a line per block row to stderr (with a store: the throughput and the
+            time left).
 
     Returns:
         The kernel: (n1, n2) for scalar outputs or with the output axes traced, (n1, n2, c, c)
         for outputs (n, c) with trace_axes=(), and so on (see above). With several processes
         (`jax.distributed`), each computes its share of the block rows and every process
-        returns the whole kernel (a path is written by process 0 only). With `per_layer`, a
-        dict of such kernels keyed by layer or leaf path.
+        returns the whole kernel (a .npy path is written by process 0 only). With a folder
+        output, a `jaxntk.store.KernelStore` (every process returns it once all rows are on
+        disk). With `per_layer`, a dict of such kernels keyed by layer or leaf path.
 
     Raises:
         ValueError: for an unknown method or output, axes out of range, repeated or in both
@@ -238,7 +244,8 @@ def empirical_ntk(
             batch axis with n1 ≠ n2, a memory_budget too small for one example's features, a
             params_mask that is not bools, does not fit params0's structure or selects no
             leaf, a per_layer other than False, True or "leaves", or per_layer with a path
-            output.
+            output; a store folder holding a kernel of other arguments, another method or block
+            size, or rows whose bytes no longer match their checksums (`jaxntk.store`).
         TypeError: if an axis, batch_size or memory_budget is not an int, or progress not a bool.
 
     Example:
@@ -299,6 +306,10 @@ def empirical_ntk(
         raise ValueError(f"output must be None, 'host' or a path, got {output!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    if _is_store(output):
+        method, batch_size = _resumed_choice(Path(output), method, batch_size)
+        choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)
+        return _stored_kernel(apply_fn, params0, x1, x2, spec, choice, extra, Path(output), progress)
     choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)
     several = jax.process_count() > 1 or jax.local_device_count() > 1
     if output is None and not progress and not several:
@@ -903,14 +914,7 @@ def _device_kernel(apply_fn, params0, x1, x2, spec, choice, extra) -> Array:
         [(apply_fn, params0)], [None], blocks1, blocks2, rows, pairs, choice, extra, spec
     )
     computed = [block for group in groups for _, _, block in group]
-    return _assembled(computed, jnp.asarray(pairs, jnp.int32), spec, b1, b2)
-
-
-@partial(jax.jit, static_argnums=(2, 3, 4))
-def _assembled(computed, pairs, spec, b1, b2):
-    """`_assemble` of the blocks as one program (eager, its stack, scatters and transposes
-    compile one by one: 0.3 s of a first call at n = 4000)."""
-    return _assemble(jnp.stack(computed), pairs, spec, b1, b2)
+    return _assemble(computed, pairs, spec, b1, b2)
 
 
 def _blocks(x1, x2, spec, b):
@@ -972,21 +976,33 @@ def _row_groups(placed, devices, blocks1, blocks2, rows, pairs, choice, extra, s
         yield group
 
 
-def _assemble(blocks: Array, pairs: np.ndarray, spec: _Spec, b1: int, b2: int) -> Array:
-    """The (n1, n2, ...) kernel from the contracted pairs' blocks (mirrored when symmetric)."""
-    if 0 in spec.diagonal:  # (B, b, ...): the diagonal blocks only
-        return blocks.reshape(-1, *blocks.shape[2:])[: spec.n1]
+def _assemble(computed: list, pairs: np.ndarray, spec: _Spec, b1: int, b2: int) -> Array:
+    """The (n1, n2, ...) kernel from the contracted pairs' blocks (mirrored when symmetric),
+    each written into place by one program called per block. (One stack of all the blocks, or
+    one program taking them all, compiles for minutes: 113 s for the 12403 blocks of n = 20000
+    on 2 cores; the writes take 0.9 s.)"""
+    if 0 in spec.diagonal:  # (b, ...) per block: the diagonal blocks only, one per block row
+        return jnp.concatenate(computed)[: spec.n1]
     blocks1, blocks2 = -(-spec.n1 // b1), -(-spec.n2 // b2)
-    if blocks1 == blocks2 == 1:  # one block: no scatter (6 ms a call at n = 64 on 2 cores)
-        return blocks[0][: spec.n1, : spec.n2]
-    full = jnp.zeros((blocks1, blocks2, *blocks.shape[1:]), blocks.dtype)
-    full = full.at[pairs[:, 0], pairs[:, 1]].set(blocks)
-    if spec.symmetric:
-        src, dst = _mirror(spec).split("->")
-        full = full.at[pairs[:, 1], pairs[:, 0]].set(jnp.einsum(f"z{src}->z{dst}", blocks))
-    full = jnp.moveaxis(full, 2, 1)
-    full = full.reshape(blocks1 * b1, blocks2 * b2, *full.shape[4:])
+    if blocks1 == blocks2 == 1:  # one block: no writes (6 ms a call at n = 64 on 2 cores)
+        return computed[0][: spec.n1, : spec.n2]
+    shape = (blocks1 * b1, blocks2 * b2, *computed[0].shape[2:])
+    full = jnp.zeros(shape, computed[0].dtype)
+    mirror = _mirror(spec) if spec.symmetric else None
+    for (i, j), block in zip(pairs.tolist(), computed, strict=True):
+        rows, cols = np.int32(i * b1), np.int32(j * b2)
+        full = _put(full, block, rows, cols, mirror if i != j else None)
     return full[: spec.n1, : spec.n2]
+
+
+@partial(jax.jit, donate_argnums=0, static_argnums=4)
+def _put(full, block, rows, cols, mirror):
+    """Block (i, j) into the padded kernel at (rows, cols), and its mirror at (cols, rows)."""
+    zeros = (jnp.zeros((), rows.dtype),) * (full.ndim - 2)  # one index dtype (x64: int64 zeros)
+    full = jax.lax.dynamic_update_slice(full, block, (rows, cols, *zeros))
+    if mirror is not None:
+        full = jax.lax.dynamic_update_slice(full, jnp.einsum(mirror, block), (cols, rows, *zeros))
+    return full
 
 
 def _block_features(apply_fn, params0, xb, method, extra):
@@ -1070,6 +1086,163 @@ def _host_kernel(apply_fn, params0, x1, x2, spec, choice, extra, output, progres
         out.flush()
         return out
     return out if output is not None else jnp.asarray(out)
+
+
+# ------------------------------------------------------------------------ the store on disk
+
+
+def _is_store(output) -> bool:
+    """A path that is not a .npy file: a kernel store (`jaxntk.store`)."""
+    return isinstance(output, (str, Path)) and output != "host" and Path(output).suffix != ".npy"
+
+
+def _resumed_choice(path: Path, method: str, batch_size: int | None) -> tuple[str, int | None]:
+    """A resumed store keeps its method and block size (its rows then equal the first run's
+    bit for bit); asking for others is refused."""
+    stored = store.stored_choice(path)
+    if stored is None:
+        return method, batch_size
+    block, stored_method = stored
+    if method not in ("auto", stored_method) or batch_size not in (None, block):
+        raise ValueError(
+            f"the kernel store at {path} was computed with method {stored_method!r} and "
+            f"batch_size {block}; got method={method!r}, batch_size={batch_size!r} (leave them "
+            "unset to resume it, or choose another output path)"
+        )
+    return stored_method, block
+
+
+def _stored_kernel(apply_fn, params0, x1, x2, spec, choice, extra, path, progress):
+    """Block rows into a kernel store: this process's rows (i ≡ process index mod count) that
+    have no record yet, each written, flushed and recorded as soon as it is done."""
+    blocks1, blocks2, pairs, b1, _ = _blocks(x1, x2, spec, choice.batch_size)
+    count, index = jax.process_count(), jax.process_index()
+    description = _description(apply_fn, params0, x1, x2, spec)
+    fingerprint = store.fingerprint_of(sorted(description.items()))
+    diagonal_batch = 0 in spec.diagonal
+    kwargs = dict(
+        block=b1,
+        symmetric=spec.symmetric and not diagonal_batch,
+        diagonal_batch=diagonal_batch,
+        method=choice.method,
+        fingerprint=fingerprint,
+        description=description,
+        mirror=_mirror(spec) if spec.symmetric and not diagonal_batch else None,
+    )
+    shape = _kernel_shape(spec)
+    if index == 0:
+        writer, done = store.open_for_writing(path, shape, spec.dtype, create=True, **kwargs)
+    _barrier("jaxntk-store-open", count)
+    if index != 0:
+        writer, done = store.open_for_writing(path, shape, spec.dtype, create=False, **kwargs)
+    try:
+        mine = list(range(index, blocks1.shape[0], count))
+        finished = sorted(set(done) & set(mine))
+        damaged = writer.store.verify(finished)
+        if damaged:
+            raise ValueError(
+                f"the kernel store at {path} is damaged: block rows {damaged} no longer match "
+                f"their checksums (delete their records, {path / 'rows'}/NNNNNN.json, to compute "
+                "them again, or delete the store)"
+            )
+        todo = [i for i in mine if i not in set(finished)]
+        _fill_store(
+            apply_fn,
+            params0,
+            writer,
+            todo,
+            len(mine),
+            (blocks1, blocks2),
+            pairs,
+            choice,
+            extra,
+            spec,
+            progress,
+        )
+    finally:
+        writer.close()
+    _barrier("jaxntk-store-done", count)
+    return store.KernelStore.open(path)
+
+
+def _fill_store(apply_fn, params0, writer, todo, mine, blocks, pairs, choice, extra, spec, progress):
+    """Compute the block rows `todo` and write each one into the store; a progress line per row
+    with the throughput and the time left (by block pairs, the unit of work)."""
+    blocks1, blocks2 = blocks
+    devices = jax.local_devices()
+    placed = [jax.device_put((apply_fn, params0), d) for d in devices]
+    work = {i: int(np.sum(pairs[:, 0] == i)) for i in todo}
+    total_pairs, done_pairs, rows_done = sum(work.values()), 0, mine - len(todo)
+    start = time.perf_counter()
+    for group in _row_groups(placed, devices, blocks1, blocks2, todo, pairs, choice, extra, spec):
+        by_row: dict[int, list] = {}
+        for i, j, block in group:
+            by_row.setdefault(i, []).append((j, block))
+        for i, row in by_row.items():
+            writer.write_row(i, _strip(i, row, spec, blocks1.shape[1], blocks2.shape[1]))
+            done_pairs += work[i]
+            rows_done += 1
+            if progress:
+                elapsed = time.perf_counter() - start
+                rate = done_pairs / elapsed if elapsed > 0 else math.inf
+                left = (total_pairs - done_pairs) / rate if rate > 0 else math.inf
+                entries = done_pairs * blocks1.shape[1] * blocks2.shape[1]
+                print(
+                    f"[empirical_ntk] block row {rows_done}/{mine}  {choice.method}  "
+                    f"{elapsed:.1f} s, {entries / max(elapsed, 1e-9):.3g} kernel entries/s, "
+                    f"~{left:.0f} s left  (store {writer.store.path.name}, process "
+                    f"{jax.process_index()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def _strip(i, row, spec, b1, b2) -> np.ndarray:
+    """Block row i's computed blocks side by side, cut to the kernel's rows and columns: from
+    its first block's column on (j ≥ i for a symmetric kernel)."""
+    row = sorted(row, key=lambda pair: pair[0])
+    r = min(b1, spec.n1 - i * b1)
+    if 0 in spec.diagonal:
+        return np.asarray(row[0][1])[:r]
+    first = row[0][0] * b2
+    strip = np.concatenate([np.asarray(block) for _, block in row], axis=1)
+    return strip[:r, : spec.n2 - first]
+
+
+def _description(apply_fn, params0, x1, x2, spec) -> dict:
+    """What a store's kernel was computed from, readable (the manifest's "arguments"): the model
+    function by name (a changed body under the same name is not seen), the arrays by SHA-256."""
+    fn = apply_fn.func if isinstance(apply_fn, Partial) else apply_fn
+    bound = getattr(fn, "__self__", None)
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    bound_args = (apply_fn.args, apply_fn.keywords) if isinstance(apply_fn, Partial) else ()
+    leaves, treedef = jax.tree_util.tree_flatten(params0)
+
+    def digest(tree) -> str:
+        arrays = [np.asarray(a) if hasattr(a, "shape") else a for a in jax.tree.leaves(tree)]
+        return store.fingerprint_of([str(jax.tree.structure(tree)), *arrays])
+
+    return {
+        "model": name + (f" of {bound!r}" if bound is not None else ""),
+        "model_arguments": digest(bound_args),
+        "params": digest(params0),
+        "num_params": spec.num_params,
+        "x1": f"{tuple(x1.shape)} {x1.dtype} {digest(x1)}",
+        "x2": "x1" if x2 is None else f"{tuple(x2.shape)} {x2.dtype} {digest(x2)}",
+        "out_shape": list(spec.out_shape),
+        "trace_axes": list(spec.trace),
+        "diagonal_axes": list(spec.diagonal),
+        "dtype": np.dtype(spec.dtype).str,
+        "treedef": str(treedef),
+        "leaves": len(leaves),
+    }
+
+
+def _barrier(name: str, count: int) -> None:
+    if count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _kernel_shape(spec: _Spec) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ LAYERS = (
     ("targets",),
     ("network", "taylor"),
     ("scaling",),
-    ("ntk", "_structured"),
+    ("ntk", "_structured", "store"),
     ("linalg",),
     ("spectral",),
     ("predict", "onestep"),
