@@ -96,6 +96,7 @@ def test_site_renders_the_guides_notebooks_and_headline_figure(site):
         "guides/benchmarks",
         "guides/comparison",
         "guides/lazy-rich",
+        "guides/kernels",
         "science",
         "notebooks/01_quickstart",
         "notebooks/02_reproduce_paper",
