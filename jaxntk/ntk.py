@@ -1174,27 +1174,88 @@ def _fill_store(apply_fn, params0, writer, todo, mine, blocks, pairs, choice, ex
     work = {i: int(np.sum(pairs[:, 0] == i)) for i in todo}
     total_pairs, done_pairs, rows_done = sum(work.values()), 0, mine - len(todo)
     start = time.perf_counter()
-    for group in _row_groups(placed, devices, blocks1, blocks2, todo, pairs, choice, extra, spec):
-        by_row: dict[int, list] = {}
-        for i, j, block in group:
-            by_row.setdefault(i, []).append((j, block))
-        for i, row in by_row.items():
-            writer.write_row(i, _strip(i, row, spec, blocks1.shape[1], blocks2.shape[1]))
-            done_pairs += work[i]
-            rows_done += 1
-            if progress:
-                elapsed = time.perf_counter() - start
-                rate = done_pairs / elapsed if elapsed > 0 else math.inf
-                left = (total_pairs - done_pairs) / rate if rate > 0 else math.inf
-                entries = done_pairs * blocks1.shape[1] * blocks2.shape[1]
-                print(
-                    f"[empirical_ntk] block row {rows_done}/{mine}  {choice.method}  "
-                    f"{elapsed:.1f} s, {entries / max(elapsed, 1e-9):.3g} kernel entries/s, "
-                    f"~{left:.0f} s left  (store {writer.store.path.name}, process "
-                    f"{jax.process_index()})",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    plan = _store_plan(choice, spec, blocks1.shape[1], blocks2.shape[1], blocks2.shape[0])
+    for i, row in _chunked_rows(placed, blocks1, blocks2, todo, pairs, choice, extra, spec, plan):
+        writer.write_row(i, _strip(i, row, spec, blocks1.shape[1], blocks2.shape[1]))
+        done_pairs += work[i]
+        rows_done += 1
+        if progress:
+            elapsed = time.perf_counter() - start
+            rate = done_pairs / elapsed if elapsed > 0 else math.inf
+            left = (total_pairs - done_pairs) / rate if rate > 0 else math.inf
+            entries = done_pairs * blocks1.shape[1] * blocks2.shape[1]
+            print(
+                f"[empirical_ntk] block row {rows_done}/{mine}  {choice.method}  "
+                f"{elapsed:.1f} s, {entries / max(elapsed, 1e-9):.3g} kernel entries/s, "
+                f"~{left:.0f} s left  (store {writer.store.path.name}, process "
+                f"{jax.process_index()})",
+                file=sys.stderr,
+                flush=True,
+            )
+    writer.commit()
+
+
+_STORE_BYTES = 1 << 30  # what a store's process may hold: a chunk's strips, cached features
+
+
+def _store_plan(choice, spec, b1, b2, blocks2) -> tuple[int, int]:
+    """(block rows computed together, column blocks whose features stay cached) for a store,
+    within `_STORE_BYTES` (or the memory budget): a quarter for the chunk's finished strips (at
+    most 8 rows: a kill loses at most a chunk's work), the rest for features."""
+    feature = choice.estimates[choice.method].feature_bytes * max(b1, b2)
+    strip = b1 * spec.n2 * math.prod(_kernel_shape(spec)[2:]) * spec.dtype.itemsize
+    budget = min(_STORE_BYTES, choice.memory_budget)
+    chunk = int(max(1, min(8, budget // 4 // max(1, strip + feature))))
+    cached = int(max(0, min(blocks2, (budget - chunk * (strip + feature)) // max(1, feature))))
+    return chunk, cached
+
+
+def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, plan):
+    """(i, [(j, K block)]) for each block row of `rows`, computed `chunk` rows at a time. The
+    features of the last `cached` column blocks (those every later row still needs, j ≥ i) are
+    computed once and kept; the others once per chunk that needs them, so a process holds a
+    bounded set of features and strips, never every block's."""
+    chunk, cached = plan
+    first_cached = blocks2.shape[0] - cached
+    kept: dict[tuple[bool, int, int], Any] = {}
+
+    def features(blocks, j, k, keep):
+        key = (blocks is blocks1, j, k)
+        if key in kept:
+            return kept[key]
+        f = _block_features(*placed[k], _on(blocks[j], placed, k), choice.method, extra)
+        if keep:
+            kept[key] = f
+        return f
+
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        device = {i: k % len(placed) for k, i in enumerate(part)}
+        same = spec.symmetric  # a row block's features are a column block's
+        row_features = {
+            i: features(blocks2 if same else blocks1, i, device[i], same and i >= first_cached)
+            for i in part
+        }
+        wanted = {i: set(pairs[pairs[:, 0] == i, 1].tolist()) for i in part}
+        out: dict[int, list] = {i: [] for i in part}
+        for j in sorted(set().union(*wanted.values())):
+            for i in part:
+                if j in wanted[i]:
+                    k = device[i]
+                    g2 = row_features[i] if same and j == i else features(
+                        blocks2, j, k, j >= first_cached
+                    )
+                    block = _block_pair(
+                        *placed[k], row_features[i], g2, choice.method, extra, spec.trace,
+                        spec.diagonal,
+                    )
+                    out[i].append((j, block))
+        yield from out.items()
+
+
+def _on(xb, placed, k):
+    """A block of inputs on the k-th local device (where it already is with one device)."""
+    return xb if len(placed) == 1 else jax.device_put(xb, jax.local_devices()[k])
 
 
 def _strip(i, row, spec, b1, b2) -> np.ndarray:

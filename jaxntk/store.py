@@ -7,7 +7,8 @@ A store is a folder:
 - ``manifest.json``: the format, shape, dtype, block size, method, symmetry and a fingerprint of
   the arguments (the model function's name, the parameters, the inputs, the axes);
 - ``rows/NNNNNN.json``: one record per finished block row, written after its bytes are on disk
-  (flushed), atomically (a temporary file renamed), with the CRC-32 of the bytes the row wrote.
+  (flushed, in groups every `COMMIT_SECONDS`), atomically (a temporary file renamed), with the
+  CRC-32 of the bytes the row wrote.
 
 Restarted with the same arguments, `empirical_ntk` checks each finished row's checksum against the
 bytes on disk and computes only the rows without a record. Other arguments, or a row whose bytes
@@ -36,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -335,19 +337,31 @@ class _Layout:
 # --------------------------------------------------------------------------- writing
 
 
+COMMIT_SECONDS = 10.0
+"""Finished rows are recorded in groups: every this many seconds (and at the end), the kernel
+file's data is flushed to disk, then the group's records are written. A kill (SIGKILL) loses no
+written byte (they are in the system's page cache); a crash of the machine loses at most the
+rows since the last group, never records rows whose bytes are not on disk."""
+
+
 class _Writer:
-    """Writes finished block rows into a store and records them (ntk.py's `_host_kernel`)."""
+    """Writes finished block rows into a store and records them (ntk.py's `_stored_kernel`)."""
 
     def __init__(self, store: KernelStore, layout: _Layout, mirror: str | None):
         self.store, self.layout, self.mirror = store, layout, mirror
         self.fd = os.open(store.path / "kernel.npy", os.O_RDWR)
+        self.pending: list[tuple[int, int]] = []
+        self.last_commit = time.monotonic()
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            self.commit()
+        finally:
+            os.close(self.fd)
 
     def write_row(self, i: int, strip: np.ndarray) -> None:
-        """Block row i from its strip: (rows, columns from its first block on, *trailing), then
-        flushed, then recorded with its checksum."""
+        """Block row i from its strip (rows, columns from its first block on, *trailing); its
+        record follows with the next group (`COMMIT_SECONDS`)."""
         pieces = list(self._pieces(i, strip))
         crc = 0
         for (offset, shape), data in zip(self.layout.segments(i), pieces, strict=True):
@@ -357,8 +371,18 @@ class _Writer:
             raw = data.tobytes()
             _write_all(self.fd, raw, offset)
             crc = zlib.crc32(raw, crc)
-        os.fsync(self.fd)
-        _write_record(self.store.path, i, {"row": i, "crc32": crc})
+        self.pending.append((i, crc))
+        if time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        """The pending rows' bytes flushed to disk, then their records written."""
+        if self.pending:
+            os.fdatasync(self.fd)
+            for i, crc in self.pending:
+                _write_record(self.store.path, i, {"row": i, "crc32": crc})
+            self.pending = []
+        self.last_commit = time.monotonic()
 
     def _pieces(self, i: int, strip: np.ndarray) -> Iterator[np.ndarray]:
         if self.layout.diagonal_batch or not self.layout.symmetric:
@@ -487,16 +511,17 @@ def _read_record(path: Path, i: int) -> dict | None:
 
 
 def _write_record(path: Path, i: int, record: dict) -> None:
-    _write_json(_record_path(path, i), record)
+    _write_json(_record_path(path, i), record, sync=False)  # a lost record: the row is redone
 
 
-def _write_json(target: Path, data: dict) -> None:
-    """Atomically: a temporary file, flushed, renamed over the target."""
+def _write_json(target: Path, data: dict, sync: bool = True) -> None:
+    """Atomically: a temporary file (flushed to disk when `sync`), renamed over the target."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, target)
 
 
