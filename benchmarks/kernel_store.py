@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -276,7 +275,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.child:
         row = _child(args)
-        row["peak_bytes"] = 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork and exec, so a child would
+        # report its parent's peak where that is larger
+        row["peak_bytes"] = _peak_rss(os.getpid())
         print(json.dumps(row), flush=True)
         return row
     args.out.mkdir(parents=True, exist_ok=True)

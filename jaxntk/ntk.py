@@ -1214,7 +1214,8 @@ def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, pl
     """(i, [(j, K block)]) for each block row of `rows`, computed `chunk` rows at a time. The
     features of the last `cached` column blocks (those every later row still needs, j ≥ i) are
     computed once and kept; the others once per chunk that needs them, so a process holds a
-    bounded set of features and strips, never every block's."""
+    bounded set of features and strips, never every block's. A chunk's rows are handed over
+    once the next chunk is dispatched: the writing overlaps the computing."""
     chunk, cached = plan
     first_cached = blocks2.shape[0] - cached
     kept: dict[tuple[bool, int, int], Any] = {}
@@ -1228,6 +1229,7 @@ def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, pl
             kept[key] = f
         return f
 
+    previous: dict[int, list] = {}
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         device = {i: k % len(placed) for k, i in enumerate(part)}
@@ -1250,7 +1252,10 @@ def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, pl
                         spec.diagonal,
                     )
                     out[i].append((j, block))
-        yield from out.items()
+        # this chunk is dispatched: the previous one is written while it computes
+        yield from previous.items()
+        previous = out
+    yield from previous.items()
 
 
 def _on(xb, placed, k):
