@@ -459,11 +459,11 @@ def run_tasks(args) -> None:
             seconds, n0, slope = projected
             note = f"projected {seconds:.3g} s from n={n0} (growth n^{slope:.2f}) > --max-seconds"
             skip = {"note": f"{note} {args.max_seconds:g}", "projected_seconds": seconds}
-        memory = _projected(memory_of.get(impl, []), n)
+        memory = _projected_memory(memory_of.get(impl, []), n)
         cap = None if args.max_memory_gib is None else args.max_memory_gib * 2**30
         if not skip and memory is not None and cap is not None and memory[0] > cap:
-            gib, n0, slope = memory[0] / 2**30, memory[1], memory[2]
-            note = f"projected {gib:.3g} GiB from n={n0} (growth n^{slope:.2f}) > --max-memory-gib"
+            gib, n0 = memory[0] / 2**30, memory[1]
+            note = f"projected {gib:.3g} GiB from n={n0} (growth n²) > --max-memory-gib"
             skip = {"note": f"{note} {args.max_memory_gib:g}", "projected_bytes": memory[0]}
         if skip:
             print("ROW " + json.dumps(row | skip | {"status": "skipped"}), flush=True)
@@ -471,6 +471,7 @@ def run_tasks(args) -> None:
         try:
             kernel = kernel_of(impl, n)
             row |= kernel.info
+            resident = rss_bytes("VmRSS")  # what earlier kernels left resident
             reset = reset_peak_rss()
             value, first, best, times = time_kernel(kernel.call, args.repeats, args.max_seconds)
         except Exception as err:  # a failing implementation is a result here
@@ -493,12 +494,16 @@ def run_tasks(args) -> None:
             "peak_rss_bytes": peak,
             "baseline_rss_bytes": baseline,
             "rss_increase_bytes": None if peak is None or baseline is None else peak - baseline,
+            "rss_own_increase_bytes": None
+            if not reset or peak is None or resident is None
+            else peak - resident,
             "peak_rss_since": "this kernel's calls" if reset else "the child's start",
             "xla_bytes": None if kernel.program is None else xla_bytes(*kernel.program),
         }
         times_of.setdefault(impl, []).append((n, best))
-        if row["rss_increase_bytes"]:
-            memory_of.setdefault(impl, []).append((n, row["rss_increase_bytes"]))
+        own = row["rss_own_increase_bytes"]  # above what the earlier kernels left resident
+        if own is not None and own > 0:
+            memory_of.setdefault(impl, []).append((n, own))
         print("ROW " + json.dumps(row), flush=True)
 
 
@@ -510,10 +515,19 @@ def _environment_allocator() -> str:
     return "environment: " + ", ".join(f"{k}={os.environ[k]}" for k in tuned)
 
 
+def _projected_memory(done: list[tuple[int, float]], n: int) -> tuple[float, int] | None:
+    """(bytes, from which n): the memory at size n projected from the largest size done as n²
+    (a kernel's n × n blocks; the measured growth between sizes is too noisy to extrapolate, the
+    allocator reusing what it kept); None before any."""
+    if not done:
+        return None
+    n0, m0 = max(done)
+    return m0 * (n / n0) ** 2, n0
+
+
 def _projected(done: list[tuple[int, float]], n: int) -> tuple[float, int, float] | None:
-    """(seconds, from which n, growth exponent): the time (or memory) at size n projected from
-    the sizes done, growing as n^slope with slope from the last two sizes, at least 2; None
-    before any."""
+    """(seconds, from which n, growth exponent): the time at size n projected from the sizes
+    done, growing as n^slope with slope from the last two sizes, at least 2; None before any."""
     if not done:
         return None
     n0, t0 = done[-1]

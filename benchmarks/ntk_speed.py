@@ -39,10 +39,11 @@ YNNPACK on jax 0.10, instead of Eigen's; `jaxntk.host.cpu_compiler_options`).
 Each (model, implementation, n): one call that compiles, then the best of --repeats calls, each
 ended by block_until_ready (fewer repeats where they would exceed --max-seconds). A size whose time,
 projected from the previous sizes' growth (at least n²), exceeds --max-seconds is skipped and
-marked, as is a size whose memory, projected the same way, exceeds --max-memory-gib (where given:
-neural-tangents' implementation 2 needs 2.5-10 GB at n = 64-128 on the new models); a call still
-running after 3 × --max-seconds + 60 s is stopped and marked. Each model's
-rows run in one child process per side, the sides one after the other, so ratios are same-run.
+marked, as is a size whose memory (the peak above what was resident before its calls), projected
+the same way, exceeds --max-memory-gib where given (neural-tangents' implementation 2 needs
+2.5-10 GB at n = 64-128 on resnet_bn and the transformer); a call still running after
+3 × --max-seconds + 60 s is stopped and marked. Each model's rows run in one child process per
+side, the sides one after the other, so ratios are same-run.
 Memory: the child's peak resident set during the (model, implementation, n) calls (the kernel's
 high-water mark reset before them) above the child's resident set after loading, and where a jitted
 program is at hand (hand-written, neural-tangents) XLA's memory analysis of it. Every kernel is
@@ -52,11 +53,13 @@ is missing): max |K − K_ref| / max |K_ref|.
 Writes to --out: ntk_speed.json (every row, the growth exponents, machine and versions),
 ntk_speed.md (the tables), ntk_speed.png (time against n, log-log, a panel per model), inputs/
 (the npz files); with --results also appends the section to benchmarks/RESULTS.md and copies the
-figure to docs/figures/ntk-speed.png.
+figure to docs/figures/ntk-speed.png (a run of some of the models: ntk-speed-<models>.png, so that
+the guide's figure of the whole set stays).
 
     python benchmarks/ntk_speed.py --out DIR [--nt-venv PATH | --build-nt-venv] [--results]
         [--sizes 64 128] [--models mlp,cnn] [--methods auto,jacobian] [--nt-impls 1,2,3]
         [--repeats 3] [--max-seconds 120] [--max-memory-gib 8] [--tiny] [--float64] [--save-kernels]
+        [--vocab 64]
         [--allocator-variants] [--kernel-variants]
     python benchmarks/ntk_speed.py --out DIR --redraw [--results]   # from DIR/ntk_speed.json
 """
@@ -89,6 +92,19 @@ from _machine import add_output_arguments, cpu_name, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = ROOT / "docs" / "figures" / "ntk-speed.png"
+
+
+def figure_path(doc: dict) -> Path:
+    """Where --results copies the figure: FIGURE for every model at the default sizes, else a
+    file of its own (the models, and the transformer's vocabulary where it is not the default)."""
+    vocab = doc.get("dims", {}).get("vocab", DIMS["full"]["vocab"])
+    other = "transformer" in doc["models"] and vocab not in (DIMS["full"]["vocab"], None)
+    if set(doc["models"]) >= set(runs.MODELS) and not other:
+        return FIGURE
+    name = "-".join(doc["models"]).replace("_", "-") + (f"-vocab{vocab}" if other else "")
+    return FIGURE.with_name(f"ntk-speed-{name}.png")
+
+
 NT_REQUIREMENTS = ("jax==0.4.30", "jaxlib==0.4.30", "neural-tangents==0.6.5", "numpy<2")
 DEFAULT_NT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxntk-ntvenv"
 METHODS = ("auto", "jacobian", "products", "structured")
@@ -537,6 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip a size whose memory, projected from the smaller sizes, exceeds this",
     )
     p.add_argument("--tiny", action="store_true", help="tiny widths and n = 4, 8 (for the tests)")
+    p.add_argument("--vocab", type=int, help="the transformer's vocabulary (default 64)")
     p.add_argument("--float64", action="store_true", help="float64 kernels (for the tests)")
     p.add_argument("--save-kernels", action="store_true", help="keep DIR/kernels/*.npy")
     p.add_argument(
@@ -567,6 +584,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = sorted(args.sizes or (TINY_SIZES if args.tiny else SIZES))
     nt_sizes = sorted(args.nt_sizes or sizes)
     dims = DIMS["tiny" if args.tiny else "full"]
+    if args.vocab is not None:
+        dims = dims | {"vocab": args.vocab}
     nt_python = None
     if args.build_nt_venv:
         nt_python = str(build_nt_venv(args.nt_venv or DEFAULT_NT_VENV))
@@ -617,6 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes,
         "nt_sizes": nt_sizes if nt_python else [],
         "dtype": "float64" if args.float64 else "float32",
+        "dims": dims,
         "repeats": args.repeats,
         "max_seconds": args.max_seconds,
         "max_memory_gib": args.max_memory_gib,
@@ -637,7 +657,7 @@ def report(doc: dict, out: Path, results: bool) -> dict:
     print(table)
     write_table(out, "ntk_speed", section(doc, table), results)
     if results:
-        shutil.copyfile(out / "ntk_speed.png", FIGURE)
+        shutil.copyfile(out / "ntk_speed.png", figure_path(doc))
     return doc
 
 
@@ -655,8 +675,15 @@ def section(doc: dict, table: str) -> str:
         f"compile call; cap {doc['max_seconds']:g} s a call); engine {doc['engine']}. Machine: "
         f"{mach['cpu']}, {mach['cores']} cores, backend {mach['backend']}, load average "
         f"{', '.join(map(str, mach['load_average']))} at the end; Python {ver['python']}, jax "
-        f"{ver['jax']}, flax {ver['flax']}{nt_text}. Figure: docs/figures/ntk-speed.png. "
-        f"Total {doc['total_seconds'] / 60:.1f} min.\n\n" + table
+        f"{ver['jax']}, flax {ver['flax']}{nt_text}. Figure: "
+        f"{figure_path(doc).relative_to(ROOT)}. Total {doc['total_seconds'] / 60:.1f} min."
+        + (
+            f" The transformer's vocabulary: {doc['dims']['vocab']} tokens."
+            if "transformer" in doc["models"] and "dims" in doc
+            else ""
+        )
+        + "\n\n"
+        + table
     )
 
 

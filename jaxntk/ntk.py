@@ -341,10 +341,11 @@ def pseudo_ntk(
 
         K_p(x, x') = (1/c) Σ_a Σ_b ⟨∇_θ f_a(x), ∇_θ f_b(x')⟩,
 
-    the mean over the c × c blocks of `empirical_ntk(..., trace_axes=())` summed over both
-    output axes (where the traced kernel keeps only the diagonal a = b). It costs about 1/c of
-    the full kernel's features and contraction: one backward pass per input instead of c. For
-    wide networks at initialization, the full kernel approaches K_p ⊗ I_c (the paper's bound).
+    that is, `empirical_ntk(..., trace_axes=())` summed over both output axes and divided by c,
+    where the traced kernel (1/c) Σ_a ⟨∇_θ f_a(x), ∇_θ f_a(x')⟩ keeps only the terms a = b. It
+    costs about 1/c of the full kernel's features and contraction: one backward pass per input
+    instead of c. The paper bounds the distance of the full kernel to K_p ⊗ I_c, which shrinks
+    as the network widens (at initialization).
 
     Args:
         apply_fn: f(params, x) -> (b, *out) for a batch x of shape (b, ...), as `empirical_ntk`.
@@ -471,7 +472,6 @@ def _check(apply_fn, params0, x1, x2, trace_axes, diagonal_axes):
         )
     if not isinstance(apply_fn, Partial):
         apply_fn = Partial(apply_fn)
-    _check_independent(apply_fn, params0, x1)
     leaves = jax.tree_util.tree_leaves(params0)
     spec = _Spec(
         n1=n1,
@@ -499,7 +499,9 @@ def _check_independent(apply_fn, params0, x1) -> None:
     (a JVP with respect to it, or for integer inputs another value) must leave the second's output
     exactly unchanged. The kernel's features are taken one example at a time, so a model that
     mixes its batch (BatchNorm in train mode: batch statistics) would get a kernel of a different
-    model. Kept per function and shapes (`_analysed`); skipped inside a trace (no values)."""
+    model. Kept per function and shapes (`_analysed`); skipped inside a trace (no values).
+    Called by `_choose` once the other arguments are checked (a bad one is named before this
+    compiles anything)."""
     leaves = jax.tree_util.tree_leaves((apply_fn, params0, x1))
     if x1.shape[0] == 0 or any(isinstance(v, jax.core.Tracer) for v in leaves):
         return
@@ -518,7 +520,7 @@ def _interacting(apply_fn, params0, pair) -> bool:
     """Whether the second example's output of apply_fn(params0, pair) moves with the first input:
     its JVP along a tangent on the first example only (floating inputs), else its value when the
     first input is replaced by another (its entries reversed, or shifted by one), each by one
-    compiled program (0.3-0.4 s for the ResNet and transformer of benchmarks/ntk_speed.py, 2-4×
+    compiled program (0.3-0.7 s for the ResNet and transformer of benchmarks/ntk_speed.py, 2-3×
     less than op by op). Entries that are NaN count as unmoved (0·∞ in a JVP)."""
 
     def moved(change) -> bool:
@@ -593,6 +595,8 @@ def _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget):
         check_int("batch_size", batch_size, low=1)
     if memory_budget is not None:
         check_int("memory_budget", memory_budget, low=1)
+    # the last check of the inputs (`_check` the others), after the arguments': it compiles
+    _check_independent(apply_fn, params0, x1)
     budget = default_memory_budget() if memory_budget is None else int(memory_budget)
     key = _choice_key(apply_fn, params0, x1, spec, method, batch_size, budget)
     if key is not None and key in _CHOICES:

@@ -228,6 +228,18 @@ def test_mixing_the_examples_is_found_once_per_function_and_shapes(x64, monkeypa
         assert kernel.shape == (6, 6)
 
 
+def test_a_bad_argument_is_named_before_the_check_compiles(x64, monkeypatch):
+    def never(*args):
+        raise AssertionError("the mixing check ran before the arguments were checked")
+
+    monkeypatch.setattr(ntk, "_interacting", never)
+    w, x = _normal(13, (4, 3)), _normal(14, (5, 4))
+    with pytest.raises(ValueError, match="unknown method"):
+        ntk.empirical_ntk(lambda w, x: x @ w, w, x, method="fast")
+    with pytest.raises(ValueError, match="memory_budget"):
+        ntk.choose_method(lambda w, x: x @ w, w, x, memory_budget=0)
+
+
 # ------------------------------------------------------------------------------ transformer
 
 
@@ -326,3 +338,19 @@ def test_pseudo_ntk_checks_its_arguments_and_keeps_its_choice(x64, monkeypatch):
     monkeypatch.setattr(ntk, "_choose_anew", lambda *a: chosen.append(1) or choose(*a))
     ntk.pseudo_ntk(apply_fn, params, x)
     assert not chosen  # the same function again: the engine's choice is kept
+
+
+@pytest.mark.slow  # the benchmark's full-width transformer, compiled four times: ~15 s
+def test_embedding_lookup_benchmark_at_a_tiny_size(tmp_path):
+    import embedding_lookup
+
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    argv = ["--n", "6", "--vocabs", "1000", "--repeats", "1", "--out", str(tmp_path)]
+    (row,) = embedding_lookup.main(argv)["rows"]
+    assert results.read_bytes() == before
+    assert (row["lookup"]["lookups"], row["fallback"]["lookups"]) == (1, 0)
+    assert row["rel_diff"] < 1e-5  # float32: the same kernel both ways
+    look, back = row["lookup"], row["fallback"]
+    assert look["feature_bytes_per_example"] < back["feature_bytes_per_example"]
+    assert (tmp_path / "embedding_lookup.md").read_text().count("| 1000 |") == 1

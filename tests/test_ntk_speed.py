@@ -147,6 +147,13 @@ def test_the_time_of_a_size_is_projected_from_the_growth_of_the_last_two():
     assert _ntk_runs._projected([], 16) is None
 
 
+def test_the_memory_of_a_size_is_projected_as_n_squared_from_the_largest():
+    # 1 GiB at n = 128 (less at 64: the allocator reused memory) projects to 4 GiB at 256
+    done = [(64, 2.0**20), (128, 2.0**30)]
+    assert _ntk_runs._projected_memory(done, 256) == (4 * 2.0**30, 128)
+    assert _ntk_runs._projected_memory([], 256) is None
+
+
 @pytest.mark.slow
 def test_a_call_that_overruns_is_stopped_and_the_others_go_on(tmp_path):
     """A stand-in child that hangs on "slow" and answers the rest: the slow call is marked

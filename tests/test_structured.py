@@ -491,11 +491,11 @@ def test_table_lookups_by_index_equality(x64, monkeypatch):
     costs fewer pair FLOPs than its Jacobian, else (a small table, or force "jacobian") it falls
     back; the positions, added to the lookup's output but not the same at every position, fall
     back. The kernel sliced into small GEMMs (`_LOOKUP_ENTRIES`) is the same."""
-    apply_fn, params, shape = _model("lookup")
+    apply_fn, params, _ = _model("lookup")
     idx = _leaf_index(params)
     x = jnp.asarray(TOKENS)
     plan = st.make_plan(apply_fn, params, x[:1], (), ())
-    (rule,) = plan.rules[:1]
+    rule = plan.rules[0]
     assert (rule.leaf, rule.form, rule.scale) == (idx["['table_t']"], "lookup", 0.5)
     assert (rule.p, rule.g, rule.c, rule.f, rule.weight_shape) == (4, 1, 1, 3, (VOCAB, 3))
     assert idx["['positions']"] in plan.fallback
