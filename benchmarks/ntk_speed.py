@@ -1,14 +1,20 @@
 """The empirical NTK's time against n: jaxntk's methods, neural-tangents and a hand-written kernel.
 
-The traced kernel K(x, x) (trace_axes=(-1,), 10 outputs), float32, of four models (params from a
-fixed key, Gaussian inputs; `_ntk_runs.py` defines them as plain JAX functions):
+The traced kernel K(x, x) (trace_axes=(-1,), 10 outputs), float32, of six models (params from a
+fixed key, Gaussian inputs or uniform tokens; `_ntk_runs.py` defines them as plain JAX functions):
 
 - mlp: 784-512-512-10, tanh, no biases (670k params);
 - cnn: three 3 × 3 × 32 convolutions (SAME, stride 1), tanh, 16 × 16 × 3 inputs, mean pool,
   dense 10 (19k params);
 - flax_cnn: the same as a flax.linen module with biases (Conv and Dense); neural-tangents gets the
   plain-JAX function of the same params pytree;
-- resnet: stem convolution, then h + conv(tanh(conv(h))) through tanh, mean pool, dense 10.
+- resnet: stem convolution, then h + conv(tanh(conv(h))) through tanh, mean pool, dense 10;
+- resnet_bn: the resnet with BatchNorm after each convolution, flax.linen, in eval mode: the kernel
+  with respect to "params" at the running statistics (the batch statistics of 64 inputs), closed
+  over in apply_fn on both sides;
+- transformer: flax.linen, tokens (length 16, vocabulary 64) → nn.Embed(64) + learned positions,
+  one pre-LayerNorm block (2-head self-attention, MLP 256 with gelu), mean pool, Dense(10)
+  (56k params); neural-tangents differentiates the plain-JAX function with integer inputs.
 
 Rows, for n = 64, 128, ..., 2048 (--sizes):
 
@@ -33,8 +39,11 @@ YNNPACK on jax 0.10, instead of Eigen's; `jaxntk.host.cpu_compiler_options`).
 Each (model, implementation, n): one call that compiles, then the best of --repeats calls, each
 ended by block_until_ready (fewer repeats where they would exceed --max-seconds). A size whose time,
 projected from the previous sizes' growth (at least n²), exceeds --max-seconds is skipped and
-marked; a call still running after 3 × --max-seconds + 60 s is stopped and marked. Each model's
-rows run in one child process per side, the sides one after the other, so ratios are same-run.
+marked, as is a size whose memory (the peak above what was resident before its calls), projected
+the same way, exceeds --max-memory-gib where given (neural-tangents' implementation 2 needs
+2.5-10 GB at n = 64-128 on resnet_bn and the transformer); a call still running after
+3 × --max-seconds + 60 s is stopped and marked. Each model's rows run in one child process per
+side, the sides one after the other, so ratios are same-run.
 Memory: the child's peak resident set during the (model, implementation, n) calls (the kernel's
 high-water mark reset before them) above the child's resident set after loading, and where a jitted
 program is at hand (hand-written, neural-tangents) XLA's memory analysis of it. Every kernel is
@@ -44,11 +53,13 @@ is missing): max |K − K_ref| / max |K_ref|.
 Writes to --out: ntk_speed.json (every row, the growth exponents, machine and versions),
 ntk_speed.md (the tables), ntk_speed.png (time against n, log-log, a panel per model), inputs/
 (the npz files); with --results also appends the section to benchmarks/RESULTS.md and copies the
-figure to docs/figures/ntk-speed.png.
+figure to docs/figures/ntk-speed.png (a run of some of the models: ntk-speed-<models>.png, so that
+the guide's figure of the whole set stays).
 
     python benchmarks/ntk_speed.py --out DIR [--nt-venv PATH | --build-nt-venv] [--results]
         [--sizes 64 128] [--models mlp,cnn] [--methods auto,jacobian] [--nt-impls 1,2,3]
-        [--repeats 3] [--max-seconds 120] [--tiny] [--float64] [--save-kernels]
+        [--repeats 3] [--max-seconds 120] [--max-memory-gib 8] [--tiny] [--float64] [--save-kernels]
+        [--vocab 64]
         [--allocator-variants] [--kernel-variants]
     python benchmarks/ntk_speed.py --out DIR --redraw [--results]   # from DIR/ntk_speed.json
 """
@@ -81,17 +92,37 @@ from _machine import add_output_arguments, cpu_name, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = ROOT / "docs" / "figures" / "ntk-speed.png"
+
+
+def figure_path(doc: dict) -> Path:
+    """Where --results copies the figure: FIGURE for every model at the default sizes, else a
+    file of its own (the models, and the transformer's vocabulary where it is not the default)."""
+    vocab = doc.get("dims", {}).get("vocab", DIMS["full"]["vocab"])
+    other = "transformer" in doc["models"] and vocab not in (DIMS["full"]["vocab"], None)
+    if set(doc["models"]) >= set(runs.MODELS) and not other:
+        return FIGURE
+    name = "-".join(doc["models"]).replace("_", "-") + (f"-vocab{vocab}" if other else "")
+    return FIGURE.with_name(f"ntk-speed-{name}.png")
+
+
 NT_REQUIREMENTS = ("jax==0.4.30", "jaxlib==0.4.30", "neural-tangents==0.6.5", "numpy<2")
 DEFAULT_NT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxntk-ntvenv"
 METHODS = ("auto", "jacobian", "products", "structured")
 BEFORE_METHODS = ("jacobian", "products")  # what jaxntk.spectral.empirical_ntk offers
 NT_IMPLS = ("1", "2", "3")
 SIZES = (64, 128, 256, 512, 1024, 2048)
-# (mlp widths, image side, input channels, conv channels, outputs)
+# (mlp widths, image side, input channels, conv channels, outputs; the transformer's vocabulary,
+# sequence length, width, heads and MLP units)
 DIMS = {
-    "full": dict(mlp=(784, 512, 512, 10), side=16, cin=3, channels=32, outputs=10),
-    "tiny": dict(mlp=(12, 16, 16, 3), side=5, cin=2, channels=4, outputs=3),
-}
+    "full": dict(
+        mlp=(784, 512, 512, 10), side=16, cin=3, channels=32, outputs=10,
+        vocab=64, length=16, width=64, heads=2, hidden=256,
+    ),
+    "tiny": dict(
+        mlp=(12, 16, 16, 3), side=5, cin=2, channels=4, outputs=3,
+        vocab=7, length=4, width=8, heads=2, hidden=16,
+    ),
+}  # fmt: skip
 TINY_SIZES = (4, 8)
 # --allocator-variants: jaxntk's side without its malloc settings, and neural-tangents' side with
 # the same settings made through glibc's environment variables (jaxntk.host.ENVIRONMENT)
@@ -101,8 +132,10 @@ XLA_KERNELS = "XLA's CPU kernels"
 
 
 def init_params(model: str, dims: dict, key) -> dict:
-    """Params of `model` as nested dicts: weights N(0, 1/fan_in); the flax model's biases
-    N(0, 0.1²) (not flax's zeros, so that a bias wrongly applied would change the kernel)."""
+    """Params of `model` as nested dicts: weights N(0, 1/fan_in); the flax models' as flax
+    initializes them except their biases N(0, 0.1²) and normalization scales 1 + N(0, 0.1²) (not
+    flax's zeros and ones, so that one wrongly applied would change the kernel); resnet_bn's
+    running statistics are the batch statistics of 64 Gaussian inputs (one train-mode pass)."""
     keys = iter(jax.random.split(key, 8))
 
     def dense(fan_in, fan_out):
@@ -119,33 +152,69 @@ def init_params(model: str, dims: dict, key) -> dict:
     if model in ("cnn", "resnet"):  # the same shapes; resnet's conv_1, conv_2 form its block
         cins = (dims["cin"], c, c)
         return {**{f"conv_{i}": conv(cin, c) for i, cin in enumerate(cins)}, "dense": dense(c, out)}
-    module = runs.flax_cnn_module(c, out)
-    x = jnp.zeros((1, dims["side"], dims["side"], dims["cin"]))
+    if model == "transformer":
+        d = dims
+        module = runs.transformer_module(
+            d["vocab"], d["length"], d["width"], d["heads"], d["hidden"], out
+        )
+    else:
+        module = (runs.flax_cnn_module if model == "flax_cnn" else runs.resnet_bn_module)(c, out)
+    x = sample_inputs(model, dims, 1, next(keys))
     flat = runs.flatten(jax.tree_util.tree_map(np.asarray, dict(module.init(next(keys), x))))
-    for path in flat:
+    noise_key = next(keys)
+    for i, path in enumerate(flat):
+        noise = 0.1 * np.asarray(
+            jax.random.normal(jax.random.fold_in(noise_key, i), flat[path].shape)
+        )
         if path.endswith("bias"):
-            flat[path] = 0.1 * np.asarray(jax.random.normal(next(keys), flat[path].shape))
-    return runs.unflatten(flat)
+            flat[path] = noise
+        elif path.endswith("scale"):
+            flat[path] = 1.0 + noise
+    variables = runs.unflatten(flat)
+    if model == "resnet_bn":  # momentum 0: the running statistics become the batch's
+        once = runs.resnet_bn_module(c, out, momentum=0.0)
+        x = sample_inputs(model, dims, 64, next(keys))
+        _, state = once.apply(variables, x, train=True, mutable=["batch_stats"])
+        variables["batch_stats"] = jax.tree_util.tree_map(np.asarray, state["batch_stats"])
+    return variables
 
 
 def input_shape(model: str, dims: dict) -> tuple[int, ...]:
     if model == "mlp":
         return (dims["mlp"][0],)
+    if model == "transformer":
+        return (dims["length"],)
     return (dims["side"], dims["side"], dims["cin"])
 
 
-def write_inputs(out: Path, model: str, dims: dict, n: int) -> tuple[Path, float]:
-    """Save the model's params and n inputs to out/inputs/<model>.npz; for the flax model, the
-    largest |flax apply − plain function| on those inputs (0.0 for the others)."""
+def sample_inputs(model: str, dims: dict, n: int, key) -> np.ndarray:
+    """n inputs of `model`: Gaussian, or for the transformer tokens uniform in [0, vocab)."""
+    shape = (n, *input_shape(model, dims))
+    if model == "transformer":
+        return np.asarray(jax.random.randint(key, shape, 0, dims["vocab"]), np.int32)
+    return np.asarray(jax.random.normal(key, shape))
+
+
+def write_inputs(
+    out: Path, model: str, dims: dict, n: int, float64: bool = False
+) -> tuple[Path, float]:
+    """Save the model's params and n inputs to out/inputs/<model>.npz; for a flax model, the
+    largest |flax apply − plain function| on those inputs in float64 or float32 (0.0 for the
+    others)."""
     params = init_params(model, dims, jax.random.PRNGKey(0))
-    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (n, *input_shape(model, dims))))
+    x = sample_inputs(model, dims, n, jax.random.PRNGKey(1))
     path = out / "inputs" / f"{model}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x, **{f"params/{k}": v for k, v in runs.flatten(params).items()})
     gap = 0.0
-    if model == "flax_cnn":
-        flax_out = runs.flax_cnn_module_of(params).apply(params, x)
-        gap = float(jnp.max(jnp.abs(flax_out - runs.flax_cnn_apply(params, x))))
+    if model in runs.FLAX_MODELS:  # in the kernels' precision
+        with jax.enable_x64(float64):
+            dtype = jnp.float64 if float64 else jnp.float32
+            cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+            flax_fn, p = runs.flax_function(model, cast)
+            plain_fn, _ = runs.model_function(model, cast)
+            xs = x if model == "transformer" else jnp.asarray(x, dtype)
+            gap = float(jnp.max(jnp.abs(flax_fn(p, xs) - plain_fn(p, xs))))
     return path, gap
 
 
@@ -478,7 +547,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-seconds", type=float, default=120.0, help="time cap of one call")
+    p.add_argument(
+        "--max-memory-gib",
+        type=float,
+        help="skip a size whose memory, projected from the smaller sizes, exceeds this",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny widths and n = 4, 8 (for the tests)")
+    p.add_argument("--vocab", type=int, help="the transformer's vocabulary (default 64)")
     p.add_argument("--float64", action="store_true", help="float64 kernels (for the tests)")
     p.add_argument("--save-kernels", action="store_true", help="keep DIR/kernels/*.npy")
     p.add_argument(
@@ -509,6 +584,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = sorted(args.sizes or (TINY_SIZES if args.tiny else SIZES))
     nt_sizes = sorted(args.nt_sizes or sizes)
     dims = DIMS["tiny" if args.tiny else "full"]
+    if args.vocab is not None:
+        dims = dims | {"vocab": args.vocab}
     nt_python = None
     if args.build_nt_venv:
         nt_python = str(build_nt_venv(args.nt_venv or DEFAULT_NT_VENV))
@@ -517,13 +594,16 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out
     (out / "logs").mkdir(parents=True, exist_ok=True)
     common = ["--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)]
+    if args.max_memory_gib is not None:
+        common += ["--max-memory-gib", str(args.max_memory_gib)]
     common += ["--kernels", str(out / "kernels")] + (["--float64"] if args.float64 else [])
     hard_cap = 3 * args.max_seconds + 60
     t_start = time.perf_counter()
-    rows, flax_gap = [], None
+    rows, flax_gaps = [], {}
     for model in models:
-        path, gap = write_inputs(out, model, dims, max(sizes + nt_sizes))
-        flax_gap = gap if model == "flax_cnn" else flax_gap
+        path, gap = write_inputs(out, model, dims, max(sizes + nt_sizes), args.float64)
+        if model in runs.FLAX_MODELS:
+            flax_gaps[model] = gap
         argv_model = ["--model", model, "--inputs", str(path), *common]
         impls = list(methods) + ([runs.HAND_WRITTEN] if model == "mlp" else [])
         tasks = [f"{m}:{n}" for m in impls for n in sizes]
@@ -556,9 +636,12 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes,
         "nt_sizes": nt_sizes if nt_python else [],
         "dtype": "float64" if args.float64 else "float32",
+        "dims": dims,
         "repeats": args.repeats,
         "max_seconds": args.max_seconds,
-        "flax_vs_plain_max_abs_diff": flax_gap,
+        "max_memory_gib": args.max_memory_gib,
+        "flax_vs_plain_max_abs_diff": max(flax_gaps.values()) if flax_gaps else None,
+        "flax_vs_plain_by_model": flax_gaps,
         "rows": rows,
         "growth": growth(rows),
         "total_seconds": time.perf_counter() - t_start,
@@ -574,7 +657,7 @@ def report(doc: dict, out: Path, results: bool) -> dict:
     print(table)
     write_table(out, "ntk_speed", section(doc, table), results)
     if results:
-        shutil.copyfile(out / "ntk_speed.png", FIGURE)
+        shutil.copyfile(out / "ntk_speed.png", figure_path(doc))
     return doc
 
 
@@ -592,8 +675,15 @@ def section(doc: dict, table: str) -> str:
         f"compile call; cap {doc['max_seconds']:g} s a call); engine {doc['engine']}. Machine: "
         f"{mach['cpu']}, {mach['cores']} cores, backend {mach['backend']}, load average "
         f"{', '.join(map(str, mach['load_average']))} at the end; Python {ver['python']}, jax "
-        f"{ver['jax']}, flax {ver['flax']}{nt_text}. Figure: docs/figures/ntk-speed.png. "
-        f"Total {doc['total_seconds'] / 60:.1f} min.\n\n" + table
+        f"{ver['jax']}, flax {ver['flax']}{nt_text}. Figure: "
+        f"{figure_path(doc).relative_to(ROOT)}. Total {doc['total_seconds'] / 60:.1f} min."
+        + (
+            f" The transformer's vocabulary: {doc['dims']['vocab']} tokens."
+            if "transformer" in doc["models"] and "dims" in doc
+            else ""
+        )
+        + "\n\n"
+        + table
     )
 
 

@@ -31,7 +31,7 @@ from jaxntk.data import check_task
 from jaxntk.host import allocator_status, configure_allocator
 from jaxntk.minibatch import Minibatch
 from jaxntk.network import ACTIVATIONS, Prepared, TwoLayer
-from jaxntk.ntk import choose_method, empirical_ntk
+from jaxntk.ntk import choose_method, empirical_ntk, pseudo_ntk
 from jaxntk.objectives import VARIANTS, Regularizer
 from jaxntk.onestep import one_step
 from jaxntk.predict import NTKPrediction, ntk_predict
@@ -133,6 +133,7 @@ __all__ = [
     "predict_degree_blocks",
     "project_good",
     "project_top",
+    "pseudo_ntk",
     "quadratic_term",
     "right_singular_vectors",
     "sample_inputs",

@@ -31,6 +31,15 @@ A bias b added to such an op's output z (z + scale·b broadcast over the positio
 there: a flax `Conv` or `Dense` with bias) has ∂f_o/∂b = scale·Σ_p G_o[p]: the op's A gains one
 column, all `scale`, and the bias needs no backward pass of its own (`_bias`).
 
+A table E (V, *D) read by a row lookup y[p] = E[t_p] (a `gather` of whole rows at integer
+indices t that depend on x: `jnp.take(E, tokens, axis=0)`, flax's `nn.Embed`) is the dense rule
+with A the one-hot rows of t: ∂f_o/∂E[v] = Σ_{p: t_p = v} G_o[p], and a pair of examples
+contributes Σ_{p,q} [t_p = t'_q] (G_o[p]·G'_{o'}[q]) ("lookup", `_lookup_gram`): features
+p + |O|·p·|D| wide and 2·p²·(1 + m·|D|) FLOPs a pair, whatever V, where the table's Jacobian is
+|O|·V·|D| wide and costs 2·m·V·|D| a pair. It is used where it is the cheaper (p² below about
+V); otherwise the table falls back, which forms that Jacobian by the lookup's transpose, a
+scatter-add.
+
 W' may reach the op from a parameter leaf W through x-independent layout and scale ops (reshape,
 transpose, dtype conversion, multiplication by a constant c, e.g. a 1/√fan_in scale):
 W' = c·π(W) for a permutation π, so ⟨J_W, J'_W⟩ = c²⟨J_{W'}, J'_{W'}⟩. Every other parameter leaf
@@ -96,9 +105,11 @@ class Rule:
 
     The leaf W reaches operand `position` of equation `eqn` (an index into the inlined equation
     list) as W' = scale·π(W). The op reads as a `dot_general` with p free positions, g groups, c
-    contracted and f free weight entries per group; `form` is "structured", "jacobian" or
-    "pooled". A "pooled" convolution's output reaches the model only through the elementwise
-    equations `chain` and then equation `pool`, a sum over all its pixels (see `_pooled`).
+    contracted and f free weight entries per group; `form` is "structured", "jacobian",
+    "pooled" or "lookup" (a row lookup in a table of `weight_shape` (V, *D): p rows looked up,
+    g = c = 1, f = |D|). A "pooled" convolution's output reaches the model only through the
+    elementwise equations `chain` and then equation `pool`, a sum over all its pixels (see
+    `_pooled`).
     `bias` is the leaf of a bias added to the op's output (-1: none), as bias_scale·b broadcast
     over the positions p: its Jacobian Σ_p G_o[p] is one more column of A, all bias_scale
     (see `_bias`).
@@ -157,6 +168,7 @@ class Plan:
             f"{len(self.rules)} structured leaves ({forms.count('structured')} from input and "
             f"cotangent products, {forms.count('jacobian')} from per-example Jacobians formed "
             f"as matmuls, {forms.count('pooled')} pooled before the head), "
+            f"{forms.count('lookup')} table lookups by index equality, "
             f"{sum(r.bias >= 0 for r in self.rules)} biases folded into their ops, "
             f"{len(self.fallback)} fallback, {len(self.unused)} unused"
         )
@@ -179,8 +191,9 @@ def make_plan(
       x_example: one input with a batch axis of 1, shape (1, ...).
       trace, diagonal: resolved non-negative axes of the (b, *O) output (`spectral._ntk_axes`).
       force: None chooses each structured op's form: "pooled" where `_pooled` applies and the
-        model has several outputs, else "structured" or "jacobian" by its pair FLOPs; "structured"
-        or "jacobian" imposes one form on every structured op.
+        model has several outputs, else "structured" or "jacobian" by its pair FLOPs (a table
+        lookup: "lookup" or the fallback); "structured" or "jacobian" imposes one form on every
+        structured op (on a table lookup: "lookup", or the fallback).
 
     Returns:
       The Plan. Raises ValueError if x_example's batch axis is not 1 or force is unknown, TypeError
@@ -202,8 +215,10 @@ def make_plan(
             fallback.append(leaf)
         elif found == "unused":
             unused.append(leaf)
+        elif (rule := _rule(graph, leaf, *found, pairs, force)) is None:
+            fallback.append(leaf)  # a table lookup cheaper as the table's Jacobian
         else:
-            rules.append(_pooled(graph, uses, _rule(graph, leaf, *found, pairs, force), force))
+            rules.append(_pooled(graph, uses, rule, force))
     for leaf in list(fallback):
         folded = _bias(graph, known, uses, leaf, rules)
         if folded is not None:
@@ -232,8 +247,10 @@ def features(plan: Plan, apply_fn: Any, params0: Any, xb: Array) -> dict[str, An
     ...)}: the Jacobians of the
     fallback leaves and "jacobian"-form ops, one array each (scaled by each op's c; kept apart:
     concatenating them copies every entry once more; one empty array where there is none), and
-    per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f), and under
-    "pooled", per "pooled"-form op M (b, g, c, f) (scaled by c) and U (b, *O, g, f). Jit-able with
+    per "structured"-form op A (b, p, g, c) (scaled by c) and G (b, *O, p, g, f), under
+    "pooled", per "pooled"-form op M (b, g, c, f) (scaled by c) and U (b, *O, g, f), and under
+    "lookup", per table lookup the row indices t (b, p) (−1 where the lookup reads no row) and
+    G (b, *O, p, f) (scaled by c). Jit-able with
     plan and apply_fn static. Raises ValueError if the model traced here differs from the plan's.
     """
     graph = _trace(apply_fn, params0, jax.ShapeDtypeStruct((1, *xb.shape[1:]), xb.dtype))
@@ -255,7 +272,8 @@ def contract(
     """The kernel block between feat1's examples (b1) and feat2's (b2), laid out as in `spectral`.
 
     K = Σ_P J1 J2 over each "jacobian" array plus, per "structured" op,
-    Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q), and per "pooled" op Σ_{g,f} (Σ_c M1 M2)(U1 U2); traced
+    Σ_{p,q,g} (A1_p·A2_q)(G1_p·G2_q), per "pooled" op Σ_{g,f} (Σ_c M1 M2)(U1 U2), and per
+    table lookup Σ_{p,q} [t1_p = t2_q] (G1_p·G2_q); traced
     output axes are summed and the sum divided by their
     total size. With 0 in diagonal, b1 = b2 and only the pairs (i, i) are formed.
     """
@@ -273,6 +291,8 @@ def contract(
             total = total + jnp.einsum(spec, a1, a2, g1, g2, optimize="optimal")
     for (m1, u1), (m2, u2) in zip(feat1["pooled"], feat2["pooled"], strict=True):
         total = total + _pooled_gram(plan, m1, u1, m2, u2, trace, diagonal)
+    for (t1, g1), (t2, g2) in zip(feat1["lookup"], feat2["lookup"], strict=True):
+        total = total + _lookup_gram(t1, g1, t2, g2, trace, diagonal)
     traced = math.prod(plan.out_shape[axis - 1] for axis in trace)
     return total / traced if trace else total
 
@@ -286,6 +306,38 @@ def _pooled_gram(plan: Plan, m1, u1, m2, u2, trace, diagonal) -> Array:
     return jnp.einsum(f"{pair}GF,{first}GF,{second}GF->{result}", q, u1, u2, optimize="optimal")
 
 
+# entries of a lookup's (b1, p, b2, p, kept outputs) products formed at once (64 MB in float32)
+_LOOKUP_ENTRIES = 1 << 24
+
+
+def _lookup_gram(t1, g1, t2, g2, trace, diagonal) -> Array:
+    """Σ_{p,q} [t1_p = t2_q ≥ 0] Σ_f G1[i, o, p, f]·G2[j, o', q, f] in the kernel layout before the
+    traced division: the products of all pairs of looked-up rows by one GEMM ((b1·p) × (b2·q)
+    over f and the traced outputs, `_gram`), masked by the equal indices and summed; in slices
+    of the first block's examples where the products would exceed `_LOOKUP_ENTRIES`."""
+    p, q = t1.shape[1], t2.shape[1]
+    rows1, rows2 = jnp.moveaxis(g1, -2, 1), jnp.moveaxis(g2, -2, 1)  # (b, p, *O, f)
+    if 0 in diagonal:  # the pairs (i, i): per example, all its (p, q)
+        inner = tuple(a for a in diagonal if a != 0)
+        products = jax.vmap(lambda r1, r2: _gram(r1, r2, trace, inner))(rows1, rows2)
+        equal = (t1[:, :, None] == t2[:, None, :]) & (t1[:, :, None] >= 0)
+        equal = equal.reshape(equal.shape + (1,) * (products.ndim - 3)).astype(products.dtype)
+        return jnp.sum(products * equal, axis=(1, 2))
+    b2 = t2.shape[0]
+    flat2 = rows2.reshape(b2 * q, *rows2.shape[2:])
+    kept = _out_pairs(g1.shape[1:-2], trace, diagonal)
+    step = max(1, _LOOKUP_ENTRIES // (p * b2 * q * kept))
+    parts = []
+    for start in range(0, t1.shape[0], step):
+        r1, s1 = rows1[start : start + step], t1[start : start + step]
+        products = _gram(r1.reshape(-1, *r1.shape[2:]), flat2, trace, diagonal)
+        products = products.reshape(r1.shape[0], p, b2, q, *products.shape[2:])
+        equal = (s1[:, :, None, None] == t2[None, None]) & (s1[:, :, None, None] >= 0)
+        equal = equal.reshape(equal.shape + (1,) * (products.ndim - 4)).astype(products.dtype)
+        parts.append(jnp.sum(products * equal, axis=(1, 3)))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
 def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     """FLOPs and bytes of `features` per example and of `contract` per (i, j) pair.
 
@@ -297,7 +349,8 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     (p·g·c + |O|·p·g·f)): the stored features and, for "jacobian"-form ops, the transient A and
     G they are formed from (the forward pass's own activations are not counted). A "pooled" op
     adds 2·p·g·c·f feature FLOPs (M), 2·g·f·(c + m) pair FLOPs and g·f·(c + |O|) stored plus
-    p·g·(c + |O|·f) transient entries (A, and G inside the backward passes).
+    p·g·(c + |O|·f) transient entries (A, and G inside the backward passes). A table lookup
+    counts as a "structured" op with g = c = 1: 2·p²·(1 + m·f) pair FLOPs, p + |O|·p·f entries.
     """
     n_out = math.prod(plan.out_shape)
     pairs = _out_pairs(plan.out_shape, trace, diagonal)
@@ -308,7 +361,8 @@ def cost(plan: Plan, trace: tuple[int, ...], diagonal: tuple[int, ...]) -> Cost:
     feature_flops = (1.0 + n_out) * plan.forward_flops + n_out * plan.fallback_flops
     stored = n_out * width
     for r in plan.rules:
-        pair_flops += _structured_pair_flops(r, pairs) if r.form == "structured" else 0.0
+        structured = r.form in ("structured", "lookup")
+        pair_flops += _structured_pair_flops(r, pairs) if structured else 0.0
         c = r.width
         feature_flops += 2.0 * n_out * r.p * r.g * c * r.f if r.form == "jacobian" else 0.0
         stored += r.p * r.g * c + n_out * r.p * r.g * r.f  # A and G: kept, or transient
@@ -505,13 +559,42 @@ def _has_rule(eqn: _Eqn, pos: int) -> bool:
         return True
     if eqn.prim.name == "conv_general_dilated":
         return pos == 1 and eqn.params["batch_group_count"] == 1
+    if eqn.prim.name == "gather":
+        return pos == 0 and _is_lookup(eqn)
     return False
 
 
-def _rule(graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, force) -> Rule:
+def _is_lookup(eqn: _Eqn) -> bool:
+    """Whether a gather reads whole rows of its table (V, *D) at scalar indices, y[..., :] =
+    E[t[...]], the rows' entries last in its output (what `jnp.take(E, t, axis=0)` lowers to)."""
+    dims = eqn.params["dimension_numbers"]
+    table, indices = eqn.in_avals[0].shape, eqn.in_avals[1].shape
+    out_ndim, rest = len(eqn.out_avals[0].shape), len(table) - 1
+    return (
+        len(table) >= 1
+        and len(indices) >= 1
+        and indices[-1] == 1
+        and tuple(dims.collapsed_slice_dims) == (0,)
+        and tuple(dims.start_index_map) == (0,)
+        and not tuple(getattr(dims, "operand_batching_dims", ()))
+        and tuple(eqn.params["slice_sizes"]) == (1, *table[1:])
+        and tuple(dims.offset_dims) == tuple(range(out_ndim - rest, out_ndim))
+    )
+
+
+def _rule(
+    graph: _Graph, leaf: int, k: int, pos: int, scale: float, pairs: int, force
+) -> Rule | None:
+    """The leaf's rule at equation k, with its form; None for a table lookup whose table's
+    Jacobian (the fallback) is the cheaper, or with force "jacobian"."""
     eqn = graph.eqns[k]
     w_shape = tuple(eqn.in_avals[pos].shape)
     out_shape = tuple(eqn.out_avals[0].shape)
+    if eqn.prim.name == "gather":  # a table lookup: p rows of f entries out of V
+        f = math.prod(w_shape[1:])
+        rule = Rule(leaf, k, pos, scale, "lookup", w_shape, math.prod(out_shape) // f, 1, 1, f)
+        cheaper = _structured_pair_flops(rule, pairs) < 2.0 * pairs * w_shape[0] * f
+        return rule if force == "structured" or (force is None and cheaper) else None
     if eqn.prim.name == "dot_general":
         contracting, batch = eqn.params["dimension_numbers"]
         c = math.prod(w_shape[d] for d in contracting[pos])
@@ -563,6 +646,8 @@ def _bias(
         var = eqn.outs[0]
     owner = [i for i, r in enumerate(rules) if graph.eqns[r.eqn].outs[0] == other]
     if not owner or rules[owner[0]].bias >= 0 or _sole_use(uses, other) is None:
+        return None
+    if rules[owner[0]].form == "lookup":  # its A is the indices: no column to add
         return None
     rule = rules[owner[0]]
     op = graph.eqns[rule.eqn]
@@ -697,10 +782,14 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
     basis = jnp.eye(out.size, dtype=out.dtype)
     g_eps, g_fb = jax.vmap(pullback)(basis)
     feats = {"jacobian": [g.reshape(*plan.out_shape, -1) for g in g_fb]}
-    feats |= {"structured": [], "pooled": []}
+    feats |= {"structured": [], "pooled": [], "lookup": []}
     for rule in plan.rules:
         eqn = graph.eqns[rule.eqn]
         a = operands[rule.eqn][1 - rule.position]
+        if rule.form == "lookup":
+            g = rule.scale * g_eps[rule.eqn].reshape(*plan.out_shape, rule.p, rule.f)
+            feats["lookup"].append((_lookup_rows(eqn, a), g))
+            continue
         if rule.form == "pooled":
             a, d = _canonical(rule, eqn, a, derivatives[rule.eqn][None])
             m = jnp.einsum("pgc,pgf->gcf", _with_bias(rule, rule.scale * a), d[0])
@@ -721,6 +810,17 @@ def _example_features(plan: Plan, graph: _Graph, leaves: list[Array], x: Array) 
     if not feats["jacobian"]:
         feats["jacobian"].append(jnp.zeros((*plan.out_shape, 0), out.dtype))
     return {name: tuple(value) for name, value in feats.items()}
+
+
+def _lookup_rows(eqn: _Eqn, indices: Array) -> Array:
+    """A table lookup's row indices (p,) as int32: clamped into [0, V) where the gather clamps
+    (or is promised indices in bounds), −1 where it fills (an index out of bounds reads no row)."""
+    rows = eqn.in_avals[0].shape[0]
+    t = indices.reshape(-1).astype(jnp.int32)
+    mode = jax.lax.GatherScatterMode.from_any(eqn.params.get("mode"))
+    if mode == jax.lax.GatherScatterMode.FILL_OR_DROP:
+        return jnp.where((t >= 0) & (t < rows), t, -1)
+    return jnp.clip(t, 0, rows - 1)
 
 
 def _canonical(rule: Rule, eqn: _Eqn, a: Array, gy: Array) -> tuple[Array, Array]:

@@ -4,8 +4,8 @@ The reference kernel takes each example's Jacobian by `jax.jacfwd` of the single
 forms the full kernel Σ_θ J(x_i)[o] J(x'_j)[o'] with numpy, and only then takes diagonals and traces
 axis by axis; every combination of traced and diagonal axes is compared, in float64, on an MLP,
 plain-JAX CNNs (strides, SAME/VALID/explicit padding, lhs and rhs dilation, feature groups,
-NHWC/HWIO and NCHW/OIHW), a flax model with biases and LayerNorm, and models whose parameters have
-no rule.
+NHWC/HWIO and NCHW/OIHW), a flax model with biases and LayerNorm, models whose parameters have
+no rule, and table lookups (embeddings) on integer tokens with repeated and out-of-bounds indices.
 """
 
 import itertools
@@ -213,8 +213,41 @@ def fallback_params():
     }
 
 
+VOCAB = 40  # the lookup models' table rows: large enough for the "lookup" form to be chosen
+
+
+def lookup_net(params, t, mode="fill"):
+    """A table (VOCAB, 3), stored transposed and scaled by 0.5, read at tokens t (b, 4) by
+    `jnp.take` (out-of-bounds rows filled with 0, or clamped), plus learned positions, tanh, a
+    dense layer, mean over positions: outputs (b, 2, 3)."""
+    table = 0.5 * params["table_t"].T
+    kwargs = {"fill_value": 0.0} if mode == "fill" else {}
+    h = jnp.take(table, t, axis=0, mode=mode, **kwargs) + params["positions"][None]
+    y = jnp.mean(jnp.tanh(h) @ params["w"], axis=1)
+    return y.reshape(t.shape[0], 2, 3)
+
+
+def _lookup_params():
+    return {
+        "table_t": _normal(100, (3, VOCAB)),
+        "positions": _normal(101, (4, 3)),
+        "w": _normal(102, (3, 6)),
+    }
+
+
+# tokens repeated within and across examples; -1 and -40 wrap to rows 39 and 0, while 41, 44
+# and -41 are out of bounds (filled with zeros, or clamped)
+TOKENS = np.array(
+    [[3, 3, 7, -1], [7, 41, 3, 0], [39, -40, 3, 3], [0, 44, 7, 39], [-41, 2, 2, 3]], np.int32
+)
+
+
 def _model(name):
     """(apply_fn, params, input shape of one example)."""
+    if name == "lookup":
+        return lookup_net, _lookup_params(), (4,)
+    if name == "lookup_clip":
+        return partial(lookup_net, mode="clip"), _lookup_params(), (4,)
     if name == "mlp":
         return mlp, mlp_params(), (4,)
     if name == "mlp_two_axes":
@@ -289,7 +322,7 @@ def _axis_choices(ndim):
 
 
 MODELS = ["mlp", "mlp_two_axes", "heads", "jitted", "NHWC", "NCHW", "lhs_dilated", "flax"]
-MODELS += ["fallback", "biased"]  # the pooled models: in the automatic forms only, below
+MODELS += ["fallback", "biased", "lookup"]  # the pooled models: in the automatic forms only
 
 
 def _blocks(diagonal):
@@ -313,7 +346,7 @@ def _kernels(apply_fn, cases, params, x):
 def _check_kernels(name, force, choices):
     """The kernels of `_kernels` against the reference for each (trace, diagonal)."""
     apply_fn, params, shape = _model(name)
-    x = _normal(50, (5, *shape))
+    x = jnp.asarray(TOKENS) if name.startswith("lookup") else _normal(50, (5, *shape))
     jac = _jacobians(apply_fn, params, x)
     cases = tuple(
         (trace, diagonal, st.make_plan(apply_fn, params, x[:1], trace, diagonal, force=force))
@@ -328,7 +361,7 @@ def _check_kernels(name, force, choices):
 
 
 @pytest.mark.parametrize(
-    "name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback", "pooled"]
+    "name", ["mlp", "mlp_two_axes", "jitted", "NHWC", "flax", "fallback", "pooled", "lookup"]
 )
 @pytest.mark.slow
 def test_kernel_matches_explicit_jacobians(x64, name):
@@ -341,7 +374,9 @@ def _some_axis_choices(ndim):
     return [((), ()), ((), (0,)), *last]
 
 
-@pytest.mark.parametrize("name", ["heads", "NCHW", "lhs_dilated", "partly_pooled"])
+@pytest.mark.parametrize(
+    "name", ["heads", "NCHW", "lhs_dilated", "partly_pooled", "lookup", "lookup_clip"]
+)
 def test_kernel_matches_explicit_jacobians_on_some_axes(x64, name):
     _check_kernels(name, None, _some_axis_choices)
 
@@ -449,6 +484,36 @@ def test_plan_classifies_leaves(x64):
     assert [r.leaf for r in plan.rules] == [idx["['plain']"]]
     assert plan.fallback_flops >= 2 * (2 * 4 * 4)  # at least the two matmuls by the tied weight
     assert set(plan.fallback) == set(idx.values()) - {idx["['plain']"]}
+
+
+def test_table_lookups_by_index_equality(x64, monkeypatch):
+    """The table of `lookup_net` is a "lookup" rule (scale 0.5 through its transpose) where that
+    costs fewer pair FLOPs than its Jacobian, else (a small table, or force "jacobian") it falls
+    back; the positions, added to the lookup's output but not the same at every position, fall
+    back. The kernel sliced into small GEMMs (`_LOOKUP_ENTRIES`) is the same."""
+    apply_fn, params, _ = _model("lookup")
+    idx = _leaf_index(params)
+    x = jnp.asarray(TOKENS)
+    plan = st.make_plan(apply_fn, params, x[:1], (), ())
+    rule = plan.rules[0]
+    assert (rule.leaf, rule.form, rule.scale) == (idx["['table_t']"], "lookup", 0.5)
+    assert (rule.p, rule.g, rule.c, rule.f, rule.weight_shape) == (4, 1, 1, 3, (VOCAB, 3))
+    assert idx["['positions']"] in plan.fallback
+    assert "1 table lookups by index equality" in plan.summary()
+    # 2·p²·(1 + m·f) against the table's 2·m·V·f, m = 36 output pairs
+    assert st._structured_pair_flops(rule, 36) == 2 * 16 * (1 + 36 * 3) < 2 * 36 * VOCAB * 3
+    forced = st.make_plan(apply_fn, params, x[:1], (), (), force="jacobian")
+    assert idx["['table_t']"] in forced.fallback
+    small = {**params, "table_t": params["table_t"][:, :5]}
+    assert idx["['table_t']"] in st.make_plan(apply_fn, small, x[:1], (), ()).fallback
+    feat = st.features(plan, apply_fn, params, x)
+    (rows, _), *_ = feat["lookup"]
+    np.testing.assert_array_equal(rows[1], [7, -1, 3, 0])  # 41 reads no row
+    whole = st.contract(plan, feat, feat, (), ())
+    monkeypatch.setattr(st, "_LOOKUP_ENTRIES", 1)  # one example of the first block at a time
+    np.testing.assert_allclose(st.contract(plan, feat, feat, (), ()), whole, rtol=1e-13)
+    want = _reference(*[_jacobians(apply_fn, params, x)] * 2, (), ())
+    np.testing.assert_allclose(whole, want, rtol=1e-10, atol=1e-12 * np.max(np.abs(want)))
 
 
 def test_unused_leaf_contributes_nothing(x64):
