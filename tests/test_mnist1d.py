@@ -110,6 +110,8 @@ def test_reproduce_names_mnist1d_and_plot_redraws_it(tmp_path):
 
 
 def test_bad_settings_are_named_before_any_work(tmp_path):
+    for preset in exp.PRESETS.values():  # both presets pass the checks
+        exp._check(preset)
     with pytest.raises(ValueError, match="losses"):
         exp.run(dataclasses.replace(TINY, losses=("hinge",)), tmp_path)
     with pytest.raises(ValueError, match="activation"):
