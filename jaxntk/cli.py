@@ -351,7 +351,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if "lambda-sweep" in docs:
         summary = docs["lambda-sweep"]["summary"]
         _print_summary(summary, "λ_1 (sum scale)", "final n·R_bulk", "bulk_sum_mean", ".3g")
-    for name in ("dense-plus-sparse", "lazy-rich"):
+    for name in ("dense-plus-sparse", "lazy-rich", "mnist1d"):
         if name in docs:
             print(exps[name].table(docs[name]))
     return 0

@@ -275,8 +275,12 @@ def lazy_rich_figure(json_path: Path, png_path: Path) -> Path:
 
 
 def mnist1d_chart(json_path: Path, png_path: Path) -> Path:
-    """Grouped bars of MNIST-1D's test accuracy by variant, one bar per loss (mean ± std over
-    seeds), with the published anchors (logistic regression, MLP, CNN) as lines.
+    """MNIST-1D in six panels: the table's test accuracy by row (mean ± std over seeds) with the
+    published anchors; the learning curves (test error against n, log-log, fitted slopes and the
+    n at the target in the legend); the spectrum's prediction of kernel regression's test error
+    beside the measurement; the α axis (test accuracy; kernel change, alignment and distances to
+    the Taylor models); and the width (the network and its NTK). Panels of sections that did
+    not run say so.
 
     Args:
         json_path: the experiment's JSON file (mnist1d.json).
@@ -286,34 +290,150 @@ def mnist1d_chart(json_path: Path, png_path: Path) -> Path:
         png_path, as a `pathlib.Path`.
     """
     doc = json.loads(Path(json_path).read_text())
-    summary, cfg = doc["summary"], doc["config"]
-    variants = list(dict.fromkeys(key.split("/")[0] for key in summary))
-    losses = list(dict.fromkeys(key.split("/")[1] for key in summary))
-    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(losses)
-    colors = ("#4c72b0", "#dd8452", "#55a868")
-    for j, loss in enumerate(losses):
-        at = np.arange(len(variants)) + (j - (len(losses) - 1) / 2) * width
-        mean = np.array([100 * summary[f"{v}/{loss}"]["test_accuracy_mean"] for v in variants])
-        std = np.array([100 * summary[f"{v}/{loss}"]["test_accuracy_std"] for v in variants])
-        ax.bar(at, mean, width, yerr=std, capsize=3, color=colors[j % 3], label=loss)
-        for x, m in zip(at, mean, strict=True):
-            ax.text(x, m + 1, f"{m:.0f}", ha="center", va="bottom", fontsize=7)
-    for (name, (acc, _)), style in zip(
-        [(k, v) for k, v in doc["anchors"].items() if k in ("logistic regression", "MLP", "CNN")],
-        (":", "-.", "--"),
-        strict=False,
-    ):
-        ax.axhline(acc, color="gray", ls=style, lw=1, label=f"published {name} {acc} %")
-    ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="lower left", ncols=2)
-    ax.set_title(
-        f"MNIST-1D, n = {cfg['n_train']}: the CNN ({cfg['channels']} channels) and its Taylor "
-        f"models, {len(cfg['seeds'])} seeds",
-        fontsize=9,
+    sections = doc.get("sections", {})
+    fig = Figure(figsize=(16, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3)
+    _mnist1d_bars(axes[0, 0], doc)
+    _mnist1d_curves(axes[0, 1], sections.get("curves", {}), doc["config"])
+    _mnist1d_spectrum(axes[0, 2], sections.get("spectrum", {}))
+    _mnist1d_alpha(axes[1, 0], axes[1, 1], sections.get("lazy", {}))
+    _mnist1d_width(axes[1, 2], sections.get("width", {}))
+    cfg = doc["config"]
+    fig.suptitle(
+        f"MNIST-1D, n = {cfg['n_train']}: the CNN ({cfg['channels']} channels), its Taylor models "
+        f"and kernels, {len(cfg['seeds'])} seeds",
+        fontsize=10,
     )
-    fig.savefig(png_path, dpi=120)
+    fig.savefig(png_path, dpi=110)
     return Path(png_path)
+
+
+def _not_run(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"{what}: not run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _mnist1d_bars(ax, doc: dict) -> None:
+    rows = doc.get("table") or [
+        {"row": key, "loss": "", "mean": v["test_accuracy_mean"], "std": v["test_accuracy_std"]}
+        for key, v in doc["summary"].items()
+    ]
+    labels = [f"{r['row']} ({r['loss']})" if r["loss"] else r["row"] for r in rows]
+    mean = np.array([100 * r["mean"] for r in rows])
+    std = np.array([100 * r["std"] for r in rows])
+    at = np.arange(len(rows))
+    colors = ["#4c72b0" if r["loss"] != "cross_entropy" else "#dd8452" for r in rows]
+    ax.barh(at, mean, xerr=std, color=colors, capsize=2)
+    for y, v in zip(at, mean, strict=True):
+        ax.text(v + 1, y, f"{v:.1f}", va="center", fontsize=6)
+    styles = (":", "-.", "--", (0, (1, 3)), (0, (5, 1)), (0, (3, 1, 1, 1)))
+    for (name, (acc, _)), style in zip(doc["anchors"].items(), styles, strict=False):
+        ax.axvline(acc, color="gray", ls=style, lw=1, label=f"published {name} {acc} %")
+    ax.set_yticks(at, labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("test accuracy (%)")
+    ax.legend(fontsize=5, loc="lower right")
+
+
+def _mnist1d_curves(ax, section: dict, cfg: dict) -> None:
+    summary = section.get("summary", {})
+    if not any(s["n"] for s in summary.values()):
+        return _not_run(ax, "learning curves")
+    colors = colormaps["tab10"](np.arange(len(summary)))
+    for c, (row, s) in zip(colors, summary.items(), strict=True):
+        if not s["n"]:
+            continue
+        label = row if s["slope"] is None else f"{row}: slope {s['slope']:.2f}"
+        if s["n_at_target"] is not None:
+            label += f", n({100 * cfg['curve_target']:.0f} %) ≈ {s['n_at_target']:.0f}"
+        ax.errorbar(
+            s["n"], s["error_mean"], yerr=s["error_std"], color=c, marker="o", ms=3, label=label
+        )
+        if s["slope"] is not None:
+            n = np.array(s["n"], dtype=float)
+            ax.plot(n, 10 ** (s["intercept"] + s["slope"] * np.log10(n)), "--", color=c, lw=0.8)
+    ax.axhline(1 - cfg["curve_target"], color="gray", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training signals n")
+    ax.set_ylabel("test error")
+    ax.set_title("learning curves (dashed: fitted lines)", fontsize=8)
+    ax.legend(fontsize=6)
+
+
+def _mnist1d_spectrum(ax, section: dict) -> None:
+    found = section.get("units", {}).get("result")
+    if not found:
+        return _not_run(ax, "spectrum's prediction")
+    rows = found["rows"]
+    n = [r["n"] for r in rows]
+    ax.plot(n, [r["measured_mse"] for r in rows], "ko-", ms=4, label="measured (kernel regression)")
+    ax.plot(
+        n,
+        [r["predicted_top_k"] for r in rows],
+        "s--",
+        ms=3,
+        label=f"learning_curve, top {found['k']} modes",
+    )
+    ax.plot(
+        n,
+        [r["predicted_flat_tail"] for r in rows],
+        "^:",
+        ms=3,
+        label="learning_curve, top modes + flat tail",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training signals n")
+    ax.set_ylabel("test MSE (one-hot, mean over outputs)")
+    ax.set_title(
+        f"the CNN NTK's spectrum (N = {found['n_big']}) predicts kernel regression", fontsize=8
+    )
+    ax.legend(fontsize=6)
+
+
+def _mnist1d_alpha(acc_ax, diag_ax, section: dict) -> None:
+    summary = section.get("summary", {})
+    if not summary:
+        _not_run(diag_ax, "α axis")
+        return _not_run(acc_ax, "α axis")
+    alphas = np.array([float(a) for a in summary])
+    acc = np.array([100 * v["test_accuracy_mean"] for v in summary.values()])
+    acc_std = np.array([100 * v["test_accuracy_std"] for v in summary.values()])
+    acc_ax.errorbar(alphas, acc, yerr=acc_std, marker="o", color="#4c72b0")
+    acc_ax.set_ylabel("test accuracy (%)")
+    acc_ax.set_title("the CNN scaled by α (jn.Scaled): lazy as α grows", fontsize=8)
+    for key, label in (
+        ("kernel_change", "‖K_T − K_0‖ / ‖K_0‖ (probe)"),
+        ("distance_linear", "D_1: distance to the linear model"),
+        ("distance_quadratic", "D_2: to the quadratic model"),
+        ("alignment", "centered alignment of K_T"),
+        ("alignment_init", "alignment of K_0"),
+    ):
+        values = np.array([v[f"{key}_mean"] for v in summary.values()])
+        diag_ax.plot(alphas, values, marker="o", ms=3, label=label)
+    diag_ax.set_yscale("log")
+    diag_ax.set_title("laziness diagnostics at the best epoch", fontsize=8)
+    diag_ax.legend(fontsize=6)
+    for ax in (acc_ax, diag_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("α (Chizat et al.'s scale)")
+
+
+def _mnist1d_width(ax, section: dict) -> None:
+    summary = section.get("summary", {})
+    if not summary:
+        return _not_run(ax, "width")
+    widths = np.array([float(w) for w in summary])
+    for key, label in (("network", "the CNN, trained"), ("kernel", "kernel regression, its NTK")):
+        mean = np.array([100 * v[f"{key}_mean"] for v in summary.values()])
+        std = np.array([100 * v[f"{key}_std"] for v in summary.values()])
+        ax.errorbar(widths, mean, yerr=std, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(widths, [f"{w:g}" for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("channels")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("does the gap between the network and its NTK close with width?", fontsize=8)
+    ax.legend(fontsize=7)

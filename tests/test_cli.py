@@ -257,3 +257,30 @@ def test_reproduce_seeds_reach_the_spectrum_and_its_errors_are_one_line(
             cli.main(["reproduce", "--only", "spectrum", "--seeds", bad])
         assert exc.value.code == 2
         assert "--seeds" in capsys.readouterr().err
+
+
+def test_reproduce_runs_mnist1d_sections_and_prints_its_table(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from jaxntk.experiments import mnist1d
+
+    monkeypatch.setenv("JAXNTK_CACHE", str(tmp_path / "cache"))
+    tiny = dataclasses.replace(
+        mnist1d.Config(),
+        n_train=40,
+        n_test=20,
+        channels=2,
+        sections=("kernel", "one_step"),
+        kernel_networks=("cnn",),
+        ridges=(1e-2, 1.0),
+        onestep_etas=(1.0,),
+        onestep_ridges=(1e-2,),
+    )
+    monkeypatch.setitem(mnist1d.PRESETS, "cpu", tiny)
+    rc = cli.main(["reproduce", "--only", "mnist1d", "--seeds", "3", "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "mnist1d.json").read_text())
+    assert doc["config"]["seeds"] == [3] and set(doc["sections"]["kernel"]["units"]) == {"cnn/3"}
+    printed = capsys.readouterr().out
+    assert "kernel regression, CNN NTK" in printed and "one step + ridge readout" in printed
+    assert (tmp_path / "mnist1d.png").stat().st_size > 0
