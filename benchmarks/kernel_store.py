@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+SHARE_CORES = [True]  # --no-share-cores: every worker with XLA's default threads
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -74,9 +75,6 @@ def child_worker(data: Path, store: Path, n: int, args) -> dict:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jaxntk as jn
-    from jaxntk import store as stores
-
-    stores.COMMIT_SECONDS = args.commit_seconds
     apply, params, x = _model(data, n)
     t0 = time.perf_counter()
     kept = jn.empirical_ntk(apply, params, x, output=store, progress=True)
@@ -217,9 +215,20 @@ def _total_rows(store: Path) -> int | None:
     return -(-manifest["shape"][0] // manifest["block"])
 
 
-def launch_store(
-    data: Path, store: Path, n: int, processes: int, kill_at: float | None, log, commit_seconds=10.0
-):
+def _worker_env(processes: int) -> dict:
+    """Each of several workers on one machine gets its share of the cores: XLA's CPU backend
+    otherwise gives every process a thread per core, and they crowd each other out."""
+    env = _env()
+    if processes > 1:
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        flags = env.get("XLA_FLAGS", "")
+        if threads == 1:
+            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = flags.strip()
+    return env
+
+
+def launch_store(data: Path, store: Path, n: int, processes: int, kill_at: float | None, log):
     """One launch of the workers: (wall seconds, peak bytes per process, killed, return codes).
     With kill_at, every worker is killed with SIGKILL once that fraction of rows is recorded."""
     port = _free_port()
@@ -229,10 +238,8 @@ def launch_store(
         cmd += ["--data", str(data), "--store", str(store), "--n", str(n)]
         cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes)]
         cmd += ["--process-id", str(pid), "--out", str(store.parent)]
-        cmd += ["--commit-seconds", str(commit_seconds)]
-        procs.append(
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=_env())
-        )
+        env = _worker_env(processes) if SHARE_CORES[0] else _env()
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env))
     t0, peaks, killed = time.perf_counter(), [0] * processes, False
     while any(p.poll() is None for p in procs):
         for i, p in enumerate(procs):
@@ -263,7 +270,7 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-eigh", action="store_true")
     p.add_argument("--skip-rates", action="store_true")
     p.add_argument(
-        "--commit-seconds", type=float, default=10.0, help="the store's records' group interval"
+        "--no-share-cores", action="store_true", help="workers keep XLA's threads per core"
     )
     p.add_argument("--results", action="store_true", help="append to benchmarks/RESULTS.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -281,6 +288,7 @@ def main(argv=None) -> dict:
         print(json.dumps(row), flush=True)
         return row
     args.out.mkdir(parents=True, exist_ok=True)
+    SHARE_CORES[0] = not args.no_share_cores
     summary = _parent(args)
     (args.out / "kernel_store.json").write_text(json.dumps(summary, indent=1))
     text = report(summary)
@@ -323,7 +331,7 @@ def _parent(args) -> dict:
     with open(args.out / f"store-{args.n}.log", "a") as log:
         for kill_at in [*args.kill_at, None]:
             seconds, peaks, killed, codes = launch_store(
-                data, store, args.n, args.processes, kill_at, log, args.commit_seconds
+                data, store, args.n, args.processes, kill_at, log
             )
             launches.append(
                 {"kill_at": kill_at, "seconds": seconds, "peaks": peaks, "killed": killed,

@@ -1382,7 +1382,6 @@ def _fill_store(apply_fn, params0, writer, todo, mine, blocks, pairs, choice, ex
                 file=sys.stderr,
                 flush=True,
             )
-    writer.commit()
 
 
 _STORE_BYTES = 1 << 30  # what a store's process may hold: a chunk's strips, cached features

@@ -222,7 +222,7 @@ def test_two_processes_killed_twice_resume_to_the_kernel_in_memory(tmp_path):
     import kernel_store
 
     argv = ["--out", str(tmp_path), "--n", "700", "--n-ref", "700", "--processes", "2"]
-    argv += ["--kill-at", "0.2", "0.5", "--skip-eigh", "--skip-rates", "--commit-seconds", "0"]
+    argv += ["--kill-at", "0.2", "0.5", "--skip-eigh", "--skip-rates"]
     # the parent makes the data with flax, as a user's script would (its children run apart)
     with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
         summary = kernel_store.main(argv)
