@@ -241,11 +241,10 @@ class KernelStore:
         rows = self.done if rows is None else list(rows)
         layout = _Layout.of(self)
         bad = []
-        with open(self.path / "kernel.npy", "rb") as fh:
-            for i in rows:
-                record = _read_record(self.path, i)
-                if record is None or record.get("crc32") != layout.checksum_on_disk(fh, i):
-                    bad.append(i)
+        for i in rows:
+            record = _read_record(self.path, i)
+            if record is None or record.get("crc32") != layout.checksum_on_disk(self.path, i):
+                bad.append(i)
         return bad
 
     def _require_complete(self) -> None:
@@ -281,10 +280,6 @@ class _Layout:
     offset: int  # of the data in kernel.npy
     diagonal_batch: bool  # 0 in diagonal_axes: shape (n, *inner), one row per example
 
-    @property
-    def itemsize(self) -> int:
-        return self.dtype.itemsize
-
     @classmethod
     def of(cls, store: KernelStore) -> _Layout:
         manifest = _read_manifest(store.path)
@@ -297,38 +292,29 @@ class _Layout:
             bool(manifest.get("diagonal_batch")),
         )
 
-    def _inner(self) -> int:
-        start = 1 if self.diagonal_batch else 2
-        return int(np.prod(self.shape[start:], dtype=np.int64))
-
-    def segments(self, i: int) -> list[tuple[int, tuple[int, ...]]]:
-        """(byte offset, shape) of each contiguous piece block row i writes, in order."""
-        n1 = self.shape[0]
-        r0, r1 = i * self.block, min((i + 1) * self.block, n1)
-        inner = self._inner()
-        if self.diagonal_batch:
-            return [(self.offset + r0 * inner * self.itemsize, (r1 - r0, *self.shape[1:]))]
-        # (the symmetric layout below needs n1 = n2 and one block size for rows and columns)
+    def regions(self, i: int) -> list[tuple[slice, ...]]:
+        """The index regions of the kernel block row i writes, in order: its rows (from its
+        first computed column on), then for a symmetric kernel the mirrored columns of the rows
+        below. (The symmetric layout has n1 = n2 and one block size for rows and columns.)"""
+        r0, r1 = i * self.block, min((i + 1) * self.block, self.shape[0])
+        if self.diagonal_batch or not self.symmetric:
+            return [(slice(r0, r1),)]
         n2 = self.shape[1]
-        trailing = self.shape[2:]
-        if not self.symmetric:
-            return [(self.offset + r0 * n2 * inner * self.itemsize, (r1 - r0, n2, *trailing))]
-        pieces = [
-            (self.offset + (r * n2 + r0) * inner * self.itemsize, (n2 - r0, *trailing))
-            for r in range(r0, r1)
-        ]
-        pieces += [
-            (self.offset + (r * n2 + r0) * inner * self.itemsize, (r1 - r0, *trailing))
-            for r in range(r1, n2)
-        ]
-        return pieces
+        return [(slice(r0, r1), slice(r0, n2)), (slice(r1, n2), slice(r0, r1))]
 
-    def checksum_on_disk(self, fh, i: int) -> int:
-        crc = 0
-        for offset, shape in self.segments(i):
-            buffer = np.empty(shape, self.dtype)
-            _read_into(fh, buffer, offset)
-            crc = zlib.crc32(buffer.tobytes(), crc)
+    def mapped(self, path: Path, mode: str) -> np.memmap:
+        """The kernel file mapped: a mapping per row, dropped after it, so the process's resident
+        set holds one row's pages, not the file's (writes land in the system's page cache: a
+        killed process loses none)."""
+        return np.memmap(
+            path / "kernel.npy", dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape
+        )
+
+    def checksum_on_disk(self, path: Path, i: int) -> int:
+        kernel, crc = self.mapped(path, "r"), 0
+        for region in self.regions(i):
+            crc = zlib.crc32(np.ascontiguousarray(kernel[region]).tobytes(), crc)
+        del kernel
         return crc
 
 
@@ -340,36 +326,27 @@ class _Writer:
 
     def __init__(self, store: KernelStore, layout: _Layout, mirror: str | None):
         self.store, self.layout, self.mirror = store, layout, mirror
-        self.fd = os.open(store.path / "kernel.npy", os.O_RDWR)
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Nothing is held open between rows."""
 
     def write_row(self, i: int, strip: np.ndarray) -> None:
         """Block row i from its strip (rows, columns from its first block on, *trailing), then
-        its record. The bytes are in the system's page cache once written: a killed process
-        loses none of them. They are not forced to disk (a flush per row wrote the mirrored
-        columns' pages again and again: 40 s of a 210 s run at n = 30000); after a crash of the
-        machine, a row whose bytes did not reach the disk fails its checksum when resumed."""
-        pieces = list(self._pieces(i, strip))
-        crc = 0
-        for (offset, shape), data in zip(self.layout.segments(i), pieces, strict=True):
-            data = np.ascontiguousarray(data, dtype=self.store.dtype)
-            if data.shape != tuple(shape):
-                raise AssertionError(f"block row {i}: piece {data.shape} != layout {shape}")
-            raw = data.tobytes()
-            _write_all(self.fd, raw, offset)
-            crc = zlib.crc32(raw, crc)
+        its record with the CRC-32 of the bytes in `regions` order. The bytes are in the
+        system's page cache once written: a killed process loses none of them. They are not
+        forced to disk (a flush per group of rows wrote the mirrored columns' pages again and
+        again); after a crash of the machine, a row whose bytes did not reach the disk fails its
+        checksum when resumed."""
+        pieces = [np.ascontiguousarray(strip, dtype=self.store.dtype)]
+        if self.layout.symmetric and not self.layout.diagonal_batch:
+            mirrored = np.einsum(self.mirror, strip)  # (n2 − r0, rows, *trailing)
+            pieces.append(np.ascontiguousarray(mirrored[strip.shape[0] :], self.store.dtype))
+        kernel, crc = self.layout.mapped(self.store.path, "r+"), 0
+        for region, data in zip(self.layout.regions(i), pieces, strict=True):
+            kernel[region] = data
+            crc = zlib.crc32(data.tobytes(), crc)
+        del kernel  # unmapped: the pages stay in the page cache, out of this process
         _write_record(self.store.path, i, {"row": i, "crc32": crc})
-
-    def _pieces(self, i: int, strip: np.ndarray) -> Iterator[np.ndarray]:
-        if self.layout.diagonal_batch or not self.layout.symmetric:
-            yield strip
-            return
-        rows = strip.shape[0]
-        yield from strip  # each row's columns r0 … n2
-        mirrored = np.einsum(self.mirror, strip)  # (n2 − r0, rows, *trailing)
-        yield from mirrored[rows:]
 
 
 def open_for_writing(
@@ -501,13 +478,6 @@ def _write_json(target: Path, data: dict, sync: bool = True) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, target)
-
-
-def _write_all(fd: int, raw: bytes, offset: int) -> None:
-    view = memoryview(raw)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _read_into(fh, out: np.ndarray, offset: int) -> None:
