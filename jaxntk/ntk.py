@@ -1430,12 +1430,16 @@ def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, pl
         wanted = {i: set(pairs[pairs[:, 0] == i, 1].tolist()) for i in part}
         out: dict[int, list] = {i: [] for i in part}
         for j in sorted(set().union(*wanted.values())):
+            column: dict[int, Any] = {}  # this column block's features, once per device
             for i in part:
                 if j in wanted[i]:
                     k = device[i]
-                    g2 = row_features[i] if same and j == i else features(
-                        blocks2, j, k, j >= first_cached
-                    )
+                    if same and j == i:
+                        g2 = row_features[i]
+                    else:
+                        if k not in column:
+                            column[k] = features(blocks2, j, k, j >= first_cached)
+                        g2 = column[k]
                     block = _block_pair(
                         *placed[k], row_features[i], g2, choice.method, extra, spec.trace,
                         spec.diagonal,
