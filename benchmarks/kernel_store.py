@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import socket
@@ -75,6 +74,7 @@ def child_worker(data: Path, store: Path, n: int, args) -> dict:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jaxntk as jn
+
     apply, params, x = _model(data, n)
     t0 = time.perf_counter()
     kept = jn.empirical_ntk(apply, params, x, output=store, progress=True)
@@ -87,7 +87,7 @@ def child_eigh(store: Path, k: int) -> dict:
 
     kept = KernelStore.open(store)
     t0 = time.perf_counter()
-    values, vectors, info = linalg.top_eigh(kept, k, tol=1e-3, return_info=True)
+    values, _, info = linalg.top_eigh(kept, k, tol=1e-3, return_info=True)
     values = np.asarray(values)
     seconds = time.perf_counter() - t0
     np.save(store.parent / f"eigenvalues-{kept.n}.npy", values)
@@ -127,14 +127,16 @@ def child_rates(data: Path) -> dict:
     cost = _structured.cost(plan, (1,), ())
     b = choice.batch_size
     f = ntk._block_features(jax.tree_util.Partial(apply), params, x[:b], "structured", plan)
-    pair = lambda: ntk._block_pair(  # noqa: E731
-        jax.tree_util.Partial(apply), params, f, f, "structured", plan, (1,), ()
-    )
+    fn = jax.tree_util.Partial(apply)
+
+    def pair():
+        return ntk._block_pair(fn, params, f, f, "structured", plan, (1,), ())
+
+    def features():
+        return ntk._block_features(fn, params, x[:b], "structured", plan)
+
     jax.block_until_ready(pair())
     seconds = min(_timed(pair) for _ in range(5))
-    features = lambda: ntk._block_features(  # noqa: E731
-        jax.tree_util.Partial(apply), params, x[:b], "structured", plan
-    )
     jax.block_until_ready(features())
     feature_seconds = min(_timed(features) for _ in range(3))
     contraction_rate = cost.pair_flops * b * b / seconds
@@ -336,8 +338,14 @@ def _parent(args) -> dict:
                 data, store, args.n, args.processes, kill_at, log
             )
             launches.append(
-                {"kill_at": kill_at, "seconds": seconds, "peaks": peaks, "killed": killed,
-                 "codes": codes, "records": _records(store)}
+                {
+                    "kill_at": kill_at,
+                    "seconds": seconds,
+                    "peaks": peaks,
+                    "killed": killed,
+                    "codes": codes,
+                    "records": _records(store),
+                }
             )
             print(json.dumps({"launch": launches[-1]}), flush=True)
     summary["launches"] = launches
@@ -346,8 +354,11 @@ def _parent(args) -> dict:
         summary["reference_after"] = again
         if "seconds" in again and "seconds" in summary["reference"]:
             mean = (summary["reference"]["seconds"] + again["seconds"]) / 2
-            summary["reference"] = {**summary["reference"], "seconds_runs": [
-                summary["reference"]["seconds"], again["seconds"]], "seconds": mean}
+            summary["reference"] = {
+                **summary["reference"],
+                "seconds_runs": [summary["reference"]["seconds"], again["seconds"]],
+                "seconds": mean,
+            }
     summary["store_seconds"] = sum(row["seconds"] for row in launches)
     summary["peak_bytes"] = max(max(row["peaks"]) for row in launches)
     summary["bitwise"] = _compare(store, args.out, args.n_ref, args.skip_reference)
@@ -402,7 +413,9 @@ def report(summary: dict) -> str:
     for row in summary["launches"]:
         what = f"killed at {row['kill_at']}" if row["killed"] else "to the end"
         peaks = ", ".join(f"{v / 1e9:.2f}" for v in row["peaks"])
-        lines.append(f"| store launch, {what} ({row['records']} rows) | {row['seconds']:.1f} | {peaks} |")
+        lines.append(
+            f"| store launch, {what} ({row['records']} rows) | {row['seconds']:.1f} | {peaks} |"
+        )
     lines.append(f"| store, all launches | {summary['store_seconds']:.1f} | |")
     if ref and "seconds" in ref:
         scaled = (n / ref["n"]) ** 2 * ref["seconds"]

@@ -14,8 +14,8 @@ computation, opts in; the `jaxntk` command and the benchmarks do. See `jaxntk.ho
 
 from jaxntk import (
     data,
-    host,
     diagnostics,
+    host,
     linalg,
     minibatch,
     network,
@@ -138,8 +138,8 @@ __all__ = [
     "right_singular_vectors",
     "sample_inputs",
     "sharding",
-    "store",
     "sparse_part",
+    "store",
     "targets",
     "taylor",
     "taylor_terms",

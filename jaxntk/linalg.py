@@ -62,14 +62,14 @@ __all__ = [
     "LanczosBasis",
     "NTKOperator",
     "SolveInfo",
+    "SpectralDensity",
+    "alignment",
     "check_budget",
+    "effective_rank",
     "kernel_bytes",
     "lanczos",
     "matrix_function",
     "ntk_operator",
-    "SpectralDensity",
-    "alignment",
-    "effective_rank",
     "solve",
     "spectral_density",
     "top_eigh",
@@ -824,7 +824,7 @@ def spectral_density(
         >>> [round(float(3 * np.sum(w[p] * nodes[p] ** 2)), 3) for p in range(2)]  # tr K² = 18
         [18.0, 18.0]
     """
-    matmat, size, dtype = _operator(k, n)
+    _, size, dtype = _operator(k, n)
     check_int("probes", probes, low=1)
     check_int("iters", iters, low=1, high=size, high_name="N, the kernel's size")
     key = jax.random.PRNGKey(0) if key is None else key
@@ -843,7 +843,9 @@ def spectral_density(
     if not sigma > 0:
         raise ValueError(f"width must be > 0, got {width!r}")
     gauss = np.exp(-0.5 * ((points[:, None, None] - theta[None]) / sigma) ** 2)
-    density = size / probes * np.sum(weights[None] * gauss, axis=(1, 2)) / (sigma * np.sqrt(2 * np.pi))
+    density = (
+        size / probes * np.sum(weights[None] * gauss, axis=(1, 2)) / (sigma * np.sqrt(2 * np.pi))
+    )
     return SpectralDensity(
         jnp.asarray(points), jnp.asarray(density), jnp.asarray(theta), jnp.asarray(weights)
     )
@@ -885,7 +887,11 @@ def alignment(
     product = np.asarray(matmat(jnp.asarray(both, dtype)), np.float64)
     inner = float(np.sum(yc * product[:, :-1]))
     k1 = product[:, -1]
-    kc_sq = _frobenius_sq(k, n, probes, key) - 2 * float(k1 @ k1) / size + float(k1.sum()) ** 2 / size**2
+    kc_sq = (
+        _frobenius_sq(k, n, probes, key)
+        - 2 * float(k1 @ k1) / size
+        + float(k1.sum()) ** 2 / size**2
+    )
     yy = float(np.linalg.norm(yc.T @ yc))
     return inner / (math.sqrt(max(kc_sq, 0.0)) * yy)
 

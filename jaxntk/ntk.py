@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from functools import partial
 import math
 import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -332,7 +332,9 @@ def empirical_ntk(
     if _is_store(output):
         method, batch_size = _resumed_choice(Path(output), method, batch_size)
         choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)
-        return _stored_kernel(apply_fn, params0, x1, x2, spec, choice, extra, Path(output), progress)
+        return _stored_kernel(
+            apply_fn, params0, x1, x2, spec, choice, extra, Path(output), progress
+        )
     choice, extra = _choose(apply_fn, params0, x1, spec, method, batch_size, memory_budget)
     several = jax.process_count() > 1 or jax.local_device_count() > 1
     if output is None and not progress and not several:
@@ -1355,7 +1357,9 @@ def _stored_kernel(apply_fn, params0, x1, x2, spec, choice, extra, path, progres
     return store.KernelStore.open(path)
 
 
-def _fill_store(apply_fn, params0, writer, todo, mine, blocks, pairs, choice, extra, spec, progress):
+def _fill_store(
+    apply_fn, params0, writer, todo, mine, blocks, pairs, choice, extra, spec, progress
+):
     """Compute the block rows `todo` and write each one into the store; a progress line per row
     with the throughput and the time left (by block pairs, the unit of work)."""
     blocks1, blocks2 = blocks
@@ -1441,7 +1445,12 @@ def _chunked_rows(placed, blocks1, blocks2, rows, pairs, choice, extra, spec, pl
                             column[k] = features(blocks2, j, k, j >= first_cached)
                         g2 = column[k]
                     block = _block_pair(
-                        *placed[k], row_features[i], g2, choice.method, extra, spec.trace,
+                        *placed[k],
+                        row_features[i],
+                        g2,
+                        choice.method,
+                        extra,
+                        spec.trace,
                         spec.diagonal,
                     )
                     out[i].append((j, block))

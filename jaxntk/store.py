@@ -453,7 +453,9 @@ def _read_manifest(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as err:
-        raise ValueError(f"the kernel store's manifest {path / 'manifest.json'} is damaged: {err}")
+        raise ValueError(
+            f"the kernel store's manifest {path / 'manifest.json'} is damaged: {err}"
+        ) from err
 
 
 def _data_offset(path: Path) -> int:

@@ -119,7 +119,7 @@ def test_other_arguments_or_a_damaged_row_are_refused(model, tmp_path):
 
 
 def test_an_unfinished_store_and_a_non_square_one_say_so(model, tmp_path):
-    apply, params, x, x2 = model
+    apply, params, x, _ = model
     path = tmp_path / "k"
     kept = jn.empirical_ntk(apply, params, x, batch_size=BLOCK, output=path)
     (path / "rows" / "000004.json").unlink()
