@@ -295,7 +295,7 @@ def empirical_ntk(
                [0., 0., 5., 0.],
                [0., 0., 0., 5.]], dtype=float32)
         >>> def g(p, x):                      # a dense layer with a bias: ⟨x_i, x_j⟩ + 1
-        ...     return x @ p["dense"]["w"] + p["dense"]["b"]
+        ...     return x @ p["dense"]["w"] + p["dense"]["b"][None, :]
         >>> p = {"dense": {"w": w, "b": jnp.zeros(4)}}
         >>> empirical_ntk(g, p, ones, params_mask={"dense": {"b": True, "w": False}})[0]
         Array([1., 1., 1.], dtype=float32)
