@@ -263,20 +263,31 @@ def child_nt_small(data: Path, out: Path, repeats: int, impls: list[int]) -> dic
         rows[f"nt {impl}"] = {"first_s": first, "best_s": best}
         np.savez(out / f"nt-small-{impl}.npz", train=train, test=test)
     if (out / "kernels-small.npz").exists():  # its predict on jaxntk's kernels: the algebra alone
-        with np.load(out / "kernels-small.npz") as kernels:
-            k_train, k_test = jnp.asarray(kernels["k_train"]), jnp.asarray(kernels["k_test"])
-        predict = nt.predict.gradient_descent_mse(
-            k_train, y, learning_rate=2 * LR, diag_reg=ridge, diag_reg_absolute_scale=True
+        _nt_on_kernels(
+            out / "kernels-small.npz", out / "nt-same-kernel.npz", params, x, y, x_test, ridge
         )
-        f0, f0_test = cnn_apply(params, x), cnn_apply(params, x_test)
-        train, test = predict(jnp.asarray(STEPS[:-1]), f0, f0_test, k_test)
-        train_inf, test_inf = predict(None, f0, f0_test, k_test)
-        train, test = (
-            jnp.concatenate([train, train_inf[None]]),
-            jnp.concatenate([test, test_inf[None]]),
-        )
-        np.savez(out / "nt-same-kernel.npz", train=train, test=test)
     return rows
+
+
+def _nt_on_kernels(kernels: Path, target: Path, params, x, y, x_test, ridge) -> None:
+    """neural-tangents' `gradient_descent_mse` at STEPS on the kernels saved at `kernels` (in
+    the dtype JAX gives them), written to `target`."""
+    import jax.numpy as jnp
+    import neural_tangents as nt
+
+    with np.load(kernels) as saved:
+        k_train, k_test = jnp.asarray(saved["k_train"]), jnp.asarray(saved["k_test"])
+    predict = nt.predict.gradient_descent_mse(
+        k_train, y, learning_rate=2 * LR, diag_reg=ridge, diag_reg_absolute_scale=True
+    )
+    f0, f0_test = cnn_apply(params, x), cnn_apply(params, x_test)
+    train, test = predict(jnp.asarray(STEPS[:-1]), f0, f0_test, k_test)
+    train_inf, test_inf = predict(None, f0, f0_test, k_test)
+    np.savez(
+        target,
+        train=jnp.concatenate([train, train_inf[None]]),
+        test=jnp.concatenate([test, test_inf[None]]),
+    )
 
 
 def child_nt_float64(data: Path, out: Path) -> dict:
@@ -286,24 +297,11 @@ def child_nt_float64(data: Path, out: Path) -> dict:
 
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    import neural_tangents as nt
 
     params, x, y, x_test, ridge = jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, jnp.float64) if hasattr(a, "dtype") else a, load(data)
     )
-    with np.load(out / "kernels-float64.npz") as kernels:
-        k_train, k_test = jnp.asarray(kernels["k_train"]), jnp.asarray(kernels["k_test"])
-    predict = nt.predict.gradient_descent_mse(
-        k_train, y, learning_rate=2 * LR, diag_reg=ridge, diag_reg_absolute_scale=True
-    )
-    f0, f0_test = cnn_apply(params, x), cnn_apply(params, x_test)
-    train, test = predict(jnp.asarray(STEPS[:-1]), f0, f0_test, k_test)
-    train_inf, test_inf = predict(None, f0, f0_test, k_test)
-    np.savez(
-        out / "nt-float64.npz",
-        train=jnp.concatenate([train, train_inf[None]]),
-        test=jnp.concatenate([test, test_inf[None]]),
-    )
+    _nt_on_kernels(out / "kernels-float64.npz", out / "nt-float64.npz", params, x, y, x_test, ridge)
     return {}
 
 

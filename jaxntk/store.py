@@ -64,6 +64,8 @@ class KernelStore:
         symmetric: whether it is K(x, x) (block pairs j ≥ i computed, the rest mirrored).
         method: the implementation that computed it.
         fingerprint: the SHA-256 of the arguments it was computed from.
+        offset: where the kernel's data starts in kernel.npy (after the .npy header).
+        diagonal_batch: whether it keeps only K(x_i, x_i) (0 in diagonal_axes): one row per input.
 
     Example:
         >>> import tempfile, numpy as np, jax.numpy as jnp
@@ -88,6 +90,8 @@ class KernelStore:
     symmetric: bool
     method: str
     fingerprint: str
+    offset: int
+    diagonal_batch: bool
 
     # --------------------------------------------------------------------------- reading
 
@@ -120,6 +124,8 @@ class KernelStore:
             symmetric=bool(manifest["symmetric"]),
             method=str(manifest["method"]),
             fingerprint=str(manifest["fingerprint"]),
+            offset=int(manifest["offset"]),
+            diagonal_batch=bool(manifest.get("diagonal_batch")),
         )
 
     @property
@@ -173,7 +179,7 @@ class KernelStore:
         width = int(np.prod(self.shape[1:], dtype=np.int64))
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         with open(self.path / "kernel.npy", "rb") as fh:
-            offset = _data_offset(self.path) + start * width * self.dtype.itemsize
+            offset = self.offset + start * width * self.dtype.itemsize
             _read_into(fh, out, offset)
         return out
 
@@ -283,14 +289,13 @@ class _Layout:
 
     @classmethod
     def of(cls, store: KernelStore) -> _Layout:
-        manifest = _read_manifest(store.path)
         return cls(
             store.shape,
             store.dtype,
             store.block,
             store.symmetric,
-            int(manifest["offset"]),
-            bool(manifest.get("diagonal_batch")),
+            store.offset,
+            store.diagonal_batch,
         )
 
     def regions(self, i: int) -> list[tuple[slice, ...]]:
@@ -456,11 +461,6 @@ def _read_manifest(path: Path) -> dict | None:
         raise ValueError(
             f"the kernel store's manifest {path / 'manifest.json'} is damaged: {err}"
         ) from err
-
-
-def _data_offset(path: Path) -> int:
-    manifest = _read_manifest(path)
-    return int(manifest["offset"])
 
 
 def _record_path(path: Path, i: int) -> Path:
