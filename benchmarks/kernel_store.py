@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 SHARE_CORES = [False]  # --share-cores: each worker with its share of the cores' threads
+COMPILE_CACHE: list[Path | None] = [None]  # the workers' persistent compilation cache
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -230,6 +232,16 @@ def _worker_env(processes: int) -> dict:
     return env
 
 
+def _cache_env(folder: Path) -> dict:
+    """JAX's persistent compilation cache in `folder`, every program kept (what a user sets to
+    make a relaunch after a kill skip compiling: `jax_compilation_cache_dir`)."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(folder),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
 def launch_store(data: Path, store: Path, n: int, processes: int, kill_at: float | None, log):
     """One launch of the workers: (wall seconds, peak bytes per process, killed, return codes).
     With kill_at, every worker is killed with SIGKILL once that fraction of rows is recorded."""
@@ -241,6 +253,8 @@ def launch_store(data: Path, store: Path, n: int, processes: int, kill_at: float
         cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes)]
         cmd += ["--process-id", str(pid), "--out", str(store.parent)]
         env = _worker_env(processes) if SHARE_CORES[0] else _env()
+        if COMPILE_CACHE[0] is not None:  # a relaunch reads its programs from disk
+            env.update(_cache_env(COMPILE_CACHE[0]))
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env))
     t0, peaks, killed = time.perf_counter(), [0] * processes, False
     while any(p.poll() is None for p in procs):
@@ -276,6 +290,11 @@ def main(argv=None) -> dict:
         action="store_true",
         help="each worker one thread per core it gets (at n = 8000: 14.1 s against 12.6 s)",
     )
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="workers without a persistent compilation cache (each launch compiles again)",
+    )
     p.add_argument("--results", action="store_true", help="append to benchmarks/RESULTS.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -293,6 +312,9 @@ def main(argv=None) -> dict:
         return row
     args.out.mkdir(parents=True, exist_ok=True)
     SHARE_CORES[0] = args.share_cores
+    if not args.no_compile_cache:  # emptied: the first launch compiles, as a user's first
+        COMPILE_CACHE[0] = args.out / "xla-cache"
+        shutil.rmtree(COMPILE_CACHE[0], ignore_errors=True)
     summary = _parent(args)
     (args.out / "kernel_store.json").write_text(json.dumps(summary, indent=1))
     text = report(summary)
@@ -324,6 +346,7 @@ def _parent(args) -> dict:
         "machine": cpu_name(),
         "n": args.n,
         "processes": args.processes,
+        "compile_cache": COMPILE_CACHE[0] is not None,
     }
     data = make_data(args.out, args.n)
     common = ["--data", str(data), "--n", str(args.n), "--n-ref", str(args.n_ref)]
@@ -400,7 +423,13 @@ def report(summary: dict) -> str:
         f"MNIST-1D CNN (5210 parameters), traced over 10 outputs, float32; n = {n} written by "
         f"{summary['processes']} processes, killed with SIGKILL at "
         f"{', '.join(str(r['kill_at']) for r in summary['launches'] if r['kill_at'])} of its "
-        "block rows and resumed.\n"
+        "block rows and resumed"
+        + (
+            " (the workers with JAX's persistent compilation cache: a relaunch reads its "
+            "programs from disk).\n"
+            if summary.get("compile_cache")
+            else " (no compilation cache: every launch compiles).\n"
+        )
     )
     lines.append("| run | seconds | peak RSS per process (GB) |")
     lines.append("|---|---|---|")

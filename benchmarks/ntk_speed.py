@@ -29,10 +29,11 @@ Rows, for n = 64, 128, ..., 2048 (--sizes):
   implementation is a row with its error message.
 
 With --allocator-variants, two more rows per model: auto with JAXNTK_ALLOCATOR=system (jaxntk
-without the malloc settings it makes at import, `jaxntk.host`), and neural-tangents with
-the same settings given to glibc as environment variables; the table then has a second ratio,
-auto over neural-tangents with jaxntk's malloc settings. The jaxntk child imports jaxntk before
-it creates any array, as a user's script does. With --kernel-variants, one more row per model:
+without the malloc settings that `jaxntk.configure_allocator()` makes, `jaxntk.host`: what a
+library user who does not opt in gets), and neural-tangents with the same settings given to
+glibc as environment variables; the table then has a second ratio, auto over neural-tangents
+with jaxntk's malloc settings. The jaxntk child opts in (`configure_allocator()`) before it
+creates any array, as the `jaxntk` command and every benchmark script do. With --kernel-variants, one more row per model:
 auto with JAXNTK_CPU_KERNELS=xla (jaxntk's programs compiled with XLA's own choice of CPU kernels,
 YNNPACK on jax 0.10, instead of Eigen's; `jaxntk.host.cpu_compiler_options`).
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 __all__ = [
     "lambda_sweep_figure",
@@ -333,7 +334,8 @@ def _mnist1d_bars(ax, doc: dict) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 110)
     ax.set_xlabel("test accuracy (%)")
-    ax.legend(fontsize=5, loc="lower right")
+    # below the axes: inside, it would hide the bars it annotates
+    ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
 
 
 def _mnist1d_curves(ax, section: dict, cfg: dict) -> None:
@@ -356,6 +358,7 @@ def _mnist1d_curves(ax, section: dict, cfg: dict) -> None:
     ax.axhline(1 - cfg["curve_target"], color="gray", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _n_ticks(ax, sorted({n for s in summary.values() for n in s["n"]}))
     ax.set_xlabel("training signals n")
     ax.set_ylabel("test error")
     ax.set_title("learning curves (dashed: fitted lines)", fontsize=8)
@@ -385,12 +388,19 @@ def _mnist1d_spectrum(ax, section: dict) -> None:
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _n_ticks(ax, n)
     ax.set_xlabel("training signals n")
     ax.set_ylabel("test MSE (one-hot, mean over outputs)")
     ax.set_title(
         f"the CNN NTK's spectrum (N = {found['n_big']}) predicts kernel regression", fontsize=8
     )
     ax.legend(fontsize=6)
+
+
+def _n_ticks(ax, ns) -> None:
+    """The sizes themselves as the log axis' ticks (matplotlib's minor labels overlap)."""
+    ax.set_xticks(ns, [f"{n:g}" for n in ns], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _mnist1d_alpha(acc_ax, diag_ax, section: dict) -> None:
