@@ -179,7 +179,9 @@ def compare(out: Path, jx: dict, peer: dict) -> dict:
     k_nt = np.load(out / "kernel-nt.npy")
     with np.load(out / "split.npz") as split:
         fit_rows, val_rows, y, y_test = (split[k] for k in ("fit", "val", "y_train", "y_test"))
-    row = m.ridge_fit(k_nt[:n], k_nt[n:], f0[:n], f0[n:], y, y_test, jx["ridges"], fit_rows, val_rows)
+    row = m.ridge_fit(
+        k_nt[:n], k_nt[n:], f0[:n], f0[n:], y, y_test, jx["ridges"], fit_rows, val_rows
+    )
     nt_pred = np.load(out / "nt-predict-test.npy")
     nt_own = float(np.mean(m.labels_of(nt_pred) == m.labels_of(y_test)))
     diff = np.linalg.norm(k_nt.astype(np.float64) - k_j) / np.linalg.norm(k_j.astype(np.float64))
@@ -215,7 +217,8 @@ def report(summary: dict) -> str:
             "",
             f"- accuracy difference: {summary['accuracy_difference']:.2%}; neural-tangents' own "
             f"predictor at jaxntk's ridge: {peer['own_predictor_accuracy']:.2%}",
-            f"- kernels' relative Frobenius difference: {summary['kernel_relative_difference']:.2e}",
+            "- kernels' relative Frobenius difference: "
+            f"{summary['kernel_relative_difference']:.2e}",
             "",
         ]
     )

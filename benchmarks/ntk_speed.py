@@ -33,9 +33,10 @@ without the malloc settings that `jaxntk.configure_allocator()` makes, `jaxntk.h
 library user who does not opt in gets), and neural-tangents with the same settings given to
 glibc as environment variables; the table then has a second ratio, auto over neural-tangents
 with jaxntk's malloc settings. The jaxntk child opts in (`configure_allocator()`) before it
-creates any array, as the `jaxntk` command and every benchmark script do. With --kernel-variants, one more row per model:
-auto with JAXNTK_CPU_KERNELS=xla (jaxntk's programs compiled with XLA's own choice of CPU kernels,
-YNNPACK on jax 0.10, instead of Eigen's; `jaxntk.host.cpu_compiler_options`).
+creates any array, as the `jaxntk` command and every benchmark script do. With
+--kernel-variants, one more row per model: auto with JAXNTK_CPU_KERNELS=xla (jaxntk's programs
+compiled with XLA's own choice of CPU kernels, YNNPACK on jax 0.10, instead of Eigen's;
+`jaxntk.host.cpu_compiler_options`).
 
 Each (model, implementation, n): one call that compiles, then the best of --repeats calls, each
 ended by block_until_ready (fewer repeats where they would exceed --max-seconds). A size whose time,

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("mnist1d")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import mnist1d_kernel_nt as bench  # noqa: E402
+import mnist1d_kernel_nt as bench
 
 
 @pytest.fixture(scope="module")
