@@ -172,7 +172,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated experiments: variants, lambda-sweep, spectrum (the default set), "
         "sample-complexity, mlp, dense-plus-sparse, lazy-rich, taylorized (needs the digits "
-        "extra)",
+        "extra), mnist1d (needs the mnist1d extra)",
     )
     r.add_argument("--seeds", type=_seed_list, default=None, help="e.g. 1,11,111")
     r.add_argument(
