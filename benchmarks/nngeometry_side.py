@@ -236,12 +236,14 @@ def load_flax(path: Path, n: int, dtype=np.float32):
 
 
 def _best(call, repeats: int, block=lambda r: r):
-    """(result, first-call seconds, best seconds of `repeats` calls after it)."""
+    """(result, first-call seconds, best seconds of `repeats` calls after it). Each call's
+    result is let go before the next call, so that the peak memory is one call's."""
     t0 = time.perf_counter()
     result = block(call())
     first = time.perf_counter() - t0
     best = math.inf
     for _ in range(repeats):
+        result = None
         t0 = time.perf_counter()
         result = block(call())
         best = min(best, time.perf_counter() - t0)
@@ -353,7 +355,7 @@ def run_child(python: str, kind: str, n: int, args, env: dict) -> dict:
         cmd += ["--ng-batch-size", str(args.ng_batch_size)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        return {"error": (done.stdout + done.stderr)[-2000:]}
+        return {"error": f"exit {done.returncode}: " + (done.stdout + done.stderr)[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -475,8 +477,14 @@ def versions() -> dict:
 def _row(n: int, form: str, ours: dict | None, theirs: dict | None, diff) -> dict:
     ok = ours and theirs and "seconds" in ours and "seconds" in theirs
     ratio = theirs["seconds"] / ours["seconds"] if ok else None
-    return {"n": n, "form": form, "jaxntk": ours, "nngeometry": theirs, "ratio": ratio,
-            "rel_diff": diff}  # fmt: skip
+    return {
+        "n": n,
+        "form": form,
+        "jaxntk": ours,
+        "nngeometry": theirs,
+        "ratio": ratio,
+        "rel_diff": diff,
+    }
 
 
 def measure(args, ng: str) -> tuple[list[dict], list[str], dict]:
