@@ -39,13 +39,15 @@ warm-up and repeats is skipped and said so.
 
 nngeometry runs in a virtual environment of its own, never a dependency of jaxntk:
 `--build-ng-venv [PATH]` makes one (default ~/.cache/jaxntk-ngvenv) with numpy, torch 2.13.0
-and nngeometry 0.4 (installed without its declared dependency torchvision, which it never
-imports and whose PyPI build pulls in another torch); `--ng-venv PATH` uses an existing one.
+and nngeometry 0.4, installed without its declared dependencies: torch is there, and
+torchvision, which nngeometry never imports, is built on PyPI for PyPI's CUDA torch.
+`--ng-venv PATH` uses an existing one.
 Where pip can take a CPU build of torch (PyTorch's own index, given as
 `--torch-index https://download.pytorch.org/whl/cpu`, or a local wheel of torch 2.13.0+cpu that
 pip is set up to find: a 192 MB wheel), the venv is about 1 GB; PyPI's own torch 2.13.0 for
-Linux x86_64 is the CUDA build (a 527 MB wheel and several GB of nvidia-* wheels it requires),
-which runs on the CPU all the same. Usage, from the repository root:
+Linux x86_64 is the CUDA build (a 527 MB wheel, and the CUDA 13 libraries it requires:
+cuda-toolkit, nvidia-cudnn-cu13, nvidia-nccl-cu13, triton, several GB), which runs on the CPU
+all the same. Usage, from the repository root:
 
     python benchmarks/nngeometry_side.py --out DIR (--ng-venv PATH | --build-ng-venv [PATH])
         [--sizes 250 500 1000 2000] [--repeats 2] [--ng-max-seconds 180] [--keep-kernels]
