@@ -204,7 +204,7 @@ def report(summary: dict) -> str:
     jx, peer = summary["jaxntk"], summary["nt"]
     return "\n".join(
         [
-            f"\n### MNIST-1D kernel regression on jaxntk's and neural-tangents' kernels "
+            f"\n## MNIST-1D kernel regression on jaxntk's and neural-tangents' kernels "
             f"({summary['when']}, {summary['machine']})\n",
             f"CNN (gelu, 25 channels) at θ0 of seed {summary['seed']}, n = {summary['n']}, "
             f"{jx['n_test']} test signals, traced NTK, ridge chosen on the validation split.\n",
