@@ -425,11 +425,15 @@ def report(summary: dict) -> str:
     lines = [f"\n## The kernel on disk (benchmarks/kernel_store.py, {summary['when']})\n"]
     lines.append(f"Machine: {summary['machine']}, 2 cores.\n")
     n, ref = summary["n"], summary.get("reference")
+    kills = ", ".join(str(r["kill_at"]) for r in summary["launches"] if r["kill_at"])
     lines.append(
         f"MNIST-1D CNN (5210 parameters), traced over 10 outputs, float32; n = {n} written by "
-        f"{summary['processes']} processes, killed with SIGKILL at "
-        f"{', '.join(str(r['kill_at']) for r in summary['launches'] if r['kill_at'])} of its "
-        "block rows and resumed"
+        f"{summary['processes']} processes, "
+        + (
+            f"killed with SIGKILL at {kills} of its block rows and resumed"
+            if kills
+            else "in one launch"
+        )
         + (
             " (the workers with JAX's persistent compilation cache: a relaunch reads its "
             "programs from disk).\n"
@@ -480,8 +484,20 @@ def report(summary: dict) -> str:
             f"\nTop eigenpairs of the stored kernel (`linalg.top_eigh`, tol 1e-3): "
             f"{json.dumps(e)}; at n = {c.get('n')} against float64 eigh: {json.dumps(c)}."
         )
-    if summary.get("rates"):
-        lines.append(f"\nRates: {json.dumps(summary['rates'])}.")
+    rates = summary.get("rates") or {}
+    if rates:
+        lines.append(f"\nRates: {json.dumps(rates)}.")
+    if "pair_gflop" in rates and "block" in rates:
+        blocks = -(-n // rates["block"])
+        total = blocks * (blocks + 1) // 2 * rates["pair_gflop"]  # the symmetric kernel's pairs
+        rate = total / summary["store_seconds"]
+        lines.append(
+            f"The whole store's contraction rate: {blocks * (blocks + 1) // 2} block pairs × "
+            f"{rates['pair_gflop']:.3g} GFLOP in {summary['store_seconds']:.1f} s = "
+            f"{rate:.0f} GFLOP/s, {rate / rates['matmul_gflops']:.2f} of the large matmul's "
+            f"{rates['matmul_gflops']:.0f} GFLOP/s (every launch's start-up, writes and "
+            "features included)."
+        )
     return "\n".join(lines) + "\n"
 
 
