@@ -32,13 +32,20 @@ def explicit_kernel(apply_fn, params, x) -> np.ndarray:
     return np.einsum("iap,jap->ij", j, j) / j.shape[1]
 
 
+TIMED = ("auto", "jacobian")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ntk_speed")
     watched = (ROOT / "benchmarks" / "RESULTS.md", ntk_speed.FIGURE)
     before = [p.read_bytes() if p.exists() else None for p in watched]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ntk_speed.py"), "--tiny", "--float64"]
+    # auto (the engine's choice, structured on most models) and jacobian (the rows' reference):
+    # every method of the engine on these models is checked in tests/test_ntk.py and
+    # tests/test_ntk_models.py; here, the benchmark's models and wiring
     cmd += ["--sizes", str(N), "--repeats", "1", "--save-kernels", "--out", str(out)]
+    cmd += ["--methods", ",".join(TIMED)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     # a plain run writes only to --out
@@ -46,11 +53,11 @@ def tiny_run(tmp_path_factory):
     return out, json.loads((out / "ntk_speed.json").read_text())
 
 
-@pytest.mark.slow  # one compile per model and method: ~70 s of CPU
+@pytest.mark.slow  # one compile per model and method: ~40 s of CPU
 def test_every_kernel_equals_the_explicit_jacobian_contraction(tiny_run):
     out, doc = tiny_run
     assert doc["dtype"] == "float64" and doc["models"] == list(_ntk_runs.MODELS)
-    methods = ntk_speed.METHODS if doc["engine"] == "jaxntk.ntk" else ntk_speed.BEFORE_METHODS
+    methods = TIMED if doc["engine"] == "jaxntk.ntk" else ntk_speed.BEFORE_METHODS
     with jax.enable_x64(True):
         for model in _ntk_runs.MODELS:
             params, x = _ntk_runs.load_inputs(out / "inputs" / f"{model}.npz", np.float64)
