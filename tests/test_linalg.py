@@ -267,3 +267,17 @@ def test_ntk_predict_bad_arguments_are_named_before_any_work(kwargs, error, matc
     monkeypatch.setattr(predict, "_ntk_predict", None)  # nothing may compile
     with pytest.raises(error, match=match):
         jn.ntk_predict(f, params, x, jnp.zeros((12, 3)), steps=[1], **kwargs)
+
+
+def test_top_eigh_of_a_low_rank_kernel_keeps_its_basis_orthonormal(x64):
+    """Rank 8 < n: after the first products the Krylov space is invariant and K's next block is
+    rounding noise; the basis must stay orthonormal for the Ritz values to be the eigenvalues."""
+    a = np.random.default_rng(3).normal(size=(60, 8))
+    k = a @ a.T
+    want = np.linalg.eigvalsh(k)[::-1][:4]
+    values, vectors, info = linalg.top_eigh(jnp.asarray(k), 4, tol=1e-12, return_info=True)
+    np.testing.assert_allclose(np.asarray(values), want, rtol=1e-12)
+    assert info.error < 1e-10
+    u = np.asarray(vectors)
+    np.testing.assert_allclose(u.T @ u, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(k @ u, u * np.asarray(values)[None, :], atol=1e-9 * want[0])
