@@ -142,7 +142,7 @@ class Config:
     seed; learning curves on one seed up to n = 4000 (paper: 3 seeds, 250 … 20 000); α and width
     on one seed, widths 25 and 100 at n = 2000 (paper: 25, 100, 400 at n = 4000). The spectrum
     is the paper's in both: N = 20 000 signals, 2000 eigenpairs by 6 block Krylov iterations,
-    predicted at n = 250 … 4000 (about 6 minutes and 14 GB of memory here; N = 6000 with 600
+    predicted at n = 250 … 4000 (about 6.5 minutes and 12 GB of memory here; N = 6000 with 600
     pairs, `spectrum_n=6000, spectrum_k=600, spectrum_iters=4`, takes 15 s and predicts to
     n = 2000).
 
