@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from predict_speed import flatten, unflatten  # noqa: E402  (numpy only at import)
+
 N_TEST = 1000
 
 
@@ -49,28 +52,6 @@ def cnn_apply(params, x, channels: int = 25):
         h = jax.nn.gelu(h + conv["bias"][None, None, :], approximate=True)
     dense = p["Dense_0"]
     return h.reshape(h.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :]
-
-
-def _flatten(tree, prefix="params/"):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = np.asarray(value)
-    return out
-
-
-def _unflatten(data) -> dict:
-    tree: dict = {}
-    for name in data.files:
-        if name.startswith("params/"):
-            *parents, leaf = name[len("params/") :].split("/")
-            node = tree
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = data[name]
-    return tree
 
 
 def _timed(call):
@@ -101,20 +82,15 @@ def jaxntk_side(out: Path, n: int, seed: int, n_test: int = N_TEST) -> dict:
     kernel, seconds = _timed(
         lambda: ntk.empirical_ntk(module.apply, params, x_all, x_all[:n], trace_axes=(-1,))
     )
+    # the experiment's ridge choice and solve (`kernel_regression` after its kernel), on the
+    # timed kernel: the peer's kernel goes through the same call in `compare`
     fit_rows, val_rows = Minibatch(1, 1, validation=config.validation, split_seed=0).split(n)
-    # the experiment's own function (its kernel from empirical_ntk(output="host"))
-    row = m.kernel_regression(
-        module.apply,
-        params,
-        task.x_train,
-        task.y_train,
-        task.x_test,
-        task.y_test,
-        ridges=config.ridges,
-        validation=config.validation,
-    )
     kernel = np.asarray(kernel)
     f0 = m.outputs(module.apply, params, x_all)
+    y, y_test = np.asarray(task.y_train), np.asarray(task.y_test)
+    row = m.ridge_fit(
+        kernel[:n], kernel[n:], f0[:n], f0[n:], y, y_test, config.ridges, fit_rows, val_rows
+    )
     lax_gap = float(np.max(np.abs(np.asarray(cnn_apply(params, x_all[:256])) - f0[:256])))
     np.savez(
         out / "inputs.npz",
@@ -122,15 +98,15 @@ def jaxntk_side(out: Path, n: int, seed: int, n_test: int = N_TEST) -> dict:
         f0=f0,
         n=n,
         ridge=row["ridge"],
-        **_flatten(params["params"]),
+        **{f"params/{k}": v for k, v in flatten(params).items()},
     )
     np.save(out / "kernel-jaxntk.npy", kernel)
     np.savez(
         out / "split.npz",
         fit=fit_rows,
         val=val_rows,
-        y_train=np.asarray(task.y_train),
-        y_test=np.asarray(task.y_test),
+        y_train=y,
+        y_test=y_test,
     )
     return {
         "test_accuracy": row["test_accuracy"],
@@ -151,7 +127,7 @@ def nt_side(out: Path) -> dict:
     import neural_tangents as nt
 
     with np.load(out / "inputs.npz") as data:
-        params = {"params": jax.tree.map(jnp.asarray, _unflatten(data))}
+        params = jax.tree.map(jnp.asarray, unflatten(data))
         x, f0, n, ridge = jnp.asarray(data["x"]), data["f0"], int(data["n"]), float(data["ridge"])
     gap = float(np.max(np.abs(np.asarray(cnn_apply(params, x[:256])) - f0[:256])))
     fn = jax.jit(nt.empirical_ntk_fn(cnn_apply, trace_axes=(-1,), vmap_axes=0, implementation=1))

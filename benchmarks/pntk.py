@@ -37,23 +37,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _machine import add_output_arguments, cpu_name, write_table  # noqa: E402
+from predict_speed import flax_cnn  # noqa: E402  (MNIST-1D's ConvBase, the same model)
 
 RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ρ / mean diag(K_train)
 CLASSES = 10
-
-
-def flax_cnn():
-    """MNIST-1D's ConvBase in flax (the model of benchmarks/predict_speed.py)."""
-    import flax.linen as nn
-
-    class ConvBase(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for width in (5, 3, 3):
-                x = nn.relu(nn.Conv(25, (width,), strides=(2,), padding=[(1, 1)])(x))
-            return nn.Dense(CLASSES)(x.reshape(x.shape[0], -1))
-
-    return ConvBase()
 
 
 def make_data(n: int, n_test: int):

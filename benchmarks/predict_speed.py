@@ -92,19 +92,26 @@ def flatten(tree, prefix=""):
     return out
 
 
+def unflatten(data) -> dict:
+    """The parameter tree saved as `params/...` entries of an npz (`flatten`'s inverse)."""
+    tree: dict = {}
+    for name in data.files:
+        if name.startswith("params/"):
+            *parents, leaf = name[len("params/") :].split("/")
+            node = tree
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = data[name]
+    return tree
+
+
 def load(path: Path):
     """(params, x, y, x_test, ridge) from the run's npz, as jax arrays."""
+    import jax
     import jax.numpy as jnp
 
-    tree: dict = {}
     with np.load(path) as data:
-        for name in data.files:
-            if name.startswith("params/"):
-                *parents, leaf = name[len("params/") :].split("/")
-                node = tree
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = jnp.asarray(data[name])
+        tree = jax.tree.map(jnp.asarray, unflatten(data))
         arrays = [jnp.asarray(data[k]) for k in ("x", "y", "x_test")]
         ridge = float(data["ridge"]) * RIDGE_SCALE["small"]
     return (tree, *arrays, ridge)

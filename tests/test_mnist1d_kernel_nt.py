@@ -29,7 +29,7 @@ def test_the_saved_kernel_is_the_traced_jacobian_contraction(tiny):
 
     out, _ = tiny
     with np.load(out / "inputs.npz") as data:
-        params = {"params": jax.tree.map(jnp.asarray, bench._unflatten(data))}
+        params = jax.tree.map(jnp.asarray, bench.unflatten(data))
         x, n = jnp.asarray(data["x"]), int(data["n"])
     jac = jax.jacrev(lambda p: bench.cnn_apply(p, x))(params)
     flat = np.concatenate(
